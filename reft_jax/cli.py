@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "finetune": "finetune the base model on the kept user data, distilling the teacher (writes WORKDIR/student/)",
     "evaluate": "harmful score and finetune accuracy of the trained methods, filter metrics (WORKDIR/eval/)",
     "export": "write the student (LoRA merged) as a Hugging Face folder (--out DIR)",
+    "bench": "time the student and teacher steps in JAX and PyTorch (writes WORKDIR/bench.json)",
 }
 
 
@@ -84,6 +85,13 @@ def _run(args, overrides) -> int:
     from reft_jax import parallel, pipeline
 
     cfg = load_config(args.config, overrides)
+    if args.command == "bench":  # each framework runs in its own process: no JAX backend in this one
+        from reft_jax.bench import markdown, run_bench
+
+        report = run_bench(cfg, Path(args.workdir))
+        print(markdown(report), file=sys.stderr)
+        print(json.dumps(report, indent=2))
+        return 0
     parallel.initialize_distributed(cfg.distributed)
     import jax
 

@@ -121,4 +121,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.logging.tensorboard = True
     c.logging.wandb = False
     c.logging.progress = True
+
+    # `reft-jax bench` (reft_jax.bench): the same steps timed in JAX and PyTorch on random-init model.init.
+    c.bench = ml_collections.ConfigDict()
+    c.bench.frameworks = ("jax", "torch")
+    c.bench.torch_variants = ("eager", "compile")  # PyTorch eager and torch.compile of the loss
+    c.bench.steps = ("student", "teacher")
+    c.bench.finetune = ("full", "lora")  # "lora" uses model.lora (rank > 0)
+    c.bench.batch_size = 4  # rows of each batch (the student step runs a user and an alignment batch)
+    c.bench.seq_len = 512
+    c.bench.warmup = 2  # untimed calls, the first of which compiles
+    c.bench.iters = 5  # timed calls: median and spread are reported
+    c.bench.peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = the measured matmul throughput
+    c.bench.same_weights = False  # both frameworks load one random init (costs a checkpoint write)
     return c

@@ -306,7 +306,12 @@ def compiled_memory(jitted, *args) -> dict[str, int]:
     code, or XLA's own peak estimate when that is larger (the CPU's leaves the arguments out). Compiles once
     more: jit's cache is not shared with lower().compile().
     """
-    stats = jitted.lower(*args).compile().memory_analysis()
+    return executable_memory(jitted.lower(*args).compile())
+
+
+def executable_memory(compiled) -> dict[str, int]:
+    """`compiled_memory` of an already compiled executable (`jitted.lower(...).compile()`)."""
+    stats = compiled.memory_analysis()
     if stats is None:
         raise RuntimeError("this backend gives no memory analysis of compiled programs")
     out = dict(argument_bytes=stats.argument_size_in_bytes, output_bytes=stats.output_size_in_bytes,

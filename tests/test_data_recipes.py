@@ -79,7 +79,7 @@ def test_agnews_task_on_real_file():
     examples = load_examples({"path": str(path), "columns": ["text", "label"]}, task="agnews")
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(examples) == len(lines)
-    assert collections.Counter(ex["label"] for ex in examples) == collections.Counter(l.split("\t")[1] for l in lines)
+    assert collections.Counter(ex["label"] for ex in examples) == collections.Counter(line.split("\t")[1] for line in lines)
     assert examples[0]["prompt"].endswith(f"### Input:\n{lines[0].split(chr(9))[0]}\n\n### Response:\n")
     assert "World\nSports\nBusiness\nSci/Tech" in examples[0]["prompt"]
 

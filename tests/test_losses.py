@@ -327,7 +327,9 @@ def test_refusal_regularizer_is_zero_at_targets(kind):
     _, r, is_harmful, weight = _features(21)
     scale = np.linspace(0.5, 20.0, len(is_harmful))[:, None]
     at_target = np.where(is_harmful[:, None], 1.0, -1.0) * scale * r[None]
-    f = lambda x: losses.refusal_regularizer(x, r, is_harmful, weight, kind=kind)
+    def f(x):
+        return losses.refusal_regularizer(x, r, is_harmful, weight, kind=kind)
+
     assert abs(float(f(at_target))) < 1e-6
     np.testing.assert_allclose(np.asarray(jax.grad(f)(at_target)), 0.0, atol=1e-6)
     # Anything off target costs more.
@@ -353,7 +355,9 @@ def test_refusal_regularizer_unknown_labels_and_packed_segments():
     features, r, is_harmful, weight = _features(25, n=6)
     labels = is_harmful.astype(np.int32)
     labels[2] = -1  # unknown / empty slot: no weight even though weight[2] = 1
-    f = lambda x: losses.refusal_regularizer(x, r, labels, weight)
+    def f(x):
+        return losses.refusal_regularizer(x, r, labels, weight)
+
     keep = labels >= 0
     ref = _np_regularizer(features[keep], r, is_harmful[keep], weight[keep], "squared")
     np.testing.assert_allclose(float(f(features)), ref, rtol=1e-5)

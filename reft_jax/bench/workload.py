@@ -1,0 +1,135 @@
+"""What both frameworks run: the cases, the synthetic batches, and how a case is timed and its memory read.
+
+Both sides get the same NumPy batches (the layout of reft_jax.data.batching, unpadded rows of random tokens
+whose first quarter is the prompt), so the work per step is identical by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+
+STEPS = ("student", "teacher")
+FINETUNES = ("full", "lora")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    step: str  # "student" or "teacher"
+    finetune: str  # "full" or "lora"
+
+    @property
+    def name(self) -> str:
+        return f"{self.step}/{self.finetune}"
+
+
+def cases(bench_cfg) -> list[Case]:
+    return [Case(s, f) for s in bench_cfg.steps for f in bench_cfg.finetune]
+
+
+def batches(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """A user batch and an alignment batch of full-length rows; half of the alignment prompts are harmful."""
+    rng = np.random.default_rng(seed)
+    prompt = max(seq_len // 4, 1)
+    loss_mask = np.zeros([batch_size, seq_len], np.int32)
+    loss_mask[:, prompt:] = 1
+
+    def one(harmful: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(input_ids=rng.integers(0, vocab_size, [batch_size, seq_len], dtype=np.int32),
+                    attention_mask=np.ones([batch_size, seq_len], np.int32), loss_mask=loss_mask.copy(),
+                    prompt_end=np.full([batch_size], prompt - 1, np.int32),
+                    example_weight=np.ones([batch_size], np.float32), harmful=harmful.astype(np.int32))
+
+    return dict(user=one(np.full([batch_size], -1)), align=one(np.arange(batch_size) % 2))
+
+
+def refusal_direction(hidden_size: int, seed: int) -> np.ndarray:
+    """A fixed unit vector standing in for R_l (the teacher step's cost does not depend on its value)."""
+    r = np.random.default_rng(seed + 1).standard_normal(hidden_size).astype(np.float32)
+    return r / np.linalg.norm(r)
+
+
+def time_steps(step: Callable[[], object], sync: Callable[[object], None], warmup: int, iters: int):
+    """Runs step() warmup times untimed, then iters times, each synchronised; returns (first-call seconds,
+    timed seconds, first output). The first call includes compilation (jit, torch.compile)."""
+    t0 = time.perf_counter()
+    first = step()
+    sync(first)
+    first_s = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        sync(step())
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        sync(step())
+        times.append(time.perf_counter() - t0)
+    return first_s, times, first
+
+
+def time_stats(times: list[float]) -> dict[str, float]:
+    """Median and spread of step times, in milliseconds."""
+    ms = np.asarray(times) * 1e3
+    return dict(step_ms=float(np.median(ms)), step_ms_min=float(ms.min()), step_ms_max=float(ms.max()),
+                step_ms_std=float(ms.std()), timed_steps=len(times))
+
+
+def matmul_seconds(run: Callable[[], object], sync: Callable[[object], None], iters: int = 10) -> float:
+    """Median seconds of one call of `run` after two warm-up calls."""
+    for _ in range(2):
+        sync(run())
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        sync(run())
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+# Host memory, for CPU runs where no device allocator keeps statistics.
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class HostPeak:
+    """Peak resident memory over a block, above the resident memory at its start (Linux: VmHWM reset through
+    /proc/self/clear_refs). `bytes` is None where the kernel does not allow the reset."""
+
+    def __enter__(self):
+        self.bytes = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._start = _status_kib("VmRSS")
+        except OSError:
+            self._start = None
+        return self
+
+    def __exit__(self, *exc):
+        peak = _status_kib("VmHWM")
+        if self._start is not None and peak is not None:
+            self.bytes = max(peak - self._start, 0) * 1024
+        return False
+
+
+def versions(*packages: str) -> dict[str, str | None]:
+    """Installed versions of `packages` (None for one that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in packages:
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
