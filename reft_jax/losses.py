@@ -61,6 +61,16 @@ def segment_token_weights(segment_weight: Array, segment_ids: Array) -> Array:
     return jnp.where(segment_ids > 0, w, 0.0)
 
 
+def _next_tokens(input_ids: Array) -> Array:
+    """[B, T] -> the token each position predicts, [B, T]; the last position gets a placeholder 0."""
+    return jnp.concatenate([input_ids[:, 1:], jnp.zeros_like(input_ids[:, :1])], axis=1).astype(jnp.int32)
+
+
+def _all_positions(weights: Array) -> Array:
+    """[B, T - 1] prediction weights -> [B, T], the last position (which predicts nothing) weighted 0."""
+    return jnp.pad(weights, ((0, 0), (0, 1)))
+
+
 def weighted_mean(values: Array, weights: Array) -> tuple[Array, Array]:
     """(sum(w * v) / sum(w), sum(w)); the mean is 0 when sum(w) == 0.
 
@@ -84,7 +94,7 @@ def cross_entropy(
     Args:
         logits: [B, T, V], any float dtype.
         input_ids: [B, T] int. Ids at positions that carry no weight may be anything (e.g. -100 or
-            pad): targets are clipped into [0, V - 1] before the gather.
+            pad): targets are clipped into [0, V - 1] first.
         loss_mask: [B, T], 1 where the token is a response token.
         example_weight: optional [B] row weights or [B, T] token weights (see `next_token_weights`).
 
@@ -94,11 +104,14 @@ def cross_entropy(
         `loss * num_tokens` summed over micro-batches and divided by their total num_tokens gives
         the mean over the union.
     """
-    logp = jax.nn.log_softmax(_f32(logits[:, :-1]), axis=-1)
-    # Clip: out-of-range ids (-100, pad) would gather NaN (JAX fills out-of-bounds gathers).
-    targets = jnp.clip(jnp.asarray(input_ids)[:, 1:], 0, logits.shape[-1] - 1)
-    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return weighted_mean(nll, next_token_weights(loss_mask, example_weight))
+    logits = _f32(logits)
+    # Every position, the last one with weight 0, instead of logits[:, :-1]: slicing would copy [B, T, V].
+    targets = _next_tokens(jnp.clip(jnp.asarray(input_ids), 0, logits.shape[-1] - 1))
+    # log p(target) = logit(target) - logsumexp; the target logit is picked by a fused compare-and-sum, whose
+    # gradient is a select (a gather's would be a scatter). Clipping keeps -100 / pad ids harmless.
+    hit = jnp.arange(logits.shape[-1]) == targets[..., None]
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
+    return weighted_mean(nll, _all_positions(next_token_weights(loss_mask, example_weight)))
 
 
 def refusal_regularizer(
@@ -164,11 +177,13 @@ def distillation_kl(
     Returns:
         (loss, num_tokens) as in `cross_entropy`.
     """
-    teacher_logits = jax.lax.stop_gradient(teacher_logits)
-    log_ps = jax.nn.log_softmax(_f32(student_logits[:, :-1]) / temperature, axis=-1)
-    log_pt = jax.nn.log_softmax(_f32(teacher_logits[:, :-1]) / temperature, axis=-1)
-    p_t = jnp.exp(log_pt)
+    s = _f32(student_logits) / temperature
+    t = _f32(jax.lax.stop_gradient(teacher_logits)) / temperature
+    # KL = sum_v p_t (t - s) - lse(t) + lse(s), since sum_v p_t = 1: no [B, T, V] log-probabilities are kept.
+    lse_t = jax.nn.logsumexp(t, axis=-1, keepdims=True)
+    p_t = jnp.exp(t - lse_t)
     # Where p_t == 0 the term is 0 by definition; `where` avoids 0 * (-inf) = NaN.
-    kl = jnp.sum(jnp.where(p_t > 0, p_t * (log_pt - log_ps), 0.0), axis=-1)
-    loss, num_tokens = weighted_mean(kl, next_token_weights(loss_mask, example_weight))
+    cross = jnp.sum(jnp.where(p_t > 0, p_t * (t - s), 0.0), axis=-1)
+    kl = cross - lse_t[..., 0] + jax.nn.logsumexp(s, axis=-1)
+    loss, num_tokens = weighted_mean(kl, _all_positions(next_token_weights(loss_mask, example_weight)))
     return loss * temperature**2, num_tokens

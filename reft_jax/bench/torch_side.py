@@ -190,6 +190,10 @@ def matmul_flops(device: torch.device, dtype) -> float:
 
 
 def run(cfg_dict: dict, cases: list[workload.Case], weights_dir: str | None) -> dict:
+    import transformers
+
+    transformers.logging.disable_progress_bar()  # one "Loading weights" bar per model built
+    transformers.logging.set_verbosity_error()
     cfg = ConfigDict(cfg_dict)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

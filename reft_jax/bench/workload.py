@@ -6,7 +6,9 @@ whose first quarter is the prompt), so the work per step is identical by constru
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import time
 from typing import Callable
 
@@ -103,10 +105,16 @@ def _status_kib(field: str) -> int | None:
 
 class HostPeak:
     """Peak resident memory over a block, above the resident memory at its start (Linux: VmHWM reset through
-    /proc/self/clear_refs). `bytes` is None where the kernel does not allow the reset."""
+    /proc/self/clear_refs). `bytes` is None where the kernel does not allow the reset. Memory that earlier
+    blocks freed is first handed back to the system (malloc_trim), else the block would reuse it unseen."""
 
     def __enter__(self):
         self.bytes = None
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")

@@ -1,0 +1,118 @@
+"""`reft-jax bench`: FLOPs against XLA's own count, the report's fields, and that both frameworks run the same
+work (same weights, same first loss). Speed is measured by the benchmark itself, never asserted here."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reft_jax.bench import flops, harness, workload
+from reft_jax.cli import load_config, main
+from reft_jax.models import LoraConfig, from_hf_dict
+
+TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "bench_tiny.py")
+SMALL = ["--config.model.init.hidden_size=64", "--config.model.init.intermediate_size=128",
+         "--config.model.init.num_hidden_layers=2", "--config.model.init.num_attention_heads=4",
+         "--config.model.init.num_key_value_heads=2", "--config.model.init.vocab_size=512", "--config.model.lora.rank=4",
+         "--config.bench.batch_size=2", "--config.bench.seq_len=32", "--config.bench.warmup=1",
+         "--config.bench.iters=2"]
+RESULT_FIELDS = {"framework", "variant", "step", "finetune", "tokens_per_s", "step_ms", "mfu", "peak_memory_bytes",
+                 "step_ms_min", "step_ms_max", "model_flops_per_step", "first_loss", "memory_source"}
+
+
+@pytest.mark.parametrize("window", [0, 1, 5, 16, 40])
+def test_attended_pairs_counts_the_causal_window_mask(window):
+    t = 16
+    q, k = np.arange(t)[:, None], np.arange(t)[None, :]
+    mask = (k <= q) & ((k > q - window) if window else True)
+    assert flops.attended_pairs(t, window) == mask.sum()
+
+
+def test_matmul_params_of_a_llama_layout():
+    cfg = from_hf_dict(dict(model_type="llama", vocab_size=100, hidden_size=16, intermediate_size=40,
+                            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2))
+    per_layer = 16 * 16 + 2 * 16 * 8 + 16 * 16 + 3 * 16 * 40  # q, k and v (2 kv heads of 4 dims), o, MLP
+    assert flops.matmul_params(cfg) == 3 * per_layer + 16 * 100
+    lora = LoraConfig(2, 4.0, ("q_proj", "v_proj"))
+    assert flops.lora_params(cfg, lora) == 3 * 2 * ((16 + 16) + (16 + 8))
+
+
+@pytest.mark.parametrize("step", ["teacher", "student"])
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_model_flops_match_xla_cost_analysis(step, finetune):
+    """The oracle is XLA's count of the compiled step: it adds elementwise work (norms, softmax, AdamW) on top
+    of the model FLOPs, and under LoRA it has no weight gradients of frozen weights, as flops.py assumes."""
+    from reft_jax.bench import jax_side
+
+    cfg = load_config(TINY_CONFIG, ["--config.bench.seq_len=64"])
+    b, t = 2, 64
+    model = from_hf_dict(cfg.model.init.to_dict())
+    data = workload.batches(b, t, model.vocab_size, 0)
+    jitted, args = jax_side._build_step(cfg, workload.Case(step, finetune), data,
+                                        workload.refusal_direction(model.hidden_size, 0))
+    cost = jitted.lower(*args).compile().cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    lc = cfg.model.lora
+    lora = LoraConfig(lc.rank, lc.alpha, tuple(lc.targets)) if finetune == "lora" else None
+    ours = flops.step_flops(step, model, b, t, lora)
+    assert 1.0 <= xla / ours < 1.1, (xla, ours)
+
+
+def test_bench_reports_both_frameworks_on_the_same_work(tmp_path, capsys):
+    workdir = tmp_path / "bench"
+    assert main(["bench", "--config", TINY_CONFIG, "--workdir", str(workdir), *SMALL,
+                 "--config.bench.torch_variants=eager"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((workdir / "bench.json").read_text())
+    assert (workdir / "bench.md").read_text().count("| jax | jit |") == 4
+    assert not (workdir / "bench_weights").exists()  # the shared init is removed after the run
+    results = report["results"]
+    assert {(r["framework"], r["variant"], r["step"], r["finetune"]) for r in results} == {
+        (f, v, s, m) for f, v in (("jax", "jit"), ("torch", "eager")) for s in ("student", "teacher")
+        for m in ("full", "lora")}
+    for r in results:
+        assert RESULT_FIELDS <= set(r) and "error" not in r, r
+        assert r["tokens_per_s"] > 0 and r["step_ms_min"] <= r["step_ms"] <= r["step_ms_max"]
+        assert 0 < r["mfu"] and r["peak_memory_bytes"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["tokens_per_step"] / (r["step_ms"] / 1e3))
+    # Same init and same batches: the first step's loss is the same number in both frameworks.
+    for step in ("student", "teacher"):
+        for finetune in ("full", "lora"):
+            losses = {r["framework"]: r["first_loss"] for r in results if (r["step"], r["finetune"]) == (step, finetune)}
+            assert losses["jax"] == pytest.approx(losses["torch"], rel=1e-4), (step, finetune, losses)
+    assert len(report["ratios"]) == 4 and all(r["ratio"] > 0 for r in report["ratios"])
+    assert report["peak_flops"]["source"] == "measured_matmul" and report["peak_flops"]["value"] > 0
+    assert report["workload"]["same_weights"] and report["versions"]["torch"] and report["versions"]["jax"]
+
+
+def test_torch_compile_variant(tmp_path, capsys):
+    args = ["bench", "--config", TINY_CONFIG, "--workdir", str(tmp_path), *SMALL, "--config.bench.steps=teacher",
+            "--config.bench.finetune=lora", "--config.bench.frameworks=torch", "--config.bench.torch_variants=compile",
+            "--config.bench.peak_flops=1e12"]
+    assert main(args) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["variant"] == "compile" and result["compile_s"] > 0 and "error" not in result
+    assert result["mfu"] == pytest.approx(result["model_flops_per_step"] / (result["step_ms"] / 1e3) / 1e12)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.bench.frameworks=jax,mxnet", "bench.frameworks"),
+    ("--config.bench.torch_variants=jit", "bench.torch_variants"),
+    ("--config.model.lora.rank=0", "model.lora.rank"),
+    ("--config.bench.seq_len=4096", "max_position_embeddings"),
+    ("--config.model.path=/some/model", "model.path"),
+])
+def test_bad_bench_config_is_a_one_line_error(tmp_path, capsys, override, message):
+    assert main(["bench", "--config", TINY_CONFIG, "--workdir", str(tmp_path), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_ratios_pair_jax_with_each_torch_variant():
+    results = [dict(framework="jax", variant="jit", step="student", finetune="lora", tokens_per_s=300.0),
+               dict(framework="torch", variant="eager", step="student", finetune="lora", tokens_per_s=100.0),
+               dict(framework="torch", variant="compile", step="student", finetune="lora", tokens_per_s=None),
+               dict(framework="torch", variant="eager", step="teacher", finetune="lora", tokens_per_s=50.0)]
+    assert harness.ratios(results) == [dict(step="student", finetune="lora", jax_variant="jit",
+                                            torch_variant="eager", ratio=3.0)]
