@@ -7,7 +7,9 @@ from reft_jax.config import default_config
 from reft_jax.errors import ConfigError
 
 CONFIGS = ["configs/demo.py", "configs/real_tiny.py"] + [
-    f"configs/literature.py:{m},{t}" for m in ("llama2-7b", "qwen2-7b", "gemma2-9b") for t in ("sst2", "agnews", "gsm8k")]
+    f"configs/literature.py:{m},{t}" for m in ("llama2-7b", "qwen2-7b", "gemma2-9b") for t in ("sst2", "agnews", "gsm8k")
+] + ["configs/bench_tiny.py", "configs/bench_llama3_1b.py", "configs/bench_llama3_8b.py:full,1024",
+     "configs/bench_qwen2_7b.py"]
 
 
 @pytest.mark.parametrize("config_file", CONFIGS)
@@ -42,3 +44,30 @@ def test_bad_recipe_argument():
 def test_override_of_the_wrong_type():
     with pytest.raises(ConfigError):
         load_config("configs/demo.py", ["--config.teacher.steps=many"])
+
+
+@pytest.mark.parametrize("config_file, params", [
+    ("configs/bench_llama3_1b.py", 1.236e9), ("configs/bench_llama3_8b.py", 8.030e9),
+    ("configs/bench_qwen2_7b.py", 7.616e9)])
+def test_gpu_bench_configs_have_the_published_sizes(config_file, params):
+    """The parameter counts the model cards give (abstract init: nothing is allocated)."""
+    import jax
+    from flax import nnx
+
+    from reft_jax.bench import harness
+    from reft_jax.models import RuntimeOptions, Transformer, from_hf_dict
+
+    cfg = load_config(config_file, [])
+    harness.validate(cfg)
+    model_cfg = from_hf_dict(cfg.model.init.to_dict())
+    abstract = nnx.eval_shape(lambda: Transformer(model_cfg, RuntimeOptions(), rngs=nnx.Rngs(0)))
+    count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert count == pytest.approx(params, rel=2e-3)
+    assert cfg.bench.seq_len == 2048 and cfg.model.dtype == "bfloat16"
+
+
+def test_gpu_bench_config_argument():
+    cfg = load_config("configs/bench_llama3_8b.py:full,1024", [])
+    assert tuple(cfg.bench.finetune) == ("full",) and cfg.bench.seq_len == 1024 and cfg.model.param_dtype == "float32"
+    with pytest.raises(ConfigError, match="expected full, lora"):
+        load_config("configs/bench_llama3_8b.py:fast", [])

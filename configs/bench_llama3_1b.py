@@ -1,0 +1,10 @@
+"""Llama-3.2-1B-sized benchmark on one GPU: full finetuning and LoRA, batch 4 x 2048 tokens, bf16.
+  reft-jax bench --config configs/bench_llama3_1b.py --workdir runs/bench_1b
+  reft-jax bench --config configs/bench_llama3_1b.py:lora,1024 --workdir runs/bench_1b_lora
+"""
+
+from reft_jax.bench.presets import gpu_config
+
+
+def get_config(arg: str = ""):
+    return gpu_config("llama3.2-1b", arg, batch_size=4, default_finetune=("full", "lora"), remat="none")
