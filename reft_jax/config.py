@@ -64,7 +64,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.judge_path = ""  # local checkpoint of the llama_guard / beavertails judge
     c.eval.max_new_tokens = 128
     c.eval.batch_size = 16
-    c.eval.baselines = ("no_defense",)  # methods trained and evaluated besides Ref-Teacher
+
+    # Methods trained and compared by `run` (reft_jax.methods): "all", or comma-separated names out of
+    # ref_teacher, no_defense, sa_ft, sa_plus_ft, filter_only, distill_only, saft, llamaguard_filter,
+    # sa_ft+filter, sa_plus_ft+filter. ref_teacher and no_defense always run.
+    c.methods = "ref_teacher,no_defense"
+    c.baselines = ml_collections.ConfigDict()
+    c.baselines.sa_steps = 0  # SFT steps of the safety alignment (sa_ft); 0 = teacher.steps
+    c.baselines.joint_weight = 1.0  # weight of the alignment CE in the joint baselines (sa_plus_ft)
+    c.baselines.llama_guard_path = ""  # local Llama-Guard-style checkpoint; "" = llamaguard_filter is skipped
+    c.saft = ml_collections.ConfigDict()  # the SAFT filter (reft_jax.saft), validated on the data.pool prompts
+    c.saft.layers = ()  # hidden_states indices to choose from; () = num_layers // 4, // 2 and 3 // 4
+    c.saft.ks = (1, 2, 4, 8)  # subspace sizes to choose from
+    c.saft.weighted = True  # weight each direction by its singular value over the first
+    c.saft.percentile = 85.0  # flag the user samples scoring above this percentile
 
     c.filter = ml_collections.ConfigDict()
     c.filter.tau = 0.0  # flag when cos(f_l, R_l) > tau

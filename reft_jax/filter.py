@@ -67,20 +67,27 @@ def prompts_only(ds: TokenizedDataset) -> TokenizedDataset:
     return dataclasses.replace(ds, response_ids=empty)
 
 
+def prompt_features(model: FrozenModel, ds: TokenizedDataset, layers: tuple[int, ...], *, batch_size: int,
+                    buckets: Sequence[int], progress: bool = True, desc: str = "filter") -> np.ndarray:
+    """Last-prompt-token hidden states at `layers` of every example, in dataset order: [len(layers), N, D]."""
+    features = make_feature_fn(tuple(layers))
+    batches = Batches(prompts_only(ds), batch_size, buckets, shuffle=False, num_epochs=1)
+    out = None
+    for step in tqdm(range(batches.num_steps), desc=desc, disable=not progress):
+        f = np.asarray(features(model, batches.batch(step)))
+        if out is None:
+            out = np.full((len(layers), len(ds), f.shape[-1]), np.nan, np.float32)
+        for j, row in enumerate(batches.global_rows(step)):
+            if row:
+                out[:, row[0]] = f[:, j]
+    return out
+
+
 def score(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layer: int, *, batch_size: int,
           buckets: Sequence[int], progress: bool = True) -> np.ndarray:
     """Cosine of each example's layer-`layer` last-prompt-token state with r, in dataset order (float32)."""
-    features = make_feature_fn(layer)
-    batches = Batches(prompts_only(ds), batch_size, buckets, shuffle=False, num_epochs=1)
-    scores = np.full(len(ds), np.nan, np.float32)
-    for step in tqdm(range(batches.num_steps), desc="filter", disable=not progress):
-        batch = batches.batch(step)
-        rows = [row[0] if row else -1 for row in batches.global_rows(step)]
-        s = np.asarray(refusal.cosine_scores(features(teacher, batch), r))
-        for j, position in enumerate(rows):
-            if position >= 0:
-                scores[position] = s[j]
-    return scores
+    features = prompt_features(teacher, ds, (layer,), batch_size=batch_size, buckets=buckets, progress=progress)[0]
+    return np.asarray(refusal.cosine_scores(features, r), np.float32)
 
 
 def run_filter(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layer: int, tau: float, *,

@@ -23,8 +23,9 @@ from flax import nnx
 
 from reft_jax import data as rdata
 from reft_jax import filter as rfilter
-from reft_jax import parallel, refusal
+from reft_jax import cost, parallel, refusal
 from reft_jax.errors import ConfigError, ReftError
+from reft_jax.methods import METHODS, Method
 from reft_jax.models import (LoraConfig, RuntimeOptions, Transformer, add_lora, from_hf_dict, from_pretrained,
                              save_pretrained)
 from reft_jax.train import runs
@@ -180,7 +181,7 @@ def vocab_of(cfg, tokenizer) -> int:
 def load_stage_model(folder: Path, cfg, what: str) -> Transformer:
     """The teacher or student a previous stage wrote (what: "teacher" or "student")."""
     if not (folder / "config.json").exists():
-        command = "train-teacher" if what == "teacher" else "finetune"
+        command = {"teacher": "train-teacher", "student": "finetune"}.get(what, "run")
         raise ReftError(f"{folder}: no {what} here; run `reft-jax {command}` first")
     opts = runtime_options(cfg)
     return from_pretrained(folder, opts.dtype, opts.param_dtype, attention=opts.attention, remat=opts.remat,
@@ -189,25 +190,66 @@ def load_stage_model(folder: Path, cfg, what: str) -> Transformer:
 
 # -- stages -------------------------------------------------------------------------------------------
 
+def _copy(cfg, **fields) -> ml_collections.ConfigDict:
+    """A copy of cfg with dotted fields set, e.g. _copy(cfg, **{"distill.beta": 0.0})."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    for key, value in fields.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return cfg
+
+
+def _save_model(model: Transformer, tokenizer, folder: Path) -> None:
+    save_pretrained(model, folder)  # every process takes part (gathers); process 0 writes
+    if jax.process_index() == 0:
+        tokenizer.save_pretrained(str(folder))
+
+
 def train_teacher(cfg, workdir: Path) -> Path:
     out = workdir / "teacher"
-    tokenizer = load_tokenizer(cfg)
-    vocab = vocab_of(cfg, tokenizer)
-    data = load_data(cfg, vocab)
-    model = trainable(cfg, base_model(cfg, vocab), salt=1)
-    align = batches(cfg, data.alignment)
-    teacher, r = runs.train_teacher(cfg, model, out, align.batch, pool_batches(cfg, data.pool))
-    layer = runs.refusal_layer(cfg, teacher)
-    tau = float(cfg.filter.tau)
-    if float(cfg.filter.calibrate_recall) > 0:
-        pool_scores = rfilter.score(FrozenModel.of(teacher), data.pool, r, layer, batch_size=int(cfg.data.batch_size),
-                                    buckets=list(cfg.data.buckets), progress=bool(cfg.logging.progress))
-        tau = refusal.calibrate_threshold(pool_scores, data.pool.harmful, float(cfg.filter.calibrate_recall))
-    save_pretrained(teacher, out / "model")  # every process takes part (gathers); process 0 writes
-    if jax.process_index() == 0:
-        tokenizer.save_pretrained(str(out / "model"))
-        np.save(out / "refusal_feature.npy", np.asarray(r))
-        (out / "filter.json").write_text(json.dumps({"layer": layer, "tau": tau}, indent=2) + "\n")
+    with cost.Stage(out, "teacher") as stage:
+        tokenizer = load_tokenizer(cfg)
+        vocab = vocab_of(cfg, tokenizer)
+        data = load_data(cfg, vocab)
+        model = trainable(cfg, base_model(cfg, vocab), salt=1)
+        align = batches(cfg, data.alignment)
+        pool = pool_batches(cfg, data.pool)
+        teacher, r = runs.train_teacher(cfg, model, out, align.batch, pool)
+        layer = runs.refusal_layer(cfg, teacher)
+        tau = float(cfg.filter.tau)
+        if float(cfg.filter.calibrate_recall) > 0:
+            pool_scores = rfilter.score(FrozenModel.of(teacher), data.pool, r, layer,
+                                        batch_size=int(cfg.data.batch_size), buckets=list(cfg.data.buckets),
+                                        progress=bool(cfg.logging.progress))
+            tau = refusal.calibrate_threshold(pool_scores, data.pool.harmful, float(cfg.filter.calibrate_recall))
+        _save_model(teacher, tokenizer, out / "model")
+        if jax.process_index() == 0:
+            np.save(out / "refusal_feature.npy", np.asarray(r))
+            (out / "filter.json").write_text(json.dumps({"layer": layer, "tau": tau}, indent=2) + "\n")
+        steps = int(cfg.teacher.steps)
+        refreshes = -(-steps // int(cfg.refusal.update_every)) + 1  # R_l every update_every steps, and at the end
+        stage.flops = (cost.train_flops(model.cfg, lora_config(cfg), align.batch, steps)
+                       + refreshes * cost.forward_flops(model.cfg, pool.__getitem__, len(pool)))
+    return out
+
+
+def safety_align(cfg, workdir: Path) -> Path:
+    """The conventional first stage of sa_ft: the base model SFT-trained on the alignment data."""
+    out = workdir / "safety_aligned"
+    steps = int(cfg.baselines.sa_steps) or int(cfg.teacher.steps)
+    with cost.Stage(out, "safety_alignment") as stage:
+        tokenizer = load_tokenizer(cfg)
+        vocab = vocab_of(cfg, tokenizer)
+        data = load_data(cfg, vocab)
+        sa_cfg = _copy(cfg, **{"distill.beta": 0.0, "student.steps": steps})
+        model = trainable(sa_cfg, base_model(sa_cfg, vocab), salt=4)
+        align = batches(sa_cfg, data.alignment, seed_offset=5)
+        aligned = runs.train_student(sa_cfg, model, None, out, align.batch, align.batch)
+        _save_model(aligned, tokenizer, out / "model")
+        stage.flops = cost.train_flops(model.cfg, lora_config(cfg), align.batch, steps)
     return out
 
 
@@ -221,31 +263,116 @@ def _teacher_filter_settings(workdir: Path) -> tuple[np.ndarray, int, float]:
     return r, int(settings["layer"]), float(settings["tau"])
 
 
+def _prompt_flops(model_cfg, ds, batch_size: int, buckets) -> int:
+    fixed = rdata.Batches(rfilter.prompts_only(ds), batch_size, list(buckets), shuffle=False, num_epochs=1)
+    return cost.forward_flops(model_cfg, fixed.batch, fixed.num_steps)
+
+
 def run_filter(cfg, workdir: Path, data_file: str | None = None) -> dict:
     """Scores the user data (or a JSONL file of prompts with optional `harmful`) with the teacher."""
-    teacher = load_stage_model(workdir / "teacher" / "model", cfg, "teacher")
-    r, layer, tau = _teacher_filter_settings(workdir)
-    tokenizer = load_tokenizer(cfg)
-    if data_file:
-        examples = rdata.load_examples(rdata.SourceSpec(data_file), with_response=False, template=cfg.data.template,
-                                       tokenizer=tokenizer)
-        ds = tokenize(cfg, examples, tokenizer, teacher.cfg.vocab_size, f"tokenizing {data_file}")
-    else:
-        ds = load_data(cfg, teacher.cfg.vocab_size).user
-    result = rfilter.run_filter(FrozenModel.of(teacher), ds, r, layer, tau, batch_size=int(cfg.filter.batch_size),
-                                buckets=list(cfg.data.buckets), progress=bool(cfg.logging.progress))
-    report = {**result.report(), "data": data_file or "user"}
-    if jax.process_index() == 0:
-        result.write(workdir / "filter")
-        (workdir / "filter" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with cost.Stage(workdir / "filter", "filter") as stage:
+        teacher = load_stage_model(workdir / "teacher" / "model", cfg, "teacher")
+        r, layer, tau = _teacher_filter_settings(workdir)
+        tokenizer = load_tokenizer(cfg)
+        if data_file:
+            examples = rdata.load_examples(rdata.SourceSpec(data_file), with_response=False,
+                                           template=cfg.data.template, tokenizer=tokenizer)
+            ds = tokenize(cfg, examples, tokenizer, teacher.cfg.vocab_size, f"tokenizing {data_file}")
+        else:
+            ds = load_data(cfg, teacher.cfg.vocab_size).user
+        result = rfilter.run_filter(FrozenModel.of(teacher), ds, r, layer, tau, batch_size=int(cfg.filter.batch_size),
+                                    buckets=list(cfg.data.buckets), progress=bool(cfg.logging.progress))
+        report = {**result.report(), "data": data_file or "user"}
+        if jax.process_index() == 0:
+            result.write(workdir / "filter")
+            (workdir / "filter" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        stage.flops = _prompt_flops(teacher.cfg, ds, int(cfg.filter.batch_size), cfg.data.buckets)
     return report
 
 
-def flagged_indices(workdir: Path) -> set[int]:
-    """Indices of the user examples the filter flagged (from the filter stage's scores of the user data)."""
-    path, report = workdir / "filter" / "scores.jsonl", workdir / "filter" / "report.json"
+def filter_dir(workdir: Path, name: str) -> Path:
+    """Where filter `name` (methods.FILTERS) writes scores.jsonl and report.json."""
+    return workdir / "filter" if name == "ref_teacher" else workdir / "filters" / name
+
+
+def _write_filter(result: rfilter.FilterResult, folder: Path, **extra) -> dict:
+    report = {**result.report(), "data": "user", **extra}
+    if jax.process_index() == 0:
+        result.write(folder)
+        (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def saft_layers(cfg, num_layers: int) -> tuple[int, ...]:
+    """saft.layers, or by default the blocks at a quarter, half and three quarters of the depth."""
+    layers = tuple(int(x) for x in cfg.saft.layers)
+    bad = [x for x in layers if not 0 < x <= num_layers]
+    if bad:
+        raise ConfigError(f"saft.layers: {bad[0]} is not a hidden_states index in 1..{num_layers}")
+    default = (max(num_layers // 4, 1), max(num_layers // 2, 1), max(3 * num_layers // 4, 1))
+    return tuple(dict.fromkeys(layers or default))
+
+
+def run_saft_filter(cfg, workdir: Path) -> dict:
+    """The SAFT baseline's filter (reft_jax.saft) on the base model's features; validated on data.pool."""
+    from reft_jax import saft
+
+    folder = filter_dir(workdir, "saft")
+    with cost.Stage(folder, "filter:saft") as stage:
+        tokenizer = load_tokenizer(cfg)
+        data = load_data(cfg, vocab_of(cfg, tokenizer))
+        model = base_model(cfg, vocab_of(cfg, tokenizer))
+        layers = saft_layers(cfg, model.cfg.num_layers)
+        kw = dict(batch_size=int(cfg.filter.batch_size), buckets=list(cfg.data.buckets),
+                  progress=bool(cfg.logging.progress))
+        frozen = FrozenModel.of(model)
+        user = rfilter.prompt_features(frozen, data.user, layers, desc="saft: user prompts", **kw)
+        val = rfilter.prompt_features(frozen, data.pool, layers, desc="saft: validation pool", **kw)
+        result, choice = saft.run_filter(user, data.user.index, data.user.harmful, val, data.pool.harmful, layers,
+                                         ks=[int(k) for k in cfg.saft.ks], weighted=bool(cfg.saft.weighted),
+                                         percentile=float(cfg.saft.percentile))
+        report = _write_filter(result, folder, method="saft", k=choice.k, sign=choice.sign,
+                               val_auroc=choice.val_auroc, percentile=float(cfg.saft.percentile))
+        stage.flops = sum(_prompt_flops(model.cfg, ds, kw["batch_size"], kw["buckets"]) for ds in (data.user, data.pool))
+    return report
+
+
+def run_llama_guard_filter(cfg, workdir: Path) -> dict:
+    """Drops the user samples (prompt and response) that a local Llama-Guard-style judge calls unsafe."""
+    from reft_jax import flops
+    from reft_jax.evaluation import judges
+
+    path = cfg.baselines.llama_guard_path
+    if not path:
+        raise ConfigError("baselines.llama_guard_path: the llamaguard_filter method needs a local checkpoint")
+    folder = filter_dir(workdir, "llama_guard")
+    with cost.Stage(folder, "filter:llama_guard") as stage:
+        tokenizer = load_tokenizer(cfg)
+        d = cfg.data
+        # The same deterministic mixture as load_data's, as text: the judge reads prompts and responses.
+        examples = rdata.user_data(d.user.task, d.user.source or None, d.user.harmful_source or rdata.BEAVERTAILS,
+                                   n=int(d.user.n), p=float(d.user.p), seed=int(cfg.seed), template=d.template,
+                                   tokenizer=tokenizer)
+        ds = load_data(cfg, vocab_of(cfg, tokenizer)).user
+        judge = judges.LlamaGuardJudge(path)
+        pairs = [(examples[i]["prompt"], examples[i]["response"]) for i in ds.index]
+        unsafe = judge.judge([p for p, _ in pairs], [r for _, r in pairs])
+        result = rfilter.FilterResult(index=np.asarray(ds.index), score=np.asarray(unsafe, np.float32),
+                                      label=np.asarray(ds.harmful), tau=0.5, layer=-1)
+        report = _write_filter(result, folder, method="llama_guard", judge=judge.name)
+        new = judge.generation.max_new_tokens
+        stage.flops = sum(flops.forward_flops(judge.model.cfg, 1, len(judge.tokenizer(judge.format(p, r)).input_ids)
+                                              + new) for p, r in pairs)
+    return report
+
+
+def flagged_indices(workdir: Path, filter_name: str = "ref_teacher") -> set[int]:
+    """Indices of the user examples a filter flagged (from its scores of the user data)."""
+    folder = filter_dir(workdir, filter_name)
+    path, report = folder / "scores.jsonl", folder / "report.json"
     if not path.exists() or not report.exists():
-        raise ReftError(f"{path}: missing; run `reft-jax filter` first")
+        command = "reft-jax filter" if filter_name == "ref_teacher" else f"reft-jax run with the {filter_name} filter"
+        raise ReftError(f"{path}: missing; run `{command}` first")
     scored = json.loads(report.read_text()).get("data")
     if scored != "user":
         raise ReftError(f"{report}: holds the scores of {scored}, not of the user data; run `reft-jax filter` "
@@ -253,32 +380,42 @@ def flagged_indices(workdir: Path) -> set[int]:
     return {r["index"] for r in map(json.loads, path.read_text().splitlines()) if r["flagged"]}
 
 
-def finetune(cfg, workdir: Path, *, defended: bool = True, name: str = "student") -> Path:
-    """The student: base model finetuned on the kept user data with distillation from the teacher.
+def finetune(cfg, workdir: Path, method: str | Method = "ref_teacher") -> Path:
+    """Finetunes a method's starting model on its (filtered) user data, with what it adds from the alignment data.
 
-    defended=False is the no-defence baseline: all user data, no teacher (beta = 0)."""
-    out = workdir / name
-    tokenizer = load_tokenizer(cfg)
-    vocab = vocab_of(cfg, tokenizer)
-    data = load_data(cfg, vocab)
-    user = data.user
-    if defended:
-        flagged = flagged_indices(workdir)
-        user = user.select([i for i, index in enumerate(user.index) if int(index) not in flagged])
-        if len(user) == 0:
-            raise ReftError(f"{workdir / 'filter'}: the filter flagged every user example; nothing to finetune on")
-        teacher = load_stage_model(workdir / "teacher" / "model", cfg, "teacher")
-    else:
-        cfg = ml_collections.ConfigDict(cfg.to_dict())
-        cfg.distill.beta = 0.0
-        teacher = None
-    model = trainable(cfg, base_model(cfg, vocab), salt=2)
-    user_batches = batches(cfg, user, seed_offset=2)
-    align_batches = batches(cfg, data.alignment, seed_offset=3)
-    student = runs.train_student(cfg, model, teacher, out, user_batches.batch, align_batches.batch)
-    save_pretrained(student, out / "model")
-    if jax.process_index() == 0:
-        tokenizer.save_pretrained(str(out / "model"))
+    ref_teacher (the `finetune` command): the base on the Ref-Teacher-filtered data, distilling the teacher."""
+    method = METHODS[method] if isinstance(method, str) else method
+    out = workdir / method.folder
+    with cost.Stage(out, f"finetune:{method.name}") as stage:
+        tokenizer = load_tokenizer(cfg)
+        vocab = vocab_of(cfg, tokenizer)
+        data = load_data(cfg, vocab)
+        user = data.user
+        if method.filter:
+            flagged = flagged_indices(workdir, method.filter)
+            user = user.select([i for i, index in enumerate(user.index) if int(index) not in flagged])
+            if len(user) == 0:
+                raise ReftError(f"{filter_dir(workdir, method.filter)}: the filter flagged every user example; "
+                                "nothing to finetune on")
+        teacher = load_stage_model(workdir / "teacher" / "model", cfg, "teacher") if method.distill else None
+        if not method.distill:
+            cfg = _copy(cfg, **{"distill.beta": 0.0})
+        if method.start == "sa":
+            start = load_stage_model(workdir / "safety_aligned" / "model", cfg, "safety-aligned model")
+        else:
+            start = base_model(cfg, vocab)
+        model = trainable(cfg, start, salt=2)
+        user_batches = batches(cfg, user, seed_offset=2)
+        align_batches = batches(cfg, data.alignment, seed_offset=3)
+        alpha = float(cfg.baselines.joint_weight) if method.joint else 0.0
+        student = runs.train_student(cfg, model, teacher, out, user_batches.batch, align_batches.batch, alpha=alpha)
+        _save_model(student, tokenizer, out / "model")
+        steps, lora = int(cfg.student.steps), lora_config(cfg)
+        stage.flops = cost.train_flops(model.cfg, lora, user_batches.batch, steps)
+        if method.distill or method.joint:
+            stage.flops += cost.train_flops(model.cfg, lora, align_batches.batch, steps)
+        if method.distill:
+            stage.flops += cost.forward_flops(model.cfg, align_batches.batch, steps)
     return out
 
 
@@ -291,7 +428,33 @@ def export(cfg, workdir: Path, out: Path) -> Path:
 
 # -- evaluation ---------------------------------------------------------------------------------------
 
-METHOD_DIRS = {"ref_teacher": "student", "no_defense": "no_defense"}
+FILTER_METRICS = ("precision", "recall", "f1", "auroc", "num_flagged", "num_examples", "tau")
+
+
+def _filter_metrics(workdir: Path, method: Method) -> dict | None:
+    """The method's filter on the user data: precision, recall, F1, AUROC, counts (None without a filter)."""
+    if not method.filter:
+        return None
+    report = json.loads((filter_dir(workdir, method.filter) / "report.json").read_text())
+    return {"name": method.filter, **{k: report.get(k) for k in FILTER_METRICS}}
+
+
+STAGE_DIRS = {"teacher": "teacher", "safety_alignment": "safety_aligned", "filter": "filter"}
+
+
+def stage_dir(workdir: Path, stage: str) -> Path:
+    if stage.startswith("filter:"):
+        return filter_dir(workdir, stage.split(":", 1)[1])
+    if stage.startswith("finetune:"):
+        return workdir / METHODS[stage.split(":", 1)[1]].folder
+    return workdir / STAGE_DIRS[stage]
+
+
+def method_cost(workdir: Path, method: Method) -> dict:
+    """Each stage's wall time, accelerator-seconds and FLOPs (shared stages, like the teacher, count in full
+    for every method that needs them: the price of that pipeline), and their totals."""
+    stages = [cost.read(stage_dir(workdir, s)) for s in method.stages()]
+    return {"stages": [s or {"stage": name} for s, name in zip(stages, method.stages())], **cost.total(stages)}
 
 
 def make_judge(cfg):
@@ -329,21 +492,24 @@ def evaluate(cfg, workdir: Path) -> dict:
     generation = GenerationConfig(max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size))
     judge = make_judge(cfg)
     methods = {}
-    for method, folder in METHOD_DIRS.items():
-        if not (workdir / folder / "model" / "config.json").exists():
+    for method in METHODS.values():
+        folder = workdir / method.folder / "model"
+        if not (folder / "config.json").exists():
             continue
-        model = load_stage_model(workdir / folder / "model", cfg, method)
+        model = load_stage_model(folder, cfg, method.name)
         answers = generate_text(model, tokenizer, [ex["prompt"] for ex in harmful], generation,
-                                    desc=f"{method}: harmful prompts")
+                                desc=f"{method.name}: harmful prompts")
         result = judges.harmful_score(judge, [ex["prompt"] for ex in harmful], answers)
         accuracy = None
         if task:
             predictions = generate_text(model, tokenizer, [ex["prompt"] for ex in task], generation,
-                                            desc=f"{method}: task")
+                                        desc=f"{method.name}: task")
             accuracy = metrics.finetune_accuracy(d.user.task, predictions, [ex["label"] for ex in task])["finetune_accuracy"]
-        methods[method] = {"harmful_score": result["harmful_score"], "finetune_accuracy": accuracy,
-                           "judge": result["judge"], "num_harmful_prompts": result["n"], "num_task": len(task),
-                           "examples": [{"prompt": p["prompt"][-200:], "answer": a} for p, a in zip(harmful[:3], answers)]}
+        methods[method.name] = {
+            "harmful_score": result["harmful_score"], "finetune_accuracy": accuracy, "judge": result["judge"],
+            "num_harmful_prompts": result["n"], "num_task": len(task), "stages": method.stages(),
+            "filter": _filter_metrics(workdir, method), "cost": method_cost(workdir, method),
+            "examples": [{"prompt": p["prompt"][-200:], "answer": a} for p, a in zip(harmful[:3], answers)]}
     if not methods:
         raise ReftError(f"{workdir}: no trained student to evaluate; run `reft-jax finetune` first")
     report = {"methods": methods}
@@ -356,30 +522,55 @@ def evaluate(cfg, workdir: Path) -> dict:
     return report
 
 
+def stage_plan(selected: list[Method]) -> list[str]:
+    """Every stage the selected methods need, once each: teacher and safety alignment first, then the
+    filters, then one finetuning per method."""
+    needed = list(dict.fromkeys(s for m in selected for s in m.stages()))
+    rank = {"teacher": 0, "safety_alignment": 1}
+    return sorted(needed, key=lambda s: rank.get(s, 2 if s.startswith("filter") else 3))
+
+
+def _stage_runner(stage: str):
+    """(run(cfg, workdir), the file whose existence means the stage is done)."""
+    if stage == "teacher":
+        return train_teacher, "teacher/filter.json"
+    if stage == "safety_alignment":
+        return safety_align, "safety_aligned/model/config.json"
+    if stage == "filter":
+        return run_filter, "filter/report.json"
+    if stage == "filter:saft":
+        return run_saft_filter, "filters/saft/report.json"
+    if stage == "filter:llama_guard":
+        return run_llama_guard_filter, "filters/llama_guard/report.json"
+    method = METHODS[stage.split(":", 1)[1]]
+    return (lambda cfg, workdir: finetune(cfg, workdir, method)), f"{method.folder}/model/config.json"
+
+
 def run(cfg, workdir: Path, *, force: bool = False) -> dict:
-    """The whole pipeline; a stage whose outputs exist is skipped unless force. Writes report.json/.md and plots."""
+    """The selected methods' stages (a stage whose outputs exist is skipped unless force), then evaluation.
+    Writes report.json/.md and plots."""
     from reft_jax import report as rreport
+    from reft_jax.methods import selected as select_methods
 
-    def needed(marker: Path) -> bool:
-        return force or not marker.exists()
-
-    if needed(workdir / "teacher" / "filter.json"):
-        train_teacher(cfg, workdir)
-    if needed(workdir / "filter" / "report.json"):
-        run_filter(cfg, workdir)
-    if needed(workdir / "student" / "model" / "config.json"):
-        finetune(cfg, workdir)
-    for baseline in cfg.eval.baselines:
-        if baseline != "no_defense":
-            raise ConfigError(f"eval.baselines: unknown baseline {baseline!r} (available: no_defense)")
-        if needed(workdir / "no_defense" / "model" / "config.json"):
-            finetune(cfg, workdir, defended=False, name="no_defense")
+    requested = select_methods(cfg.methods)
+    skipped = {}
+    if not cfg.baselines.llama_guard_path:
+        skipped = {m.name: "skipped: no Llama-Guard checkpoint configured (baselines.llama_guard_path)"
+                   for m in requested if m.filter == "llama_guard"}
+    chosen = [m for m in requested if m.name not in skipped]
+    for stage in stage_plan(chosen):
+        runner, marker = _stage_runner(stage)
+        if force or not (workdir / marker).exists():
+            runner(cfg, workdir)
     report = evaluate(cfg, workdir)
+    report["methods"] = {m.name: {"skipped": skipped[m.name]} if m.name in skipped else report["methods"][m.name]
+                         for m in requested}
     if jax.process_index() == 0:
         (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         rreport.write_markdown(report, workdir / "report.md")
         tau = json.loads((workdir / "teacher" / "filter.json").read_text())["tau"]
         rreport.plot_filter_scores(workdir / "filter" / "scores.jsonl", tau, workdir / "filter_scores.png")
-        rreport.plot_losses({name: workdir / name / "metrics.jsonl" for name in ("teacher", "student", "no_defense")},
-                            workdir / "loss_curves.png")
+        curves = {"teacher": workdir / "teacher" / "metrics.jsonl"}
+        curves.update({m.name: workdir / m.folder / "metrics.jsonl" for m in chosen})
+        rreport.plot_losses(curves, workdir / "loss_curves.png")
     return report

@@ -7,8 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-METHOD_TITLES = {"no_defense": "No defence (base finetuned on all user data)",
-                 "ref_teacher": "Ref-Teacher (filter + distillation)"}
+METHOD_TITLES = {
+    "ref_teacher": "Ref-Teacher (filter + distillation)",
+    "no_defense": "No defence (base finetuned on all user data)",
+    "sa_ft": "SA -> FT (safety-aligned by SFT, then finetuned on all user data)",
+    "sa_plus_ft": "SA + FT (SFT on alignment and user data together)",
+    "filter_only": "Ref-Teacher filter only (no distillation)",
+    "distill_only": "Ref-Teacher distillation only (no filter)",
+    "saft": "SAFT filter, then finetuning",
+    "llamaguard_filter": "Llama-Guard filter, then finetuning",
+    "sa_ft+filter": "SA -> FT with the Ref-Teacher filter",
+    "sa_plus_ft+filter": "SA + FT with the Ref-Teacher filter",
+}
 FILTER_KEYS = ("precision", "recall", "f1", "auroc", "flagged_harmless_share")
 
 
@@ -16,19 +26,43 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _cost(c: dict | None) -> tuple[str, str, str]:
+    if not c or c.get("wall_s") is None:
+        return "n/a", "n/a", "n/a"
+    return f"{c['wall_s']:.1f}", f"{c['device_s']:.1f}", f"{c['flops'] / 1e12:.3g}"
+
+
 def write_markdown(report: dict, path: Path) -> None:
-    lines = ["# reft-jax report", "", "| method | harmful score | finetune accuracy | judge |", "| --- | --- | --- | --- |"]
+    lines = ["# reft-jax report", "",
+             "| method | harmful score | finetune accuracy | filter precision | recall | F1 | AUROC | wall s | "
+             "device s | TFLOPs |", "| --- |" + " ---: |" * 9]
+    notes = []
     for name, m in report["methods"].items():
-        lines.append(f"| {METHOD_TITLES.get(name, name)} | {_fmt(m['harmful_score'])} | "
-                     f"{_fmt(m['finetune_accuracy'])} | {m['judge']} |")
+        title = METHOD_TITLES.get(name, name)
+        if "skipped" in m:
+            notes.append(f"- {title}: {m['skipped']}")
+            continue
+        f = m.get("filter") or {}
+        lines.append(f"| {title} | {_fmt(m['harmful_score'])} | {_fmt(m['finetune_accuracy'])} | "
+                     + " | ".join(_fmt(f.get(k)) for k in ("precision", "recall", "f1", "auroc"))
+                     + " | " + " | ".join(_cost(m.get("cost"))) + " |")
+    judges = sorted({m["judge"] for m in report["methods"].values() if "judge" in m})
+    lines += ["", f"Judge: {', '.join(judges)}.", *([""] + notes if notes else [])]
+    stages = {s["stage"]: s for m in report["methods"].values() for s in (m.get("cost") or {}).get("stages", [])
+              if "wall_s" in s}
+    if stages:
+        lines += ["", "## Cost of each stage", "", "A method's cost is the sum of the stages it needs; shared stages "
+                  "(the teacher, the safety alignment, a filter) count in full for every method that uses them.", "",
+                  "| stage | wall s | device s | TFLOPs |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | " + " | ".join(_cost(s)) + " |" for name, s in stages.items()]
     f = report.get("filter") or {}
     if f:
-        lines += ["", "## Filter on the user data", "", "| " + " | ".join(FILTER_KEYS) + " |",
+        lines += ["", "## Ref-Teacher filter on the user data", "", "| " + " | ".join(FILTER_KEYS) + " |",
                   "|" + " --- |" * len(FILTER_KEYS), "| " + " | ".join(_fmt(f.get(k)) for k in FILTER_KEYS) + " |",
                   "", f"{f.get('num_flagged')} of {f.get('num_examples')} user examples flagged (tau = {f.get('tau')})."]
-    lines += ["", "Harmful score: share of harmful test prompts whose answer the judge flags. Finetune accuracy: "
-              "task answers matching the label.", "", "![filter scores](filter_scores.png)", "",
-              "![loss curves](loss_curves.png)", ""]
+    lines += ["", ("Harmful score: share of harmful test prompts whose answer the judge flags. Finetune accuracy: "
+                   "task answers matching the label. Device seconds: wall seconds times the devices held."), "",
+              "![filter scores](filter_scores.png)", "", "![loss curves](loss_curves.png)", ""]
     path.write_text("\n".join(lines))
 
 
@@ -59,7 +93,7 @@ def plot_filter_scores(scores_file: Path, tau: float, out: Path) -> bool:
 
 
 def plot_losses(runs: dict[str, Path], out: Path) -> None:
-    """Loss curves of the teacher, the student and the baseline, from their metrics.jsonl."""
+    """Loss curves of the teacher and of each method's finetuning, from their metrics.jsonl."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

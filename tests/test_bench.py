@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reft_jax.bench import flops, harness, workload
+from reft_jax import flops
+from reft_jax.bench import harness, workload
 from reft_jax.cli import load_config, main
 from reft_jax.models import LoraConfig, from_hf_dict
 

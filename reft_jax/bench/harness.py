@@ -18,7 +18,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from reft_jax.bench import flops, workload
+from reft_jax import flops
+from reft_jax.bench import workload
 from reft_jax.errors import ConfigError
 from reft_jax.models.config import from_hf_dict
 from reft_jax.models.layers import LoraConfig

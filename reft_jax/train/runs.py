@@ -102,16 +102,19 @@ def train_teacher(cfg, model: Transformer, workdir: str | Path, batch_at: Callab
 
 
 def train_student(cfg, model: Transformer, teacher: Transformer | None, workdir: str | Path,
-                  user_at: Callable[[int], Batch], align_at: Callable[[int], Batch]) -> Transformer:
+                  user_at: Callable[[int], Batch], align_at: Callable[[int], Batch], *,
+                  alpha: float = 0.0) -> Transformer:
     """Finetunes the student from `model` (the base) on kept user data, distilling `teacher` on alignment data.
-    teacher None (with distill.beta = 0): plain finetuning, the no-defence baseline."""
+    teacher None (with distill.beta = 0): plain finetuning, the no-defence baseline. alpha > 0 adds the CE of
+    the alignment responses (joint SFT on both datasets)."""
     if teacher is None and float(cfg.distill.beta) != 0:
         raise ConfigError("distill.beta must be 0 when finetuning without a teacher")
     updates = max(int(cfg.student.steps) // int(cfg.optim.grad_accum), 1)
     tx = make_optimizer(cfg.optim, updates)
     place = _Placement(cfg, model, tx, user_at(0))
     frozen_teacher = place.frozen(teacher)
-    step = make_student_step(tx, StudentLoss(beta=float(cfg.distill.beta), temperature=float(cfg.distill.temperature)),
+    step = make_student_step(tx, StudentLoss(beta=float(cfg.distill.beta), temperature=float(cfg.distill.temperature),
+                                               alpha=float(alpha)),
                              state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
                              teacher_sharding=None if teacher is None else parallel.frozen_model_sharding(
                                  frozen_teacher, place.mesh, units=place.units))

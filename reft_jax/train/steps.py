@@ -89,21 +89,32 @@ def _cos_means(cos, batch):
 
 @dataclasses.dataclass(frozen=True)
 class StudentLoss:
-    """L_student = CE(kept user data) + beta * T^2 * KL(teacher^T || student^T) on alignment responses."""
+    """L_student = CE(kept user data) + beta * T^2 * KL(teacher^T || student^T) on alignment responses
+    [+ alpha * CE(alignment responses): the joint-SFT baselines, no teacher]."""
 
     beta: float = 1.0
     temperature: float = 1.0
+    alpha: float = 0.0
 
-    def __call__(self, model: Transformer, teacher: Transformer, user: Batch, align: Batch):
+    def __call__(self, model: Transformer, teacher: Transformer | None, user: Batch, align: Batch):
         user_logits = model(user["input_ids"], user["attention_mask"]).logits
         ce, tokens = losses.cross_entropy(user_logits, user["input_ids"], user["loss_mask"], user["example_weight"])
-        if self.beta == 0:  # no distillation (the no-defence baseline): skip both alignment forwards
-            return ce, dict(ce=ce, tokens=tokens)
+        loss, metrics = ce, dict(ce=ce, tokens=tokens)
+        if self.beta == 0 and self.alpha == 0:  # plain finetuning: skip the alignment forwards
+            return loss, metrics
         student_logits = model(align["input_ids"], align["attention_mask"]).logits
-        teacher_logits = jax.lax.stop_gradient(teacher(align["input_ids"], align["attention_mask"]).logits)
-        kl, kl_tokens = losses.distillation_kl(student_logits, teacher_logits, align["loss_mask"], self.temperature,
-                                               align["example_weight"])
-        return ce + self.beta * kl, dict(ce=ce, kl=kl, tokens=tokens + kl_tokens)
+        if self.alpha:
+            align_ce, align_tokens = losses.cross_entropy(student_logits, align["input_ids"], align["loss_mask"],
+                                                          align["example_weight"])
+            loss = loss + self.alpha * align_ce
+            metrics.update(align_ce=align_ce, tokens=metrics["tokens"] + align_tokens)
+        if self.beta:
+            teacher_logits = jax.lax.stop_gradient(teacher(align["input_ids"], align["attention_mask"]).logits)
+            kl, kl_tokens = losses.distillation_kl(student_logits, teacher_logits, align["loss_mask"],
+                                                   self.temperature, align["example_weight"])
+            loss = loss + self.beta * kl
+            metrics.update(kl=kl, tokens=metrics["tokens"] + kl_tokens)
+        return loss, metrics
 
 
 def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads, loss, metrics):
@@ -160,12 +171,16 @@ def make_student_step(tx: optax.GradientTransformation, loss_fn: StudentLoss, *,
                      (state_sharding, None))
 
 
-def make_feature_fn(layer: int):
-    """features(frozen_model, batch) -> [B, D] float32: hidden state `layer` at each last prompt token."""
+def make_feature_fn(layer: int | tuple[int, ...]):
+    """features(frozen_model, batch) -> [B, D] float32: hidden state `layer` at each last prompt token;
+    for a tuple of layers, [len(layers), B, D] from one forward pass."""
+    layers = (layer,) if isinstance(layer, int) else tuple(layer)
 
     @jax.jit
     def features(frozen: FrozenModel, batch: Batch) -> jax.Array:
-        out = frozen.model()(batch["input_ids"], batch["attention_mask"], output_hidden_states=[layer])
-        return refusal.gather_last_prompt(out.hidden_states[layer], batch["prompt_end"]).astype(jnp.float32)
+        out = frozen.model()(batch["input_ids"], batch["attention_mask"], output_hidden_states=list(layers))
+        stacked = jnp.stack([refusal.gather_last_prompt(out.hidden_states[i], batch["prompt_end"]) for i in layers])
+        stacked = stacked.astype(jnp.float32)
+        return stacked[0] if isinstance(layer, int) else stacked
 
     return features

@@ -1,0 +1,70 @@
+"""What each stage of a run costs: wall time, accelerator-seconds and model FLOPs (`STAGE_DIR/cost.json`).
+
+Accelerator-seconds are wall seconds times the devices the stage held (all of them, for every stage). FLOPs
+are model FLOPs (reft_jax.flops) of the batches the stage ran, padded shapes included since the hardware
+computes them; a resumed stage counts the FLOPs of all its steps but the wall time of its last invocation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+
+from reft_jax import flops
+from reft_jax.models import LoraConfig, ModelConfig
+
+Batch = dict
+
+
+class Stage:
+    """with Stage(folder, "teacher") as stage: ...; stage.flops = ...  -> folder/cost.json (process 0)."""
+
+    def __init__(self, folder: Path, name: str):
+        self.folder, self.name, self.flops = Path(folder), name, 0
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None and jax.process_index() == 0:
+            wall = time.perf_counter() - self._t0
+            devices = jax.device_count()
+            record = {"stage": self.name, "wall_s": wall, "device_s": wall * devices, "devices": devices,
+                      "platform": jax.devices()[0].platform, "flops": int(self.flops)}
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "cost.json").write_text(json.dumps(record, indent=2) + "\n")
+        return False
+
+
+def read(folder: Path) -> dict | None:
+    path = Path(folder) / "cost.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _shapes(batch_at: Callable[[int], Batch], steps: int):
+    scale = jax.process_count()  # batch_at gives this process's rows
+    for i in range(steps):
+        b, t = batch_at(i)["input_ids"].shape[:2]
+        yield b * scale, t
+
+
+def train_flops(cfg: ModelConfig, lora: LoraConfig | None, batch_at: Callable[[int], Batch], steps: int) -> int:
+    """Forward and backward of the trained model over `steps` batches."""
+    return sum(flops.train_flops(cfg, b, t, lora) for b, t in _shapes(batch_at, steps))
+
+
+def forward_flops(cfg: ModelConfig, batch_at: Callable[[int], Batch], steps: int) -> int:
+    """Forward passes (a frozen teacher, a scoring pass) over `steps` batches."""
+    return sum(flops.forward_flops(cfg, b, t) for b, t in _shapes(batch_at, steps))
+
+
+def total(stages: list[dict | None]) -> dict:
+    """Sum of stage costs; a stage without a cost record makes the totals None."""
+    if any(s is None for s in stages):
+        return {"wall_s": None, "device_s": None, "flops": None}
+    return {k: sum(s[k] for s in stages) for k in ("wall_s", "device_s", "flops")}

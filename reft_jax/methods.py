@@ -1,0 +1,70 @@
+"""The methods a run compares: Ref-Teacher, its ablations, and the baselines, all in one harness.
+
+A method is a recipe over four choices: the model finetuning starts from (the base, or the base after safety
+alignment by SFT on the alignment data), the filter in front of the user data (none, the Ref-Teacher's, SAFT's
+or a Llama-Guard judge's), and what the alignment data adds to the finetuning loss (the teacher's
+distillation KL, or plain CE when it is trained jointly). Filters share one data flow (a FilterResult whose
+flagged examples are removed before batching), so swapping one leaves the rest of the pipeline as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from reft_jax.errors import ConfigError
+
+FILTERS = ("ref_teacher", "saft", "llama_guard")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    start: str = "base"  # "base" (M0) or "sa" (M0 after SFT on the alignment data)
+    filter: str | None = None  # one of FILTERS, or None: finetune on all user data
+    distill: bool = False  # + beta * KL(teacher || student) on alignment responses
+    joint: bool = False  # + CE on alignment responses (SFT on alignment and user data together)
+
+    @property
+    def folder(self) -> str:
+        """Where the method's finetuned model lives under the workdir (Ref-Teacher's is the contract's student/)."""
+        return "student" if self.name == "ref_teacher" else self.name
+
+    def stages(self) -> list[str]:
+        """The stages that produce this method's model, in the order they run."""
+        out = []
+        if self.filter == "ref_teacher" or self.distill:
+            out.append("teacher")
+        if self.start == "sa":
+            out.append("safety_alignment")
+        if self.filter:
+            out.append(filter_stage(self.filter))
+        return out + [f"finetune:{self.name}"]
+
+
+def filter_stage(name: str) -> str:
+    return "filter" if name == "ref_teacher" else f"filter:{name}"
+
+
+METHODS = {m.name: m for m in (
+    Method("ref_teacher", filter="ref_teacher", distill=True),
+    Method("no_defense"),
+    Method("sa_ft", start="sa"),
+    Method("sa_plus_ft", joint=True),
+    Method("filter_only", filter="ref_teacher"),
+    Method("distill_only", distill=True),
+    Method("saft", filter="saft"),
+    Method("llamaguard_filter", filter="llama_guard"),
+    Method("sa_ft+filter", start="sa", filter="ref_teacher"),
+    Method("sa_plus_ft+filter", filter="ref_teacher", joint=True),
+)}
+
+
+def selected(spec: str) -> list[Method]:
+    """config `methods`: "all", or comma-separated names. Ref-Teacher and no defence always run (the report's
+    contract), first."""
+    names = list(METHODS) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ConfigError(f"methods: unknown method {unknown[0]!r} (available: all, {', '.join(METHODS)})")
+    names = list(dict.fromkeys(["ref_teacher", "no_defense", *names]))
+    return [METHODS[n] for n in names]
