@@ -2,7 +2,7 @@
 
 The data paths are config fields (defaults: the project's ../shared/data); the tokenizer is a byte-level BPE
 trained on the configured sources into WORKDIR/tokenizer (data.tokenizer = "train").
-  reft-jax train-teacher --config configs/real_tiny.py --workdir runs/real_tiny
+  reft-jax run --config configs/real_tiny.py --workdir runs/real_tiny [--config.methods=all]
 """
 
 from pathlib import Path
@@ -29,6 +29,12 @@ def get_config():
     c.data.user.p = 0.1
     c.data.pool.harmful = str(DATA / "refusal" / "harmful_train.json")
     c.data.pool.harmless = str(DATA / "refusal" / "harmless_train.json")
+    # Held out from training: HarmBench val prompts (the pool uses the train split) and the SST-2 dev set.
+    c.data.eval.harmful = str(DATA / "refusal" / "harmful_val.json")
+    c.data.eval.task_source = str(DATA / "tasks" / "sst2_dev.tsv")
+    c.data.eval.n_harmful = 39
+    c.data.eval.n_task = 200
+    c.eval.max_new_tokens = 32
     c.model.init.update(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
                         num_key_value_heads=4, max_position_embeddings=512)
     c.refusal.layer = 3

@@ -73,7 +73,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.baselines.sa_steps = 0  # SFT steps of the safety alignment (sa_ft); 0 = teacher.steps
     c.baselines.joint_weight = 1.0  # weight of the alignment CE in the joint baselines (sa_plus_ft)
     c.baselines.llama_guard_path = ""  # local Llama-Guard-style checkpoint; "" = llamaguard_filter is skipped
-    c.saft = ml_collections.ConfigDict()  # the SAFT filter (reft_jax.saft), validated on the data.pool prompts
+    c.saft = ml_collections.ConfigDict()  # the SAFT filter (reft_jax.saft)
+    # Where its labelled validation pool comes from: "user", a labelled sample of the user data (n_val, half
+    # harmful; a service labels a few examples by hand), or "pool", data.pool's alignment-style prompts.
+    c.saft.val_source = "user"
+    c.saft.n_val = 32
     c.saft.layers = ()  # hidden_states indices to choose from; () = num_layers // 4, // 2 and 3 // 4
     c.saft.ks = (1, 2, 4, 8)  # subspace sizes to choose from
     c.saft.weighted = True  # weight each direction by its singular value over the first

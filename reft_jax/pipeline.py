@@ -1,12 +1,14 @@
-"""The Ref-Teacher pipeline as stages over a workdir: teacher -> filter -> student.
+"""The pipeline as stages over a workdir: teacher -> filter -> student, and the baselines' stages.
 
 Each stage reads what the previous one wrote, so the CLI can run them one at a time or chained:
   WORKDIR/demo/                   generated demo data and tokenizer (when data.demo is set)
   WORKDIR/teacher/model/          the teacher as a Hugging Face folder (LoRA merged)
   WORKDIR/teacher/refusal_feature.npy, filter.json (layer, tau), metrics.jsonl, checkpoints/
   WORKDIR/filter/scores.jsonl, report.json
-  WORKDIR/student/model/, metrics.jsonl, checkpoints/
-"""
+  WORKDIR/student/model/, metrics.jsonl, checkpoints/     (Ref-Teacher; each other method in WORKDIR/METHOD/)
+  WORKDIR/safety_aligned/model/   the base after SFT on the alignment data (sa_ft)
+  WORKDIR/filters/NAME/           the other filters' scores.jsonl and report.json (saft, llama_guard)
+Every stage folder also holds cost.json (reft_jax.cost)."""
 
 from __future__ import annotations
 
@@ -313,8 +315,18 @@ def saft_layers(cfg, num_layers: int) -> tuple[int, ...]:
     return tuple(dict.fromkeys(layers or default))
 
 
+def _labelled_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Positions of n // 2 harmful and n - n // 2 harmless examples (fewer if a class has fewer), seeded."""
+    rng = np.random.default_rng(seed + 7)
+    harmful, harmless = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    k = min(n // 2, len(harmful))
+    picks = [rng.choice(harmful, k, replace=False), rng.choice(harmless, min(n - k, len(harmless)), replace=False)]
+    return np.sort(np.concatenate(picks))
+
+
 def run_saft_filter(cfg, workdir: Path) -> dict:
-    """The SAFT baseline's filter (reft_jax.saft) on the base model's features; validated on data.pool."""
+    """The SAFT baseline's filter (reft_jax.saft) on the base model's features, its layer, k and sign chosen on
+    a labelled validation pool (saft.val_source)."""
     from reft_jax import saft
 
     folder = filter_dir(workdir, "saft")
@@ -327,13 +339,22 @@ def run_saft_filter(cfg, workdir: Path) -> dict:
                   progress=bool(cfg.logging.progress))
         frozen = FrozenModel.of(model)
         user = rfilter.prompt_features(frozen, data.user, layers, desc="saft: user prompts", **kw)
-        val = rfilter.prompt_features(frozen, data.pool, layers, desc="saft: validation pool", **kw)
-        result, choice = saft.run_filter(user, data.user.index, data.user.harmful, val, data.pool.harmful, layers,
+        if cfg.saft.val_source == "user":
+            pick = _labelled_sample(data.user.harmful, int(cfg.saft.n_val), int(cfg.seed))
+            val, val_labels = user[:, pick], data.user.harmful[pick]
+        elif cfg.saft.val_source == "pool":
+            val = rfilter.prompt_features(frozen, data.pool, layers, desc="saft: validation pool", **kw)
+            val_labels = data.pool.harmful
+        else:
+            raise ConfigError(f"saft.val_source: {cfg.saft.val_source!r} is not 'user' or 'pool'")
+        result, choice = saft.run_filter(user, data.user.index, data.user.harmful, val, val_labels, layers,
                                          ks=[int(k) for k in cfg.saft.ks], weighted=bool(cfg.saft.weighted),
                                          percentile=float(cfg.saft.percentile))
         report = _write_filter(result, folder, method="saft", k=choice.k, sign=choice.sign,
-                               val_auroc=choice.val_auroc, percentile=float(cfg.saft.percentile))
-        stage.flops = sum(_prompt_flops(model.cfg, ds, kw["batch_size"], kw["buckets"]) for ds in (data.user, data.pool))
+                               val_auroc=choice.val_auroc, val_source=cfg.saft.val_source, num_val=len(val_labels),
+                               percentile=float(cfg.saft.percentile))
+        scored = (data.user, data.pool) if cfg.saft.val_source == "pool" else (data.user,)
+        stage.flops = sum(_prompt_flops(model.cfg, ds, kw["batch_size"], kw["buckets"]) for ds in scored)
     return report
 
 

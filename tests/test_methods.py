@@ -156,3 +156,16 @@ def test_sa_plus_ft_trains_on_the_alignment_responses_too(all_methods):
     rows = [json.loads(line) for line in (all_methods / "distill_only" / "metrics.jsonl").read_text().splitlines()]
     assert all("kl" in r and "align_ce" not in r for r in rows)
     assert np.isfinite([r["loss"] for r in rows]).all()
+
+
+def test_saft_validated_on_the_refusal_pool(all_methods, tmp_path):
+    """saft.val_source=pool: the layer, k and sign come from data.pool's labelled prompts instead."""
+    workdir = tmp_path / "pool"
+    shutil.copytree(all_methods, workdir)
+    cfg = pipeline.resolve_tokenizer(pipeline.resolve_demo(
+        load_config(str(DEMO_CONFIG), [*ALL, "--config.saft.val_source=pool"]), workdir), workdir)
+    report = pipeline.run_saft_filter(cfg, workdir)
+    assert report["val_source"] == "pool" and report["num_val"] == 2 * 16  # data.pool.n_each=16 per class
+    assert report["num_flagged"] == pytest.approx(0.15 * 80, abs=1)
+    with pytest.raises(ConfigError, match="saft.val_source"):
+        pipeline.run_saft_filter(load_config(str(DEMO_CONFIG), [*ALL, "--config.saft.val_source=labels"]), workdir)
