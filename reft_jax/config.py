@@ -152,3 +152,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.bench.peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = the measured matmul throughput
     c.bench.same_weights = False  # both frameworks load one random init (costs a checkpoint write)
     return c
+
+
+def with_fields(cfg: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
+    """A copy of cfg with dotted fields set, e.g. with_fields(cfg, {"distill.beta": 0.0})."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    for key, value in fields.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return cfg

@@ -26,6 +26,7 @@ from flax import nnx
 from reft_jax import data as rdata
 from reft_jax import filter as rfilter
 from reft_jax import cost, parallel, refusal
+from reft_jax.config import with_fields
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.methods import METHODS, Method
 from reft_jax.models import (LoraConfig, RuntimeOptions, Transformer, add_lora, from_hf_dict, from_pretrained,
@@ -59,15 +60,8 @@ def resolve_demo(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collection
     if jax.process_index() == 0 and not (folder / "tokenizer" / "tokenizer.json").exists():
         rdata.demo.write(str(folder), seed=int(cfg.seed))
     parallel.sync("demo data")
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    for key, split in DEMO_SPLITS.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = str(folder / f"{split}.jsonl")
-    cfg.data.tokenizer = str(folder / "tokenizer")
-    return cfg
+    fields = {key: str(folder / f"{split}.jsonl") for key, split in DEMO_SPLITS.items()}
+    return with_fields(cfg, {**fields, "data.tokenizer": str(folder / "tokenizer")})
 
 
 def resolve_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
@@ -88,9 +82,7 @@ def resolve_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_colle
             texts += [t for ex in rdata.load_examples(d.user.harmful_source) for t in (ex["prompt"], ex["response"])]
         rdata.demo.train_tokenizer(texts, str(folder), vocab_size=int(d.tokenizer_vocab_size))
     parallel.sync("tokenizer")
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    cfg.data.tokenizer = str(folder)
-    return cfg
+    return with_fields(cfg, {"data.tokenizer": str(folder)})
 
 
 def _max_length(cfg) -> int:
@@ -192,18 +184,6 @@ def load_stage_model(folder: Path, cfg, what: str) -> Transformer:
 
 # -- stages -------------------------------------------------------------------------------------------
 
-def _copy(cfg, **fields) -> ml_collections.ConfigDict:
-    """A copy of cfg with dotted fields set, e.g. _copy(cfg, **{"distill.beta": 0.0})."""
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    for key, value in fields.items():
-        *parents, leaf = key.split(".")
-        node = cfg
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return cfg
-
-
 def _save_model(model: Transformer, tokenizer, folder: Path) -> None:
     save_pretrained(model, folder)  # every process takes part (gathers); process 0 writes
     if jax.process_index() == 0:
@@ -246,7 +226,7 @@ def safety_align(cfg, workdir: Path) -> Path:
         tokenizer = load_tokenizer(cfg)
         vocab = vocab_of(cfg, tokenizer)
         data = load_data(cfg, vocab)
-        sa_cfg = _copy(cfg, **{"distill.beta": 0.0, "student.steps": steps})
+        sa_cfg = with_fields(cfg, {"distill.beta": 0.0, "student.steps": steps})
         model = trainable(sa_cfg, base_model(sa_cfg, vocab), salt=4)
         align = batches(sa_cfg, data.alignment, seed_offset=5)
         aligned = runs.train_student(sa_cfg, model, None, out, align.batch, align.batch)
@@ -329,6 +309,8 @@ def run_saft_filter(cfg, workdir: Path) -> dict:
     a labelled validation pool (saft.val_source)."""
     from reft_jax import saft
 
+    if cfg.saft.val_source not in ("user", "pool"):
+        raise ConfigError(f"saft.val_source: {cfg.saft.val_source!r} is not 'user' or 'pool'")
     folder = filter_dir(workdir, "saft")
     with cost.Stage(folder, "filter:saft") as stage:
         tokenizer = load_tokenizer(cfg)
@@ -342,11 +324,9 @@ def run_saft_filter(cfg, workdir: Path) -> dict:
         if cfg.saft.val_source == "user":
             pick = _labelled_sample(data.user.harmful, int(cfg.saft.n_val), int(cfg.seed))
             val, val_labels = user[:, pick], data.user.harmful[pick]
-        elif cfg.saft.val_source == "pool":
+        else:
             val = rfilter.prompt_features(frozen, data.pool, layers, desc="saft: validation pool", **kw)
             val_labels = data.pool.harmful
-        else:
-            raise ConfigError(f"saft.val_source: {cfg.saft.val_source!r} is not 'user' or 'pool'")
         result, choice = saft.run_filter(user, data.user.index, data.user.harmful, val, val_labels, layers,
                                          ks=[int(k) for k in cfg.saft.ks], weighted=bool(cfg.saft.weighted),
                                          percentile=float(cfg.saft.percentile))
@@ -420,7 +400,7 @@ def finetune(cfg, workdir: Path, method: str | Method = "ref_teacher") -> Path:
                                 "nothing to finetune on")
         teacher = load_stage_model(workdir / "teacher" / "model", cfg, "teacher") if method.distill else None
         if not method.distill:
-            cfg = _copy(cfg, **{"distill.beta": 0.0})
+            cfg = with_fields(cfg, {"distill.beta": 0.0})
         if method.start == "sa":
             start = load_stage_model(workdir / "safety_aligned" / "model", cfg, "safety-aligned model")
         else:

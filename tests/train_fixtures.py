@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
-from reft_jax.config import default_config
+from reft_jax.config import default_config, with_fields
 from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer
 
 VOCAB, B, T, PROMPT = 61, 4, 16, 8
@@ -39,10 +39,4 @@ def small_config(**overrides):
     cfg.checkpoint.every = 3
     cfg.logging.every = 1
     cfg.logging.progress = False
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
+    return with_fields(cfg, overrides)

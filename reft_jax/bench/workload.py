@@ -80,14 +80,7 @@ def time_stats(times: list[float]) -> dict[str, float]:
 
 def matmul_seconds(run: Callable[[], object], sync: Callable[[object], None], iters: int = 10) -> float:
     """Median seconds of one call of `run` after two warm-up calls."""
-    for _ in range(2):
-        sync(run())
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        sync(run())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(time_steps(run, sync, warmup=2, iters=iters)[1]))
 
 
 # Host memory, for CPU runs where no device allocator keeps statistics.
