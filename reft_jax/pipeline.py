@@ -477,8 +477,8 @@ def _first(examples, n: int):
     return examples[: int(n)]
 
 
-def evaluate(cfg, workdir: Path) -> dict:
-    """Harmful score and finetune accuracy of every trained method, plus the filter metrics."""
+def evaluate(cfg, workdir: Path, methods: list[Method] | None = None) -> dict:
+    """Harmful score, finetune accuracy, filter metrics and cost of `methods` (default: every trained one)."""
     from reft_jax.evaluation import judges, metrics
     from reft_jax.evaluation.generate import GenerationConfig, generate_text
 
@@ -493,7 +493,7 @@ def evaluate(cfg, workdir: Path) -> dict:
     generation = GenerationConfig(max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size))
     judge = make_judge(cfg)
     methods = {}
-    for method in METHODS.values():
+    for method in METHODS.values() if methods is None else methods:
         folder = workdir / method.folder / "model"
         if not (folder / "config.json").exists():
             continue
@@ -563,7 +563,7 @@ def run(cfg, workdir: Path, *, force: bool = False) -> dict:
         runner, marker = _stage_runner(stage)
         if force or not (workdir / marker).exists():
             runner(cfg, workdir)
-    report = evaluate(cfg, workdir)
+    report = evaluate(cfg, workdir, chosen)
     report["methods"] = {m.name: {"skipped": skipped[m.name]} if m.name in skipped else report["methods"][m.name]
                          for m in requested}
     if jax.process_index() == 0:
