@@ -477,8 +477,9 @@ def _first(examples, n: int):
     return examples[: int(n)]
 
 
-def evaluate(cfg, workdir: Path, methods: list[Method] | None = None) -> dict:
-    """Harmful score, finetune accuracy, filter metrics and cost of `methods` (default: every trained one)."""
+def evaluate(cfg, workdir: Path, which: list[Method] | None = None) -> dict:
+    """Harmful score, finetune accuracy, filter metrics and cost of the methods `which` (default: every
+    trained one)."""
     from reft_jax.evaluation import judges, metrics
     from reft_jax.evaluation.generate import GenerationConfig, generate_text
 
@@ -493,7 +494,7 @@ def evaluate(cfg, workdir: Path, methods: list[Method] | None = None) -> dict:
     generation = GenerationConfig(max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size))
     judge = make_judge(cfg)
     methods = {}
-    for method in METHODS.values() if methods is None else methods:
+    for method in METHODS.values() if which is None else which:
         folder = workdir / method.folder / "model"
         if not (folder / "config.json").exists():
             continue
