@@ -128,19 +128,26 @@ def _loss_fn(cfg, case: workload.Case, model, teacher, layer: int, r: torch.Tens
     return teacher_loss if case.step == "teacher" else student_loss
 
 
-def _peak(device: torch.device):
-    """A context whose `.bytes` is the case's peak memory, and where it comes from."""
-    if device.type == "cuda":
-        class _Cuda:
-            def __enter__(self):
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-                return self
+class CudaPeak:
+    """The CUDA allocator's peak over a block (`bytes`), counted from the block's start."""
 
-            def __exit__(self, *exc):
-                self.bytes = int(torch.cuda.max_memory_allocated(device))
-                return False
-        return _Cuda(), "cuda_allocator"
+    def __init__(self, device: torch.device):
+        self.device, self.bytes = device, None
+
+    def __enter__(self):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        self.bytes = int(torch.cuda.max_memory_allocated(self.device))
+        return False
+
+
+def _peak(device: torch.device):
+    """A context whose `.bytes` is the case's peak memory, and where that number comes from."""
+    if device.type == "cuda":
+        return CudaPeak(device), "cuda_allocator"
     return workload.HostPeak(), "host_rss"
 
 
