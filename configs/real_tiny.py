@@ -38,6 +38,9 @@ def get_config():
     c.model.init.update(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
                         num_key_value_heads=4, max_position_embeddings=512)
     c.refusal.layer = 3
+    # A teacher trained from random init has no reason to centre its cosines at 0 (the paper's tau): set tau
+    # for 90% recall on the labelled refusal pool instead.
+    c.filter.calibrate_recall = 0.9
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 50
     c.teacher.steps = 1000
