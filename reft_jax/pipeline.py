@@ -264,10 +264,7 @@ def run_filter(cfg, workdir: Path, data_file: str | None = None) -> dict:
             ds = load_data(cfg, teacher.cfg.vocab_size).user
         result = rfilter.run_filter(FrozenModel.of(teacher), ds, r, layer, tau, batch_size=int(cfg.filter.batch_size),
                                     buckets=list(cfg.data.buckets), progress=bool(cfg.logging.progress))
-        report = {**result.report(), "data": data_file or "user"}
-        if jax.process_index() == 0:
-            result.write(workdir / "filter")
-            (workdir / "filter" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        report = _write_filter(result, workdir / "filter", data=data_file or "user")
         stage.flops = _prompt_flops(teacher.cfg, ds, int(cfg.filter.batch_size), cfg.data.buckets)
     return report
 
@@ -277,8 +274,9 @@ def filter_dir(workdir: Path, name: str) -> Path:
     return workdir / "filter" if name == "ref_teacher" else workdir / "filters" / name
 
 
-def _write_filter(result: rfilter.FilterResult, folder: Path, **extra) -> dict:
-    report = {**result.report(), "data": "user", **extra}
+def _write_filter(result: rfilter.FilterResult, folder: Path, data: str = "user", **extra) -> dict:
+    """scores.jsonl and report.json (the metrics, what was scored, and the filter's own settings)."""
+    report = {**result.report(), "data": data, **extra}
     if jax.process_index() == 0:
         result.write(folder)
         (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -313,9 +311,9 @@ def run_saft_filter(cfg, workdir: Path) -> dict:
         raise ConfigError(f"saft.val_source: {cfg.saft.val_source!r} is not 'user' or 'pool'")
     folder = filter_dir(workdir, "saft")
     with cost.Stage(folder, "filter:saft") as stage:
-        tokenizer = load_tokenizer(cfg)
-        data = load_data(cfg, vocab_of(cfg, tokenizer))
-        model = base_model(cfg, vocab_of(cfg, tokenizer))
+        vocab = vocab_of(cfg, load_tokenizer(cfg))
+        data = load_data(cfg, vocab)
+        model = base_model(cfg, vocab)
         layers = saft_layers(cfg, model.cfg.num_layers)
         kw = dict(batch_size=int(cfg.filter.batch_size), buckets=list(cfg.data.buckets),
                   progress=bool(cfg.logging.progress))

@@ -5,6 +5,7 @@ import pytest
 
 from reft_jax import saft
 from reft_jax.errors import ConfigError
+from reft_jax.refusal import auroc
 
 
 def planted(n=400, d=32, p=0.1, shift=6.0, seed=0):
@@ -40,7 +41,6 @@ def test_the_planted_direction_is_found():
     user, labels, u = planted()
     subspace = saft.fit_subspace(user, 1)
     assert abs(float(np.asarray(subspace.directions)[0] @ u)) > 0.95
-    from reft_jax.refusal import auroc
     assert auroc(saft.scores(user, subspace), labels) > 0.97
 
 

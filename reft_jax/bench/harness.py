@@ -18,11 +18,10 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from reft_jax import flops
+from reft_jax import flops, pipeline
 from reft_jax.bench import workload
 from reft_jax.errors import ConfigError
 from reft_jax.models.config import from_hf_dict
-from reft_jax.models.layers import LoraConfig
 
 FRAMEWORKS = ("jax", "torch")
 TORCH_VARIANTS = ("eager", "compile")
@@ -78,10 +77,7 @@ def _complete(result: dict, cfg, peak: float) -> dict:
     """Adds tokens/s, model FLOPs and MFU to one timed result (None where the case failed)."""
     b = cfg.bench
     model = from_hf_dict(cfg.model.init.to_dict(), where="config model.init")
-    lora = None
-    if result["finetune"] == "lora":
-        lc = cfg.model.lora
-        lora = LoraConfig(int(lc.rank), float(lc.alpha), tuple(lc.targets))
+    lora = pipeline.lora_config(cfg) if result["finetune"] == "lora" else None
     step_flops = flops.step_flops(result["step"], model, b.batch_size, b.seq_len, lora)
     out = dict(result, tokens_per_step=flops.trained_tokens(result["step"], b.batch_size, b.seq_len),
                model_flops_per_step=step_flops)
