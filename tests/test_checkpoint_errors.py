@@ -37,7 +37,7 @@ def one_line_error(excinfo, *fragments):
 
 
 @pytest.mark.parametrize("changes,named", [
-    ({"use_magic_attention": True}, "'use_magic_attention'"),
+    ({"pretraining_tp": 2}, "pretraining_tp=2"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "'yarn'"),
     ({"hidden_act": "relu2"}, "'relu2'"),
     ({"model_type": "gpt2"}, "'gpt2'"),

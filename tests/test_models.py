@@ -47,6 +47,11 @@ def test_logits_and_hidden_states_match_transformers(family_checkpoint, scan_lay
     assert len(out.hidden_states) == len(ref_hidden) == hf_model.config.num_hidden_layers + 1
     for i, (ours, ref) in enumerate(zip(out.hidden_states, ref_hidden)):
         assert max_err(ours, ref, valid) <= TOL, f"hidden state {i}"
+    # The truncated pass the refusal feature and the filters use: only the blocks up to the deepest layer asked.
+    last = hf_model.config.num_hidden_layers
+    for layers in ((last // 2,), (1, last)):
+        for i, ours in zip(layers, model.hidden_states_at(jnp.asarray(ids), jnp.asarray(mask), layers)):
+            assert max_err(ours, ref_hidden[i], valid) <= TOL, f"hidden_states_at {i}"
 
 
 def test_sliding_window_is_exercised(tmp_path):

@@ -4,11 +4,30 @@ One `ModelConfig` describes every supported family (Llama, Mistral, Qwen2, Qwen3
 handful of switches in which they differ. `from_hf_dict` maps a `config.json`, and refuses any attribute that
 would change the maths in a way this code does not implement: a silently ignored attribute gives a model that
 loads fine and computes something else.
+
+Which keys a `config.json` may carry is decided from transformers' own config classes (the family's class, e.g.
+`LlamaConfig`, and the generic base `PreTrainedConfig`), so that we accept what transformers would compute the
+same way and refuse the rest. Key by key, in this order:
+
+- keys this module reads (`_HANDLED_KEYS`) are mapped onto `ModelConfig`, and their values checked against what
+  we implement (attention_dropout, pretraining_tp, partial_rotary_factor, rope type, activation, ...);
+- `quantization_config` is refused: transformers' loading code reads it and it changes the weights;
+- keys starting with `_` (private bookkeeping such as `_name_or_path`) are accepted;
+- keys of the generic base class (labels, output switches, dtype, ...) are accepted: they apply to every model;
+- keys the family class defines beyond the base (model-specific attributes) that we do not read are accepted
+  only if they cannot change the maths: their value equals the family class's default, or they are in the
+  small `_INERT_MODEL_KEYS` set (context length, initialisation, KV cache); any other value is refused;
+- keys neither class defines (`unk_token_id`, `rope_interleaved`, tool metadata, ...) are accepted: transformers
+  keeps them as plain attributes that its modeling code never reads.
+
+The class-derived key sets are computed once per family (`_class_keys`, cached), on first need.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import math
 from pathlib import Path
@@ -21,30 +40,29 @@ ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"
                "gelu": "gelu"}
 ROPE_TYPES = ("default", "linear", "llama3")
 
-# Attributes that never change the forward pass (bookkeeping, generation defaults, labels).
-_INERT_KEYS = {
-    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
-    "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "id2label", "label2id", "num_labels",
-    "output_attentions", "output_hidden_states", "return_dict", "problem_type", "chunk_size_feed_forward",
-    "is_encoder_decoder", "max_position_embeddings", "tokenizer_class", "cache_implementation",
-    "finetuning_task", "task_specific_params", "prefix", "tie_encoder_decoder", "add_cross_attention",
-    "use_return_dict", "torchscript", "pruned_heads", "tf_legacy_loss", "use_bfloat16", "decoder_start_token_id",
-    "sep_token_id", "cross_attention_hidden_size", "is_decoder", "model_max_length", "max_length",
-    "bad_words_ids", "begin_suppress_tokens", "suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
-    "num_beams", "temperature", "top_k", "top_p", "do_sample", "repetition_penalty", "length_penalty",
-    "early_stopping", "min_length", "no_repeat_ngram_size", "num_return_sequences", "output_scores",
-    "return_dict_in_generate", "remove_invalid_values", "exponential_decay_length_penalty", "typical_p",
-    "encoder_no_repeat_ngram_size", "diversity_penalty", "num_beam_groups", "tie_last_hidden_states",
-}
-# Attributes this module reads; anything else must be inert or is rejected.
+# Each family's config class in transformers: the source of its model-specific keys and their defaults.
+_FAMILY_CLASSES = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
+                   "qwen3": "Qwen3Config", "gemma": "GemmaConfig", "gemma2": "Gemma2Config"}
+# Attributes this module reads (maps onto ModelConfig, or checks against the values it implements).
 _HANDLED_KEYS = {
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
-    "hidden_act", "hidden_activation", "attention_bias", "mlp_bias", "tie_word_embeddings", "sliding_window",
-    "use_sliding_window", "max_window_layers", "layer_types", "attn_logit_softcapping",
+    "model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
+    "rope_parameters", "hidden_act", "hidden_activation", "attention_bias", "mlp_bias", "tie_word_embeddings",
+    "sliding_window", "use_sliding_window", "max_window_layers", "layer_types", "attn_logit_softcapping",
     "final_logit_softcapping", "query_pre_attn_scalar", "attention_dropout", "pretraining_tp",
-    "use_bidirectional_attention", "partial_rotary_factor",
+    "use_bidirectional_attention", "partial_rotary_factor", "num_labels", "id2label", "label2id",
+    "pad_token_id", "bos_token_id", "eos_token_id",
 }
+# Model-specific attributes we do not read that never change the forward pass, whatever their value.
+_INERT_MODEL_KEYS = {
+    "max_position_embeddings",  # a length limit; our RoPE types ignore it (llama3 falls back to it, see _rope_fields)
+    "initializer_range",  # the random initialisation of new weights only
+    "use_cache",  # generation-time KV cache
+    "cache_implementation",  # generation-time KV cache kind (published Gemma 2 configs carry "hybrid")
+}
+# Read by transformers' loading code and changes the weights.
+_REFUSED_KEYS = {"quantization_config": "quantized checkpoints are not supported"}
+_NO_DEFAULT = object()  # a declared attribute without a default: any value is checked
 
 _CLASSIFIER_SUFFIX = "ForSequenceClassification"
 
@@ -160,16 +178,74 @@ def _rope_fields(hf: dict, where: str) -> dict[str, Any]:
     return fields
 
 
+def _declared_defaults(cls) -> dict[str, Any]:
+    """The attributes a transformers config class declares, with their defaults: its dataclass fields
+    (transformers 5.x), its explicit __init__ parameters (4.x) and its attribute_map aliases (no default)."""
+    declared: dict[str, Any] = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            declared[name] = _NO_DEFAULT if param.default is param.empty else param.default
+    if dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                declared[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                declared[f.name] = f.default_factory()
+            else:
+                declared.setdefault(f.name, _NO_DEFAULT)
+    for alias in getattr(cls, "attribute_map", None) or {}:
+        declared.setdefault(alias, _NO_DEFAULT)
+    return declared
+
+
+@functools.lru_cache(maxsize=None)
+def _class_keys(family: str) -> tuple[str, frozenset[str], dict[str, Any]]:
+    """(family class name, keys of the generic base config class, {model-specific key: family default})."""
+    import transformers  # deferred: slow to import, and only needed for keys outside _HANDLED_KEYS
+
+    base_cls = getattr(transformers, "PreTrainedConfig", None) or transformers.PretrainedConfig  # 5.x, 4.x
+    base_keys = frozenset(_declared_defaults(base_cls)) | frozenset(base_cls().to_dict())
+    name = _FAMILY_CLASSES[family]
+    specific = {k: v for k, v in _declared_defaults(getattr(transformers, name)).items() if k not in base_keys}
+    return name, base_keys, specific
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if default is _NO_DEFAULT:
+        return False
+    if isinstance(default, tuple):
+        default = list(default)  # JSON has lists only
+    try:
+        return bool(value == default)
+    except Exception:  # an exotic default whose == raises
+        return False
+
+
+def _check_keys(hf: dict, family: str, where: str) -> None:
+    """Refuses the attributes whose values could change the maths in a way we do not implement (module doc)."""
+    for key, reason in _REFUSED_KEYS.items():
+        if key in hf:
+            raise ConfigError(f"{where}: unsupported attribute {key!r} = {hf[key]!r} ({reason})")
+    unread = [k for k in sorted(hf, key=str) if k not in _HANDLED_KEYS and k not in _INERT_MODEL_KEYS
+              and not str(k).startswith("_")]
+    if not unread:
+        return  # spares the transformers import for hand-written configs
+    class_name, base_keys, specific = _class_keys(family)
+    bad = [k for k in unread if k not in base_keys and k in specific and not _is_default(hf[k], specific[k])]
+    if bad:
+        key, default = bad[0], specific[bad[0]]
+        known = "has no default" if default is _NO_DEFAULT else f"defaults to {default!r}"
+        raise ConfigError(f"{where}: unsupported attribute {key!r} = {hf[key]!r} (transformers' {class_name} "
+                          f"{known}; other values may change the model's maths; {len(bad)} unsupported "
+                          f"attribute(s) in all: {', '.join(map(str, bad))})")
+
+
 def from_hf_dict(hf: dict, where: str = "config.json") -> ModelConfig:
     """Maps a Hugging Face `config.json` dict to a ModelConfig; `where` names the file in errors."""
     family = hf.get("model_type")
     if family not in FAMILIES:
         raise ConfigError(f"{where}: model_type {family!r} is not supported (supported: {', '.join(FAMILIES)})")
-    unknown = sorted(set(hf) - _INERT_KEYS - _HANDLED_KEYS)
-    if unknown:
-        key = unknown[0]
-        raise ConfigError(f"{where}: unsupported attribute {key!r} = {hf[key]!r} (it may change the model's maths; "
-                          f"{len(unknown)} unsupported attribute(s) in all: {', '.join(unknown)})")
+    _check_keys(hf, family, where)
     # Attributes we read but whose non-default values we do not implement.
     for key, ok in (("attention_dropout", lambda v: not v), ("pretraining_tp", lambda v: v in (None, 1)),
                     ("use_bidirectional_attention", lambda v: not v)):

