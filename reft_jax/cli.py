@@ -100,6 +100,8 @@ def _run(args, overrides) -> int:
               f"{jax.devices()[0].platform} device(s)", flush=True)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    cfg = pipeline.resolve_local_data(cfg)
+    cfg = pipeline.resolve_model(cfg, workdir)
     cfg = pipeline.resolve_tokenizer(pipeline.resolve_demo(cfg, workdir), workdir)
     if args.command == "train-teacher":
         out = pipeline.train_teacher(cfg, workdir)

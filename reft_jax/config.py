@@ -14,7 +14,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.model = ml_collections.ConfigDict()
-    c.model.path = ""  # a Hugging Face model folder; "" = random init from model.init
+    c.model.path = ""  # a Hugging Face model folder or a GGUF file; "" = random init from model.init
+    c.model.gguf_file = ""  # a GGUF file name inside the folder model.path
     # Random init: a Hugging Face config.json as a dict (vocab_size 0 = the tokenizer's size).
     c.model.init = ml_collections.ConfigDict(dict(
         model_type="llama", vocab_size=0, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -33,6 +34,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.demo = False  # True: generate the embedded demo data and tokenizer and use them for every source
     c.data.tokenizer = ""  # tokenizer folder; "" = model.path; "train" = a byte-level BPE trained on the sources
     c.data.tokenizer_vocab_size = 4096  # for data.tokenizer = "train"
+    # Local copies of hub data: with local_dir set, each source named in local_files (nested like data, e.g.
+    # local_files.alignment.harmful) is read from local_dir/<relative path> instead of its default.
+    c.data.local_dir = ""
+    c.data.local_files = ml_collections.ConfigDict()
     c.data.template = "alpaca"  # or "chat" (the tokenizer's chat template)
     c.data.buckets = (128, 256, 512)  # padded lengths; the largest is the max length
     c.data.min_response = -1  # response tokens kept when truncating; -1 = max length // 4
@@ -64,11 +69,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.judge_path = ""  # local checkpoint of the llama_guard / beavertails judge
     c.eval.max_new_tokens = 128
     c.eval.batch_size = 16
+    c.eval.references = False  # also evaluate the base model before finetuning and the teacher (report: references)
 
     # Methods trained and compared by `run` (reft_jax.methods): "all", or comma-separated names out of
     # ref_teacher, no_defense, sa_ft, sa_plus_ft, filter_only, distill_only, saft, llamaguard_filter,
     # sa_ft+filter, sa_plus_ft+filter. ref_teacher and no_defense always run.
     c.methods = "ref_teacher,no_defense"
+    c.expected_time = ""  # printed when `run` starts: how long this config took where it was measured
     c.baselines = ml_collections.ConfigDict()
     c.baselines.sa_steps = 0  # SFT steps of the safety alignment (sa_ft); 0 = teacher.steps
     c.baselines.joint_weight = 1.0  # weight of the alignment CE in the joint baselines (sa_plus_ft)
@@ -93,6 +100,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.refusal.lam = 1.0  # lambda, weight of the regularizer in the teacher loss
     c.refusal.kind = "squared"  # "squared": (cos - y)^2, "linear": 1 - y cos
     c.refusal.update_every = 50  # teacher steps between recomputations of R_l
+    # L_reg also covers one batch of the refusal pool's prompts per teacher step (besides the alignment batch's),
+    # so the direction the teacher learns is the one R_l is measured on. False: alignment prompts only, which
+    # on a pool unlike them lets each recomputation flip R_l (real_tiny's teacher collapsed that way).
+    c.refusal.reg_pool = True
 
     c.distill = ml_collections.ConfigDict()
     c.distill.beta = 1.0  # weight of the distillation KL in the student loss
@@ -155,12 +166,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def with_fields(cfg: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
-    """A copy of cfg with dotted fields set, e.g. with_fields(cfg, {"distill.beta": 0.0})."""
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    """A copy of cfg with dotted fields set, e.g. with_fields(cfg, {"distill.beta": 0.0}). Edits the plain dict,
+    so that a field may change type (a hub source given as a mapping replaced by a local path)."""
+    tree = cfg.to_dict()
     for key, value in fields.items():
         *parents, leaf = key.split(".")
-        node = cfg
+        node = tree
         for name in parents:
             node = node[name]
-        node[leaf] = value
-    return cfg
+        node[leaf] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    return ml_collections.ConfigDict(tree)

@@ -29,6 +29,7 @@ from reft_jax import cost, parallel, refusal
 from reft_jax.config import with_fields
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.methods import METHODS, Method
+from reft_jax.models import gguf
 from reft_jax.models import (LoraConfig, RuntimeOptions, Transformer, add_lora, from_hf_dict, from_pretrained,
                              save_pretrained)
 from reft_jax.train import runs
@@ -62,6 +63,34 @@ def resolve_demo(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collection
     parallel.sync("demo data")
     fields = {key: str(folder / f"{split}.jsonl") for key, split in DEMO_SPLITS.items()}
     return with_fields(cfg, {**fields, "data.tokenizer": str(folder / "tokenizer")})
+
+
+def resolve_local_data(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """With data.local_dir, points every source named in data.local_files at its file under that folder."""
+    if not cfg.data.local_dir:
+        return cfg
+    root = Path(cfg.data.local_dir).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"data.local_dir: {root} is not a folder")
+
+    def flat(tree, prefix):
+        for key, value in tree.items():
+            yield from flat(value, f"{prefix}{key}.") if hasattr(value, "items") else [(prefix + key, value)]
+
+    return with_fields(cfg, {key: str(root / rel) for key, rel in flat(cfg.data.local_files, "data.")})
+
+
+def resolve_model(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
+    """A GGUF model.path (or model.path + model.gguf_file) is converted once into WORKDIR/base_model, a
+    Hugging Face folder with the tokenizer, which every stage then reads."""
+    path = Path(cfg.model.path).expanduser() / cfg.model.gguf_file if cfg.model.gguf_file else Path(cfg.model.path)
+    if not cfg.model.path or not gguf.is_gguf(path):
+        return cfg
+    folder = workdir / "base_model"
+    if jax.process_index() == 0:
+        gguf.convert(path, folder, dtype=jnp.dtype(cfg.model.param_dtype).name)
+    parallel.sync("GGUF conversion")
+    return with_fields(cfg, {"model.path": str(folder), "model.gguf_file": ""})
 
 
 def resolve_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
@@ -199,7 +228,22 @@ def train_teacher(cfg, workdir: Path) -> Path:
         model = trainable(cfg, base_model(cfg, vocab), salt=1)
         align = batches(cfg, data.alignment)
         pool = pool_batches(cfg, data.pool)
-        teacher, r = runs.train_teacher(cfg, model, out, align.batch, pool)
+        # Held-out prompts whose separation by the teacher is logged at each R_l refresh: the eval harmful prompts
+        # and as many harmless ones from the pool's source that neither the pool nor the alignment data holds.
+        held_out, d = [], cfg.data
+        if d.eval.harmful and d.pool.harmless:
+            try:
+                kw = dict(with_response=False, template=d.template, tokenizer=tokenizer)
+                harmful = rdata.load_examples(d.eval.harmful, harmful=True, **kw)[: int(d.eval.n_harmful)]
+                seen = {tuple(ids) for ids in data.pool.prompt_ids + data.alignment.prompt_ids}
+                candidates = rdata.load_examples(d.pool.harmless, harmful=False, **kw)[: len(harmful) + len(seen)]
+                ds = tokenize(cfg, harmful + candidates, tokenizer, vocab, "tokenizing held-out prompts")
+                unseen = [i for i in range(len(harmful), len(ds)) if tuple(ds.prompt_ids[i]) not in seen]
+                held_out = pool_batches(cfg, ds.select(list(range(len(harmful))) + unseen[: len(harmful)]))
+            except (ReftError, OSError) as e:
+                import logging
+                logging.getLogger(__name__).warning("teacher: no held-out refusal metrics (%s)", e)
+        teacher, r = runs.train_teacher(cfg, model, out, align.batch, pool, held_out)
         layer = runs.refusal_layer(cfg, teacher)
         tau = float(cfg.filter.tau)
         if float(cfg.filter.calibrate_recall) > 0:
@@ -213,8 +257,12 @@ def train_teacher(cfg, workdir: Path) -> Path:
             (out / "filter.json").write_text(json.dumps({"layer": layer, "tau": tau}, indent=2) + "\n")
         steps = int(cfg.teacher.steps)
         refreshes = -(-steps // int(cfg.refusal.update_every)) + 1  # R_l every update_every steps, and at the end
+        scored = pool + held_out  # what each refresh runs forward
         stage.flops = (cost.train_flops(model.cfg, lora_config(cfg), align.batch, steps)
-                       + refreshes * cost.forward_flops(model.cfg, pool.__getitem__, len(pool)))
+                       + refreshes * cost.forward_flops(model.cfg, scored.__getitem__, len(scored)))
+        if bool(cfg.refusal.reg_pool):  # a pool batch per step through blocks <= layer: that share of a train step
+            stage.flops += layer * cost.train_flops(model.cfg, lora_config(cfg), lambda i: pool[i % len(pool)],
+                                                    steps) // model.cfg.num_layers
     return out
 
 
@@ -477,7 +525,7 @@ def _first(examples, n: int):
 
 def evaluate(cfg, workdir: Path, which: list[Method] | None = None) -> dict:
     """Harmful score, finetune accuracy, filter metrics and cost of the methods `which` (default: every
-    trained one)."""
+    trained one); with eval.references, also of the base model before finetuning and of the teacher."""
     from reft_jax.evaluation import judges, metrics
     from reft_jax.evaluation.generate import GenerationConfig, generate_text
 
@@ -491,31 +539,44 @@ def evaluate(cfg, workdir: Path, which: list[Method] | None = None) -> dict:
                                       tokenizer=tokenizer), d.eval.n_task) if d.eval.task_source else []
     generation = GenerationConfig(max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size))
     judge = make_judge(cfg)
+
+    def measure(model: Transformer, name: str) -> dict:
+        answers = generate_text(model, tokenizer, [ex["prompt"] for ex in harmful], generation,
+                                desc=f"{name}: harmful prompts")
+        result = judges.harmful_score(judge, [ex["prompt"] for ex in harmful], answers)
+        accuracy = None
+        if task:
+            predictions = generate_text(model, tokenizer, [ex["prompt"] for ex in task], generation,
+                                        desc=f"{name}: task")
+            accuracy = metrics.finetune_accuracy(d.user.task, predictions, [ex["label"] for ex in task])["finetune_accuracy"]
+        return {"harmful_score": result["harmful_score"], "finetune_accuracy": accuracy, "judge": result["judge"],
+                "num_harmful_prompts": result["n"], "num_task": len(task),
+                "examples": [{"prompt": p["prompt"][-200:], "answer": a} for p, a in zip(harmful[:3], answers)]}
+
     methods = {}
     for method in METHODS.values() if which is None else which:
         folder = workdir / method.folder / "model"
         if not (folder / "config.json").exists():
             continue
-        model = load_stage_model(folder, cfg, method.name)
-        answers = generate_text(model, tokenizer, [ex["prompt"] for ex in harmful], generation,
-                                desc=f"{method.name}: harmful prompts")
-        result = judges.harmful_score(judge, [ex["prompt"] for ex in harmful], answers)
-        accuracy = None
-        if task:
-            predictions = generate_text(model, tokenizer, [ex["prompt"] for ex in task], generation,
-                                        desc=f"{method.name}: task")
-            accuracy = metrics.finetune_accuracy(d.user.task, predictions, [ex["label"] for ex in task])["finetune_accuracy"]
-        methods[method.name] = {
-            "harmful_score": result["harmful_score"], "finetune_accuracy": accuracy, "judge": result["judge"],
-            "num_harmful_prompts": result["n"], "num_task": len(task), "stages": method.stages(),
-            "filter": _filter_metrics(workdir, method), "cost": method_cost(workdir, method),
-            "examples": [{"prompt": p["prompt"][-200:], "answer": a} for p, a in zip(harmful[:3], answers)]}
+        methods[method.name] = {**measure(load_stage_model(folder, cfg, method.name), method.name),
+                                "stages": method.stages(), "filter": _filter_metrics(workdir, method),
+                                "cost": method_cost(workdir, method)}
     if not methods:
         raise ReftError(f"{workdir}: no trained student to evaluate; run `reft-jax finetune` first")
     report = {"methods": methods}
+    if cfg.eval.references:  # what finetuning starts from and what the student distils from
+        report["references"] = {"base_model": measure(base_model(cfg, vocab_of(cfg, tokenizer)), "base model")}
+        if (workdir / "teacher" / "model" / "config.json").exists():
+            report["references"]["teacher"] = measure(
+                load_stage_model(workdir / "teacher" / "model", cfg, "teacher"), "teacher")
     filter_report = workdir / "filter" / "report.json"
     if filter_report.exists():
         report["filter"] = json.loads(filter_report.read_text())
+    teacher_log = workdir / "teacher" / "metrics.jsonl"
+    if teacher_log.exists():  # the refusal feature over the teacher's training, at each recomputation of R_l
+        report["teacher_refusal"] = [{k: v for k, v in r.items() if k == "refusal_step" or k.startswith(
+            ("pool_", "heldout_", "r_"))} for r in map(json.loads, teacher_log.read_text().splitlines())
+            if "refusal_step" in r]
     if jax.process_index() == 0:
         (workdir / "eval").mkdir(parents=True, exist_ok=True)
         (workdir / "eval" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -553,6 +614,8 @@ def run(cfg, workdir: Path, *, force: bool = False) -> dict:
     from reft_jax.methods import selected as select_methods
 
     requested = select_methods(cfg.methods)
+    if cfg.expected_time and jax.process_index() == 0:
+        print(f"reft-jax run: {cfg.expected_time}", flush=True)
     skipped = {}
     if not cfg.baselines.llama_guard_path:
         skipped = {m.name: "skipped: no Llama-Guard checkpoint configured (baselines.llama_guard_path)"
@@ -573,4 +636,5 @@ def run(cfg, workdir: Path, *, force: bool = False) -> dict:
         curves = {"teacher": workdir / "teacher" / "metrics.jsonl"}
         curves.update({m.name: workdir / m.folder / "metrics.jsonl" for m in chosen})
         rreport.plot_losses(curves, workdir / "loss_curves.png")
+        rreport.plot_teacher_refusal(workdir / "teacher" / "metrics.jsonl", workdir / "teacher_refusal.png")
     return report

@@ -46,6 +46,9 @@ def write_markdown(report: dict, path: Path) -> None:
         lines.append(f"| {title} | {_fmt(m['harmful_score'])} | {_fmt(m['finetune_accuracy'])} | "
                      + " | ".join(_fmt(f.get(k)) for k in ("precision", "recall", "f1", "auroc"))
                      + " | " + " | ".join(_cost(m.get("cost"))) + " |")
+    for name, m in (report.get("references") or {}).items():  # no finetuning of their own: no filter, no cost
+        title = {"base_model": "Base model before finetuning (reference)", "teacher": "Ref-Teacher (reference)"}[name]
+        lines.append(f"| {title} | {_fmt(m['harmful_score'])} | {_fmt(m['finetune_accuracy'])} |" + " |" * 7)
     judges = sorted({m["judge"] for m in report["methods"].values() if "judge" in m})
     lines += ["", f"Judge: {', '.join(judges)}.", *([""] + notes if notes else [])]
     stages = {s["stage"]: s for m in report["methods"].values() for s in (m.get("cost") or {}).get("stages", [])
@@ -60,6 +63,16 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += ["", "## Ref-Teacher filter on the user data", "", "| " + " | ".join(FILTER_KEYS) + " |",
                   "|" + " --- |" * len(FILTER_KEYS), "| " + " | ".join(_fmt(f.get(k)) for k in FILTER_KEYS) + " |",
                   "", f"{f.get('num_flagged')} of {f.get('num_examples')} user examples flagged (tau = {f.get('tau')})."]
+    refreshes = report.get("teacher_refusal") or []
+    if refreshes:
+        keys = ("pool_cos_harmful", "pool_cos_harmless", "pool_auroc", "heldout_cos_harmful", "heldout_cos_harmless",
+                "heldout_auroc")
+        lines += ["", "## The teacher's refusal feature", "", "At each recomputation of R_l (step 0: the base model's "
+                  "own direction): mean cosine to R_l of the pool's harmful and harmless prompts and of held-out "
+                  "ones, and the AUROC of that cosine.", "", "| step | " + " | ".join(keys) + " |",
+                  "| ---: |" + " ---: |" * len(keys)]
+        lines += [f"| {int(r['refusal_step'])} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in refreshes]
+        lines += ["", "![teacher refusal feature](teacher_refusal.png)"]
     lines += ["", ("Harmful score: share of harmful test prompts whose answer the judge flags. Finetune accuracy: "
                    "task answers matching the label. Device seconds: wall seconds times the devices held."), "",
               "![filter scores](filter_scores.png)", "", "![loss curves](loss_curves.png)", ""]
@@ -111,3 +124,37 @@ def plot_losses(runs: dict[str, Path], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
+    """The teacher's refusal feature over training, from the R_l refreshes logged in its metrics.jsonl: mean
+    cosine to R_l of the harmful and the harmless pool prompts and held-out prompts, and the held-out AUROC.
+    Writes `out` (e.g. WORKDIR/teacher_refusal.png); False (nothing written) when no refresh was logged."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not Path(metrics_file).exists():
+        return False
+    rows = [r for r in map(json.loads, Path(metrics_file).read_text().splitlines()) if "refusal_step" in r]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    curves = (("pool_cos_harmful", "pool harmful", "C3", "-"), ("pool_cos_harmless", "pool harmless", "C0", "-"),
+              ("heldout_cos_harmful", "held-out harmful", "C3", ":"),
+              ("heldout_cos_harmless", "held-out harmless", "C0", ":"),
+              ("heldout_auroc", "held-out AUROC", "k", "--"))
+    for key, label, color, style in curves:
+        points = [(r["refusal_step"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), color=color, linestyle=style, marker=".", label=label)
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("teacher step (R_l recomputed)")
+    ax.set_ylabel("mean cos(f_l, R_l) / AUROC")
+    ax.set_title("Teacher refusal feature")
+    ax.legend(fontsize="small", loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True

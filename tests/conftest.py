@@ -9,4 +9,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="reft_jax_test_hf_cache_")
 sys.path.insert(0, str(Path(__file__).parent))
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Local copies of the public datasets (the layout configs/smollm2.py lists); the project's CI keeps them beside
+# the checkout.
+SHARED_DATA = Path(os.environ.get("REFT_JAX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))

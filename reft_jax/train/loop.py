@@ -23,7 +23,9 @@ from reft_jax.checkpoint import Checkpointer
 from reft_jax.errors import ReftError
 
 StepFn = Callable[[Any, Any, int], tuple[Any, dict]]  # (state, extras, step) -> (state, metrics)
-RefreshFn = Callable[[Any, Any, int], Any]  # (state, extras, step) -> extras, before a step
+# (state, extras, step) -> (extras, metrics), before each step and once after the last one; metrics (a dict of
+# floats, usually empty) go into the log record of the step that follows, or of the last step.
+RefreshFn = Callable[[Any, Any, int], tuple[Any, dict]]
 
 
 class TrainingDiverged(ReftError):
@@ -122,7 +124,10 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
     """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (or from `state`) up to cfg.steps.
 
     extras: arrays saved with the state (e.g. the refusal feature); refresh(state, extras, step) may update
-    them before a step. meta: JSON facts the run must agree with on resume (e.g. the seed).
+    them before each step and after the last one (step == cfg.steps, before the final checkpoint), and
+    returns (extras, metrics): metrics that are not empty are written with the record of the step after it
+    (the last step's for the final call), which is then logged whatever log_every says.
+    meta: JSON facts the run must agree with on resume (e.g. the seed).
     Returns the final (state, extras).
     """
     workdir = Path(workdir)
@@ -144,8 +149,9 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
     try:
         with _SigtermFlag() as sigterm:
             while step < cfg.steps:
+                refreshed = {}
                 if refresh is not None:
-                    extras = refresh(state, extras, step)
+                    extras, refreshed = refresh(state, extras, step)
                 state, metrics = step_fn(state, extras, step)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 step += 1
@@ -154,9 +160,13 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
                     raise TrainingDiverged(
                         f"{name}: loss is {metrics['loss']} at step {step}; stopped. Last good checkpoint: "
                         f"{f'step {last}' if last else 'none'} in {checkpoints.directory}")
+                if refresh is not None and step == cfg.steps:
+                    extras, final = refresh(state, extras, step)
+                    refreshed = {**refreshed, **final}
+                metrics.update({k: float(v) for k, v in refreshed.items()})
                 window_tokens += metrics.get("tokens", 0.0)
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
+                if step % cfg.log_every == 0 or step == cfg.steps or refreshed:
                     elapsed = time.perf_counter() - window_start
                     metrics["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
                     log.write(step, metrics)

@@ -2,7 +2,10 @@
 
 `batch_at(step)` gives the batch of a step (a pure function of the step index, so that resuming is exact);
 the refusal feature R_l is recomputed by the current teacher over a fixed prompt pool every
-`refusal.update_every` steps, the first time from the base model, and is checkpointed with the state.
+`refusal.update_every` steps, the first time from the base model, and is checkpointed with the state. With
+`refusal.reg_pool` the regulariser also covers one pool batch per step (pool[step % len(pool)]), so that the
+direction the teacher learns is the one R_l measures on the pool; each recomputation logs the pool's (and
+held-out prompts') mean cosines and AUROC in metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -60,45 +63,88 @@ def refusal_layer(cfg, model: Transformer) -> int:
     return model.cfg.num_layers // 2 if layer < 0 else layer
 
 
+def prompt_features(features_fn, frozen: FrozenModel, batches: Sequence[Batch]):
+    """(features [N, D], harmful [N], example_weight [N]) of labelled prompt batches, rows in order."""
+    feats = jnp.concatenate([features_fn(frozen, b) for b in batches])
+    harmful = np.concatenate([np.asarray(b["harmful"]) for b in batches])
+    weight = np.concatenate([np.asarray(b["example_weight"]) for b in batches])
+    return feats, harmful, weight
+
+
 def compute_refusal_feature(features_fn, frozen: FrozenModel, pool: Sequence[Batch]) -> jax.Array:
     """R_l over a fixed pool of labelled prompt batches (difference in means, float32)."""
-    feats = jnp.concatenate([features_fn(frozen, b) for b in pool])
-    harmful = np.concatenate([np.asarray(b["harmful"]) for b in pool])
-    weight = np.concatenate([np.asarray(b["example_weight"]) for b in pool])
+    feats, harmful, weight = prompt_features(features_fn, frozen, pool)
     refusal.check_refusal_classes(harmful, weight)
     return refusal.refusal_feature(feats, harmful, weight)
 
 
+def separation_metrics(feats, harmful, weight, r, prefix: str) -> dict[str, float]:
+    """{prefix}_cos_harmful / _cos_harmless (mean cosine to r of each class) and {prefix}_auroc (harmful vs
+    harmless by that cosine) over the rows with weight > 0 and a known label; a class without rows is left out."""
+    cos = np.asarray(refusal.cosine_scores(feats, r), np.float64)
+    harmful, weight = np.asarray(harmful), np.asarray(weight)
+    pos, neg = (weight > 0) & (harmful == 1), (weight > 0) & (harmful == 0)
+    out = {f"{prefix}_cos_harmful": cos[pos].mean()} if pos.any() else {}
+    if neg.any():
+        out[f"{prefix}_cos_harmless"] = cos[neg].mean()
+    auroc = refusal.auroc(cos[pos | neg], harmful[pos | neg] == 1)
+    if auroc is not None:
+        out[f"{prefix}_auroc"] = auroc
+    return {k: float(v) for k, v in out.items()}
+
+
 def train_teacher(cfg, model: Transformer, workdir: str | Path, batch_at: Callable[[int], Batch],
-                  pool: Sequence[Batch]) -> tuple[Transformer, np.ndarray]:
-    """Trains the Ref-Teacher from `model` (the base); returns the teacher and its final R_l."""
+                  pool: Sequence[Batch], held_out: Sequence[Batch] = ()) -> tuple[Transformer, np.ndarray]:
+    """Trains the Ref-Teacher from `model` (the base); returns the teacher and its final R_l.
+
+    held_out: labelled prompt batches never trained on (e.g. the eval harmful prompts and harmless prompts
+    outside the pool); at each recomputation of R_l their mean cosines and AUROC are logged (heldout_*).
+    """
     layer = refusal_layer(cfg, model)
-    updates = max(int(cfg.teacher.steps) // int(cfg.optim.grad_accum), 1)
+    steps = int(cfg.teacher.steps)
+    updates = max(steps // int(cfg.optim.grad_accum), 1)
     tx = make_optimizer(cfg.optim, updates)
     place = _Placement(cfg, model, tx, batch_at(0))
+    reg_pool = bool(cfg.refusal.reg_pool)
     step = make_teacher_step(tx, TeacherLoss(layer=layer, lam=float(cfg.refusal.lam), kind=cfg.refusal.kind),
-                             state_sharding=place.state_sharding, batch_sharding=place.batch_sharding)
+                             state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
+                             with_pool=reg_pool)
     features = make_feature_fn(layer)
     every = int(cfg.refusal.update_every)
 
     def refresh(state, extras, i):
-        if i % every == 0:
-            extras = {"refusal_feature": compute_refusal_feature(features, FrozenModel.of_train_state(state), pool)}
-        return extras
+        """R_l from the current teacher every `every` steps and after the last one, with its diagnostics."""
+        if i % every and i != steps:
+            return extras, {}
+        frozen = FrozenModel.of_train_state(state)
+        feats, harmful, weight = prompt_features(features, frozen, pool)
+        refusal.check_refusal_classes(harmful, weight)
+        r = refusal.refusal_feature(feats, harmful, weight)
+        previous = np.asarray(extras["refusal_feature"], np.float64)
+        metrics = {"refusal_step": float(i), "r_norm": float(jnp.linalg.norm(r)),
+                   **separation_metrics(feats, harmful, weight, r, "pool")}
+        if np.linalg.norm(previous) > 0:  # how far R_l turned since its last recomputation (-1: it flipped)
+            metrics["r_cos_prev"] = float(refusal.cosine_scores(np.asarray(r, np.float64), previous))
+        if held_out:
+            metrics.update(separation_metrics(*prompt_features(features, frozen, held_out), r, "heldout"))
+        return {"refusal_feature": r}, metrics
+
+    def pool_batch(i):
+        return (place.batch(pool[i % len(pool)]),) if reg_pool else ()
 
     def step_fn(state, extras, i):
-        return step(state, place.batch(batch_at(i)), extras["refusal_feature"])
+        return step(state, place.batch(batch_at(i)), extras["refusal_feature"], *pool_batch(i))
 
     extras = {"refusal_feature": jax.device_put(jnp.zeros((model.cfg.hidden_size,), jnp.float32),
                                                 parallel.replicated(place.mesh))}
-    place.check_memory(step, place.state, place.batch(batch_at(0)), extras["refusal_feature"], what="teacher step")
+    place.check_memory(step, place.state, place.batch(batch_at(0)), extras["refusal_feature"], *pool_batch(0),
+                       what="teacher step")
     state, extras = loop.run("teacher", workdir, _loop_config(cfg.teacher, cfg.checkpoint, cfg.logging),
                              place.state, step_fn, extras=extras, refresh=refresh,
                              meta={"seed": int(cfg.seed), "layer": layer}, run_config=cfg.to_dict())
-    # The feature the filter uses is the final teacher's own.
-    final = FrozenModel.of_train_state(state)
-    r = compute_refusal_feature(features, final, pool)
-    return final.model(), np.asarray(r)
+    # The feature the filter uses is the final teacher's own: the loop's last refresh, after the last step.
+    r = extras["refusal_feature"] if steps > 0 else compute_refusal_feature(features, FrozenModel.of(model), pool)
+    return state.model(), np.asarray(r)
 
 
 def train_student(cfg, model: Transformer, teacher: Transformer | None, workdir: str | Path,

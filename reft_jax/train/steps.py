@@ -64,19 +64,33 @@ def create_train_state(model: Transformer, tx: optax.GradientTransformation) -> 
 
 @dataclasses.dataclass(frozen=True)
 class TeacherLoss:
-    """L_teacher = CE(alignment responses) + lam * L_reg(features at `layer`, R_l)."""
+    """L_teacher = CE(alignment responses) + lam * L_reg(features at `layer`, R_l).
+
+    With a `pool` batch (prompts of the refusal pool R_l is computed over), L_reg is the mean over the rows of
+    both batches: the teacher is then trained to separate the very prompts its R_l is measured on. Without it,
+    on a pool unlike the alignment prompts the direction learned on the latter can point the other way on the
+    pool, and each recomputation of R_l flips the target (refusal.reg_pool in the config)."""
 
     layer: int
     lam: float = 1.0
     kind: str = "squared"
 
-    def __call__(self, model: Transformer, batch: Batch, r: jax.Array):
+    def __call__(self, model: Transformer, batch: Batch, r: jax.Array, pool: Batch | None = None):
         out = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=[self.layer])
         ce, tokens = losses.cross_entropy(out.logits, batch["input_ids"], batch["loss_mask"], batch["example_weight"])
         features = refusal.gather_last_prompt(out.hidden_states[self.layer], batch["prompt_end"])
-        reg = losses.refusal_regularizer(features, r, batch["harmful"], batch["example_weight"], self.kind)
         cos = refusal.cosine_scores(features, r)
-        return ce + self.lam * reg, dict(ce=ce, reg=reg, tokens=tokens, **_cos_means(cos, batch))
+        metrics = _cos_means(cos, batch)
+        labels, weights = batch["harmful"], batch["example_weight"]
+        if pool is not None:
+            # Prompts only, through the blocks up to `layer` (no vocabulary projection).
+            hidden = model.hidden_states_at(pool["input_ids"], pool["attention_mask"], [self.layer])[0]
+            pool_features = refusal.gather_last_prompt(hidden, pool["prompt_end"])
+            features = jnp.concatenate([features, pool_features.astype(features.dtype)])
+            labels = jnp.concatenate([labels, pool["harmful"].astype(labels.dtype)])
+            weights = jnp.concatenate([weights, pool["example_weight"].astype(weights.dtype)])
+        reg = losses.refusal_regularizer(features, r, labels, weights, self.kind)
+        return ce + self.lam * reg, dict(ce=ce, reg=reg, tokens=tokens, **metrics)
 
 
 def _cos_means(cos, batch):
@@ -133,21 +147,23 @@ def _jit_step(step, in_shardings, out_shardings):
 
 
 def make_teacher_step(tx: optax.GradientTransformation, loss_fn: TeacherLoss, *, state_sharding=None,
-                      batch_sharding=None):
-    """step(state, batch, r) -> (state, metrics); jitted once, the state donated.
+                      batch_sharding=None, with_pool: bool = False):
+    """step(state, batch, r) -> (state, metrics), or step(state, batch, r, pool) with `with_pool` (a batch of
+    refusal-pool prompts that L_reg covers too, see TeacherLoss); jitted once per batch shape, the state donated.
 
-    state_sharding / batch_sharding (from reft_jax.parallel): explicit in/out shardings on a mesh; r and the
-    metrics are replicated. Without them jax.jit places everything itself.
+    state_sharding / batch_sharding (from reft_jax.parallel): explicit in/out shardings on a mesh (the pool batch
+    is placed like the batch); r and the metrics are replicated. Without them jax.jit places everything itself.
     """
 
-    def step(state: TrainState, batch: Batch, r: jax.Array):
+    def step(state: TrainState, batch: Batch, r: jax.Array, pool: Batch | None = None):
         def loss(params):
-            return loss_fn(nnx.merge(state.graphdef, params, state.frozen), batch, r)
+            return loss_fn(nnx.merge(state.graphdef, params, state.frozen), batch, r, pool)
 
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         return _apply_gradients(state, tx, grads, value, metrics)
 
-    return _jit_step(step, (state_sharding, batch_sharding, None), (state_sharding, None))
+    in_shardings = (state_sharding, batch_sharding, None) + ((batch_sharding,) if with_pool else ())
+    return _jit_step(step, in_shardings, (state_sharding, None))
 
 
 def make_student_step(tx: optax.GradientTransformation, loss_fn: StudentLoss, *, state_sharding=None,
@@ -178,8 +194,8 @@ def make_feature_fn(layer: int | tuple[int, ...]):
 
     @jax.jit
     def features(frozen: FrozenModel, batch: Batch) -> jax.Array:
-        out = frozen.model()(batch["input_ids"], batch["attention_mask"], output_hidden_states=list(layers))
-        stacked = jnp.stack([refusal.gather_last_prompt(out.hidden_states[i], batch["prompt_end"]) for i in layers])
+        states = frozen.model().hidden_states_at(batch["input_ids"], batch["attention_mask"], layers)
+        stacked = jnp.stack([refusal.gather_last_prompt(h, batch["prompt_end"]) for h in states])
         stacked = stacked.astype(jnp.float32)
         return stacked[0] if isinstance(layer, int) else stacked
 

