@@ -127,19 +127,26 @@ def plot_losses(runs: dict[str, Path], out: Path) -> None:
 
 
 def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
-    """The teacher's refusal feature over training, from the R_l refreshes logged in its metrics.jsonl: mean
-    cosine to R_l of the harmful and the harmless pool prompts and held-out prompts, and the held-out AUROC.
-    Writes `out` (e.g. WORKDIR/teacher_refusal.png); False (nothing written) when no refresh was logged."""
+    """The teacher's refusal feature over training, from its metrics.jsonl: at each recomputation of R_l the mean
+    cosine to R_l of the harmful and the harmless pool prompts and held-out prompts, and the held-out AUROC; faint,
+    the training batches' mean cosines to the R_l they were trained against. Writes `out` (e.g.
+    WORKDIR/teacher_refusal.png); False (nothing written) when no recomputation was logged."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if not Path(metrics_file).exists():
         return False
-    rows = [r for r in map(json.loads, Path(metrics_file).read_text().splitlines()) if "refusal_step" in r]
+    records = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    rows = [r for r in records if "refusal_step" in r]
     if not rows:
         return False
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for key, label, color in (("cos_harmful", "train batch harmful", "C3"),
+                              ("cos_harmless", "train batch harmless", "C0")):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            ax.plot(*zip(*points), color=color, alpha=0.25, linewidth=0.8, label=label)
     curves = (("pool_cos_harmful", "pool harmful", "C3", "-"), ("pool_cos_harmless", "pool harmless", "C0", "-"),
               ("heldout_cos_harmful", "held-out harmful", "C3", ":"),
               ("heldout_cos_harmless", "held-out harmless", "C0", ":"),
@@ -153,7 +160,7 @@ def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
     ax.set_xlabel("teacher step (R_l recomputed)")
     ax.set_ylabel("mean cos(f_l, R_l) / AUROC")
     ax.set_title("Teacher refusal feature")
-    ax.legend(fontsize="small", loc="lower left")
+    ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
