@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from reft_jax.models import (LoraConfig, RuntimeOptions, Transformer, add_lora, 
                              save_pretrained)
 from reft_jax.train import runs
 from reft_jax.train.steps import FrozenModel
+
+logger = logging.getLogger(__name__)
 
 DEMO_SPLITS = {
     "data.alignment.harmful": "alignment_harmful", "data.alignment.harmless": "alignment_harmless",
@@ -219,6 +222,26 @@ def _save_model(model: Transformer, tokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(str(folder))
 
 
+def _held_out_prompts(cfg, data: RunData, tokenizer, vocab: int) -> list[dict]:
+    """Batches of prompts the teacher never trains on, whose separation is logged at each R_l refresh: the eval
+    harmful prompts and as many harmless ones from the pool's source that neither the pool nor the alignment
+    data holds. Empty (with a warning) when they are not configured or cannot be read."""
+    d = cfg.data
+    if not (d.eval.harmful and d.pool.harmless):
+        return []
+    try:
+        kw = dict(with_response=False, template=d.template, tokenizer=tokenizer)
+        harmful = rdata.load_examples(d.eval.harmful, harmful=True, **kw)[: int(d.eval.n_harmful)]
+        seen = {tuple(ids) for ids in data.pool.prompt_ids + data.alignment.prompt_ids}
+        candidates = rdata.load_examples(d.pool.harmless, harmful=False, **kw)[: len(harmful) + len(seen)]
+        ds = tokenize(cfg, harmful + candidates, tokenizer, vocab, "tokenizing held-out prompts")
+    except (ReftError, OSError) as e:
+        logger.warning("teacher: no held-out refusal metrics (%s)", e)
+        return []
+    unseen = [i for i in range(len(harmful), len(ds)) if tuple(ds.prompt_ids[i]) not in seen]
+    return pool_batches(cfg, ds.select(list(range(len(harmful))) + unseen[: len(harmful)]))
+
+
 def train_teacher(cfg, workdir: Path) -> Path:
     out = workdir / "teacher"
     with cost.Stage(out, "teacher") as stage:
@@ -228,21 +251,7 @@ def train_teacher(cfg, workdir: Path) -> Path:
         model = trainable(cfg, base_model(cfg, vocab), salt=1)
         align = batches(cfg, data.alignment)
         pool = pool_batches(cfg, data.pool)
-        # Held-out prompts whose separation by the teacher is logged at each R_l refresh: the eval harmful prompts
-        # and as many harmless ones from the pool's source that neither the pool nor the alignment data holds.
-        held_out, d = [], cfg.data
-        if d.eval.harmful and d.pool.harmless:
-            try:
-                kw = dict(with_response=False, template=d.template, tokenizer=tokenizer)
-                harmful = rdata.load_examples(d.eval.harmful, harmful=True, **kw)[: int(d.eval.n_harmful)]
-                seen = {tuple(ids) for ids in data.pool.prompt_ids + data.alignment.prompt_ids}
-                candidates = rdata.load_examples(d.pool.harmless, harmful=False, **kw)[: len(harmful) + len(seen)]
-                ds = tokenize(cfg, harmful + candidates, tokenizer, vocab, "tokenizing held-out prompts")
-                unseen = [i for i in range(len(harmful), len(ds)) if tuple(ds.prompt_ids[i]) not in seen]
-                held_out = pool_batches(cfg, ds.select(list(range(len(harmful))) + unseen[: len(harmful)]))
-            except (ReftError, OSError) as e:
-                import logging
-                logging.getLogger(__name__).warning("teacher: no held-out refusal metrics (%s)", e)
+        held_out = _held_out_prompts(cfg, data, tokenizer, vocab)
         teacher, r = runs.train_teacher(cfg, model, out, align.batch, pool, held_out)
         layer = runs.refusal_layer(cfg, teacher)
         tau = float(cfg.filter.tau)
