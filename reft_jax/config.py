@@ -25,6 +25,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.attention = "xla"  # or "cudnn" on GPU
     c.model.remat = "none"  # none | full | dots | dots_no_batch
     c.model.scan_layers = False
+    # Sequence positions per block of the vocabulary losses (CE, distillation KL): the final hidden states are
+    # projected to the vocabulary one block at a time, so no [batch, seq, vocab] float32 logits live at once
+    # (4.2 GB each at 4 x 2048 x 128k). 0 = the whole sequence at once (one more unembedding matmul saved).
+    c.model.loss_block = 512
     c.model.lora = ml_collections.ConfigDict()
     c.model.lora.rank = 0  # 0 = full finetuning
     c.model.lora.alpha = 16.0
@@ -159,7 +163,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.bench.batch_size = 4  # rows of each batch (the student step runs a user and an alignment batch)
     c.bench.seq_len = 512
     c.bench.warmup = 2  # untimed calls, the first of which compiles
-    c.bench.iters = 5  # timed calls: median and spread are reported
+    c.bench.iters = 5  # timed calls per round: median and spread are reported
+    # Rounds of every case, the frameworks interleaved (JAX, PyTorch eager, torch.compile, each in its own warm
+    # process): the JAX/PyTorch ratio gets a confidence interval over rounds. 1 = each framework alone, one case
+    # at a time (a GPU: two warm frameworks would share its memory).
+    c.bench.rounds = 1
+    # Compile the JAX steps for the shapes and report XLA's memory analysis only: nothing is allocated or run,
+    # so an 8B step's memory can be read on a laptop.
+    c.bench.compile_only = False
     c.bench.peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = the measured matmul throughput
     c.bench.same_weights = False  # both frameworks load one random init (costs a checkpoint write)
     return c

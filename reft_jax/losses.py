@@ -14,6 +14,8 @@ dtype (bf16 included); float64 inputs stay float64 (for gradient checks).
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -104,14 +106,33 @@ def cross_entropy(
         `loss * num_tokens` summed over micro-batches and divided by their total num_tokens gives
         the mean over the union.
     """
+    targets = _next_tokens(jnp.asarray(input_ids))
+    return weighted_mean(token_nll(logits, targets), _all_positions(next_token_weights(loss_mask, example_weight)))
+
+
+def token_nll(logits: Array, targets: Array) -> Array:
+    """-log softmax(logits)[target] per position: [..., V], [...] int -> [...] float32 (at least).
+
+    The target logit is picked by a fused compare-and-sum, whose gradient is a select (a gather's would be a
+    scatter). Targets are clipped into [0, V - 1], so -100 / pad ids at unweighted positions are harmless."""
     logits = _f32(logits)
-    # Every position, the last one with weight 0, instead of logits[:, :-1]: slicing would copy [B, T, V].
-    targets = _next_tokens(jnp.clip(jnp.asarray(input_ids), 0, logits.shape[-1] - 1))
-    # log p(target) = logit(target) - logsumexp; the target logit is picked by a fused compare-and-sum, whose
-    # gradient is a select (a gather's would be a scatter). Clipping keeps -100 / pad ids harmless.
+    targets = jnp.clip(targets, 0, logits.shape[-1] - 1)
     hit = jnp.arange(logits.shape[-1]) == targets[..., None]
-    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
-    return weighted_mean(nll, _all_positions(next_token_weights(loss_mask, example_weight)))
+    return jax.nn.logsumexp(logits, axis=-1) - jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
+
+
+def token_kl(student_logits: Array, teacher_logits: Array, temperature: float = 1.0) -> Array:
+    """KL(softmax(t / T) || softmax(s / T)) per position: [..., V] twice -> [...] float32 (at least); no T^2.
+
+    KL = sum_v p_t (t - s) - lse(t) + lse(s), since sum_v p_t = 1: no [..., V] log-probabilities are kept. The
+    teacher is a constant (stop_gradient)."""
+    s = _f32(student_logits) / temperature
+    t = _f32(jax.lax.stop_gradient(teacher_logits)) / temperature
+    lse_t = jax.nn.logsumexp(t, axis=-1, keepdims=True)
+    p_t = jnp.exp(t - lse_t)
+    # Where p_t == 0 the term is 0 by definition; `where` avoids 0 * (-inf) = NaN.
+    cross = jnp.sum(jnp.where(p_t > 0, p_t * (t - s), 0.0), axis=-1)
+    return cross - lse_t[..., 0] + jax.nn.logsumexp(s, axis=-1)
 
 
 def refusal_regularizer(
@@ -177,13 +198,65 @@ def distillation_kl(
     Returns:
         (loss, num_tokens) as in `cross_entropy`.
     """
-    s = _f32(student_logits) / temperature
-    t = _f32(jax.lax.stop_gradient(teacher_logits)) / temperature
-    # KL = sum_v p_t (t - s) - lse(t) + lse(s), since sum_v p_t = 1: no [B, T, V] log-probabilities are kept.
-    lse_t = jax.nn.logsumexp(t, axis=-1, keepdims=True)
-    p_t = jnp.exp(t - lse_t)
-    # Where p_t == 0 the term is 0 by definition; `where` avoids 0 * (-inf) = NaN.
-    cross = jnp.sum(jnp.where(p_t > 0, p_t * (t - s), 0.0), axis=-1)
-    kl = cross - lse_t[..., 0] + jax.nn.logsumexp(s, axis=-1)
+    kl = token_kl(student_logits, teacher_logits, temperature)
     loss, num_tokens = weighted_mean(kl, _all_positions(next_token_weights(loss_mask, example_weight)))
+    return loss * temperature**2, num_tokens
+
+
+# Blockwise vocabulary losses. At 4 x 2048 tokens and a 128k vocabulary one float32 [B, T, V] logits array is
+# 4.2 GB, and the student step would hold three (user, alignment, teacher) plus their gradients. These take the
+# final hidden states [B, T, D] instead and project them to the vocabulary `block` positions at a time inside a
+# rematerialised scan: the forward keeps one block's logits, the backward recomputes them block by block (one
+# more unembedding matmul per token, the price of the memory).
+
+def blockwise_token_mean(per_token: Callable[..., Array], inputs: Sequence[Array], weights: Array,
+                         block: int) -> tuple[Array, Array]:
+    """weighted_mean(per_token(*inputs), weights), evaluated `block` sequence positions at a time.
+
+    per_token maps blocks [B, c, ...] of each input to values [B, c]; weights [B, T]. The batch axis stays whole
+    (so its sharding is kept) and T is padded to a multiple of `block` with weight 0 (a block longer than T is
+    one block of T)."""
+    b, t = weights.shape
+    block = min(block, t)
+    n = -(-t // block)
+
+    def blocks(x):  # [B, T, ...] -> [n, B, block, ...]
+        x = jnp.pad(x, [(0, 0), (0, n * block - t)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(b, n, block, *x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def body(total, xs):
+        *block_inputs, w = xs
+        values = per_token(*block_inputs)
+        return total + jnp.sum(jnp.where(w != 0, w * values, 0.0)), None
+
+    inputs = tuple(map(blocks, inputs))
+    dtype = jax.eval_shape(per_token, *[x[0] for x in inputs]).dtype  # float32, or float64 for gradient checks
+    weights = weights.astype(dtype)
+    num, _ = jax.lax.scan(body, jnp.zeros((), dtype), (*inputs, blocks(weights)))
+    total = jnp.sum(weights)
+    return num / jnp.where(total > 0, total, 1.0), total
+
+
+def blockwise_cross_entropy(hidden: Array, unembed: Callable[[Array], Array], input_ids: Array, loss_mask: Array,
+                            example_weight: Array | None = None, *, block: int) -> tuple[Array, Array]:
+    """`cross_entropy(unembed(hidden), ...)` without the [B, T, V] logits: hidden [B, T, D] final hidden states,
+    unembed [.., D] -> [.., V] (the model's `unembed`)."""
+    weights = _all_positions(next_token_weights(loss_mask, example_weight))
+    return blockwise_token_mean(lambda h, y: token_nll(unembed(h), y), (hidden, _next_tokens(jnp.asarray(input_ids))),
+                                weights, block)
+
+
+def blockwise_distillation_kl(student_hidden: Array, student_unembed: Callable[[Array], Array], teacher_hidden: Array,
+                              teacher_unembed: Callable[[Array], Array], loss_mask: Array, temperature: float = 1.0,
+                              example_weight: Array | None = None, *, block: int) -> tuple[Array, Array]:
+    """`distillation_kl` of the two models' logits without either's [B, T, V] array: each block of positions
+    is projected through both unembeddings; the teacher's side is a constant."""
+    weights = _all_positions(next_token_weights(loss_mask, example_weight))
+    teacher_hidden = jax.lax.stop_gradient(teacher_hidden)
+
+    def per_token(hs, ht):
+        return token_kl(student_unembed(hs), teacher_unembed(ht), temperature)
+
+    loss, num_tokens = blockwise_token_mean(per_token, (student_hidden, teacher_hidden), weights, block)
     return loss * temperature**2, num_tokens

@@ -12,3 +12,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 # Local copies of the public datasets (the layout configs/smollm2.py lists); the project's CI keeps them beside
 # the checkout.
 SHARED_DATA = Path(os.environ.get("REFT_JAX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+import jax  # noqa: E402  (after JAX_PLATFORMS)
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+    """float64 for finite-difference checks, restored afterwards so nothing leaks."""
+    before = jax.config.jax_enable_x64
+    with jax.enable_x64(True):
+        yield
+    assert jax.config.jax_enable_x64 == before

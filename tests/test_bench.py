@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reft_jax import flops
+from reft_jax import flops, parallel
 from reft_jax.bench import harness, workload
 from reft_jax.cli import load_config, main
 from reft_jax.models import LoraConfig, from_hf_dict
@@ -61,10 +61,19 @@ def test_model_flops_match_xla_cost_analysis(step, finetune):
 
 
 def test_bench_reports_both_frameworks_on_the_same_work(tmp_path, capsys):
+    """Two interleaved rounds: each case's rounds, the ratio's interval, and a report after every case."""
     workdir = tmp_path / "bench"
     assert main(["bench", "--config", TINY_CONFIG, "--workdir", str(workdir), *SMALL,
-                 "--config.bench.torch_variants=eager"]) == 0
-    report = json.loads(capsys.readouterr().out)
+                 "--config.bench.torch_variants=eager", "--config.bench.rounds=2"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    # A line per case and round as it is measured, JAX and PyTorch alternating.
+    progress = [line for line in captured.err.splitlines() if " round " in line]
+    assert len(progress) == 16 and [" 1/2" in line for line in progress] == [True] * 8 + [False] * 8
+    assert progress[0].startswith("reft-jax bench: jax jit student/full round 1/2") and "torch eager" in progress[4]
+    assert report["complete"] and report["workload"]["rounds"] == 2
+    assert all(len(r["round_ms"]) == 2 and len(r["times_ms"]) == 4 for r in report["results"])
+    assert all(len(r["round_ratios"]) == 2 and r["ratio_ci95"][0] <= r["ratio_ci95"][1] for r in report["ratios"])
     assert report == json.loads((workdir / "bench.json").read_text())
     assert (workdir / "bench.md").read_text().count("| jax | jit |") == 4
     assert not (workdir / "bench_weights").exists()  # the shared init is removed after the run
@@ -97,12 +106,41 @@ def test_torch_compile_variant(tmp_path, capsys):
     assert result["mfu"] == pytest.approx(result["model_flops_per_step"] / (result["step_ms"] / 1e3) / 1e12)
 
 
+def test_compile_only_reports_xla_memory_without_running(tmp_path, capsys):
+    assert main(["bench", "--config", TINY_CONFIG, "--workdir", str(tmp_path), *SMALL,
+                 "--config.bench.compile_only=True", "--config.bench.steps=student"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["devices"]) == {"jax"} and report["workload"]["compile_only"]
+    for r in report["results"]:
+        assert r["framework"] == "jax" and "error" not in r and r["peak_memory_bytes"] > 0
+        assert r["step_ms"] is None and "first_loss" not in r and r["memory"]["temp_bytes"] > 0
+    assert "compiled only" in (tmp_path / "bench.md").read_text()
+
+
+def test_blockwise_losses_cut_the_student_steps_peak_memory():
+    """The compiled step's peak drops by at least the float32 [B, T, V] arrays the blocks avoid: the user,
+    alignment and teacher logits (one each)."""
+    from reft_jax.bench import jax_side
+
+    b, t, vocab = 2, 256, 32000
+    peaks = {}
+    for block in (0, 64):
+        cfg = load_config(TINY_CONFIG, [f"--config.model.loss_block={block}", "--config.model.init.vocab_size=32000",
+                                        "--config.model.init.num_hidden_layers=1"])
+        data = workload.batches(b, t, vocab, 0)
+        jitted, args = jax_side._build_step(cfg, workload.Case("student", "lora"), data,
+                                            workload.refusal_direction(256, 0), abstract=True)
+        peaks[block] = parallel.executable_memory(jitted.lower(*args).compile())["peak_bytes"]
+    assert peaks[0] - peaks[64] >= 3 * b * t * vocab * 4, peaks
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.bench.frameworks=jax,mxnet", "bench.frameworks"),
     ("--config.bench.torch_variants=jit", "bench.torch_variants"),
     ("--config.model.lora.rank=0", "model.lora.rank"),
     ("--config.bench.seq_len=4096", "max_position_embeddings"),
     ("--config.model.path=/some/model", "model.path"),
+    ("--config.bench.rounds=0", "bench.rounds"),
 ])
 def test_bad_bench_config_is_a_one_line_error(tmp_path, capsys, override, message):
     assert main(["bench", "--config", TINY_CONFIG, "--workdir", str(tmp_path), override]) == 2
@@ -115,5 +153,18 @@ def test_ratios_pair_jax_with_each_torch_variant():
                dict(framework="torch", variant="eager", step="student", finetune="lora", tokens_per_s=100.0),
                dict(framework="torch", variant="compile", step="student", finetune="lora", tokens_per_s=None),
                dict(framework="torch", variant="eager", step="teacher", finetune="lora", tokens_per_s=50.0)]
+    for r in results:
+        r["round_ms"] = [1.0, 1.0]
+    results[1]["round_ms"] = [3.0, 3.0]
     assert harness.ratios(results) == [dict(step="student", finetune="lora", jax_variant="jit",
-                                            torch_variant="eager", ratio=3.0)]
+                                            torch_variant="eager", ratio=3.0, ratio_ci95=pytest.approx([3.0, 3.0]),
+                                            round_ratios=[3.0, 3.0])]
+
+
+def test_ratio_interval_is_students_t_on_the_log_ratios():
+    per_round, interval = harness.ratio_interval([10.0, 10.0, 10.0], [20.0, 40.0, 40.0])
+    assert per_round == [2.0, 4.0, 4.0]
+    logs = np.log(per_round)
+    half = 4.302653 * logs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom), from a table
+    assert interval == pytest.approx([np.exp(logs.mean() - half), np.exp(logs.mean() + half)], rel=1e-6)
+    assert harness.ratio_interval([10.0], [20.0]) == ([2.0], None)  # one round: no interval

@@ -10,15 +10,6 @@ from reft_jax import losses
 B, T, V, D = 3, 7, 11, 16
 
 
-@pytest.fixture
-def x64():
-    """float64 for finite-difference checks, restored afterwards so nothing leaks."""
-    before = jax.config.jax_enable_x64
-    with jax.enable_x64(True):
-        yield
-    assert jax.config.jax_enable_x64 == before
-
-
 def _batch(seed, dtype=np.float32):
     """Random logits, ids, a prompt-then-response loss mask and row weights (one row dropped)."""
     rng = np.random.default_rng(seed)

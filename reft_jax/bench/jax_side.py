@@ -12,6 +12,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from ml_collections import ConfigDict
 
 from reft_jax import parallel, pipeline
@@ -25,38 +26,76 @@ def _log(message: str) -> None:
     print(f"[bench jax] {message}", file=sys.stderr, flush=True)
 
 
-def _build_step(cfg, case: workload.Case, data: dict, r):
-    """(jitted step, its arguments): a fresh train state for `case` and, for the student, a frozen teacher."""
+def _build_step(cfg, case: workload.Case, data: dict, r, abstract: bool = False):
+    """(jitted step, its arguments): a fresh train state for `case` and, for the student, a frozen teacher.
+    abstract: shapes and dtypes only (nothing allocated), enough to compile for the memory analysis."""
     tx = optim.make_optimizer(cfg.optim, total_steps=cfg.bench.warmup + cfg.bench.iters + 1)
-    base = pipeline.base_model(cfg)
-    layer = refusal_layer(cfg, base)
-    model = pipeline.trainable(cfg, base, salt=1) if case.finetune == "lora" else base
-    state = steps.create_train_state(model, tx)
-    align = jax.device_put(data["align"])
+    layer = refusal_layer(cfg, nnx.eval_shape(lambda: pipeline.base_model(cfg)))
+    block = int(cfg.model.loss_block)
+
+    def models():
+        base = pipeline.base_model(cfg)
+        model = pipeline.trainable(cfg, base, salt=1) if case.finetune == "lora" else base
+        state = steps.create_train_state(model, tx)
+        # The student's teacher: a second, merged model.
+        return state, (steps.FrozenModel.of(pipeline.base_model(cfg)) if case.step == "student" else None)
+
+    state, teacher = jax.eval_shape(models) if abstract else models()
+    put = (lambda x: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)) if abstract \
+        else jax.device_put
+    align = put(data["align"])
     if case.step == "teacher":
-        step = steps.make_teacher_step(tx, steps.TeacherLoss(layer, float(cfg.refusal.lam), cfg.refusal.kind))
-        return step, (state, align, jnp.asarray(r))
-    teacher = steps.FrozenModel.of(pipeline.base_model(cfg))  # a second, merged model: the teacher
-    step = steps.make_student_step(tx, steps.StudentLoss(float(cfg.distill.beta), float(cfg.distill.temperature)))
-    return step, (state, teacher, jax.device_put(data["user"]), align)
+        step = steps.make_teacher_step(tx, steps.TeacherLoss(layer, float(cfg.refusal.lam), cfg.refusal.kind, block))
+        return step, (state, align, put(jnp.asarray(r)))
+    step = steps.make_student_step(tx, steps.StudentLoss(float(cfg.distill.beta), float(cfg.distill.temperature),
+                                                         block=block))
+    return step, (state, teacher, put(data["user"]), align)
 
 
-def run_case(cfg, case: workload.Case, data: dict, r) -> dict:
-    step, args = _build_step(cfg, case, data, r)
+def prepare(cfg, case: workload.Case) -> workload.Prepared:
+    """Builds and compiles `case` and runs its warm-up calls (with bench.compile_only: compiles for the shapes
+    and returns the memory analysis alone, nothing allocated or run)."""
+    data = workload.batches(cfg.bench.batch_size, cfg.bench.seq_len, int(cfg.model.init.vocab_size), cfg.seed)
+    r = workload.refusal_direction(int(cfg.model.init.hidden_size), cfg.seed)
+    compile_only = bool(cfg.bench.compile_only)
+    step, args = _build_step(cfg, case, data, r, abstract=compile_only)
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    memory = parallel.executable_memory(compiled)
+    info = dict(compile_s=time.perf_counter() - t0, memory=parallel.executable_memory(compiled),
+                memory_source="xla_compiled")
+    info["peak_memory_bytes"] = info["memory"]["peak_bytes"]
+    if compile_only:
+        return workload.Prepared(lambda: None, lambda _: None, info)
     state, rest = args[0], args[1:]
 
     def call():
         nonlocal state
         state, metrics = compiled(state, *rest)
-        return state, metrics
+        return metrics
 
-    _, times, (_, metrics) = workload.time_steps(call, jax.block_until_ready, cfg.bench.warmup, cfg.bench.iters)
-    return dict(compile_s=compile_s, first_loss=float(metrics["loss"]), peak_memory_bytes=memory["peak_bytes"],
-                memory_source="xla_compiled", **workload.time_stats(times))
+    metrics = call()
+    info["first_loss"] = float(metrics["loss"])
+    for _ in range(int(cfg.bench.warmup) - 1):
+        jax.block_until_ready(call())
+    return workload.Prepared(call, jax.block_until_ready, info)
+
+
+_CASES: dict = {}  # prepared cases of this process, kept between rounds
+
+
+def measure(cfg_dict: dict, case: workload.Case, variant: str, keep: bool, weights_dir: str | None = None) -> dict:
+    """One round of `case` in this (warm) process: see workload.measure_round."""
+    del variant, weights_dir  # JAX has one variant (jit) and builds its own init
+    cfg = ConfigDict(cfg_dict)
+    try:
+        iters = 0 if cfg.bench.compile_only else int(cfg.bench.iters)
+        return workload.measure_round(_CASES, case, lambda: prepare(cfg, case), iters, keep)
+    except Exception as e:  # an out-of-memory case is a result (what does not fit), not a crash
+        _log(f"{case.name}: failed: {workload.error_text(e)}")
+        return dict(error=workload.error_text(e))
+    finally:
+        if not keep:
+            jax.clear_caches()
 
 
 def matmul_flops(platform: str, dtype) -> float:
@@ -68,26 +107,15 @@ def matmul_flops(platform: str, dtype) -> float:
     return 2 * n**3 / workload.matmul_seconds(lambda: matmul(a, b), jax.block_until_ready)
 
 
-def run(cfg_dict: dict, cases: list[workload.Case], weights_dir: str | None) -> dict:
-    """Every case, one after the other; `weights_dir`: write the random init there for the PyTorch side."""
+def setup(cfg_dict: dict, weights_dir: str | None) -> dict:
+    """Writes the random init to `weights_dir` for the PyTorch side (when given); returns this side's device,
+    versions and measured matmul throughput."""
     cfg = ConfigDict(cfg_dict)
     device = jax.devices()[0]
     _log(f"{jax.device_count()} {device.platform} device(s), {device.device_kind}; timing on device 0")
     if weights_dir:
         save_pretrained(pipeline.base_model(cfg), weights_dir)
-    data = workload.batches(cfg.bench.batch_size, cfg.bench.seq_len, int(cfg.model.init.vocab_size), cfg.seed)
-    r = workload.refusal_direction(int(cfg.model.init.hidden_size), cfg.seed)
-    results = []
-    for case in cases:
-        _log(f"{case.name}: compiling and timing {cfg.bench.iters} steps")
-        try:
-            result = run_case(cfg, case, data, r)
-        except Exception as e:  # an out-of-memory case is a result (what does not fit), not a crash
-            result = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            _log(f"{case.name}: failed: {result['error']}")
-        results.append(dict(framework="jax", variant="jit", step=case.step, finetune=case.finetune, **result))
-        jax.clear_caches()
-    compute = jnp.dtype(cfg.model.dtype)
-    return dict(results=results, measured_peak_flops=matmul_flops(device.platform, compute),
+    peak = None if cfg.bench.compile_only else matmul_flops(device.platform, jnp.dtype(cfg.model.dtype))
+    return dict(measured_peak_flops=peak,
                 device=dict(platform=device.platform, kind=device.device_kind, count=jax.device_count()),
                 versions=workload.versions("jax", "jaxlib", "flax", "optax"))

@@ -151,8 +151,12 @@ def _peak(device: torch.device):
     return workload.HostPeak(), "host_rss"
 
 
-def run_case(cfg, case: workload.Case, variant: str, data: dict, r: np.ndarray, weights_dir, device) -> dict:
+def prepare(cfg, case: workload.Case, variant: str, weights_dir, device) -> workload.Prepared:
+    """Builds `case` (torch.compile'd for variant "compile") and runs its warm-up calls; its peak memory is
+    measured over the build and the warm-up."""
     torch.manual_seed(int(cfg.seed))
+    data = workload.batches(cfg.bench.batch_size, cfg.bench.seq_len, int(cfg.model.init.vocab_size), cfg.seed)
+    r = workload.refusal_direction(int(cfg.model.init.hidden_size), cfg.seed)
     compute = _DTYPES[cfg.model.dtype]
     autocast = ((lambda: torch.autocast(device.type, dtype=compute)) if compute != torch.float32
                 else contextlib.nullcontext)
@@ -182,9 +186,34 @@ def run_case(cfg, case: workload.Case, variant: str, data: dict, r: np.ndarray, 
             return loss.detach()
 
         sync = (lambda _: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda _: None)
-        first_s, times, first = workload.time_steps(step, sync, cfg.bench.warmup, cfg.bench.iters)
-    return dict(compile_s=first_s if variant == "compile" else None, first_loss=float(first),
-                peak_memory_bytes=peak.bytes, memory_source=source, **workload.time_stats(times))
+        first_s, _, first = workload.time_steps(step, sync, cfg.bench.warmup, 0)
+    info = dict(compile_s=first_s if variant == "compile" else None, first_loss=float(first),
+                peak_memory_bytes=peak.bytes, memory_source=source)
+    return workload.Prepared(step, sync, info)
+
+
+_CASES: dict = {}  # prepared cases of this process, kept between rounds
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def measure(cfg_dict: dict, case: workload.Case, variant: str, keep: bool, weights_dir: str | None = None) -> dict:
+    """One round of `case` in `variant` in this (warm) process: see workload.measure_round."""
+    cfg = ConfigDict(cfg_dict)
+    device = _device()
+    t0 = time.perf_counter()
+    try:
+        return workload.measure_round(_CASES, (case, variant), lambda: prepare(cfg, case, variant, weights_dir, device),
+                                      int(cfg.bench.iters), keep)
+    except Exception as e:  # an out-of-memory case is a result (what does not fit), not a crash
+        _log(f"{case.name} {variant}: failed: {workload.error_text(e)}")
+        return dict(error=workload.error_text(e))
+    finally:
+        _log(f"{case.name} {variant}: {time.perf_counter() - t0:.1f} s")
+        if device.type == "cuda" and not keep:
+            torch.cuda.empty_cache()
 
 
 def matmul_flops(device: torch.device, dtype) -> float:
@@ -196,37 +225,22 @@ def matmul_flops(device: torch.device, dtype) -> float:
     return 2 * n**3 / workload.matmul_seconds(lambda: a @ b, sync)
 
 
-def run(cfg_dict: dict, cases: list[workload.Case], weights_dir: str | None) -> dict:
+def setup(cfg_dict: dict, weights_dir: str | None) -> dict:
+    """Checks what the cases need; returns this side's device, versions and measured matmul throughput."""
+    del weights_dir  # written by the JAX side
     import transformers
 
     transformers.logging.disable_progress_bar()  # one "Loading weights" bar per model built
     transformers.logging.set_verbosity_error()
     cfg = ConfigDict(cfg_dict)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     _log(f"device {device} ({name}), {torch.get_num_threads()} CPU threads")
-    if any(c.finetune == "lora" for c in cases):
+    if "lora" in cfg.bench.finetune:
         try:
             import peft  # noqa: F401
         except ImportError:
             raise ConfigError("bench: LoRA on the PyTorch side needs peft (pip install 'reft-jax[bench]')") from None
-    data = workload.batches(cfg.bench.batch_size, cfg.bench.seq_len, int(cfg.model.init.vocab_size), cfg.seed)
-    r = workload.refusal_direction(int(cfg.model.init.hidden_size), cfg.seed)
-    results = []
-    for case in cases:
-        for variant in cfg.bench.torch_variants:
-            _log(f"{case.name} {variant}: timing {cfg.bench.iters} steps")
-            t0 = time.perf_counter()
-            try:
-                result = run_case(cfg, case, variant, data, r, weights_dir, device)
-            except Exception as e:  # an out-of-memory case is a result (what does not fit), not a crash
-                result = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                _log(f"{case.name} {variant}: failed: {result['error']}")
-            _log(f"{case.name} {variant}: {time.perf_counter() - t0:.1f} s")
-            results.append(dict(framework="torch", variant=variant, step=case.step, finetune=case.finetune,
-                                **result))
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return dict(results=results, measured_peak_flops=matmul_flops(device, _DTYPES[cfg.model.dtype]),
+    return dict(measured_peak_flops=matmul_flops(device, _DTYPES[cfg.model.dtype]),
                 device=dict(platform=device.type, kind=name, count=max(torch.cuda.device_count(), 1)),
                 versions=workload.versions("torch", "transformers", "peft"))

@@ -63,24 +63,60 @@ def time_steps(step: Callable[[], object], sync: Callable[[object], None], warmu
     first_s = time.perf_counter() - t0
     for _ in range(max(warmup - 1, 0)):
         sync(step())
+    return first_s, timed(step, sync, iters), first
+
+
+def timed(step: Callable[[], object], sync: Callable[[object], None], iters: int) -> list[float]:
+    """Seconds of `iters` synchronised calls of step()."""
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         sync(step())
         times.append(time.perf_counter() - t0)
-    return first_s, times, first
+    return times
 
 
-def time_stats(times: list[float]) -> dict[str, float]:
-    """Median and spread of step times, in milliseconds."""
+@dataclasses.dataclass
+class Prepared:
+    """A case built, compiled and warmed up in a framework's process, kept there between rounds."""
+
+    step: Callable[[], object]
+    sync: Callable[[object], None]
+    info: dict  # compile_s, first_loss, peak_memory_bytes, memory_source, ...
+
+
+def measure_round(cache: dict, key, prepare: Callable[[], Prepared], iters: int, keep: bool) -> dict:
+    """One round of a case: `prepare()` it on its first round (compile, warm-up: the `info` fields come back
+    then), else one untimed call first (the other frameworks ran in between); then `iters` timed calls.
+    keep: hold the prepared case for the next round, else free it now."""
+    first = key not in cache
+    if first:
+        cache[key] = prepare()
+    case = cache[key]
+    if not first:
+        case.sync(case.step())
+    out = dict(case.info) if first else {}
+    out["times_ms"] = [t * 1e3 for t in timed(case.step, case.sync, iters)]
+    if not keep:
+        del cache[key]
+    return out
+
+
+def time_stats(times) -> dict[str, float]:
+    """Median and spread of step times (seconds in), in milliseconds."""
     ms = np.asarray(times) * 1e3
     return dict(step_ms=float(np.median(ms)), step_ms_min=float(ms.min()), step_ms_max=float(ms.max()),
-                step_ms_std=float(ms.std()), timed_steps=len(times))
+                step_ms_std=float(ms.std()), timed_steps=len(ms))
 
 
 def matmul_seconds(run: Callable[[], object], sync: Callable[[object], None], iters: int = 10) -> float:
     """Median seconds of one call of `run` after two warm-up calls."""
     return float(np.median(time_steps(run, sync, warmup=2, iters=iters)[1]))
+
+
+def error_text(e: Exception) -> str:
+    """One line for a case that failed (out of memory, say): a result, not a crash."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 # Host memory, for CPU runs where no device allocator keeps statistics.

@@ -218,14 +218,16 @@ class Transformer(nnx.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  output_hidden_states: bool | int | Sequence[int] = False,
-                 cache: KVCache | None = None) -> ModelOutput:
+                 cache: KVCache | None = None, logits: bool = True) -> ModelOutput:
         """input_ids [B, T]; attention_mask [B, T] (1 = real token); positions [B, T] (default 0..T-1, as in
         transformers; pass cumsum(mask) - 1 for left padding); segment_ids [B, T] for packed sequences.
         `output_hidden_states`: True for all, or the indices to keep (others are None), HF convention:
         index 0 is the embedding output, index l the output of block l, and the last one is after the final
         norm (as transformers returns it).
         `cache`: decode incrementally (causal LM only): the T tokens go to cache slots index .. index + T - 1
-        and attend to every earlier real slot; the output carries the updated cache. Pass positions too."""
+        and attend to every earlier real slot; the output carries the updated cache. Pass positions too.
+        `logits=False` skips the vocabulary projection (ModelOutput.logits is None): the blockwise losses
+        project the last hidden state (`output_hidden_states=[-1]`) a block of tokens at a time (`unembed`)."""
         cfg, opts = self.cfg, self.opts
         b, t = input_ids.shape
         if attention_mask is None:
@@ -256,14 +258,19 @@ class Transformer(nnx.Module):
             hidden_states = tuple(h if i in keep else None for i, h in enumerate(states))
         if cfg.is_classifier:
             return ModelOutput(self._pool(x, input_ids, attention_mask), hidden_states)
+        return ModelOutput(self.unembed(x) if logits else None, hidden_states, cache)
+
+    def unembed(self, x: jax.Array) -> jax.Array:
+        """Final (normed) hidden states [..., D] -> logits [..., V] in the compute dtype, soft-capped where the
+        family does it (Gemma 2)."""
         if self.lm_head is not None:
             logits = self.lm_head(x)
         else:
-            logits = x @ self.embed_tokens[...].astype(opts.dtype).T
-        if cfg.final_softcap:
+            logits = x @ self.embed_tokens[...].astype(self.opts.dtype).T
+        if self.cfg.final_softcap:
             logits32 = logits.astype(jnp.float32)
-            logits = (jnp.tanh(logits32 / cfg.final_softcap) * cfg.final_softcap).astype(logits.dtype)
-        return ModelOutput(logits, hidden_states, cache)
+            logits = (jnp.tanh(logits32 / self.cfg.final_softcap) * self.cfg.final_softcap).astype(logits.dtype)
+        return logits
 
     def hidden_states_at(self, input_ids: jax.Array, attention_mask: jax.Array | None,
                          layers: Sequence[int]) -> tuple[jax.Array, ...]:

@@ -106,7 +106,8 @@ def train_teacher(cfg, model: Transformer, workdir: str | Path, batch_at: Callab
     tx = make_optimizer(cfg.optim, updates)
     place = _Placement(cfg, model, tx, batch_at(0))
     reg_pool = bool(cfg.refusal.reg_pool)
-    step = make_teacher_step(tx, TeacherLoss(layer=layer, lam=float(cfg.refusal.lam), kind=cfg.refusal.kind),
+    step = make_teacher_step(tx, TeacherLoss(layer=layer, lam=float(cfg.refusal.lam), kind=cfg.refusal.kind,
+                                             block=int(cfg.model.loss_block)),
                              state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
                              with_pool=reg_pool)
     features = make_feature_fn(layer)
@@ -160,7 +161,7 @@ def train_student(cfg, model: Transformer, teacher: Transformer | None, workdir:
     place = _Placement(cfg, model, tx, user_at(0))
     frozen_teacher = place.frozen(teacher)
     step = make_student_step(tx, StudentLoss(beta=float(cfg.distill.beta), temperature=float(cfg.distill.temperature),
-                                               alpha=float(alpha)),
+                                               alpha=float(alpha), block=int(cfg.model.loss_block)),
                              state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
                              teacher_sharding=None if teacher is None else parallel.frozen_model_sharding(
                                  frozen_teacher, place.mesh, units=place.units))

@@ -74,10 +74,12 @@ class TeacherLoss:
     layer: int
     lam: float = 1.0
     kind: str = "squared"
+    block: int = 0  # > 0: the CE is blockwise over this many positions (model.loss_block)
 
     def __call__(self, model: Transformer, batch: Batch, r: jax.Array, pool: Batch | None = None):
-        out = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=[self.layer])
-        ce, tokens = losses.cross_entropy(out.logits, batch["input_ids"], batch["loss_mask"], batch["example_weight"])
+        out = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=[self.layer, -1],
+                    logits=not self.block)
+        ce, tokens = _cross_entropy(model, out, batch, self.block)
         features = refusal.gather_last_prompt(out.hidden_states[self.layer], batch["prompt_end"])
         cos = refusal.cosine_scores(features, r)
         metrics = _cos_means(cos, batch)
@@ -91,6 +93,14 @@ class TeacherLoss:
             weights = jnp.concatenate([weights, pool["example_weight"].astype(weights.dtype)])
         reg = losses.refusal_regularizer(features, r, labels, weights, self.kind)
         return ce + self.lam * reg, dict(ce=ce, reg=reg, tokens=tokens, **metrics)
+
+
+def _cross_entropy(model: Transformer, out, batch: Batch, block: int):
+    """Response CE of a forward pass: from its logits, or blockwise from its last hidden state (block > 0)."""
+    args = (batch["input_ids"], batch["loss_mask"], batch["example_weight"])
+    if block:
+        return losses.blockwise_cross_entropy(out.hidden_states[-1], model.unembed, *args, block=block)
+    return losses.cross_entropy(out.logits, *args)
 
 
 def _cos_means(cos, batch):
@@ -109,26 +119,40 @@ class StudentLoss:
     beta: float = 1.0
     temperature: float = 1.0
     alpha: float = 0.0
+    block: int = 0  # > 0: CE and KL are blockwise over this many positions (model.loss_block)
 
     def __call__(self, model: Transformer, teacher: Transformer | None, user: Batch, align: Batch):
-        user_logits = model(user["input_ids"], user["attention_mask"]).logits
-        ce, tokens = losses.cross_entropy(user_logits, user["input_ids"], user["loss_mask"], user["example_weight"])
+        out = _forward(model, user, self.block)
+        ce, tokens = _cross_entropy(model, out, user, self.block)
         loss, metrics = ce, dict(ce=ce, tokens=tokens)
         if self.beta == 0 and self.alpha == 0:  # plain finetuning: skip the alignment forwards
             return loss, metrics
-        student_logits = model(align["input_ids"], align["attention_mask"]).logits
+        student = _forward(model, align, self.block)
         if self.alpha:
-            align_ce, align_tokens = losses.cross_entropy(student_logits, align["input_ids"], align["loss_mask"],
-                                                          align["example_weight"])
+            align_ce, align_tokens = _cross_entropy(model, student, align, self.block)
             loss = loss + self.alpha * align_ce
             metrics.update(align_ce=align_ce, tokens=metrics["tokens"] + align_tokens)
         if self.beta:
-            teacher_logits = jax.lax.stop_gradient(teacher(align["input_ids"], align["attention_mask"]).logits)
-            kl, kl_tokens = losses.distillation_kl(student_logits, teacher_logits, align["loss_mask"],
-                                                   self.temperature, align["example_weight"])
+            kl, kl_tokens = self._distillation(model, student, teacher, align)
             loss = loss + self.beta * kl
             metrics.update(kl=kl, tokens=metrics["tokens"] + kl_tokens)
         return loss, metrics
+
+    def _distillation(self, model, student, teacher, align):
+        teacher_out = jax.lax.stop_gradient(_forward(teacher, align, self.block))
+        args = (align["loss_mask"], self.temperature, align["example_weight"])
+        if self.block:
+            return losses.blockwise_distillation_kl(student.hidden_states[-1], model.unembed,
+                                                    teacher_out.hidden_states[-1], teacher.unembed, *args,
+                                                    block=self.block)
+        return losses.distillation_kl(student.logits, teacher_out.logits, *args)
+
+
+def _forward(model: Transformer, batch: Batch, block: int):
+    """The logits, or with block > 0 only the last hidden state (the blockwise losses project it)."""
+    if block:
+        return model(batch["input_ids"], batch["attention_mask"], output_hidden_states=[-1], logits=False)
+    return model(batch["input_ids"], batch["attention_mask"])
 
 
 def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads, loss, metrics):
