@@ -171,6 +171,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Compile the JAX steps for the shapes and report XLA's memory analysis only: nothing is allocated or run,
     # so an 8B step's memory can be read on a laptop.
     c.bench.compile_only = False
+    c.bench.profile_dir = ""  # a folder: each JAX case's first round ends with a profile of 2 steps there
     c.bench.peak_flops = 0.0  # device peak FLOP/s for MFU; 0 = the measured matmul throughput
     c.bench.same_weights = False  # both frameworks load one random init (costs a checkpoint write)
     return c

@@ -7,8 +7,10 @@ batches) + temporaries (activations) + outputs - donated buffers.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from reft_jax import parallel, pipeline
-from reft_jax.bench import workload
+from reft_jax.bench import profile, workload
 from reft_jax.models import save_pretrained
 from reft_jax.train import optim, steps
 from reft_jax.train.runs import refusal_layer
@@ -84,17 +86,23 @@ _CASES: dict = {}  # prepared cases of this process, kept between rounds
 
 
 def measure(cfg_dict: dict, case: workload.Case, variant: str, keep: bool, weights_dir: str | None = None) -> dict:
-    """One round of `case` in this (warm) process: see workload.measure_round."""
+    """One round of `case` in this (warm) process: see workload.measure_round. With bench.profile_dir, the
+    case's first round ends with a profile of two more steps (profile.py)."""
     del variant, weights_dir  # JAX has one variant (jit) and builds its own init
     cfg = ConfigDict(cfg_dict)
     try:
         iters = 0 if cfg.bench.compile_only else int(cfg.bench.iters)
-        return workload.measure_round(_CASES, case, lambda: prepare(cfg, case), iters, keep)
+        profile_now = case not in _CASES and cfg.bench.profile_dir and not cfg.bench.compile_only
+        out = workload.measure_round(_CASES, case, lambda: prepare(cfg, case), iters, keep=True)
+        if profile_now:
+            out["profile"] = _profile(_CASES[case].step, Path(cfg.bench.profile_dir) / case.name.replace("/", "_"))
+        return out
     except Exception as e:  # an out-of-memory case is a result (what does not fit), not a crash
         _log(f"{case.name}: failed: {workload.error_text(e)}")
         return dict(error=workload.error_text(e))
     finally:
         if not keep:
+            _CASES.pop(case, None)
             jax.clear_caches()
 
 
@@ -105,6 +113,15 @@ def matmul_flops(platform: str, dtype) -> float:
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     matmul = jax.jit(jnp.matmul)
     return 2 * n**3 / workload.matmul_seconds(lambda: matmul(a, b), jax.block_until_ready)
+
+
+def _profile(step, folder: Path) -> list[dict]:
+    profile.trace_steps(step, folder)
+    ops = profile.op_times(folder)
+    (folder / "op_times.json").write_text(json.dumps(ops, indent=1) + "\n")
+    _log(f"profile in {folder}; top ops per step: " + "; ".join(
+        f"{o['op'][:60]} {o['ms_per_step']:.2f} ms ({100 * o['share']:.1f}%)" for o in ops[:8]))
+    return ops[:10]
 
 
 def setup(cfg_dict: dict, weights_dir: str | None) -> dict:
