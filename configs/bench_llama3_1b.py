@@ -7,4 +7,7 @@ from reft_jax.bench.presets import gpu_config
 
 
 def get_config(arg: str = ""):
-    return gpu_config("llama3.2-1b", arg, batch_size=4, default_finetune=("full", "lora"), remat="none")
+    # dots_no_batch: each block keeps its weight matmuls' outputs and recomputes the rest. On an H100 it is what
+    # lets full finetuning fit at 4 x 2048 (41 GiB; without remat XLA asks for 56 GiB of temporaries on top of
+    # the weights), and LoRA runs 6 % faster with it than without (50,229 against 47,320 tokens/s).
+    return gpu_config("llama3.2-1b", arg, batch_size=4, default_finetune=("full", "lora"), remat="dots_no_batch")

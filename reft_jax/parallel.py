@@ -171,6 +171,15 @@ def _dividing_prefix(mesh_axes: list[str], size: int, unit: int, mesh: Mesh) -> 
     return []
 
 
+def activation_sharding(mesh: Mesh, rules: Rules = LOGICAL_RULES):
+    """The placement of an activation from its logical axes (models.activations.constrain): the parameters'
+    rules, with every dimension named per element (a head axis counts heads, so no units)."""
+    def to_sharding(axes, shape) -> NamedSharding:
+        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+
+    return to_sharding
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

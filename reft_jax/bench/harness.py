@@ -275,7 +275,7 @@ def markdown(report: dict) -> str:
         times = "-" if r["step_ms"] is None else f"{r['step_ms']:.1f} ({r['step_ms_min']:.1f}-{r['step_ms_max']:.1f})"
         lines.append(
             f"| {r['step']} | {r['finetune']} | {r['framework']} | {r['variant']} | {_fmt(r['tokens_per_s'], ',.0f')} "
-            f"| {times} | {_fmt(r['model_tflops_per_s'], '.3g')} | {_fmt(r['mfu'] and 100 * r['mfu'], '.1f%')} "
+            f"| {times} | {_fmt(r['model_tflops_per_s'], '.3g')} | {_fmt(r['mfu'], '.1%')} "
             f"| {'-' if memory is None else f'{memory / 2**20:,.0f} MiB'} |")
     if report["ratios"]:
         variants = sorted({r["torch_variant"] for r in report["ratios"]})

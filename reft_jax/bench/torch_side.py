@@ -83,7 +83,9 @@ def _model(cfg, weights_dir: str | None, device: torch.device, lora: bool) -> to
         with device:
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
     model.config.use_cache = False
-    if cfg.model.remat != "none":  # activation checkpointing per decoder block, as model.remat does in JAX
+    # model.remat=full recomputes whole blocks: PyTorch's gradient checkpointing per decoder block. The selective
+    # JAX policies (dots, dots_no_batch) have no transformers equivalent, so PyTorch then keeps everything.
+    if cfg.model.remat == "full":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
     if lora:
         import peft

@@ -17,10 +17,15 @@ import numpy as np
 from flax import nnx, struct
 
 from reft_jax.errors import ConfigError
+from reft_jax.models.activations import constrain
 from reft_jax.models.config import ModelConfig, rope_inv_freq
 from reft_jax.models.layers import Linear, LoraConfig, RMSNorm, rope, softcapped_attention
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+# Logical axes of the activations (see models/activations.py; reft_jax.parallel maps them to mesh axes).
+RESIDUAL = ("batch", "length", "embed")
+HEADS = ("batch", "length", "heads", "head_dim")
+KV_HEADS = ("batch", "length", "kv_heads", "head_dim")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -96,9 +101,9 @@ class Attention(nnx.Module):
         written there and attended to with the rest. Returns the output and the new (k, v) [B, T, K, H]."""
         cfg = self.cfg
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        q = constrain(self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim), HEADS)
+        k = constrain(self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim), KV_HEADS)
+        v = constrain(self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim), KV_HEADS)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         inv_freq = jnp.asarray(rope_inv_freq(cfg))
@@ -122,6 +127,7 @@ class Attention(nnx.Module):
                 out = softcapped_attention(q, k, v, mask, scale=cfg.scale, softcap=cfg.attn_softcap)
             else:
                 out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.scale, implementation="xla")
+        out = constrain(out, HEADS)
         return self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), new_kv
 
 
@@ -154,7 +160,7 @@ class MLP(nnx.Module):
             gate = jax.nn.silu(gate)
         else:
             gate = jax.nn.gelu(gate, approximate=self.activation == "gelu_tanh")
-        return self.down_proj(gate * self.up_proj(x))
+        return self.down_proj(constrain(gate * self.up_proj(x), ("batch", "length", "mlp")))
 
 
 class Block(nnx.Module):
@@ -179,10 +185,11 @@ class Block(nnx.Module):
         """Returns the block's output and the attention's new (k, v) (None without a cache)."""
         attn, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, window, kv)
         if self.pre_feedforward_layernorm is None:
-            x = x + attn
-            return x + self.mlp(self.post_attention_layernorm(x)), new_kv
-        x = x + self.post_attention_layernorm(attn)
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), new_kv
+            x = constrain(x + attn, RESIDUAL)
+            return constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL), new_kv
+        x = constrain(x + self.post_attention_layernorm(attn), RESIDUAL)
+        return constrain(x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))),
+                         RESIDUAL), new_kv
 
 
 class Transformer(nnx.Module):
@@ -243,9 +250,7 @@ class Transformer(nnx.Module):
         if segment_ids is not None:
             mask &= (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(opts.dtype)
-        if cfg.embed_scale:
-            x = x * jnp.asarray(cfg.hidden_size ** 0.5, opts.dtype)  # in the activation dtype, as Gemma does
+        x = self._embed(input_ids)
         keep = _hidden_state_selection(output_hidden_states, cfg.num_layers)
         x, layer_outputs, new_kv = self._run_blocks(x, positions, mask, collect=bool(keep), cache=cache)
         x = self.norm(x)
@@ -260,6 +265,17 @@ class Transformer(nnx.Module):
             return ModelOutput(self._pool(x, input_ids, attention_mask), hidden_states)
         return ModelOutput(self.unembed(x) if logits else None, hidden_states, cache)
 
+    def _embed(self, input_ids: jax.Array) -> jax.Array:
+        """Token embeddings [B, T, D] in the compute dtype (times sqrt(D) for Gemma, in that dtype as Gemma does).
+        On a mesh the table is gathered whole first, as FSDP gathers every weight before its use: a lookup into
+        a table split over the model dimension would come out split that way, and XLA could only move it to
+        the batch split of the residual stream by replicating it ("Involuntary full rematerialization")."""
+        table = constrain(self.embed_tokens[...], (None, None))
+        x = jnp.take(table, input_ids, axis=0).astype(self.opts.dtype)
+        if self.cfg.embed_scale:
+            x = x * jnp.asarray(self.cfg.hidden_size ** 0.5, self.opts.dtype)
+        return constrain(x, RESIDUAL)
+
     def unembed(self, x: jax.Array) -> jax.Array:
         """Final (normed) hidden states [..., D] -> logits [..., V] in the compute dtype, soft-capped where the
         family does it (Gemma 2)."""
@@ -267,6 +283,8 @@ class Transformer(nnx.Module):
             logits = self.lm_head(x)
         else:
             logits = x @ self.embed_tokens[...].astype(self.opts.dtype).T
+        if logits.ndim == 3:  # [B, T, V], or a block [B, c, V] of the blockwise losses
+            logits = constrain(logits, ("batch", "length", "vocab"))
         if self.cfg.final_softcap:
             logits32 = logits.astype(jnp.float32)
             logits = (jnp.tanh(logits32 / self.cfg.final_softcap) * self.cfg.final_softcap).astype(logits.dtype)
@@ -281,9 +299,7 @@ class Transformer(nnx.Module):
             attention_mask = jnp.ones((b, t), jnp.int32)
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & attention_mask.astype(bool)[:, None, None, :]
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.opts.dtype)
-        if self.cfg.embed_scale:
-            x = x * jnp.asarray(self.cfg.hidden_size ** 0.5, self.opts.dtype)
+        x = self._embed(input_ids)
         depth = max(layers)
         x, outputs, _ = self._run_blocks(x, positions, mask, collect=True, depth=depth)
         if depth == self.cfg.num_layers:  # the last hidden state is after the final norm, as transformers has it

@@ -42,6 +42,7 @@ class _Placement:
         self.state = parallel.create_sharded_train_state(model, tx, self.mesh, units=self.units)
         self.state_sharding = parallel.train_state_sharding(self.state, self.mesh, units=self.units)
         self.batch_sharding = parallel.batch_sharding(example_batch, self.mesh)
+        self.activation_sharding = parallel.activation_sharding(self.mesh)
         self.plan_memory = bool(cfg.mesh.plan_memory)
 
     def batch(self, batch: Batch) -> Batch:
@@ -109,7 +110,7 @@ def train_teacher(cfg, model: Transformer, workdir: str | Path, batch_at: Callab
     step = make_teacher_step(tx, TeacherLoss(layer=layer, lam=float(cfg.refusal.lam), kind=cfg.refusal.kind,
                                              block=int(cfg.model.loss_block)),
                              state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
-                             with_pool=reg_pool)
+                             activation_sharding=place.activation_sharding, with_pool=reg_pool)
     features = make_feature_fn(layer)
     every = int(cfg.refusal.update_every)
 
@@ -163,7 +164,7 @@ def train_student(cfg, model: Transformer, teacher: Transformer | None, workdir:
     step = make_student_step(tx, StudentLoss(beta=float(cfg.distill.beta), temperature=float(cfg.distill.temperature),
                                                alpha=float(alpha), block=int(cfg.model.loss_block)),
                              state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
-                             teacher_sharding=None if teacher is None else parallel.frozen_model_sharding(
+                             activation_sharding=place.activation_sharding, teacher_sharding=None if teacher is None else parallel.frozen_model_sharding(
                                  frozen_teacher, place.mesh, units=place.units))
 
     def step_fn(state, extras, i):

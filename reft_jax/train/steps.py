@@ -15,6 +15,7 @@ from flax import nnx, struct
 
 from reft_jax import losses, refusal
 from reft_jax.models import Transformer
+from reft_jax.models.activations import sharded_activations
 
 Batch = dict[str, jax.Array]
 
@@ -162,21 +163,30 @@ def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads,
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def _jit_step(step, in_shardings, out_shardings):
+def _jit_step(step, in_shardings, out_shardings, activation_sharding=None):
     """jax.jit with the state (argument 0) donated; explicit shardings only when any is given (a None inside
-    them means replicated for an input and XLA's choice for an output, as in jax.jit)."""
+    them means replicated for an input and XLA's choice for an output, as in jax.jit). activation_sharding
+    (parallel.activation_sharding): the model's activations are constrained to it while the step is traced."""
+    if activation_sharding is not None:
+        plain = step
+
+        def step(*args):
+            with sharded_activations(activation_sharding):
+                return plain(*args)
+
     if all(s is None for s in in_shardings):
         return jax.jit(step, donate_argnums=0)
     return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
 
 
 def make_teacher_step(tx: optax.GradientTransformation, loss_fn: TeacherLoss, *, state_sharding=None,
-                      batch_sharding=None, with_pool: bool = False):
+                      batch_sharding=None, activation_sharding=None, with_pool: bool = False):
     """step(state, batch, r) -> (state, metrics), or step(state, batch, r, pool) with `with_pool` (a batch of
     refusal-pool prompts that L_reg covers too, see TeacherLoss); jitted once per batch shape, the state donated.
 
     state_sharding / batch_sharding (from reft_jax.parallel): explicit in/out shardings on a mesh (the pool batch
     is placed like the batch); r and the metrics are replicated. Without them jax.jit places everything itself.
+    activation_sharding (parallel.activation_sharding): constraints on the model's activations on that mesh.
     """
 
     def step(state: TrainState, batch: Batch, r: jax.Array, pool: Batch | None = None):
@@ -187,15 +197,15 @@ def make_teacher_step(tx: optax.GradientTransformation, loss_fn: TeacherLoss, *,
         return _apply_gradients(state, tx, grads, value, metrics)
 
     in_shardings = (state_sharding, batch_sharding, None) + ((batch_sharding,) if with_pool else ())
-    return _jit_step(step, in_shardings, (state_sharding, None))
+    return _jit_step(step, in_shardings, (state_sharding, None), activation_sharding)
 
 
 def make_student_step(tx: optax.GradientTransformation, loss_fn: StudentLoss, *, state_sharding=None,
-                      batch_sharding=None, teacher_sharding=None):
+                      batch_sharding=None, teacher_sharding=None, activation_sharding=None):
     """step(state, teacher, user_batch, align_batch) -> (state, metrics); the teacher is read, not donated.
 
-    state_sharding / batch_sharding (both batches) / teacher_sharding: explicit in/out shardings on a mesh,
-    as in make_teacher_step.
+    state_sharding / batch_sharding (both batches) / teacher_sharding / activation_sharding: placement on a
+    mesh, as in make_teacher_step.
     """
 
     def step(state: TrainState, teacher: FrozenModel | None, user: Batch, align: Batch):
@@ -208,7 +218,7 @@ def make_student_step(tx: optax.GradientTransformation, loss_fn: StudentLoss, *,
         return _apply_gradients(state, tx, grads, value, metrics)
 
     return _jit_step(step, (state_sharding, teacher_sharding, batch_sharding, batch_sharding),
-                     (state_sharding, None))
+                     (state_sharding, None), activation_sharding)
 
 
 def make_feature_fn(layer: int | tuple[int, ...]):
