@@ -32,7 +32,8 @@ TORCH_VARIANTS = ("eager", "compile")
 
 
 def _subset(value, allowed, field: str) -> tuple:
-    value = tuple(value)
+    """The selection as a tuple; "a,b" from the command line (one string in a tuple field) counts as a, b."""
+    value = tuple(part for entry in ((value,) if isinstance(value, str) else value) for part in str(entry).split(","))
     bad = [v for v in value if v not in allowed]
     if bad or not value:
         raise ConfigError(f"{field}: {value!r} must be a non-empty selection of {allowed}")
@@ -41,10 +42,10 @@ def _subset(value, allowed, field: str) -> tuple:
 
 def validate(cfg) -> None:
     b = cfg.bench
-    _subset(b.frameworks, FRAMEWORKS, "bench.frameworks")
-    _subset(b.torch_variants, TORCH_VARIANTS, "bench.torch_variants")
-    _subset(b.steps, workload.STEPS, "bench.steps")
-    _subset(b.finetune, workload.FINETUNES, "bench.finetune")
+    b.frameworks = _subset(b.frameworks, FRAMEWORKS, "bench.frameworks")
+    b.torch_variants = _subset(b.torch_variants, TORCH_VARIANTS, "bench.torch_variants")
+    b.steps = _subset(b.steps, workload.STEPS, "bench.steps")
+    b.finetune = _subset(b.finetune, workload.FINETUNES, "bench.finetune")
     if cfg.model.path:
         raise ConfigError("model.path: the benchmark builds a random init from model.init; leave model.path empty")
     if int(cfg.model.init.vocab_size) <= 0:

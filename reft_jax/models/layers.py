@@ -119,16 +119,20 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
-def softcapped_attention(q, k, v, mask, *, scale: float, softcap: float) -> jax.Array:
-    """Attention with tanh soft-capping of the logits (Gemma 2), which jax.nn.dot_product_attention lacks.
+def attention(q, k, v, mask, *, scale: float, softcap: float | None = None) -> jax.Array:
+    """Masked grouped-query attention in XLA ops, with optional tanh soft-capping of the logits (Gemma 2).
 
-    q [B, T, N, H], k/v [B, S, K, H] with N a multiple of K (grouped-query attention), mask [B, 1, T, S].
+    q [B, T, N, H], k/v [B, S, K, H] with N a multiple of K, mask [B, 1, T, S]. The query heads are grouped per
+    kv head ([B, T, K, N/K, H]) so that no key or value is repeated, and the logits and softmax are float32.
+    Written out rather than jax.nn.dot_product_attention(implementation="xla"): the same numbers, and its
+    backward pass took 24.4 ms against 14.5 ms for this one on 2 CPU cores (4 x 256 tokens, 8 heads of 32).
     """
     b, t, n, h = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, n // kv_heads, h)
     logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.tanh(logits / softcap) * softcap
+    if softcap:
+        logits = jnp.tanh(logits / softcap) * softcap
     logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v)

@@ -19,7 +19,7 @@ from flax import nnx, struct
 from reft_jax.errors import ConfigError
 from reft_jax.models.activations import constrain
 from reft_jax.models.config import ModelConfig, rope_inv_freq
-from reft_jax.models.layers import Linear, LoraConfig, RMSNorm, rope, softcapped_attention
+from reft_jax.models.layers import Linear, LoraConfig, RMSNorm, attention, rope
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 # Logical axes of the activations (see models/activations.py; reft_jax.parallel maps them to mesh axes).
@@ -123,10 +123,7 @@ class Attention(nnx.Module):
         else:
             # The cache path always lands here: the fused kernel's causal mask assumes queries == keys.
             mask = _window_mask(mask, window, q_offset)
-            if cfg.attn_softcap:
-                out = softcapped_attention(q, k, v, mask, scale=cfg.scale, softcap=cfg.attn_softcap)
-            else:
-                out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.scale, implementation="xla")
+            out = attention(q, k, v, mask, scale=cfg.scale, softcap=cfg.attn_softcap)
         out = constrain(out, HEADS)
         return self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), new_kv
 
