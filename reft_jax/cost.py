@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import jax
 
@@ -60,7 +60,12 @@ def train_flops(cfg: ModelConfig, lora: LoraConfig | None, batch_at: Callable[[i
 
 def forward_flops(cfg: ModelConfig, batch_at: Callable[[int], Batch], steps: int) -> int:
     """Forward passes (a frozen teacher, a scoring pass) over `steps` batches."""
-    return sum(flops.forward_flops(cfg, b, t) for b, t in _shapes(batch_at, steps))
+    return forward_flops_of(cfg, _shapes(batch_at, steps))
+
+
+def forward_flops_of(cfg: ModelConfig, shapes: Iterable[tuple[int, int]]) -> int:
+    """Forward passes over batches of the given (rows, tokens) shapes, e.g. one per judged sequence."""
+    return sum(flops.forward_flops(cfg, b, t) for b, t in shapes)
 
 
 def total(stages: list[dict | None]) -> dict:

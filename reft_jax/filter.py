@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from reft_jax import refusal
 from reft_jax.data import Batches, TokenizedDataset
-from reft_jax.train.steps import FrozenModel, make_feature_fn
+from reft_jax.refusal import make_feature_fn
+from reft_jax.state import FrozenModel
 
 
 @dataclasses.dataclass

@@ -19,15 +19,10 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from reft_jax.numerics import at_least_f32 as _f32
 from reft_jax.refusal import cosine_scores
 
 Array = jax.Array
-
-
-def _f32(x: Array) -> Array:
-    """Upcasts to at least float32 (bf16 -> f32; f64 stays f64)."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def next_token_weights(loss_mask: Array, example_weight: Array | None = None) -> Array:

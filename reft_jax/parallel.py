@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from reft_jax.errors import ConfigError
 from reft_jax.models import ModelConfig, Transformer
-from reft_jax.train.steps import FrozenModel, TrainState, trainable_filter
+from reft_jax.state import FrozenModel, TrainState, trainable_filter
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -277,7 +277,7 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, rules: Rules = LOGICAL_RUL
 
 def create_sharded_train_state(model: Transformer, tx: optax.GradientTransformation, mesh: Mesh,
                                rules: Rules = LOGICAL_RULES, units: Units = None) -> TrainState:
-    """Like steps.create_train_state, but the optimizer state is created in place on the mesh (jitted with
+    """Like state.create_train_state, but the optimizer state is created in place on the mesh (jitted with
     out_shardings), so that no device ever holds a whole moment of a large model."""
     graphdef, params, frozen = nnx.split(model, trainable_filter(model), ...)
     params = jax.device_put(params, tree_sharding(params, mesh, rules, units))

@@ -34,7 +34,7 @@ from reft_jax.models import gguf
 from reft_jax.models import (LoraConfig, RuntimeOptions, Transformer, add_lora, from_hf_dict, from_pretrained,
                              save_pretrained)
 from reft_jax.train import runs
-from reft_jax.train.steps import FrozenModel
+from reft_jax.state import FrozenModel
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def train_teacher(cfg, workdir: Path) -> Path:
         pool = pool_batches(cfg, data.pool)
         held_out = _held_out_prompts(cfg, data, tokenizer, vocab)
         teacher, r = runs.train_teacher(cfg, model, out, align.batch, pool, held_out)
-        layer = runs.refusal_layer(cfg, teacher)
+        layer = refusal.feature_layer(int(cfg.refusal.layer), teacher.cfg.num_layers)
         tau = float(cfg.filter.tau)
         if float(cfg.filter.calibrate_recall) > 0:
             pool_scores = rfilter.score(FrozenModel.of(teacher), data.pool, r, layer,
@@ -395,7 +395,6 @@ def run_saft_filter(cfg, workdir: Path) -> dict:
 
 def run_llama_guard_filter(cfg, workdir: Path) -> dict:
     """Drops the user samples (prompt and response) that a local Llama-Guard-style judge calls unsafe."""
-    from reft_jax import flops
     from reft_jax.evaluation import judges
 
     path = cfg.baselines.llama_guard_path
@@ -417,8 +416,8 @@ def run_llama_guard_filter(cfg, workdir: Path) -> dict:
                                       label=np.asarray(ds.harmful), tau=0.5, layer=-1)
         report = _write_filter(result, folder, method="llama_guard", judge=judge.name)
         new = judge.generation.max_new_tokens
-        stage.flops = sum(flops.forward_flops(judge.model.cfg, 1, len(judge.tokenizer(judge.format(p, r)).input_ids)
-                                              + new) for p, r in pairs)
+        stage.flops = cost.forward_flops_of(judge.model.cfg, ((1, len(judge.tokenizer(judge.format(p, r)).input_ids)
+                                                               + new) for p, r in pairs))
     return report
 
 

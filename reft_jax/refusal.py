@@ -7,6 +7,9 @@ Device side (jittable, float32 inside whatever the input dtype):
 
 Host side (NumPy): `check_refusal_classes`, `calibrate_threshold`, `auroc`, `binary_metrics`.
 
+Which hidden state the feature is read at (`feature_layer`) and the jitted pass that reads it from a model
+(`make_feature_fn`) are here too.
+
 A prompt is flagged as harmful when `score > tau` (strictly), everywhere in the project.
 """
 
@@ -17,14 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from reft_jax.errors import DataError
+from reft_jax.numerics import at_least_f32 as _f32
+from reft_jax.state import FrozenModel
 
 Array = jax.Array
-
-
-def _f32(x: Array) -> Array:
-    """Upcasts to at least float32 (bf16 -> f32; f64 stays f64 so x64 gradient checks stay exact)."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+Batch = dict[str, Array]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,3 +259,27 @@ def binary_metrics(flagged, labels) -> dict:
             "fn": fn,
             "tn": tn,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the feature from a model.
+
+
+def feature_layer(layer: int, num_layers: int) -> int:
+    """The hidden_states index the refusal feature is read at: `layer` (refusal.layer in the config), where -1
+    means the middle block, num_layers // 2."""
+    return num_layers // 2 if layer < 0 else layer
+
+
+def make_feature_fn(layer: int | tuple[int, ...]):
+    """features(frozen_model, batch) -> [B, D] float32: hidden state `layer` at each last prompt token;
+    for a tuple of layers, [len(layers), B, D] from one forward pass (only the blocks up to the deepest run)."""
+    layers = (layer,) if isinstance(layer, int) else tuple(layer)
+
+    @jax.jit
+    def features(frozen: FrozenModel, batch: Batch) -> jax.Array:
+        states = frozen.model().hidden_states_at(batch["input_ids"], batch["attention_mask"], layers)
+        stacked = jnp.stack([gather_last_prompt(h, batch["prompt_end"]) for h in states]).astype(jnp.float32)
+        return stacked[0] if isinstance(layer, int) else stacked
+
+    return features

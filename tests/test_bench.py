@@ -117,6 +117,26 @@ def test_compile_only_reports_xla_memory_without_running(tmp_path, capsys):
     assert "compiled only" in (tmp_path / "bench.md").read_text()
 
 
+def test_a_case_that_compiles_but_fails_to_run_keeps_its_memory_analysis(monkeypatch):
+    """Out of memory at the first call (here: any runtime error) is the case's result, with XLA's analysis."""
+    import jax
+    from reft_jax.bench import jax_side
+
+    def failing_step(*_, **__):
+        def fail(x):
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+        step = jax.jit(lambda state: (state, dict(loss=jax.pure_callback(fail, jax.ShapeDtypeStruct((), "float32"),
+                                                                         state))))
+        return step, (jax.numpy.zeros(()),)
+
+    monkeypatch.setattr(jax_side, "_build_step", failing_step)
+    cfg = load_config(TINY_CONFIG, SMALL[1:])
+    out = jax_side.measure(cfg.to_dict(), workload.Case("student", "full"), "jit", keep=False)
+    assert out["error"].startswith("JaxRuntimeError") and out["peak_memory_bytes"] > 0 and "memory" in out
+    assert not jax_side._CASES
+
+
 def test_blockwise_losses_cut_the_student_steps_peak_memory():
     """The compiled step's peak drops by at least the float32 [B, T, V] arrays the blocks avoid: the user,
     alignment and teacher logits (one each)."""
@@ -168,3 +188,19 @@ def test_ratio_interval_is_students_t_on_the_log_ratios():
     half = 4.302653 * logs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom), from a table
     assert interval == pytest.approx([np.exp(logs.mean() - half), np.exp(logs.mean() + half)], rel=1e-6)
     assert harness.ratio_interval([10.0], [20.0]) == ([2.0], None)  # one round: no interval
+
+
+def test_profile_sums_xla_ops_per_step(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from reft_jax.bench import profile
+
+    x = jnp.ones((256, 256))
+    step = jax.jit(lambda: jnp.tanh(x @ x).sum())
+    jax.block_until_ready(step())
+    profile.trace_steps(step, tmp_path)
+    ops = profile.op_times(tmp_path)
+    assert ops and all(o["ms_per_step"] > 0 for o in ops)
+    assert sum(o["share"] for o in ops) == pytest.approx(1.0) or len(ops) == 30
+    assert not any(o["op"].startswith("$") for o in ops)  # XLA's ops, not Python frames

@@ -1,8 +1,10 @@
 """The reft-jax command: the stages chained on the demo data, exports transformers can load, bad input."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,6 +127,42 @@ def test_run_skips_done_stages_adds_the_baseline_and_reports(run_dir):
     assert "| No defence" in markdown and "| Ref-Teacher" in markdown
     for plot in ("filter_scores.png", "loss_curves.png"):
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+GOLDEN = Path(__file__).parent / "golden" / "demo_tiny.json"
+
+
+def _pinned_numbers(run_dir) -> dict:
+    """What the golden file pins: every logged teacher and student loss, and the report's numbers."""
+    def losses(stage):
+        lines = (run_dir / stage / "metrics.jsonl").read_text().splitlines()
+        return [[m["step"], m["loss"]] for m in map(json.loads, lines) if "loss" in m]
+
+    report = json.loads((run_dir / "report.json").read_text())
+    methods = {name: {k: m[k] for k in ("harmful_score", "finetune_accuracy")} for name, m in report["methods"].items()}
+    return dict(teacher_losses=losses("teacher"), student_losses=losses("student"), methods=methods,
+                filter={k: report["filter"][k] for k in ("precision", "recall", "auroc")})
+
+
+def test_demo_numbers_are_pinned_to_the_golden_file(run_dir):
+    """A refactoring that keeps behaviour keeps these numbers. Refresh the file after an intended change:
+    REFT_JAX_UPDATE_GOLDEN=1 python -m pytest tests/test_cli.py -k golden"""
+    assert main(["run", "--workdir", str(run_dir), *TINY]) == 0  # every stage already done: only the report
+    numbers = _pinned_numbers(run_dir)
+    if os.environ.get("REFT_JAX_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(numbers, indent=1) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    for stage in ("teacher_losses", "student_losses"):
+        assert [s for s, _ in numbers[stage]] == [s for s, _ in golden[stage]]
+        np.testing.assert_allclose([v for _, v in numbers[stage]], [v for _, v in golden[stage]], rtol=1e-4,
+                                   err_msg=stage)
+    # Judged on 12 prompts: another processor's last bits may flip one greedy generation, no more.
+    for name, values in golden["methods"].items():
+        for key, value in values.items():
+            assert numbers["methods"][name][key] == pytest.approx(value, abs=1 / 12 + 1e-9), (name, key)
+    for key, value in golden["filter"].items():
+        assert numbers["filter"][key] == pytest.approx(value, abs=0.05), key
 
 
 def test_judge_without_checkpoint_is_a_one_line_error(run_dir, capsys):

@@ -18,7 +18,7 @@ from reft_jax.config import default_config
 from reft_jax.evaluation.likelihood import response_logprob
 from reft_jax.models import ModelConfig, RuntimeOptions, Transformer
 from reft_jax.train import runs
-from reft_jax.train.steps import FrozenModel
+from reft_jax.state import FrozenModel
 from flax import nnx
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"real data not found at {SHARED_DATA}")
@@ -111,7 +111,7 @@ def test_teacher_separates_held_out_prompts(setup, teacher):
     # The same measure on the untrained base with its own refusal feature, for reference.
     base = base_model()
     pool = list(rdata.Batches(rfilter.prompts_only(setup["pool"]), 32, BUCKETS, shuffle=False, num_epochs=1))
-    from reft_jax.train.steps import make_feature_fn
+    from reft_jax.refusal import make_feature_fn
     r0 = runs.compute_refusal_feature(make_feature_fn(1), FrozenModel.of(base), pool)
     base_auroc = held_out_auroc(base, np.asarray(r0), 1, setup["held_out"])
     print(f"held-out AUROC (HarmBench val vs Alpaca val, 39 + 39): teacher {auroc:.3f}, base {base_auroc:.3f}")

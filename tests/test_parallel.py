@@ -22,7 +22,8 @@ from reft_jax import parallel
 from reft_jax.config import default_config
 from reft_jax.errors import ConfigError
 from reft_jax.train.optim import make_optimizer
-from reft_jax.train.steps import TeacherLoss, create_train_state, make_teacher_step
+from reft_jax.state import create_train_state
+from reft_jax.train.steps import TeacherLoss, make_teacher_step
 
 HERE = Path(__file__).parent
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2), (1, 2, 4)]  # the last: 2 kv heads on tensor=4
@@ -40,8 +41,8 @@ from train_fixtures import small_config, synthetic_batch
 from reft_jax import parallel
 from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer, from_pretrained, save_pretrained
 from reft_jax.train.optim import make_optimizer
-from reft_jax.train.steps import (FrozenModel, StudentLoss, TeacherLoss, create_train_state, make_student_step,
-                                  make_teacher_step)
+from reft_jax.state import FrozenModel, create_train_state
+from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
 
 MESHES, workdir = json.loads(sys.argv[1]), sys.argv[2]
 CFG = ModelConfig("llama", 64, 32, 64, 2, 4, 2, 8)  # vocab, hidden, mlp, layers, heads, kv heads, head_dim

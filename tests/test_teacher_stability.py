@@ -18,7 +18,8 @@ import numpy as np
 from train_fixtures import PROMPT, T, VOCAB, small_config, tiny_model
 from reft_jax import refusal, report
 from reft_jax.train import runs
-from reft_jax.train.steps import FrozenModel, make_feature_fn
+from reft_jax.refusal import make_feature_fn
+from reft_jax.state import FrozenModel
 
 ROWS = 8
 

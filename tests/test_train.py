@@ -17,8 +17,8 @@ from train_fixtures import small_config, synthetic_batch, tiny_model
 from reft_jax.models import LoraConfig
 from reft_jax.train import loop, runs
 from reft_jax.train.optim import make_optimizer
-from reft_jax.train.steps import (FrozenModel, StudentLoss, TeacherLoss, create_train_state, make_student_step,
-                                  make_teacher_step)
+from reft_jax.state import FrozenModel, create_train_state
+from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
 
 HERE = Path(__file__).parent
 

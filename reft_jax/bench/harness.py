@@ -268,11 +268,11 @@ def markdown(report: dict) -> str:
              "| step | finetune | framework | variant | tokens/s | step ms (min-max) | TFLOP/s | MFU | peak memory |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(report["results"], key=lambda r: (r["step"], r["finetune"], r["framework"] != "jax")):
-        if r.get("error"):
-            lines.append(f"| {r['step']} | {r['finetune']} | {r['framework']} | {r['variant']} | "
-                         f"failed: {r['error'][:60]} | | | | |")
-            continue
         memory = r["peak_memory_bytes"]
+        if r.get("error"):  # the memory of a step that compiled but did not fit is still known
+            lines.append(f"| {r['step']} | {r['finetune']} | {r['framework']} | {r['variant']} | "
+                         f"failed: {r['error'][:60]} | | | | {'-' if memory is None else f'{memory / 2**20:,.0f} MiB'} |")
+            continue
         times = "-" if r["step_ms"] is None else f"{r['step_ms']:.1f} ({r['step_ms_min']:.1f}-{r['step_ms_max']:.1f})"
         lines.append(
             f"| {r['step']} | {r['finetune']} | {r['framework']} | {r['variant']} | {_fmt(r['tokens_per_s'], ',.0f')} "

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from ml_collections import ConfigDict
 
-from reft_jax import parallel, pipeline
+from reft_jax import parallel, pipeline, refusal
 from reft_jax.bench import profile, workload
 from reft_jax.models import save_pretrained
+from reft_jax.state import FrozenModel, create_train_state
 from reft_jax.train import optim, steps
-from reft_jax.train.runs import refusal_layer
 
 
 def _log(message: str) -> None:
@@ -32,15 +31,15 @@ def _build_step(cfg, case: workload.Case, data: dict, r, abstract: bool = False)
     """(jitted step, its arguments): a fresh train state for `case` and, for the student, a frozen teacher.
     abstract: shapes and dtypes only (nothing allocated), enough to compile for the memory analysis."""
     tx = optim.make_optimizer(cfg.optim, total_steps=cfg.bench.warmup + cfg.bench.iters + 1)
-    layer = refusal_layer(cfg, nnx.eval_shape(lambda: pipeline.base_model(cfg)))
+    layer = refusal.feature_layer(int(cfg.refusal.layer), int(cfg.model.init.num_hidden_layers))
     block = int(cfg.model.loss_block)
 
     def models():
         base = pipeline.base_model(cfg)
         model = pipeline.trainable(cfg, base, salt=1) if case.finetune == "lora" else base
-        state = steps.create_train_state(model, tx)
+        state = create_train_state(model, tx)
         # The student's teacher: a second, merged model.
-        return state, (steps.FrozenModel.of(pipeline.base_model(cfg)) if case.step == "student" else None)
+        return state, (FrozenModel.of(pipeline.base_model(cfg)) if case.step == "student" else None)
 
     state, teacher = jax.eval_shape(models) if abstract else models()
     put = (lambda x: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)) if abstract \
@@ -75,10 +74,13 @@ def prepare(cfg, case: workload.Case) -> workload.Prepared:
         state, metrics = compiled(state, *rest)
         return metrics
 
-    metrics = call()
-    info["first_loss"] = float(metrics["loss"])
-    for _ in range(int(cfg.bench.warmup) - 1):
-        jax.block_until_ready(call())
+    try:
+        metrics = call()
+        info["first_loss"] = float(metrics["loss"])
+        for _ in range(int(cfg.bench.warmup) - 1):
+            jax.block_until_ready(call())
+    except Exception as e:  # keep XLA's memory analysis of a step that compiled but does not fit
+        raise workload.CaseFailed(e, info) from e
     return workload.Prepared(call, jax.block_until_ready, info)
 
 
@@ -99,7 +101,8 @@ def measure(cfg_dict: dict, case: workload.Case, variant: str, keep: bool, weigh
         return out
     except Exception as e:  # an out-of-memory case is a result (what does not fit), not a crash
         _log(f"{case.name}: failed: {workload.error_text(e)}")
-        return dict(error=workload.error_text(e))
+        return dict(getattr(e, "info", {}), error=str(e) if isinstance(e, workload.CaseFailed)
+                    else workload.error_text(e))
     finally:
         if not keep:
             _CASES.pop(case, None)

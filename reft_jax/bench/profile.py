@@ -24,18 +24,28 @@ def trace_steps(step: Callable[[], object], folder: Path, steps: int = 2) -> Non
 
 
 def op_times(folder: Path, steps: int = 2, top: int = 30) -> list[dict]:
-    """The `top` ops by time per step on the accelerator (or on the host where no device lane exists):
-    name, milliseconds per step, share of the summed op time."""
+    """The `top` ops by time per step on the accelerator (on a CPU: on XLA's compute threads), each with its
+    milliseconds per step and share of the summed op time."""
     traces = sorted(folder.glob("plugins/profile/*/perfetto_trace.json.gz"))
     if not traces:
         raise FileNotFoundError(f"{folder}: no perfetto_trace.json.gz (was it written by trace_steps?)")
     data = json.load(gzip.open(traces[-1]))
     events = data["traceEvents"] if isinstance(data, dict) else data
     lanes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
     device = {pid for pid, name in lanes.items() if name.startswith("/device:")}
+
+    def is_op(e) -> bool:
+        if device:
+            return e["pid"] in device
+        # XLA:CPU runs its ops on its Eigen thread pool; the Python thread and the client's threads hold
+        # Python frames and runtime wrappers around them.
+        return threads.get((e["pid"], e.get("tid")), "").startswith("tf_XLAEigen") and "Thunk" not in e["name"]
+
     totals: collections.Counter = collections.Counter()
     for e in events:
-        if e.get("ph") == "X" and (e["pid"] in device if device else True):
+        if e.get("ph") == "X" and is_op(e):
             totals[e["name"]] += float(e.get("dur", 0.0))  # microseconds
     whole = sum(totals.values()) or 1.0
     return [dict(op=name, ms_per_step=us / 1e3 / steps, share=us / whole) for name, us in totals.most_common(top)]

@@ -15,7 +15,6 @@ import contextlib
 import sys
 import time
 
-import numpy as np
 from ml_collections import ConfigDict
 
 from reft_jax.bench import workload

@@ -114,6 +114,14 @@ def matmul_seconds(run: Callable[[], object], sync: Callable[[object], None], it
     return float(np.median(time_steps(run, sync, warmup=2, iters=iters)[1]))
 
 
+class CaseFailed(Exception):
+    """A case that compiled but failed to run (out of memory, say), with what was learnt before (`info`)."""
+
+    def __init__(self, error: Exception, info: dict):
+        super().__init__(error_text(error))
+        self.info = info
+
+
 def error_text(e: Exception) -> str:
     """One line for a case that failed (out of memory, say): a result, not a crash."""
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

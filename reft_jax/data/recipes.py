@@ -322,14 +322,8 @@ def refusal_pool(
 ) -> list[Example]:
     """The fixed prompt pool the refusal feature is computed over: n_each harmful and n_each harmless
     prompts (responses are not needed; files with prompts only are fine)."""
-    kw = dict(with_response=False, template=template, tokenizer=tokenizer)
-    return alignment_mixture(
-        load_examples(harmful_source, harmful=True, **kw),
-        load_examples(harmless_source, harmful=False, **kw),
-        n_harmful=n_each,
-        n_harmless=n_each,
-        seed=seed,
-    )
+    return alignment_data(harmful_source, harmless_source, n_harmful=n_each, n_harmless=n_each, seed=seed,
+                          template=template, tokenizer=tokenizer, with_response=False)
 
 
 def user_data(
@@ -359,9 +353,11 @@ def alignment_data(
     seed: int = 0,
     template: str = "alpaca",
     tokenizer: Any = None,
+    with_response: bool = True,
 ) -> list[Example]:
-    """Loads refusal and helpful-answer files and returns their alignment mixture."""
-    kw = dict(template=template, tokenizer=tokenizer)
+    """Loads refusal and helpful-answer files and returns their alignment mixture (prompts only when
+    with_response is False)."""
+    kw = dict(with_response=with_response, template=template, tokenizer=tokenizer)
     return alignment_mixture(
         load_examples(harmful_source, harmful=True, **kw),
         load_examples(harmless_source, harmful=False, **kw),

@@ -20,7 +20,7 @@ import numpy as np
 from reft_jax.errors import ConfigError
 from reft_jax.models import Transformer
 from reft_jax.models.transformer import KVCache
-from reft_jax.train.steps import FrozenModel, TrainState
+from reft_jax.state import FrozenModel, TrainState
 
 
 @dataclasses.dataclass(frozen=True)

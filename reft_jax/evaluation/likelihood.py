@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from reft_jax import losses
-from reft_jax.train.steps import FrozenModel
+from reft_jax.state import FrozenModel
 
 
 @jax.jit

@@ -232,7 +232,7 @@ class Transformer(nnx.Module):
         and attend to every earlier real slot; the output carries the updated cache. Pass positions too.
         `logits=False` skips the vocabulary projection (ModelOutput.logits is None): the blockwise losses
         project the last hidden state (`output_hidden_states=[-1]`) a block of tokens at a time (`unembed`)."""
-        cfg, opts = self.cfg, self.opts
+        cfg = self.cfg
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)

@@ -22,8 +22,9 @@ from reft_jax.errors import ConfigError
 from reft_jax.models import Transformer
 from reft_jax.train import loop
 from reft_jax.train.optim import make_optimizer
-from reft_jax.train.steps import (Batch, FrozenModel, StudentLoss, TeacherLoss, make_feature_fn,
-                                  make_student_step, make_teacher_step)
+from reft_jax.refusal import Batch, make_feature_fn
+from reft_jax.state import FrozenModel
+from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
 
 
 def _loop_config(run_cfg, checkpoint_cfg, logging_cfg) -> loop.LoopConfig:
@@ -56,12 +57,6 @@ class _Placement:
     def check_memory(self, step, *args, what: str) -> None:
         if self.plan_memory and jax.process_index() == 0:
             parallel.plan_memory(step, *args, what=what)
-
-
-def refusal_layer(cfg, model: Transformer) -> int:
-    """refusal.layer, where -1 means the middle block (num_layers // 2)."""
-    layer = int(cfg.refusal.layer)
-    return model.cfg.num_layers // 2 if layer < 0 else layer
 
 
 def prompt_features(features_fn, frozen: FrozenModel, batches: Sequence[Batch]):
@@ -101,7 +96,7 @@ def train_teacher(cfg, model: Transformer, workdir: str | Path, batch_at: Callab
     held_out: labelled prompt batches never trained on (e.g. the eval harmful prompts and harmless prompts
     outside the pool); at each recomputation of R_l their mean cosines and AUROC are logged (heldout_*).
     """
-    layer = refusal_layer(cfg, model)
+    layer = refusal.feature_layer(int(cfg.refusal.layer), model.cfg.num_layers)
     steps = int(cfg.teacher.steps)
     updates = max(steps // int(cfg.optim.grad_accum), 1)
     tx = make_optimizer(cfg.optim, updates)

@@ -1,8 +1,6 @@
-"""Pure train steps of the teacher and the student, and the jitted prompt-feature pass.
+"""Pure train steps of the teacher and the student: their losses, and the jitted, donated update.
 
-A model is carried as an `nnx.GraphDef` (static) plus `nnx.State`s (arrays), so that every step is a pure
-function of arrays that `jax.jit` compiles once and whose state it may donate. Under LoRA only the adapters
-(`nnx.LoRAParam`) are trained; the base weights ride along in `frozen`, never differentiated.
+The state they update (reft_jax.state.TrainState) is a pure function of arrays that `jax.jit` compiles once.
 """
 
 from __future__ import annotations
@@ -11,56 +9,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx, struct
+from flax import nnx
 
 from reft_jax import losses, refusal
 from reft_jax.models import Transformer
 from reft_jax.models.activations import sharded_activations
+from reft_jax.state import FrozenModel, TrainState
 
 Batch = dict[str, jax.Array]
-
-
-@struct.dataclass
-class TrainState:
-    step: jax.Array  # int32 scalar: step calls so far (micro-batches under gradient accumulation)
-    params: nnx.State  # what the optimizer updates: every parameter, or the LoRA adapters
-    frozen: nnx.State  # the rest of the model (the base weights under LoRA); read-only
-    opt_state: optax.OptState
-    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
-
-    def model(self) -> Transformer:
-        return nnx.merge(self.graphdef, self.params, self.frozen)
-
-
-@struct.dataclass
-class FrozenModel:
-    """A model that is only run forward: the frozen teacher in the student step, or a scorer."""
-
-    states: tuple[nnx.State, ...]
-    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
-
-    @classmethod
-    def of(cls, model: Transformer) -> "FrozenModel":
-        graphdef, state = nnx.split(model)
-        return cls((state,), graphdef)
-
-    @classmethod
-    def of_train_state(cls, state: "TrainState") -> "FrozenModel":
-        return cls((state.params, state.frozen), state.graphdef)
-
-    def model(self) -> Transformer:
-        return nnx.merge(self.graphdef, *self.states)
-
-
-def trainable_filter(model: Transformer):
-    """LoRA adapters when the model has them, else every parameter."""
-    return nnx.LoRAParam if model.opts.lora is not None else nnx.Param
-
-
-def create_train_state(model: Transformer, tx: optax.GradientTransformation) -> TrainState:
-    graphdef, params, frozen = nnx.split(model, trainable_filter(model), ...)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, opt_state=tx.init(params),
-                      graphdef=graphdef)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,18 +175,3 @@ def make_student_step(tx: optax.GradientTransformation, loss_fn: StudentLoss, *,
 
     return _jit_step(step, (state_sharding, teacher_sharding, batch_sharding, batch_sharding),
                      (state_sharding, None), activation_sharding)
-
-
-def make_feature_fn(layer: int | tuple[int, ...]):
-    """features(frozen_model, batch) -> [B, D] float32: hidden state `layer` at each last prompt token;
-    for a tuple of layers, [len(layers), B, D] from one forward pass."""
-    layers = (layer,) if isinstance(layer, int) else tuple(layer)
-
-    @jax.jit
-    def features(frozen: FrozenModel, batch: Batch) -> jax.Array:
-        states = frozen.model().hidden_states_at(batch["input_ids"], batch["attention_mask"], layers)
-        stacked = jnp.stack([refusal.gather_last_prompt(h, batch["prompt_end"]) for h in states])
-        stacked = stacked.astype(jnp.float32)
-        return stacked[0] if isinstance(layer, int) else stacked
-
-    return features
