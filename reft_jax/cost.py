@@ -16,6 +16,7 @@ import jax
 
 from reft_jax import flops
 from reft_jax.models import LoraConfig, ModelConfig
+from reft_jax.workdir import COST
 
 Batch = dict
 
@@ -37,12 +38,12 @@ class Stage:
             record = {"stage": self.name, "wall_s": wall, "device_s": wall * devices, "devices": devices,
                       "platform": jax.devices()[0].platform, "flops": int(self.flops)}
             self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / "cost.json").write_text(json.dumps(record, indent=2) + "\n")
+            (self.folder / COST).write_text(json.dumps(record, indent=2) + "\n")
         return False
 
 
 def read(folder: Path) -> dict | None:
-    path = Path(folder) / "cost.json"
+    path = Path(folder) / COST
     return json.loads(path.read_text()) if path.exists() else None
 
 

@@ -19,6 +19,7 @@ from reft_jax import refusal
 from reft_jax.data import Batches, TokenizedDataset
 from reft_jax.refusal import make_feature_fn
 from reft_jax.state import FrozenModel
+from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES
 
 
 @dataclasses.dataclass
@@ -51,14 +52,14 @@ class FilterResult:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         flagged = self.flagged
-        with (out_dir / "scores.jsonl").open("w") as f:
+        with (out_dir / FILTER_SCORES).open("w") as f:
             for i in range(len(self.score)):
                 line = {"index": int(self.index[i]), "score": float(self.score[i]), "flagged": bool(flagged[i])}
                 if self.label[i] >= 0:
                     line["label"] = bool(self.label[i])
                 f.write(json.dumps(line) + "\n")
         report = self.report()
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_dir / FILTER_REPORT).write_text(json.dumps(report, indent=2) + "\n")
         return report
 
 

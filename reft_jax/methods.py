@@ -24,11 +24,6 @@ class Method:
     distill: bool = False  # + beta * KL(teacher || student) on alignment responses
     joint: bool = False  # + CE on alignment responses (SFT on alignment and user data together)
 
-    @property
-    def folder(self) -> str:
-        """Where the method's finetuned model lives under the workdir (Ref-Teacher's is the contract's student/)."""
-        return "student" if self.name == "ref_teacher" else self.name
-
     def stages(self) -> list[str]:
         """The stages that produce this method's model, in the order they run."""
         out = []

@@ -1,14 +1,7 @@
 """The pipeline as stages over a workdir: teacher -> filter -> student, and the baselines' stages.
 
-Each stage reads what the previous one wrote, so the CLI can run them one at a time or chained:
-  WORKDIR/demo/                   generated demo data and tokenizer (when data.demo is set)
-  WORKDIR/teacher/model/          the teacher as a Hugging Face folder (LoRA merged)
-  WORKDIR/teacher/refusal_feature.npy, filter.json (layer, tau), metrics.jsonl, checkpoints/
-  WORKDIR/filter/scores.jsonl, report.json
-  WORKDIR/student/model/, metrics.jsonl, checkpoints/     (Ref-Teacher; each other method in WORKDIR/METHOD/)
-  WORKDIR/safety_aligned/model/   the base after SFT on the alignment data (sa_ft)
-  WORKDIR/filters/NAME/           the other filters' scores.jsonl and report.json (saft, llama_guard)
-Every stage folder also holds cost.json (reft_jax.cost)."""
+Each stage reads what the previous one wrote (the layout is reft_jax.workdir's), so the CLI can run them one
+at a time or chained."""
 
 from __future__ import annotations
 
@@ -34,6 +27,7 @@ from reft_jax.models import gguf
 from reft_jax.models import (LoraConfig, RuntimeOptions, Transformer, add_lora, from_hf_dict, from_pretrained,
                              save_pretrained)
 from reft_jax.train import runs
+from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES, METRICS, Workdir, model_config, model_dir
 from reft_jax.state import FrozenModel
 
 logger = logging.getLogger(__name__)
@@ -60,7 +54,7 @@ def resolve_demo(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collection
     """With data.demo, generates the demo data (once) under WORKDIR/demo and points the sources at it."""
     if not cfg.data.demo:
         return cfg
-    folder = workdir / "demo"
+    folder = Workdir(workdir).demo
     if jax.process_index() == 0 and not (folder / "tokenizer" / "tokenizer.json").exists():
         rdata.demo.write(str(folder), seed=int(cfg.seed))
     parallel.sync("demo data")
@@ -89,7 +83,7 @@ def resolve_model(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collectio
     path = Path(cfg.model.path).expanduser() / cfg.model.gguf_file if cfg.model.gguf_file else Path(cfg.model.path)
     if not cfg.model.path or not gguf.is_gguf(path):
         return cfg
-    folder = workdir / "base_model"
+    folder = Workdir(workdir).base_model
     if jax.process_index() == 0:
         gguf.convert(path, folder, dtype=jnp.dtype(cfg.model.param_dtype).name)
     parallel.sync("GGUF conversion")
@@ -100,7 +94,7 @@ def resolve_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_colle
     """With data.tokenizer = "train", trains (once) a byte-level BPE on the configured sources' text."""
     if cfg.data.tokenizer != "train":
         return cfg
-    folder = workdir / "tokenizer"
+    folder = Workdir(workdir).tokenizer
     if jax.process_index() == 0 and not (folder / "tokenizer.json").exists():
         d = cfg.data
         texts = []
@@ -243,7 +237,8 @@ def _held_out_prompts(cfg, data: RunData, tokenizer, vocab: int) -> list[dict]:
 
 
 def train_teacher(cfg, workdir: Path) -> Path:
-    out = workdir / "teacher"
+    wd = Workdir(workdir)
+    out = wd.teacher
     with cost.Stage(out, "teacher") as stage:
         tokenizer = load_tokenizer(cfg)
         vocab = vocab_of(cfg, tokenizer)
@@ -260,10 +255,10 @@ def train_teacher(cfg, workdir: Path) -> Path:
                                         batch_size=int(cfg.data.batch_size), buckets=list(cfg.data.buckets),
                                         progress=bool(cfg.logging.progress))
             tau = refusal.calibrate_threshold(pool_scores, data.pool.harmful, float(cfg.filter.calibrate_recall))
-        _save_model(teacher, tokenizer, out / "model")
+        _save_model(teacher, tokenizer, model_dir(out))
         if jax.process_index() == 0:
-            np.save(out / "refusal_feature.npy", np.asarray(r))
-            (out / "filter.json").write_text(json.dumps({"layer": layer, "tau": tau}, indent=2) + "\n")
+            np.save(wd.refusal_feature, np.asarray(r))
+            wd.filter_settings.write_text(json.dumps({"layer": layer, "tau": tau}, indent=2) + "\n")
         steps = int(cfg.teacher.steps)
         refreshes = -(-steps // int(cfg.refusal.update_every)) + 1  # R_l every update_every steps, and at the end
         scored = pool + held_out  # what each refresh runs forward
@@ -277,7 +272,7 @@ def train_teacher(cfg, workdir: Path) -> Path:
 
 def safety_align(cfg, workdir: Path) -> Path:
     """The conventional first stage of sa_ft: the base model SFT-trained on the alignment data."""
-    out = workdir / "safety_aligned"
+    out = Workdir(workdir).safety_aligned
     steps = int(cfg.baselines.sa_steps) or int(cfg.teacher.steps)
     with cost.Stage(out, "safety_alignment") as stage:
         tokenizer = load_tokenizer(cfg)
@@ -287,16 +282,15 @@ def safety_align(cfg, workdir: Path) -> Path:
         model = trainable(sa_cfg, base_model(sa_cfg, vocab), salt=4)
         align = batches(sa_cfg, data.alignment, seed_offset=5)
         aligned = runs.train_student(sa_cfg, model, None, out, align.batch, align.batch)
-        _save_model(aligned, tokenizer, out / "model")
+        _save_model(aligned, tokenizer, model_dir(out))
         stage.flops = cost.train_flops(model.cfg, lora_config(cfg), align.batch, steps)
     return out
 
 
-def _teacher_filter_settings(workdir: Path) -> tuple[np.ndarray, int, float]:
-    folder = workdir / "teacher"
+def _teacher_filter_settings(wd: Workdir) -> tuple[np.ndarray, int, float]:
     try:
-        r = np.load(folder / "refusal_feature.npy")
-        settings = json.loads((folder / "filter.json").read_text())
+        r = np.load(wd.refusal_feature)
+        settings = json.loads(wd.filter_settings.read_text())
     except FileNotFoundError as e:
         raise ReftError(f"{e.filename}: missing; run `reft-jax train-teacher` first") from None
     return r, int(settings["layer"]), float(settings["tau"])
@@ -309,9 +303,10 @@ def _prompt_flops(model_cfg, ds, batch_size: int, buckets) -> int:
 
 def run_filter(cfg, workdir: Path, data_file: str | None = None) -> dict:
     """Scores the user data (or a JSONL file of prompts with optional `harmful`) with the teacher."""
-    with cost.Stage(workdir / "filter", "filter") as stage:
-        teacher = load_stage_model(workdir / "teacher" / "model", cfg, "teacher")
-        r, layer, tau = _teacher_filter_settings(workdir)
+    wd = Workdir(workdir)
+    with cost.Stage(wd.filter(), "filter") as stage:
+        teacher = load_stage_model(model_dir(wd.teacher), cfg, "teacher")
+        r, layer, tau = _teacher_filter_settings(wd)
         tokenizer = load_tokenizer(cfg)
         if data_file:
             examples = rdata.load_examples(rdata.SourceSpec(data_file), with_response=False,
@@ -321,14 +316,9 @@ def run_filter(cfg, workdir: Path, data_file: str | None = None) -> dict:
             ds = load_data(cfg, teacher.cfg.vocab_size).user
         result = rfilter.run_filter(FrozenModel.of(teacher), ds, r, layer, tau, batch_size=int(cfg.filter.batch_size),
                                     buckets=list(cfg.data.buckets), progress=bool(cfg.logging.progress))
-        report = _write_filter(result, workdir / "filter", data=data_file or "user")
+        report = _write_filter(result, wd.filter(), data=data_file or "user")
         stage.flops = _prompt_flops(teacher.cfg, ds, int(cfg.filter.batch_size), cfg.data.buckets)
     return report
-
-
-def filter_dir(workdir: Path, name: str) -> Path:
-    """Where filter `name` (methods.FILTERS) writes scores.jsonl and report.json."""
-    return workdir / "filter" if name == "ref_teacher" else workdir / "filters" / name
 
 
 def _write_filter(result: rfilter.FilterResult, folder: Path, data: str = "user", **extra) -> dict:
@@ -336,7 +326,7 @@ def _write_filter(result: rfilter.FilterResult, folder: Path, data: str = "user"
     report = {**result.report(), "data": data, **extra}
     if jax.process_index() == 0:
         result.write(folder)
-        (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (folder / FILTER_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -366,7 +356,7 @@ def run_saft_filter(cfg, workdir: Path) -> dict:
 
     if cfg.saft.val_source not in ("user", "pool"):
         raise ConfigError(f"saft.val_source: {cfg.saft.val_source!r} is not 'user' or 'pool'")
-    folder = filter_dir(workdir, "saft")
+    folder = Workdir(workdir).filter("saft")
     with cost.Stage(folder, "filter:saft") as stage:
         vocab = vocab_of(cfg, load_tokenizer(cfg))
         data = load_data(cfg, vocab)
@@ -400,7 +390,7 @@ def run_llama_guard_filter(cfg, workdir: Path) -> dict:
     path = cfg.baselines.llama_guard_path
     if not path:
         raise ConfigError("baselines.llama_guard_path: the llamaguard_filter method needs a local checkpoint")
-    folder = filter_dir(workdir, "llama_guard")
+    folder = Workdir(workdir).filter("llama_guard")
     with cost.Stage(folder, "filter:llama_guard") as stage:
         tokenizer = load_tokenizer(cfg)
         d = cfg.data
@@ -423,8 +413,8 @@ def run_llama_guard_filter(cfg, workdir: Path) -> dict:
 
 def flagged_indices(workdir: Path, filter_name: str = "ref_teacher") -> set[int]:
     """Indices of the user examples a filter flagged (from its scores of the user data)."""
-    folder = filter_dir(workdir, filter_name)
-    path, report = folder / "scores.jsonl", folder / "report.json"
+    folder = Workdir(workdir).filter(filter_name)
+    path, report = folder / FILTER_SCORES, folder / FILTER_REPORT
     if not path.exists() or not report.exists():
         command = "reft-jax filter" if filter_name == "ref_teacher" else f"reft-jax run with the {filter_name} filter"
         raise ReftError(f"{path}: missing; run `{command}` first")
@@ -440,7 +430,8 @@ def finetune(cfg, workdir: Path, method: str | Method = "ref_teacher") -> Path:
 
     ref_teacher (the `finetune` command): the base on the Ref-Teacher-filtered data, distilling the teacher."""
     method = METHODS[method] if isinstance(method, str) else method
-    out = workdir / method.folder
+    wd = Workdir(workdir)
+    out = wd.method(method.name)
     with cost.Stage(out, f"finetune:{method.name}") as stage:
         tokenizer = load_tokenizer(cfg)
         vocab = vocab_of(cfg, tokenizer)
@@ -450,13 +441,13 @@ def finetune(cfg, workdir: Path, method: str | Method = "ref_teacher") -> Path:
             flagged = flagged_indices(workdir, method.filter)
             user = user.select([i for i, index in enumerate(user.index) if int(index) not in flagged])
             if len(user) == 0:
-                raise ReftError(f"{filter_dir(workdir, method.filter)}: the filter flagged every user example; "
+                raise ReftError(f"{wd.filter(method.filter)}: the filter flagged every user example; "
                                 "nothing to finetune on")
-        teacher = load_stage_model(workdir / "teacher" / "model", cfg, "teacher") if method.distill else None
+        teacher = load_stage_model(model_dir(wd.teacher), cfg, "teacher") if method.distill else None
         if not method.distill:
             cfg = with_fields(cfg, {"distill.beta": 0.0})
         if method.start == "sa":
-            start = load_stage_model(workdir / "safety_aligned" / "model", cfg, "safety-aligned model")
+            start = load_stage_model(model_dir(wd.safety_aligned), cfg, "safety-aligned model")
         else:
             start = base_model(cfg, vocab)
         model = trainable(cfg, start, salt=2)
@@ -464,7 +455,7 @@ def finetune(cfg, workdir: Path, method: str | Method = "ref_teacher") -> Path:
         align_batches = batches(cfg, data.alignment, seed_offset=3)
         alpha = float(cfg.baselines.joint_weight) if method.joint else 0.0
         student = runs.train_student(cfg, model, teacher, out, user_batches.batch, align_batches.batch, alpha=alpha)
-        _save_model(student, tokenizer, out / "model")
+        _save_model(student, tokenizer, model_dir(out))
         steps, lora = int(cfg.student.steps), lora_config(cfg)
         stage.flops = cost.train_flops(model.cfg, lora, user_batches.batch, steps)
         if method.distill or method.joint:
@@ -475,7 +466,7 @@ def finetune(cfg, workdir: Path, method: str | Method = "ref_teacher") -> Path:
 
 
 def export(cfg, workdir: Path, out: Path) -> Path:
-    student = load_stage_model(workdir / "student" / "model", cfg, "student")
+    student = load_stage_model(model_dir(Workdir(workdir).method("ref_teacher")), cfg, "student")
     save_pretrained(student, out)
     load_tokenizer(cfg).save_pretrained(str(out))
     return out
@@ -490,25 +481,14 @@ def _filter_metrics(workdir: Path, method: Method) -> dict | None:
     """The method's filter on the user data: precision, recall, F1, AUROC, counts (None without a filter)."""
     if not method.filter:
         return None
-    report = json.loads((filter_dir(workdir, method.filter) / "report.json").read_text())
+    report = json.loads((Workdir(workdir).filter(method.filter) / FILTER_REPORT).read_text())
     return {"name": method.filter, **{k: report.get(k) for k in FILTER_METRICS}}
-
-
-STAGE_DIRS = {"teacher": "teacher", "safety_alignment": "safety_aligned", "filter": "filter"}
-
-
-def stage_dir(workdir: Path, stage: str) -> Path:
-    if stage.startswith("filter:"):
-        return filter_dir(workdir, stage.split(":", 1)[1])
-    if stage.startswith("finetune:"):
-        return workdir / METHODS[stage.split(":", 1)[1]].folder
-    return workdir / STAGE_DIRS[stage]
 
 
 def method_cost(workdir: Path, method: Method) -> dict:
     """Each stage's wall time, accelerator-seconds and FLOPs (shared stages, like the teacher, count in full
     for every method that needs them: the price of that pipeline), and their totals."""
-    stages = [cost.read(stage_dir(workdir, s)) for s in method.stages()]
+    stages = [cost.read(Workdir(workdir).stage(s)) for s in method.stages()]
     return {"stages": [s or {"stage": name} for s, name in zip(stages, method.stages())], **cost.total(stages)}
 
 
@@ -561,9 +541,10 @@ def evaluate(cfg, workdir: Path, which: list[Method] | None = None) -> dict:
                 "num_harmful_prompts": result["n"], "num_task": len(task),
                 "examples": [{"prompt": p["prompt"][-200:], "answer": a} for p, a in zip(harmful[:3], answers)]}
 
+    wd = Workdir(workdir)
     methods = {}
     for method in METHODS.values() if which is None else which:
-        folder = workdir / method.folder / "model"
+        folder = model_dir(wd.method(method.name))
         if not (folder / "config.json").exists():
             continue
         methods[method.name] = {**measure(load_stage_model(folder, cfg, method.name), method.name),
@@ -574,20 +555,19 @@ def evaluate(cfg, workdir: Path, which: list[Method] | None = None) -> dict:
     report = {"methods": methods}
     if cfg.eval.references:  # what finetuning starts from and what the student distils from
         report["references"] = {"base_model": measure(base_model(cfg, vocab_of(cfg, tokenizer)), "base model")}
-        if (workdir / "teacher" / "model" / "config.json").exists():
-            report["references"]["teacher"] = measure(
-                load_stage_model(workdir / "teacher" / "model", cfg, "teacher"), "teacher")
-    filter_report = workdir / "filter" / "report.json"
+        if model_config(wd.teacher).exists():
+            report["references"]["teacher"] = measure(load_stage_model(model_dir(wd.teacher), cfg, "teacher"), "teacher")
+    filter_report = wd.filter() / FILTER_REPORT
     if filter_report.exists():
         report["filter"] = json.loads(filter_report.read_text())
-    teacher_log = workdir / "teacher" / "metrics.jsonl"
+    teacher_log = wd.teacher / METRICS
     if teacher_log.exists():  # the refusal feature over the teacher's training, at each recomputation of R_l
         report["teacher_refusal"] = [{k: v for k, v in r.items() if k == "refusal_step" or k.startswith(
             ("pool_", "heldout_", "r_"))} for r in map(json.loads, teacher_log.read_text().splitlines())
             if "refusal_step" in r]
     if jax.process_index() == 0:
-        (workdir / "eval").mkdir(parents=True, exist_ok=True)
-        (workdir / "eval" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        wd.eval.mkdir(parents=True, exist_ok=True)
+        (wd.eval / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -600,19 +580,13 @@ def stage_plan(selected: list[Method]) -> list[str]:
 
 
 def _stage_runner(stage: str):
-    """(run(cfg, workdir), the file whose existence means the stage is done)."""
-    if stage == "teacher":
-        return train_teacher, "teacher/filter.json"
-    if stage == "safety_alignment":
-        return safety_align, "safety_aligned/model/config.json"
-    if stage == "filter":
-        return run_filter, "filter/report.json"
-    if stage == "filter:saft":
-        return run_saft_filter, "filters/saft/report.json"
-    if stage == "filter:llama_guard":
-        return run_llama_guard_filter, "filters/llama_guard/report.json"
+    """run(cfg, workdir) of a stage (its outputs: Workdir.stage, done when Workdir.done exists)."""
+    runners = {"teacher": train_teacher, "safety_alignment": safety_align, "filter": run_filter,
+               "filter:saft": run_saft_filter, "filter:llama_guard": run_llama_guard_filter}
+    if stage in runners:
+        return runners[stage]
     method = METHODS[stage.split(":", 1)[1]]
-    return (lambda cfg, workdir: finetune(cfg, workdir, method)), f"{method.folder}/model/config.json"
+    return lambda cfg, workdir: finetune(cfg, workdir, method)
 
 
 def run(cfg, workdir: Path, *, force: bool = False) -> dict:
@@ -629,20 +603,20 @@ def run(cfg, workdir: Path, *, force: bool = False) -> dict:
         skipped = {m.name: "skipped: no Llama-Guard checkpoint configured (baselines.llama_guard_path)"
                    for m in requested if m.filter == "llama_guard"}
     chosen = [m for m in requested if m.name not in skipped]
+    wd = Workdir(workdir)
     for stage in stage_plan(chosen):
-        runner, marker = _stage_runner(stage)
-        if force or not (workdir / marker).exists():
-            runner(cfg, workdir)
+        if force or not wd.done(stage).exists():
+            _stage_runner(stage)(cfg, workdir)
     report = evaluate(cfg, workdir, chosen)
     report["methods"] = {m.name: {"skipped": skipped[m.name]} if m.name in skipped else report["methods"][m.name]
                          for m in requested}
     if jax.process_index() == 0:
-        (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        rreport.write_markdown(report, workdir / "report.md")
-        tau = json.loads((workdir / "teacher" / "filter.json").read_text())["tau"]
-        rreport.plot_filter_scores(workdir / "filter" / "scores.jsonl", tau, workdir / "filter_scores.png")
-        curves = {"teacher": workdir / "teacher" / "metrics.jsonl"}
-        curves.update({m.name: workdir / m.folder / "metrics.jsonl" for m in chosen})
-        rreport.plot_losses(curves, workdir / "loss_curves.png")
-        rreport.plot_teacher_refusal(workdir / "teacher" / "metrics.jsonl", workdir / "teacher_refusal.png")
+        wd.report.write_text(json.dumps(report, indent=2) + "\n")
+        rreport.write_markdown(report, wd.root / "report.md")
+        tau = json.loads(wd.filter_settings.read_text())["tau"]
+        rreport.plot_filter_scores(wd.filter() / FILTER_SCORES, tau, wd.plot("filter_scores"))
+        curves = {"teacher": wd.teacher / METRICS}
+        curves.update({m.name: wd.method(m.name) / METRICS for m in chosen})
+        rreport.plot_losses(curves, wd.plot("loss_curves"))
+        rreport.plot_teacher_refusal(wd.teacher / METRICS, wd.plot("teacher_refusal"))
     return report

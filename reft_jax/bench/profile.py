@@ -24,7 +24,7 @@ def trace_steps(step: Callable[[], object], folder: Path, steps: int = 2) -> Non
 
 
 def op_times(folder: Path, steps: int = 2, top: int = 30) -> list[dict]:
-    """The `top` ops by time per step on the accelerator (on a CPU: on XLA's compute threads), each with its
+    """The `top` ops by time per step on the accelerator (on a CPU: on XLA's own threads), each with its
     milliseconds per step and share of the summed op time."""
     traces = sorted(folder.glob("plugins/profile/*/perfetto_trace.json.gz"))
     if not traces:
@@ -39,9 +39,9 @@ def op_times(folder: Path, steps: int = 2, top: int = 30) -> list[dict]:
     def is_op(e) -> bool:
         if device:
             return e["pid"] in device
-        # XLA:CPU runs its ops on its Eigen thread pool; the Python thread and the client's threads hold
-        # Python frames and runtime wrappers around them.
-        return threads.get((e["pid"], e.get("tid")), "").startswith("tf_XLAEigen") and "Thunk" not in e["name"]
+        # XLA:CPU runs its ops on its own threads (tf_XLAEigen, and tf_XLAPjRtCpuClient for small programs);
+        # the Python thread holds Python frames, and ThunkExecutor events are the runtime's wrappers.
+        return threads.get((e["pid"], e.get("tid")), "").startswith("tf_XLA") and "Thunk" not in e["name"]
 
     totals: collections.Counter = collections.Counter()
     for e in events:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from reft_jax.checkpoint import Checkpointer
 from reft_jax.errors import ReftError
+from reft_jax.workdir import CHECKPOINTS, METRICS
 
 StepFn = Callable[[Any, Any, int], tuple[Any, dict]]  # (state, extras, step) -> (state, metrics)
 # (state, extras, step) -> (extras, metrics), before each step and once after the last one; metrics (a dict of
@@ -52,7 +53,7 @@ class MetricsLog:
 
     def __init__(self, workdir: Path, name: str, resume_step: int, cfg: LoopConfig, run_config: dict | None):
         self.enabled = jax.process_index() == 0
-        self.path = workdir / "metrics.jsonl"
+        self.path = workdir / METRICS
         self.tb = self.wandb = None
         if not self.enabled:
             return
@@ -132,7 +133,7 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
     """
     workdir = Path(workdir)
     meta = dict(meta or {})
-    checkpoints = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.max_to_keep)
+    checkpoints = Checkpointer(workdir / CHECKPOINTS, max_to_keep=cfg.max_to_keep)
     start = checkpoints.latest_step() or 0
     if start:
         state, extras, saved_meta = checkpoints.restore(start, state, extras)

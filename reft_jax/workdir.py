@@ -1,0 +1,115 @@
+"""Every path and "done" marker of a run's workdir, in one place (stages, methods, cost and the loop use it).
+
+  demo/                        generated demo data and tokenizer (data.demo)
+  base_model/                  a GGUF checkpoint converted once (model.path = x.gguf)
+  tokenizer/                   a tokenizer trained on the sources (data.tokenizer = "train")
+  teacher/model/               the teacher as a Hugging Face folder (LoRA merged)
+  teacher/refusal_feature.npy, filter.json (layer, tau)
+  filter/scores.jsonl, report.json          the Ref-Teacher filter on the user data
+  filters/NAME/scores.jsonl, report.json    the other filters (saft, llama_guard)
+  safety_aligned/model/        the base after SFT on the alignment data (sa_ft)
+  student/model/               Ref-Teacher's student; every other method's in METHOD/model/
+  eval/report.json, report.json, report.md and the plots
+
+Every trained stage folder also holds metrics.jsonl and checkpoints/ (the loop), and every stage folder
+cost.json (reft_jax.cost).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+COST = "cost.json"
+MODEL = "model"
+FILTER_REPORT = "report.json"
+FILTER_SCORES = "scores.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # -- stage folders -------------------------------------------------------------------------------
+
+    @property
+    def demo(self) -> Path:
+        return self.root / "demo"
+
+    @property
+    def base_model(self) -> Path:
+        return self.root / "base_model"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def safety_aligned(self) -> Path:
+        return self.root / "safety_aligned"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def filter(self, name: str = "ref_teacher") -> Path:
+        """Where filter `name` (methods.FILTERS) writes scores.jsonl and report.json."""
+        return self.root / "filter" if name == "ref_teacher" else self.root / "filters" / name
+
+    def method(self, name: str) -> Path:
+        """Where a method's finetuned model and logs live (Ref-Teacher's is the contract's student/)."""
+        return self.root / ("student" if name == "ref_teacher" else name)
+
+    def stage(self, stage: str) -> Path:
+        """The folder of a stage of methods.Method.stages(): teacher, safety_alignment, filter[:NAME],
+        finetune:METHOD."""
+        kind, _, name = stage.partition(":")
+        if kind == "filter":
+            return self.filter(name or "ref_teacher")
+        if kind == "finetune":
+            return self.method(name)
+        return {"teacher": self.teacher, "safety_alignment": self.safety_aligned}[stage]
+
+    def done(self, stage: str) -> Path:
+        """The file whose existence means `stage` is done (its last output)."""
+        folder = self.stage(stage)
+        if stage == "teacher":
+            return self.filter_settings
+        if stage.startswith("filter"):
+            return folder / FILTER_REPORT
+        return model_config(folder)
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    @property
+    def refusal_feature(self) -> Path:
+        return self.teacher / "refusal_feature.npy"
+
+    @property
+    def filter_settings(self) -> Path:
+        return self.teacher / "filter.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    def plot(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+
+def model_dir(stage_folder: Path) -> Path:
+    """A stage's saved model (a Hugging Face folder)."""
+    return Path(stage_folder) / MODEL
+
+
+def model_config(stage_folder: Path) -> Path:
+    return model_dir(stage_folder) / "config.json"
