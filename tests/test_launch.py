@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
-SCRIPTS = ["common.sh", "gpu_node.sh", "slurm.sbatch", "tpu_pod.sh"]
+SCRIPTS = ["common.sh", "gpu_node.sh", "gpu_session.sh", "slurm.sbatch", "tpu_pod.sh"]
 README = (LAUNCH / "README.md").read_text()
 
 
