@@ -6,6 +6,7 @@ at a time or chained."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -131,8 +132,8 @@ def tokenize(cfg, examples, tokenizer, vocab_size: int, desc: str) -> rdata.Toke
                           vocab_size=vocab_size, desc=desc)
 
 
-def load_data(cfg, vocab_size: int) -> RunData:
-    tokenizer = load_tokenizer(cfg)
+def load_data(cfg, vocab_size: int, tokenizer=None) -> RunData:
+    tokenizer = tokenizer or load_tokenizer(cfg)
     d, seed, template = cfg.data, int(cfg.seed), cfg.data.template
     kw = dict(template=template, tokenizer=tokenizer)
     alignment = rdata.alignment_data(d.alignment.harmful, d.alignment.harmless, n_harmful=d.alignment.n_harmful,
@@ -145,6 +146,26 @@ def load_data(cfg, vocab_size: int) -> RunData:
                    alignment=tokenize(cfg, alignment, tokenizer, vocab_size, "tokenizing alignment data"),
                    user=tokenize(cfg, user, tokenizer, vocab_size, "tokenizing user data"),
                    pool=tokenize(cfg, pool, tokenizer, vocab_size, "tokenizing refusal pool"))
+
+
+class RunContext:
+    """What the stages of one run read, each loaded on first use and then shared: the tokenizer, the vocabulary
+    size and the tokenized datasets. `run` hands one to every stage; a stage called on its own makes its own."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @functools.cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.cfg)
+
+    @functools.cached_property
+    def vocab(self) -> int:
+        return vocab_of(self.cfg, self.tokenizer)
+
+    @functools.cached_property
+    def data(self) -> RunData:
+        return load_data(self.cfg, self.vocab, self.tokenizer)
 
 
 def batches(cfg, ds: rdata.TokenizedDataset, *, seed_offset: int = 0) -> rdata.Batches:
@@ -236,13 +257,11 @@ def _held_out_prompts(cfg, data: RunData, tokenizer, vocab: int) -> list[dict]:
     return pool_batches(cfg, ds.select(list(range(len(harmful))) + unseen[: len(harmful)]))
 
 
-def train_teacher(cfg, workdir: Path) -> Path:
-    wd = Workdir(workdir)
+def train_teacher(cfg, workdir: Path, ctx: RunContext | None = None) -> Path:
+    wd, ctx = Workdir(workdir), ctx or RunContext(cfg)
     out = wd.teacher
     with cost.Stage(out, "teacher") as stage:
-        tokenizer = load_tokenizer(cfg)
-        vocab = vocab_of(cfg, tokenizer)
-        data = load_data(cfg, vocab)
+        tokenizer, vocab, data = ctx.tokenizer, ctx.vocab, ctx.data
         model = trainable(cfg, base_model(cfg, vocab), salt=1)
         align = batches(cfg, data.alignment)
         pool = pool_batches(cfg, data.pool)
@@ -270,14 +289,12 @@ def train_teacher(cfg, workdir: Path) -> Path:
     return out
 
 
-def safety_align(cfg, workdir: Path) -> Path:
+def safety_align(cfg, workdir: Path, ctx: RunContext | None = None) -> Path:
     """The conventional first stage of sa_ft: the base model SFT-trained on the alignment data."""
-    out = Workdir(workdir).safety_aligned
+    out, ctx = Workdir(workdir).safety_aligned, ctx or RunContext(cfg)
     steps = int(cfg.baselines.sa_steps) or int(cfg.teacher.steps)
     with cost.Stage(out, "safety_alignment") as stage:
-        tokenizer = load_tokenizer(cfg)
-        vocab = vocab_of(cfg, tokenizer)
-        data = load_data(cfg, vocab)
+        tokenizer, vocab, data = ctx.tokenizer, ctx.vocab, ctx.data
         sa_cfg = with_fields(cfg, {"distill.beta": 0.0, "student.steps": steps})
         model = trainable(sa_cfg, base_model(sa_cfg, vocab), salt=4)
         align = batches(sa_cfg, data.alignment, seed_offset=5)
@@ -301,19 +318,19 @@ def _prompt_flops(model_cfg, ds, batch_size: int, buckets) -> int:
     return cost.forward_flops(model_cfg, fixed.batch, fixed.num_steps)
 
 
-def run_filter(cfg, workdir: Path, data_file: str | None = None) -> dict:
+def run_filter(cfg, workdir: Path, data_file: str | None = None, ctx: RunContext | None = None) -> dict:
     """Scores the user data (or a JSONL file of prompts with optional `harmful`) with the teacher."""
-    wd = Workdir(workdir)
+    wd, ctx = Workdir(workdir), ctx or RunContext(cfg)
     with cost.Stage(wd.filter(), "filter") as stage:
         teacher = load_stage_model(model_dir(wd.teacher), cfg, "teacher")
         r, layer, tau = _teacher_filter_settings(wd)
-        tokenizer = load_tokenizer(cfg)
+        tokenizer = ctx.tokenizer
         if data_file:
             examples = rdata.load_examples(rdata.SourceSpec(data_file), with_response=False,
                                            template=cfg.data.template, tokenizer=tokenizer)
             ds = tokenize(cfg, examples, tokenizer, teacher.cfg.vocab_size, f"tokenizing {data_file}")
         else:
-            ds = load_data(cfg, teacher.cfg.vocab_size).user
+            ds = ctx.data.user
         result = rfilter.run_filter(FrozenModel.of(teacher), ds, r, layer, tau, batch_size=int(cfg.filter.batch_size),
                                     buckets=list(cfg.data.buckets), progress=bool(cfg.logging.progress))
         report = _write_filter(result, wd.filter(), data=data_file or "user")
@@ -349,17 +366,16 @@ def _labelled_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
-def run_saft_filter(cfg, workdir: Path) -> dict:
+def run_saft_filter(cfg, workdir: Path, ctx: RunContext | None = None) -> dict:
     """The SAFT baseline's filter (reft_jax.saft) on the base model's features, its layer, k and sign chosen on
     a labelled validation pool (saft.val_source)."""
     from reft_jax import saft
 
     if cfg.saft.val_source not in ("user", "pool"):
         raise ConfigError(f"saft.val_source: {cfg.saft.val_source!r} is not 'user' or 'pool'")
-    folder = Workdir(workdir).filter("saft")
+    folder, ctx = Workdir(workdir).filter("saft"), ctx or RunContext(cfg)
     with cost.Stage(folder, "filter:saft") as stage:
-        vocab = vocab_of(cfg, load_tokenizer(cfg))
-        data = load_data(cfg, vocab)
+        vocab, data = ctx.vocab, ctx.data
         model = base_model(cfg, vocab)
         layers = saft_layers(cfg, model.cfg.num_layers)
         kw = dict(batch_size=int(cfg.filter.batch_size), buckets=list(cfg.data.buckets),
@@ -383,22 +399,22 @@ def run_saft_filter(cfg, workdir: Path) -> dict:
     return report
 
 
-def run_llama_guard_filter(cfg, workdir: Path) -> dict:
+def run_llama_guard_filter(cfg, workdir: Path, ctx: RunContext | None = None) -> dict:
     """Drops the user samples (prompt and response) that a local Llama-Guard-style judge calls unsafe."""
     from reft_jax.evaluation import judges
 
     path = cfg.baselines.llama_guard_path
     if not path:
         raise ConfigError("baselines.llama_guard_path: the llamaguard_filter method needs a local checkpoint")
-    folder = Workdir(workdir).filter("llama_guard")
+    folder, ctx = Workdir(workdir).filter("llama_guard"), ctx or RunContext(cfg)
     with cost.Stage(folder, "filter:llama_guard") as stage:
-        tokenizer = load_tokenizer(cfg)
+        tokenizer = ctx.tokenizer
         d = cfg.data
         # The same deterministic mixture as load_data's, as text: the judge reads prompts and responses.
         examples = rdata.user_data(d.user.task, d.user.source or None, d.user.harmful_source or rdata.BEAVERTAILS,
                                    n=int(d.user.n), p=float(d.user.p), seed=int(cfg.seed), template=d.template,
                                    tokenizer=tokenizer)
-        ds = load_data(cfg, vocab_of(cfg, tokenizer)).user
+        ds = ctx.data.user
         judge = judges.LlamaGuardJudge(path)
         pairs = [(examples[i]["prompt"], examples[i]["response"]) for i in ds.index]
         unsafe = judge.judge([p for p, _ in pairs], [r for _, r in pairs])
@@ -425,17 +441,15 @@ def flagged_indices(workdir: Path, filter_name: str = "ref_teacher") -> set[int]
     return {r["index"] for r in map(json.loads, path.read_text().splitlines()) if r["flagged"]}
 
 
-def finetune(cfg, workdir: Path, method: str | Method = "ref_teacher") -> Path:
+def finetune(cfg, workdir: Path, method: str | Method = "ref_teacher", ctx: RunContext | None = None) -> Path:
     """Finetunes a method's starting model on its (filtered) user data, with what it adds from the alignment data.
 
     ref_teacher (the `finetune` command): the base on the Ref-Teacher-filtered data, distilling the teacher."""
     method = METHODS[method] if isinstance(method, str) else method
-    wd = Workdir(workdir)
+    wd, ctx = Workdir(workdir), ctx or RunContext(cfg)
     out = wd.method(method.name)
     with cost.Stage(out, f"finetune:{method.name}") as stage:
-        tokenizer = load_tokenizer(cfg)
-        vocab = vocab_of(cfg, tokenizer)
-        data = load_data(cfg, vocab)
+        tokenizer, vocab, data = ctx.tokenizer, ctx.vocab, ctx.data
         user = data.user
         if method.filter:
             flagged = flagged_indices(workdir, method.filter)
@@ -511,13 +525,14 @@ def _first(examples, n: int):
     return examples[: int(n)]
 
 
-def evaluate(cfg, workdir: Path, which: list[Method] | None = None) -> dict:
+def evaluate(cfg, workdir: Path, which: list[Method] | None = None, ctx: RunContext | None = None) -> dict:
     """Harmful score, finetune accuracy, filter metrics and cost of the methods `which` (default: every
     trained one); with eval.references, also of the base model before finetuning and of the teacher."""
     from reft_jax.evaluation import judges, metrics
     from reft_jax.evaluation.generate import GenerationConfig, generate_text
 
-    tokenizer = load_tokenizer(cfg)
+    ctx = ctx or RunContext(cfg)
+    tokenizer = ctx.tokenizer
     d = cfg.data
     if not d.eval.harmful:
         raise ConfigError("data.eval.harmful: no harmful test prompts configured")
@@ -554,7 +569,7 @@ def evaluate(cfg, workdir: Path, which: list[Method] | None = None) -> dict:
         raise ReftError(f"{workdir}: no trained student to evaluate; run `reft-jax finetune` first")
     report = {"methods": methods}
     if cfg.eval.references:  # what finetuning starts from and what the student distils from
-        report["references"] = {"base_model": measure(base_model(cfg, vocab_of(cfg, tokenizer)), "base model")}
+        report["references"] = {"base_model": measure(base_model(cfg, ctx.vocab), "base model")}
         if model_config(wd.teacher).exists():
             report["references"]["teacher"] = measure(load_stage_model(model_dir(wd.teacher), cfg, "teacher"), "teacher")
     filter_report = wd.filter() / FILTER_REPORT
@@ -580,13 +595,13 @@ def stage_plan(selected: list[Method]) -> list[str]:
 
 
 def _stage_runner(stage: str):
-    """run(cfg, workdir) of a stage (its outputs: Workdir.stage, done when Workdir.done exists)."""
+    """run(cfg, workdir, ctx=...) of a stage (its outputs: Workdir.stage, done when Workdir.done exists)."""
     runners = {"teacher": train_teacher, "safety_alignment": safety_align, "filter": run_filter,
                "filter:saft": run_saft_filter, "filter:llama_guard": run_llama_guard_filter}
     if stage in runners:
         return runners[stage]
     method = METHODS[stage.split(":", 1)[1]]
-    return lambda cfg, workdir: finetune(cfg, workdir, method)
+    return lambda cfg, workdir, ctx: finetune(cfg, workdir, method, ctx=ctx)
 
 
 def run(cfg, workdir: Path, *, force: bool = False) -> dict:
@@ -603,11 +618,11 @@ def run(cfg, workdir: Path, *, force: bool = False) -> dict:
         skipped = {m.name: "skipped: no Llama-Guard checkpoint configured (baselines.llama_guard_path)"
                    for m in requested if m.filter == "llama_guard"}
     chosen = [m for m in requested if m.name not in skipped]
-    wd = Workdir(workdir)
+    wd, ctx = Workdir(workdir), RunContext(cfg)  # the data is read and tokenized once for every stage
     for stage in stage_plan(chosen):
         if force or not wd.done(stage).exists():
-            _stage_runner(stage)(cfg, workdir)
-    report = evaluate(cfg, workdir, chosen)
+            _stage_runner(stage)(cfg, workdir, ctx=ctx)
+    report = evaluate(cfg, workdir, chosen, ctx=ctx)
     report["methods"] = {m.name: {"skipped": skipped[m.name]} if m.name in skipped else report["methods"][m.name]
                          for m in requested}
     if jax.process_index() == 0:

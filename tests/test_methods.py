@@ -3,6 +3,7 @@ that swap without touching the rest, and the Llama-Guard filter's data flow."""
 
 import json
 import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -44,14 +45,26 @@ def test_method_selection():
     assert plan[5:] == [f"finetune:{name}" for name in METHODS]
 
 
+DATA_LOADS = []  # pipeline.load_data calls during the all-methods run
+
+
 @pytest.fixture(scope="module")
 def all_methods(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("all_methods")
-    assert main(["run", "--workdir", str(workdir), *ALL]) == 0
+    load_data = pipeline.load_data
+
+    def counted(*args, **kwargs):
+        DATA_LOADS.append(args)
+        return load_data(*args, **kwargs)
+
+    with mock.patch.object(pipeline, "load_data", counted):
+        assert main(["run", "--workdir", str(workdir), *ALL]) == 0
     return workdir
 
 
 def test_run_fills_the_whole_table(all_methods):
+    # Eleven stages, one run context: the data is read and tokenized once.
+    assert len(DATA_LOADS) == 1
     report = json.loads((all_methods / "report.json").read_text())
     methods = report["methods"]
     assert list(methods) == list(METHODS)
