@@ -28,6 +28,10 @@ FILTER_REPORT = "report.json"
 FILTER_SCORES = "scores.jsonl"
 
 
+def _under_root(*parts: str) -> property:
+    return property(lambda self: self.root.joinpath(*parts))
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir:
     root: Path
@@ -35,31 +39,15 @@ class Workdir:
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
 
-    # -- stage folders -------------------------------------------------------------------------------
-
-    @property
-    def demo(self) -> Path:
-        return self.root / "demo"
-
-    @property
-    def base_model(self) -> Path:
-        return self.root / "base_model"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
-
-    @property
-    def teacher(self) -> Path:
-        return self.root / "teacher"
-
-    @property
-    def safety_aligned(self) -> Path:
-        return self.root / "safety_aligned"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
+    demo = _under_root("demo")
+    base_model = _under_root("base_model")
+    tokenizer = _under_root("tokenizer")
+    teacher = _under_root("teacher")
+    safety_aligned = _under_root("safety_aligned")
+    eval = _under_root("eval")
+    report = _under_root("report.json")
+    refusal_feature = _under_root("teacher", "refusal_feature.npy")
+    filter_settings = _under_root("teacher", "filter.json")  # the filter's layer and tau
 
     def filter(self, name: str = "ref_teacher") -> Path:
         """Where filter `name` (methods.FILTERS) writes scores.jsonl and report.json."""
@@ -87,20 +75,6 @@ class Workdir:
         if stage.startswith("filter"):
             return folder / FILTER_REPORT
         return model_config(folder)
-
-    # -- files ---------------------------------------------------------------------------------------
-
-    @property
-    def refusal_feature(self) -> Path:
-        return self.teacher / "refusal_feature.npy"
-
-    @property
-    def filter_settings(self) -> Path:
-        return self.teacher / "filter.json"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.json"
 
     def plot(self, name: str) -> Path:
         return self.root / f"{name}.png"
