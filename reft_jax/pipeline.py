@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from reft_jax import data as rdata
 from reft_jax import filter as rfilter
@@ -24,9 +23,8 @@ from reft_jax import cost, parallel, refusal
 from reft_jax.config import with_fields
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.methods import METHODS, Method
-from reft_jax.models import gguf
-from reft_jax.models import (LoraConfig, RuntimeOptions, Transformer, add_lora, from_hf_dict, from_pretrained,
-                             save_pretrained)
+from reft_jax.models import Transformer, gguf, save_pretrained
+from reft_jax.models.from_config import base_model, load_stage_model, lora_config, trainable, vocab_of
 from reft_jax.train import runs
 from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES, METRICS, Workdir, model_config, model_dir
 from reft_jax.state import FrozenModel
@@ -177,56 +175,6 @@ def pool_batches(cfg, ds: rdata.TokenizedDataset) -> list[dict]:
     fixed = rdata.Batches(rfilter.prompts_only(ds), int(cfg.data.batch_size), list(cfg.data.buckets), shuffle=False,
                           num_epochs=1)
     return [fixed.batch(i) for i in range(fixed.num_steps)]
-
-
-# -- models -------------------------------------------------------------------------------------------
-
-def runtime_options(cfg) -> RuntimeOptions:
-    m = cfg.model
-    return RuntimeOptions(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), attention=m.attention,
-                          remat=m.remat, scan_layers=bool(m.scan_layers))
-
-
-def lora_config(cfg) -> LoraConfig | None:
-    lora = cfg.model.lora
-    return LoraConfig(int(lora.rank), float(lora.alpha), tuple(lora.targets)) if int(lora.rank) > 0 else None
-
-
-def base_model(cfg, vocab_size: int | None = None) -> Transformer:
-    """M0: the pretrained checkpoint at model.path, or a seeded random init from model.init (no LoRA)."""
-    opts = runtime_options(cfg)
-    if cfg.model.path:
-        return from_pretrained(cfg.model.path, opts.dtype, opts.param_dtype, attention=opts.attention,
-                               remat=opts.remat, scan_layers=opts.scan_layers)
-    hf = cfg.model.init.to_dict()
-    if not hf.get("vocab_size"):
-        if vocab_size is None:
-            raise ConfigError("model.init.vocab_size: 0 needs a tokenizer to size the vocabulary")
-        hf["vocab_size"] = int(vocab_size)
-    return Transformer(from_hf_dict(hf, where="config model.init"), opts, rngs=nnx.Rngs(int(cfg.seed)))
-
-
-def trainable(cfg, model: Transformer, salt: int) -> Transformer:
-    """The model to train: with model.lora.rank > 0, the base plus fresh adapters."""
-    lora = lora_config(cfg)
-    return add_lora(model, lora, nnx.Rngs(int(cfg.seed) + salt)) if lora else model
-
-
-def vocab_of(cfg, tokenizer) -> int:
-    """The vocabulary size the model will have: its checkpoint's, or the tokenizer's for a random init."""
-    if cfg.model.path:
-        return int(json.loads((Path(cfg.model.path) / "config.json").read_text())["vocab_size"])
-    return int(cfg.model.init.get("vocab_size") or len(tokenizer))
-
-
-def load_stage_model(folder: Path, cfg, what: str) -> Transformer:
-    """The teacher or student a previous stage wrote (what: "teacher" or "student")."""
-    if not (folder / "config.json").exists():
-        command = {"teacher": "train-teacher", "student": "finetune"}.get(what, "run")
-        raise ReftError(f"{folder}: no {what} here; run `reft-jax {command}` first")
-    opts = runtime_options(cfg)
-    return from_pretrained(folder, opts.dtype, opts.param_dtype, attention=opts.attention, remat=opts.remat,
-                           scan_layers=opts.scan_layers)
 
 
 # -- stages -------------------------------------------------------------------------------------------

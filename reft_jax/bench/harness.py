@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from reft_jax import flops, pipeline
+from reft_jax import flops
 from reft_jax.bench import workload
 from reft_jax.errors import ConfigError
 from reft_jax.models.config import from_hf_dict
+from reft_jax.models.from_config import lora_config
 
 FRAMEWORKS = ("jax", "torch")
 TORCH_VARIANTS = ("eager", "compile")
@@ -93,7 +94,7 @@ def _complete(result: dict, cfg, peak: float | None) -> dict:
     """Adds time statistics, tokens/s, model FLOPs and MFU to one case's rounds (None where it failed)."""
     b = cfg.bench
     model = from_hf_dict(cfg.model.init.to_dict(), where="config model.init")
-    lora = pipeline.lora_config(cfg) if result["finetune"] == "lora" else None
+    lora = lora_config(cfg) if result["finetune"] == "lora" else None
     step_flops = flops.step_flops(result["step"], model, b.batch_size, b.seq_len, lora)
     out = dict(result, tokens_per_step=flops.trained_tokens(result["step"], b.batch_size, b.seq_len),
                model_flops_per_step=step_flops)

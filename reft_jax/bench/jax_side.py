@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from reft_jax import parallel, pipeline, refusal
+from reft_jax import parallel, refusal
 from reft_jax.bench import profile, workload
 from reft_jax.models import save_pretrained
+from reft_jax.models.from_config import base_model, trainable
 from reft_jax.state import FrozenModel, create_train_state
 from reft_jax.train import optim, steps
 
@@ -35,11 +36,11 @@ def _build_step(cfg, case: workload.Case, data: dict, r, abstract: bool = False)
     block = int(cfg.model.loss_block)
 
     def models():
-        base = pipeline.base_model(cfg)
-        model = pipeline.trainable(cfg, base, salt=1) if case.finetune == "lora" else base
+        base = base_model(cfg)
+        model = trainable(cfg, base, salt=1) if case.finetune == "lora" else base
         state = create_train_state(model, tx)
         # The student's teacher: a second, merged model.
-        return state, (FrozenModel.of(pipeline.base_model(cfg)) if case.step == "student" else None)
+        return state, (FrozenModel.of(base_model(cfg)) if case.step == "student" else None)
 
     state, teacher = jax.eval_shape(models) if abstract else models()
     put = (lambda x: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)) if abstract \
@@ -134,7 +135,7 @@ def setup(cfg_dict: dict, weights_dir: str | None) -> dict:
     device = jax.devices()[0]
     _log(f"{jax.device_count()} {device.platform} device(s), {device.device_kind}; timing on device 0")
     if weights_dir:
-        save_pretrained(pipeline.base_model(cfg), weights_dir)
+        save_pretrained(base_model(cfg), weights_dir)
     peak = None if cfg.bench.compile_only else matmul_flops(device.platform, jnp.dtype(cfg.model.dtype))
     return dict(measured_peak_flops=peak,
                 device=dict(platform=device.platform, kind=device.device_kind, count=jax.device_count()),
