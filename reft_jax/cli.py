@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_config(config_file: str, overrides: list[str]):
     """The config file with --config.a.b=value overrides applied, through ml_collections' config flags."""
+    # The CLI's imports are deferred so that `reft-jax --help` and a bad argument answer at once, and so that
+    # `bench` never starts a JAX backend in the parent process (each framework runs in its own child).
     from absl import flags
     from ml_collections import config_flags
 

@@ -81,7 +81,7 @@ def write_markdown(report: dict, path: Path) -> None:
 
 def plot_filter_scores(scores_file: Path, tau: float, out: Path) -> bool:
     """Histogram of the filter scores of harmful vs harmless user data, with the threshold."""
-    import matplotlib
+    import matplotlib  # deferred: slow to import, and only the report's plots need it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -107,7 +107,7 @@ def plot_filter_scores(scores_file: Path, tau: float, out: Path) -> bool:
 
 def plot_losses(runs: dict[str, Path], out: Path) -> None:
     """Loss curves of the teacher and of each method's finetuning, from their metrics.jsonl."""
-    import matplotlib
+    import matplotlib  # deferred: slow to import, and only the report's plots need it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -131,7 +131,7 @@ def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
     cosine to R_l of the harmful and the harmless pool prompts and held-out prompts, and the held-out AUROC; faint,
     the training batches' mean cosines to the R_l they were trained against. Writes `out` (e.g.
     WORKDIR/teacher_refusal.png); False (nothing written) when no recomputation was logged."""
-    import matplotlib
+    import matplotlib  # deferred: slow to import, and only the report's plots need it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -284,6 +284,7 @@ def train_tokenizer(texts: Sequence[str], out_dir: str, *, vocab_size: int = 102
 
     Special tokens: <pad> 0, <s> 1 (BOS), </s> 2 (EOS), <unk> 3. Byte-level BPE never needs <unk>;
     it is there for configs that expect one."""
+    # deferred: tokenizers and transformers are slow to import, and only the demo's own tokenizer needs them here
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 

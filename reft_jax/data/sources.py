@@ -218,7 +218,7 @@ def _prepare_file(spec: SourceSpec, path: str):
         if not rest.strip():
             raise DataError(f"{spec.path}: no rows")
         header = first.rstrip("\r").split("\t") if tsv else next(csv.reader([first]))
-    import datasets
+    import datasets  # deferred, as in _datasets_load
 
     kwargs = dict(
         delimiter="\t" if tsv else ",",

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from reft_jax.errors import ConfigError
 from reft_jax.models import Transformer
@@ -169,8 +170,6 @@ def generate(model: Transformer | FrozenModel | TrainState, prompts: Sequence[Se
 
     key: PRNG key for sampling (default key 0); batch k samples with fold_in(key, k), so the same
     prompts, config and key give the same tokens."""
-    from tqdm.auto import tqdm
-
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"prompt {i} is empty: generation needs at least one prompt token")

@@ -33,6 +33,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from reft_jax.errors import ConfigError
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
@@ -394,8 +396,6 @@ def to_hf_dict(cfg: ModelConfig, base: dict | None = None) -> dict:
 
 def rope_inv_freq(cfg: ModelConfig):
     """Inverse RoPE frequencies [head_dim // 2] in float32, as transformers computes them."""
-    import numpy as np
-
     exponent = np.arange(0, cfg.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(cfg.head_dim)
     inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** exponent)).astype(np.float32)
     if cfg.rope_type == "linear":

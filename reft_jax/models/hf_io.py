@@ -212,7 +212,7 @@ def _hf_tensors(model: Transformer, dtype) -> Iterator[tuple[str, np.ndarray]]:
         target = _hf_target(path_)
         value = variable[...]
         if isinstance(value, jax.Array) and not value.is_fully_addressable:  # sharded across hosts: gather
-            from jax.experimental import multihost_utils
+            from jax.experimental import multihost_utils  # deferred: multi-host runs only
             value = multihost_utils.process_allgather(value, tiled=True)
         layers = [(target.name.format(i=i), value[i]) for i in range(value.shape[0])] if target.stacked \
             else [(target.name, value)]

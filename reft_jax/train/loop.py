@@ -60,11 +60,11 @@ class MetricsLog:
         workdir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
         if cfg.tensorboard:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # deferred: only runs that log to TensorBoard need it
             self.tb = SummaryWriter(str(workdir / "tensorboard"))
         if cfg.wandb:
             try:
-                import wandb
+                import wandb  # an optional dependency (reft-jax[wandb])
             except ImportError:
                 raise ReftError("logging.wandb=True but wandb is not installed (pip install 'reft-jax[wandb]')") \
                     from None
