@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, overrides) -> int:
-    from reft_jax import parallel, pipeline
+    from reft_jax.run_config import RunConfig
 
-    cfg = load_config(args.config, overrides)
+    cfg = RunConfig.of(load_config(args.config, overrides))  # the edge: typed and validated from here on
     if args.command == "bench":  # each framework runs in its own process: no JAX backend in this one
         from reft_jax.bench import markdown, run_bench
 
@@ -94,34 +94,33 @@ def _run(args, overrides) -> int:
         print(markdown(report), file=sys.stderr)
         print(json.dumps(report, indent=2))
         return 0
+    from reft_jax import parallel
+
     parallel.initialize_distributed(cfg.distributed)
     import jax
+
+    from reft_jax import pipeline, stages
+    from reft_jax.context import RunContext
+    from reft_jax.methods import METHODS
+    from reft_jax.stages import evaluate, ref_teacher_filter
 
     if jax.process_index() == 0:
         print(f"reft-jax {args.command}: {jax.process_count()} process(es), {jax.device_count()} "
               f"{jax.devices()[0].platform} device(s)", flush=True)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = pipeline.resolve_local_data(cfg)
-    cfg = pipeline.resolve_model(cfg, workdir)
-    cfg = pipeline.resolve_tokenizer(pipeline.resolve_demo(cfg, workdir), workdir)
+    ctx = RunContext.create(cfg, args.workdir)
     if args.command == "train-teacher":
-        out = pipeline.train_teacher(cfg, workdir)
-        print(f"teacher written to {out}")
+        print(f"teacher written to {stages.run_stage('teacher', ctx)}")
     elif args.command == "filter":
-        report = pipeline.run_filter(cfg, workdir, args.data)
-        print(json.dumps(report, indent=2))
+        print(json.dumps(ref_teacher_filter.run(ctx, args.data), indent=2))
     elif args.command == "finetune":
-        out = pipeline.finetune(cfg, workdir)
-        print(f"student written to {out}")
+        print(f"student written to {stages.finetune.run(ctx, METHODS['ref_teacher'])}")
     elif args.command == "evaluate":
-        print(json.dumps(_summary(pipeline.evaluate(cfg, workdir)), indent=2))
+        print(json.dumps(_summary(evaluate.run(ctx)), indent=2))
     elif args.command == "run":
-        print(json.dumps(_summary(pipeline.run(cfg, workdir, force=args.force)), indent=2))
-        print(f"report written to {workdir / 'report.md'}")
+        print(json.dumps(_summary(pipeline.run(ctx, force=args.force)), indent=2))
+        print(f"report written to {ctx.workdir.root / 'report.md'}")
     elif args.command == "export":
-        out = pipeline.export(cfg, workdir, Path(args.out))
-        print(f"exported to {out}")
+        print(f"exported to {pipeline.export(ctx, Path(args.out))}")
     return 0
 
 

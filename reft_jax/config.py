@@ -1,7 +1,7 @@
-"""Default run configuration (ml_collections), with the method defaults of DESIGN.md section 1.
+"""Default run configuration (ml_collections): every field, its default and what it means.
 
 Config files in configs/ start from `default_config()` and override fields; every field can also be set on
-the command line as --config.a.b=value.
+the command line as --config.a.b=value. The code reads the typed form of this tree (reft_jax.run_config).
 """
 
 from __future__ import annotations
@@ -176,15 +176,3 @@ def default_config() -> ml_collections.ConfigDict:
     c.bench.same_weights = False  # both frameworks load one random init (costs a checkpoint write)
     return c
 
-
-def with_fields(cfg: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
-    """A copy of cfg with dotted fields set, e.g. with_fields(cfg, {"distill.beta": 0.0}). Edits the plain dict,
-    so that a field may change type (a hub source given as a mapping replaced by a local path)."""
-    tree = cfg.to_dict()
-    for key, value in fields.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for name in parents:
-            node = node[name]
-        node[leaf] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
-    return ml_collections.ConfigDict(tree)

@@ -47,8 +47,9 @@ class FilterResult:
             out.update(metrics, auroc=refusal.auroc(self.score, self.label))
         return out
 
-    def write(self, out_dir: str | Path) -> dict:
-        """Writes scores.jsonl (index, score, flagged[, label]) and report.json; returns the report."""
+    def write(self, out_dir: str | Path, **fields) -> dict:
+        """Writes scores.jsonl (index, score, flagged[, label]) and report.json (the report, plus `fields`: what
+        was scored, the filter's own settings); returns the report."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         flagged = self.flagged
@@ -58,22 +59,16 @@ class FilterResult:
                 if self.label[i] >= 0:
                     line["label"] = bool(self.label[i])
                 f.write(json.dumps(line) + "\n")
-        report = self.report()
+        report = {**self.report(), **fields}
         (out_dir / FILTER_REPORT).write_text(json.dumps(report, indent=2) + "\n")
         return report
-
-
-def prompts_only(ds: TokenizedDataset) -> TokenizedDataset:
-    """The same examples without responses: the score reads the last prompt token, and the model is causal."""
-    empty = [np.zeros((0,), np.int32) for _ in ds.response_ids]
-    return dataclasses.replace(ds, response_ids=empty)
 
 
 def prompt_features(model: FrozenModel, ds: TokenizedDataset, layers: tuple[int, ...], *, batch_size: int,
                     buckets: Sequence[int], progress: bool = True, desc: str = "filter") -> np.ndarray:
     """Last-prompt-token hidden states at `layers` of every example, in dataset order: [len(layers), N, D]."""
     features = make_feature_fn(tuple(layers))
-    batches = Batches(prompts_only(ds), batch_size, buckets, shuffle=False, num_epochs=1)
+    batches = Batches(ds.prompts_only(), batch_size, buckets, shuffle=False, num_epochs=1)
     out = None
     for step in tqdm(range(batches.num_steps), desc=desc, disable=not progress):
         f = np.asarray(features(model, batches.batch(step)))

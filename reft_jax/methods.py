@@ -5,6 +5,7 @@ alignment by SFT on the alignment data), the filter in front of the user data (n
 or a Llama-Guard judge's), and what the alignment data adds to the finetuning loss (the teacher's
 distillation KL, or plain CE when it is trained jointly). Filters share one data flow (a FilterResult whose
 flagged examples are removed before batching), so swapping one leaves the rest of the pipeline as it is.
+The stages that produce a method's model follow from its recipe (reft_jax.stages.stages_of).
 """
 
 from __future__ import annotations
@@ -23,21 +24,6 @@ class Method:
     filter: str | None = None  # one of FILTERS, or None: finetune on all user data
     distill: bool = False  # + beta * KL(teacher || student) on alignment responses
     joint: bool = False  # + CE on alignment responses (SFT on alignment and user data together)
-
-    def stages(self) -> list[str]:
-        """The stages that produce this method's model, in the order they run."""
-        out = []
-        if self.filter == "ref_teacher" or self.distill:
-            out.append("teacher")
-        if self.start == "sa":
-            out.append("safety_alignment")
-        if self.filter:
-            out.append(filter_stage(self.filter))
-        return out + [f"finetune:{self.name}"]
-
-
-def filter_stage(name: str) -> str:
-    return "filter" if name == "ref_teacher" else f"filter:{name}"
 
 
 METHODS = {m.name: m for m in (

@@ -28,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from reft_jax.errors import ConfigError
+from reft_jax.run_config import DistributedSection
 from reft_jax.models import ModelConfig, Transformer
 from reft_jax.state import FrozenModel, TrainState, trainable_filter
 
@@ -72,7 +73,7 @@ def _cluster_environment() -> str | None:
     return None
 
 
-def initialize_distributed(cfg) -> None:
+def initialize_distributed(cfg: DistributedSection) -> None:
     """Joins the processes of a multi-host run (before any other JAX call that touches devices).
 
     With distributed.coordinator_address set, from the config fields; else, with auto_detect, from a TPU
@@ -81,10 +82,10 @@ def initialize_distributed(cfg) -> None:
     if jax.distributed.is_initialized():
         return
     if cfg.coordinator_address:
-        if not 0 <= int(cfg.process_id) < int(cfg.num_processes):
+        if not 0 <= cfg.process_id < cfg.num_processes:
             raise ConfigError(f"distributed.process_id={cfg.process_id} is not in [0, num_processes="
                               f"{cfg.num_processes})")
-        jax.distributed.initialize(cfg.coordinator_address, int(cfg.num_processes), int(cfg.process_id))
+        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     elif cfg.auto_detect and _cluster_environment():
         jax.distributed.initialize()
 

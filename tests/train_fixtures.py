@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from reft_jax.config import default_config, with_fields
+from reft_jax.config import default_config
 from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer
+from reft_jax.run_config import RunConfig
 
 VOCAB, B, T, PROMPT = 61, 4, 16, 8
 
@@ -39,4 +41,17 @@ def small_config(**overrides):
     cfg.checkpoint.every = 3
     cfg.logging.every = 1
     cfg.logging.progress = False
-    return with_fields(cfg, overrides)
+    return RunConfig.of(with_fields(cfg, overrides))
+
+
+def with_fields(cfg: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
+    """A copy of cfg with dotted fields set, e.g. with_fields(cfg, {"distill.beta": 0.0}). Edits the plain dict,
+    so that a field may change type (a hub source given as a mapping replaced by a local path)."""
+    tree = cfg.to_dict()
+    for key, value in fields.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for name in parents:
+            node = node[name]
+        node[leaf] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    return ml_collections.ConfigDict(tree)

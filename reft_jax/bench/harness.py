@@ -25,47 +25,49 @@ from scipy import stats
 from reft_jax import flops
 from reft_jax.bench import workload
 from reft_jax.errors import ConfigError
-from reft_jax.models.config import from_hf_dict
+from reft_jax.models.config import ModelConfig, from_hf_dict
 from reft_jax.models.from_config import lora_config
+from reft_jax.run_config import RunConfig
 
 FRAMEWORKS = ("jax", "torch")
 TORCH_VARIANTS = ("eager", "compile")
 
 
-def _subset(value, allowed, field: str) -> tuple:
-    """The selection as a tuple; "a,b" from the command line (one string in a tuple field) counts as a, b."""
-    value = tuple(part for entry in ((value,) if isinstance(value, str) else value) for part in str(entry).split(","))
+def _check_subset(value: tuple, allowed: tuple, field: str) -> None:
     bad = [v for v in value if v not in allowed]
     if bad or not value:
         raise ConfigError(f"{field}: {value!r} must be a non-empty selection of {allowed}")
-    return value
 
 
-def validate(cfg) -> None:
+def validate(cfg: RunConfig) -> None:
     b = cfg.bench
-    b.frameworks = _subset(b.frameworks, FRAMEWORKS, "bench.frameworks")
-    b.torch_variants = _subset(b.torch_variants, TORCH_VARIANTS, "bench.torch_variants")
-    b.steps = _subset(b.steps, workload.STEPS, "bench.steps")
-    b.finetune = _subset(b.finetune, workload.FINETUNES, "bench.finetune")
+    _check_subset(b.frameworks, FRAMEWORKS, "bench.frameworks")
+    _check_subset(b.torch_variants, TORCH_VARIANTS, "bench.torch_variants")
+    _check_subset(b.steps, workload.STEPS, "bench.steps")
+    _check_subset(b.finetune, workload.FINETUNES, "bench.finetune")
     if cfg.model.path:
         raise ConfigError("model.path: the benchmark builds a random init from model.init; leave model.path empty")
-    if int(cfg.model.init.vocab_size) <= 0:
+    if cfg.model.init.get("vocab_size", 0) <= 0:
         raise ConfigError("model.init.vocab_size: the benchmark needs an explicit vocabulary size")
-    model = from_hf_dict(cfg.model.init.to_dict(), where="config model.init")
-    if "lora" in b.finetune and int(cfg.model.lora.rank) <= 0:
+    model = init_config(cfg)
+    if "lora" in b.finetune and cfg.model.lora.rank <= 0:
         raise ConfigError("model.lora.rank: bench.finetune has 'lora' but the rank is 0")
-    if int(b.batch_size) < 1 or int(b.seq_len) < 2:
+    if b.batch_size < 1 or b.seq_len < 2:
         raise ConfigError(f"bench: batch_size {b.batch_size} and seq_len {b.seq_len} must be >= 1 and >= 2")
-    max_len = int(cfg.model.init.get("max_position_embeddings", 0) or 0)
-    if max_len and int(b.seq_len) > max_len:
+    max_len = cfg.model.init.get("max_position_embeddings") or 0
+    if max_len and b.seq_len > max_len:
         raise ConfigError(f"bench.seq_len: {b.seq_len} is longer than max_position_embeddings {max_len}")
-    if int(b.iters) < 1 or int(b.warmup) < 1:
+    if b.iters < 1 or b.warmup < 1:
         raise ConfigError("bench: warmup and iters must be >= 1 (the first call compiles and is never timed)")
-    if int(b.rounds) < 1:
+    if b.rounds < 1:
         raise ConfigError(f"bench.rounds: {b.rounds} must be >= 1")
-    layer = int(cfg.refusal.layer)
-    if layer >= model.num_layers:
-        raise ConfigError(f"refusal.layer: {layer} is not below num_hidden_layers {model.num_layers}")
+    if cfg.refusal.layer >= model.num_layers:
+        raise ConfigError(f"refusal.layer: {cfg.refusal.layer} is not below num_hidden_layers {model.num_layers}")
+
+
+def init_config(cfg: RunConfig) -> ModelConfig:
+    """The architecture of the benchmark's random init (model.init)."""
+    return from_hf_dict(dict(cfg.model.init), where="config model.init")
 
 
 def _child(framework: str, function: str, *args):
@@ -90,10 +92,10 @@ class _Worker:
         self.pool.shutdown()
 
 
-def _complete(result: dict, cfg, peak: float | None) -> dict:
+def _complete(result: dict, cfg: RunConfig, peak: float | None) -> dict:
     """Adds time statistics, tokens/s, model FLOPs and MFU to one case's rounds (None where it failed)."""
     b = cfg.bench
-    model = from_hf_dict(cfg.model.init.to_dict(), where="config model.init")
+    model = init_config(cfg)
     lora = lora_config(cfg) if result["finetune"] == "lora" else None
     step_flops = flops.step_flops(result["step"], model, b.batch_size, b.seq_len, lora)
     out = dict(result, tokens_per_step=flops.trained_tokens(result["step"], b.batch_size, b.seq_len),
@@ -139,7 +141,7 @@ def ratios(results: list[dict]) -> list[dict]:
     return out
 
 
-def run_bench(cfg, workdir: Path, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+def run_bench(cfg: RunConfig, workdir: Path, log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Runs the benchmark of `cfg` (fields under cfg.bench) and writes workdir/bench.json and bench.md, again
     after every measured case (a run cut short keeps what it measured; `complete` is then false).
 
@@ -151,15 +153,14 @@ def run_bench(cfg, workdir: Path, log=lambda m: print(m, file=sys.stderr, flush=
     b = cfg.bench
     cases = workload.cases(b)
     workdir.mkdir(parents=True, exist_ok=True)
-    compile_only = bool(b.compile_only)
+    compile_only = b.compile_only
     frameworks = ["jax"] if compile_only else [f for f in FRAMEWORKS if f in b.frameworks]  # JAX first: weights
     variants = {"jax": ("jit",), "torch": tuple(b.torch_variants)}
-    rounds = 1 if compile_only else int(b.rounds)
+    rounds = 1 if compile_only else b.rounds
     weights_dir = None
     if b.same_weights and frameworks == list(FRAMEWORKS):
         weights_dir = workdir / "bench_weights"
         shutil.rmtree(weights_dir, ignore_errors=True)
-    cfg_dict = cfg.to_dict()
     measured: dict[tuple, dict] = {}  # (framework, variant, step, finetune) -> first round's fields + rounds
     sides: dict[str, dict] = {}
     workers: dict[str, _Worker] = {}
@@ -170,12 +171,12 @@ def run_bench(cfg, workdir: Path, log=lambda m: print(m, file=sys.stderr, flush=
                 if framework not in workers:
                     log(f"reft-jax bench: {framework}: {', '.join(c.name for c in cases)}")
                     workers[framework] = _Worker(framework)
-                    sides[framework] = workers[framework]("setup", cfg_dict, weights_dir and str(weights_dir))
+                    sides[framework] = workers[framework]("setup", cfg, weights_dir and str(weights_dir))
                 for case, variant in ((c, v) for c in cases for v in variants[framework]):
                     key = (framework, variant, case.step, case.finetune)
                     if "error" in measured.get(key, {}):
                         continue
-                    out = workers[framework]("measure", cfg_dict, case, variant, rounds > 1,
+                    out = workers[framework]("measure", cfg, case, variant, rounds > 1,
                                              weights_dir and str(weights_dir))
                     entry = measured.setdefault(key, dict(zip(("framework", "variant", "step", "finetune"), key),
                                                           round_ms=[], times_ms=[]))
@@ -199,22 +200,21 @@ def run_bench(cfg, workdir: Path, log=lambda m: print(m, file=sys.stderr, flush=
     return report
 
 
-def _report(cfg, sides: dict, measured: dict, same_weights: bool, complete: bool) -> dict:
+def _report(cfg: RunConfig, sides: dict, measured: dict, same_weights: bool, complete: bool) -> dict:
     b = cfg.bench
     peaks = {f: s["measured_peak_flops"] for f, s in sides.items()}
     known = [p for p in peaks.values() if p]
-    peak = float(b.peak_flops) or (max(known) if known else None)
+    peak = b.peak_flops or (max(known) if known else None)
     results = [_complete(r, cfg, peak) for r in measured.values()]
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         complete=complete,
-        workload=dict(batch_size=int(b.batch_size), seq_len=int(b.seq_len), dtype=cfg.model.dtype,
-                      param_dtype=cfg.model.param_dtype, remat=cfg.model.remat, lora_rank=int(cfg.model.lora.rank),
-                      loss_block=int(cfg.model.loss_block), attention=cfg.model.attention,
-                      model=cfg.model.init.to_dict(), warmup=int(b.warmup), iters=int(b.iters),
-                      rounds=1 if b.compile_only else int(b.rounds), compile_only=bool(b.compile_only),
-                      same_weights=same_weights),
-        peak_flops=dict(value=peak, source="config" if float(b.peak_flops) else "measured_matmul", measured=peaks),
+        workload=dict(batch_size=b.batch_size, seq_len=b.seq_len, dtype=cfg.model.dtype,
+                      param_dtype=cfg.model.param_dtype, remat=cfg.model.remat, lora_rank=cfg.model.lora.rank,
+                      loss_block=cfg.model.loss_block, attention=cfg.model.attention, model=dict(cfg.model.init),
+                      warmup=b.warmup, iters=b.iters, rounds=1 if b.compile_only else b.rounds,
+                      compile_only=b.compile_only, same_weights=same_weights),
+        peak_flops=dict(value=peak, source="config" if b.peak_flops else "measured_matmul", measured=peaks),
         devices={f: s["device"] for f, s in sides.items()},
         host=dict(processor=processor(), cpu_count=os.cpu_count()),
         versions=dict(python=platform.python_version(), **{k: v for s in sides.values()

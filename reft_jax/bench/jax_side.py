@@ -14,12 +14,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from ml_collections import ConfigDict
 
 from reft_jax import parallel, refusal
 from reft_jax.bench import profile, workload
 from reft_jax.models import save_pretrained
 from reft_jax.models.from_config import base_model, trainable
+from reft_jax.run_config import RunConfig
 from reft_jax.state import FrozenModel, create_train_state
 from reft_jax.train import optim, steps
 
@@ -28,12 +28,12 @@ def _log(message: str) -> None:
     print(f"[bench jax] {message}", file=sys.stderr, flush=True)
 
 
-def _build_step(cfg, case: workload.Case, data: dict, r, abstract: bool = False):
+def _build_step(cfg: RunConfig, case: workload.Case, data: dict, r, abstract: bool = False):
     """(jitted step, its arguments): a fresh train state for `case` and, for the student, a frozen teacher.
     abstract: shapes and dtypes only (nothing allocated), enough to compile for the memory analysis."""
     tx = optim.make_optimizer(cfg.optim, total_steps=cfg.bench.warmup + cfg.bench.iters + 1)
-    layer = refusal.feature_layer(int(cfg.refusal.layer), int(cfg.model.init.num_hidden_layers))
-    block = int(cfg.model.loss_block)
+    layer = refusal.feature_layer(cfg.refusal.layer, cfg.model.init["num_hidden_layers"])
+    block = cfg.model.loss_block
 
     def models():
         base = base_model(cfg)
@@ -47,19 +47,18 @@ def _build_step(cfg, case: workload.Case, data: dict, r, abstract: bool = False)
         else jax.device_put
     align = put(data["align"])
     if case.step == "teacher":
-        step = steps.make_teacher_step(tx, steps.TeacherLoss(layer, float(cfg.refusal.lam), cfg.refusal.kind, block))
+        step = steps.make_teacher_step(tx, steps.TeacherLoss(layer, cfg.refusal.lam, cfg.refusal.kind, block))
         return step, (state, align, put(jnp.asarray(r)))
-    step = steps.make_student_step(tx, steps.StudentLoss(float(cfg.distill.beta), float(cfg.distill.temperature),
-                                                         block=block))
+    step = steps.make_student_step(tx, steps.StudentLoss(cfg.distill.beta, cfg.distill.temperature, block=block))
     return step, (state, teacher, put(data["user"]), align)
 
 
-def prepare(cfg, case: workload.Case) -> workload.Prepared:
+def prepare(cfg: RunConfig, case: workload.Case) -> workload.Prepared:
     """Builds and compiles `case` and runs its warm-up calls (with bench.compile_only: compiles for the shapes
     and returns the memory analysis alone, nothing allocated or run)."""
-    data = workload.batches(cfg.bench.batch_size, cfg.bench.seq_len, int(cfg.model.init.vocab_size), cfg.seed)
-    r = workload.refusal_direction(int(cfg.model.init.hidden_size), cfg.seed)
-    compile_only = bool(cfg.bench.compile_only)
+    data = workload.batches(cfg.bench.batch_size, cfg.bench.seq_len, cfg.model.init["vocab_size"], cfg.seed)
+    r = workload.refusal_direction(cfg.model.init["hidden_size"], cfg.seed)
+    compile_only = cfg.bench.compile_only
     step, args = _build_step(cfg, case, data, r, abstract=compile_only)
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
@@ -78,7 +77,7 @@ def prepare(cfg, case: workload.Case) -> workload.Prepared:
     try:
         metrics = call()
         info["first_loss"] = float(metrics["loss"])
-        for _ in range(int(cfg.bench.warmup) - 1):
+        for _ in range(cfg.bench.warmup - 1):
             jax.block_until_ready(call())
     except Exception as e:  # keep XLA's memory analysis of a step that compiled but does not fit
         raise workload.CaseFailed(e, info) from e
@@ -88,13 +87,12 @@ def prepare(cfg, case: workload.Case) -> workload.Prepared:
 _CASES: dict = {}  # prepared cases of this process, kept between rounds
 
 
-def measure(cfg_dict: dict, case: workload.Case, variant: str, keep: bool, weights_dir: str | None = None) -> dict:
+def measure(cfg: RunConfig, case: workload.Case, variant: str, keep: bool, weights_dir: str | None = None) -> dict:
     """One round of `case` in this (warm) process: see workload.measure_round. With bench.profile_dir, the
     case's first round ends with a profile of two more steps (profile.py)."""
     del variant, weights_dir  # JAX has one variant (jit) and builds its own init
-    cfg = ConfigDict(cfg_dict)
     try:
-        iters = 0 if cfg.bench.compile_only else int(cfg.bench.iters)
+        iters = 0 if cfg.bench.compile_only else cfg.bench.iters
         profile_now = case not in _CASES and cfg.bench.profile_dir and not cfg.bench.compile_only
         out = workload.measure_round(_CASES, case, lambda: prepare(cfg, case), iters, keep=True)
         if profile_now:
@@ -128,10 +126,9 @@ def _profile(step, folder: Path) -> list[dict]:
     return ops[:10]
 
 
-def setup(cfg_dict: dict, weights_dir: str | None) -> dict:
+def setup(cfg: RunConfig, weights_dir: str | None) -> dict:
     """Writes the random init to `weights_dir` for the PyTorch side (when given); returns this side's device,
     versions and measured matmul throughput."""
-    cfg = ConfigDict(cfg_dict)
     device = jax.devices()[0]
     _log(f"{jax.device_count()} {device.platform} device(s), {device.device_kind}; timing on device 0")
     if weights_dir:

@@ -15,11 +15,11 @@ import contextlib
 import sys
 import time
 
-from ml_collections import ConfigDict
 
 from reft_jax.bench import workload
 from reft_jax.errors import ConfigError
 from reft_jax.models.config import from_hf_dict, to_hf_dict
+from reft_jax.run_config import RunConfig
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ def refusal_regularizer(hidden, batch, r, eps: float = 1e-6) -> torch.Tensor:
 
 # -- models and steps ------------------------------------------------------------------------------
 
-def _model(cfg, weights_dir: str | None, device: torch.device, lora: bool) -> torch.nn.Module:
+def _model(cfg: RunConfig, weights_dir: str | None, device: torch.device, lora: bool) -> torch.nn.Module:
     import transformers
 
     dtype = _DTYPES[cfg.model.param_dtype]
@@ -77,7 +77,7 @@ def _model(cfg, weights_dir: str | None, device: torch.device, lora: bool) -> to
         model = transformers.AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype,
                                                                   attn_implementation="sdpa").to(device)
     else:
-        hf = to_hf_dict(from_hf_dict(cfg.model.init.to_dict(), where="config model.init"))
+        hf = to_hf_dict(from_hf_dict(dict(cfg.model.init), where="config model.init"))
         config = transformers.AutoConfig.for_model(hf.pop("model_type"), **hf)
         with device:
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
@@ -90,12 +90,12 @@ def _model(cfg, weights_dir: str | None, device: torch.device, lora: bool) -> to
         import peft
 
         lc = cfg.model.lora
-        model = peft.get_peft_model(model, peft.LoraConfig(r=int(lc.rank), lora_alpha=float(lc.alpha),
+        model = peft.get_peft_model(model, peft.LoraConfig(r=lc.rank, lora_alpha=lc.alpha,
                                                            target_modules=list(lc.targets), lora_dropout=0.0))
     return model
 
 
-def _optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [dict(params=[p for p in params if p.ndim >= 2], weight_decay=o.weight_decay),
@@ -107,9 +107,9 @@ def _optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
 
 
-def _loss_fn(cfg, case: workload.Case, model, teacher, layer: int, r: torch.Tensor, autocast):
-    beta, temperature = float(cfg.distill.beta), float(cfg.distill.temperature)
-    lam = float(cfg.refusal.lam)
+def _loss_fn(cfg: RunConfig, case: workload.Case, model, teacher, layer: int, r: torch.Tensor, autocast):
+    beta, temperature = cfg.distill.beta, cfg.distill.temperature
+    lam = cfg.refusal.lam
 
     def teacher_loss(user, align):
         with autocast():
@@ -152,12 +152,12 @@ def _peak(device: torch.device):
     return workload.HostPeak(), "host_rss"
 
 
-def prepare(cfg, case: workload.Case, variant: str, weights_dir, device) -> workload.Prepared:
+def prepare(cfg: RunConfig, case: workload.Case, variant: str, weights_dir, device) -> workload.Prepared:
     """Builds `case` (torch.compile'd for variant "compile") and runs its warm-up calls; its peak memory is
     measured over the build and the warm-up."""
-    torch.manual_seed(int(cfg.seed))
-    data = workload.batches(cfg.bench.batch_size, cfg.bench.seq_len, int(cfg.model.init.vocab_size), cfg.seed)
-    r = workload.refusal_direction(int(cfg.model.init.hidden_size), cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = workload.batches(cfg.bench.batch_size, cfg.bench.seq_len, cfg.model.init["vocab_size"], cfg.seed)
+    r = workload.refusal_direction(cfg.model.init["hidden_size"], cfg.seed)
     compute = _DTYPES[cfg.model.dtype]
     autocast = ((lambda: torch.autocast(device.type, dtype=compute)) if compute != torch.float32
                 else contextlib.nullcontext)
@@ -167,8 +167,8 @@ def prepare(cfg, case: workload.Case, variant: str, weights_dir, device) -> work
         teacher = None
         if case.step == "student":
             teacher = _model(cfg, weights_dir, device, lora=False).eval().requires_grad_(False)
-        num_layers = int(cfg.model.init.num_hidden_layers)
-        layer = num_layers // 2 if int(cfg.refusal.layer) < 0 else int(cfg.refusal.layer)
+        num_layers = cfg.model.init["num_hidden_layers"]
+        layer = num_layers // 2 if cfg.refusal.layer < 0 else cfg.refusal.layer  # refusal.feature_layer's rule
         loss_fn = _loss_fn(cfg, case, model, teacher, layer, torch.as_tensor(r, device=device), autocast)
         if variant == "compile":
             torch._dynamo.reset()
@@ -200,14 +200,13 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def measure(cfg_dict: dict, case: workload.Case, variant: str, keep: bool, weights_dir: str | None = None) -> dict:
+def measure(cfg: RunConfig, case: workload.Case, variant: str, keep: bool, weights_dir: str | None = None) -> dict:
     """One round of `case` in `variant` in this (warm) process: see workload.measure_round."""
-    cfg = ConfigDict(cfg_dict)
     device = _device()
     t0 = time.perf_counter()
     try:
         return workload.measure_round(_CASES, (case, variant), lambda: prepare(cfg, case, variant, weights_dir, device),
-                                      int(cfg.bench.iters), keep)
+                                      cfg.bench.iters, keep)
     except Exception as e:  # an out-of-memory case is a result (what does not fit), not a crash
         _log(f"{case.name} {variant}: failed: {workload.error_text(e)}")
         return dict(error=workload.error_text(e))
@@ -226,14 +225,13 @@ def matmul_flops(device: torch.device, dtype) -> float:
     return 2 * n**3 / workload.matmul_seconds(lambda: a @ b, sync)
 
 
-def setup(cfg_dict: dict, weights_dir: str | None) -> dict:
+def setup(cfg: RunConfig, weights_dir: str | None) -> dict:
     """Checks what the cases need; returns this side's device, versions and measured matmul throughput."""
     del weights_dir  # written by the JAX side
     import transformers
 
     transformers.logging.disable_progress_bar()  # one "Loading weights" bar per model built
     transformers.logging.set_verbosity_error()
-    cfg = ConfigDict(cfg_dict)
     device = _device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     _log(f"device {device} ({name}), {torch.get_num_threads()} CPU threads")

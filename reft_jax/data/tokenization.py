@@ -101,6 +101,10 @@ class TokenizedDataset:
             index=self.index[positions],
         )
 
+    def prompts_only(self) -> TokenizedDataset:
+        """The same examples without responses: a prompt's feature reads its last token, and the model is causal."""
+        return dataclasses.replace(self, response_ids=[np.zeros((0,), np.int32) for _ in self.response_ids])
+
 
 def tokenize(
     examples: Sequence[dict[str, Any]],

@@ -258,3 +258,20 @@ def _unsafe_label(hf: dict, num_labels: int, override: int | None, path: str) ->
     if num_labels < 2:
         raise ConfigError(f"{path}: a single-label classifier with {num_labels} label(s) has no unsafe label")
     return 1
+
+
+# The judges `eval.judge` names: each made from a checkpoint folder (None for the keyword judge, which has none).
+JUDGES = {
+    "keyword": lambda path: KeywordJudge(),
+    "llama_guard": LlamaGuardJudge,
+    "beavertails": BeaverTailsJudge,
+}
+
+
+def make_judge(kind: str, path: str = "") -> Judge:
+    """The judge `kind` (a key of JUDGES), loaded from the local checkpoint folder `path` when it has one."""
+    if kind not in JUDGES:
+        raise ConfigError(f"eval.judge: {kind!r} is not one of {', '.join(JUDGES)}")
+    if kind != "keyword" and not path:
+        raise ConfigError(f"eval.judge_path: the {kind} judge needs a local checkpoint folder")
+    return JUDGES[kind](path or None)

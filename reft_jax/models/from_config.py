@@ -15,47 +15,48 @@ from reft_jax.models.config import from_hf_dict
 from reft_jax.models.hf_io import from_pretrained
 from reft_jax.models.layers import LoraConfig
 from reft_jax.models.transformer import RuntimeOptions, Transformer, add_lora
+from reft_jax.run_config import RunConfig
 
 
-def runtime_options(cfg) -> RuntimeOptions:
+def runtime_options(cfg: RunConfig) -> RuntimeOptions:
     m = cfg.model
     return RuntimeOptions(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), attention=m.attention,
-                          remat=m.remat, scan_layers=bool(m.scan_layers))
+                          remat=m.remat, scan_layers=m.scan_layers)
 
 
-def lora_config(cfg) -> LoraConfig | None:
+def lora_config(cfg: RunConfig) -> LoraConfig | None:
     lora = cfg.model.lora
-    return LoraConfig(int(lora.rank), float(lora.alpha), tuple(lora.targets)) if int(lora.rank) > 0 else None
+    return LoraConfig(lora.rank, lora.alpha, lora.targets) if lora.rank > 0 else None
 
 
-def base_model(cfg, vocab_size: int | None = None) -> Transformer:
+def base_model(cfg: RunConfig, vocab_size: int | None = None) -> Transformer:
     """M0: the pretrained checkpoint at model.path, or a seeded random init from model.init (no LoRA)."""
     opts = runtime_options(cfg)
     if cfg.model.path:
         return from_pretrained(cfg.model.path, opts.dtype, opts.param_dtype, attention=opts.attention,
                                remat=opts.remat, scan_layers=opts.scan_layers)
-    hf = cfg.model.init.to_dict()
+    hf = dict(cfg.model.init)
     if not hf.get("vocab_size"):
         if vocab_size is None:
             raise ConfigError("model.init.vocab_size: 0 needs a tokenizer to size the vocabulary")
         hf["vocab_size"] = int(vocab_size)
-    return Transformer(from_hf_dict(hf, where="config model.init"), opts, rngs=nnx.Rngs(int(cfg.seed)))
+    return Transformer(from_hf_dict(hf, where="config model.init"), opts, rngs=nnx.Rngs(cfg.seed))
 
 
-def trainable(cfg, model: Transformer, salt: int) -> Transformer:
+def trainable(cfg: RunConfig, model: Transformer, salt: int) -> Transformer:
     """The model to train: with model.lora.rank > 0, the base plus fresh adapters."""
     lora = lora_config(cfg)
-    return add_lora(model, lora, nnx.Rngs(int(cfg.seed) + salt)) if lora else model
+    return add_lora(model, lora, nnx.Rngs(cfg.seed + salt)) if lora else model
 
 
-def vocab_of(cfg, tokenizer) -> int:
+def vocab_of(cfg: RunConfig, tokenizer) -> int:
     """The vocabulary size the model will have: its checkpoint's, or the tokenizer's for a random init."""
     if cfg.model.path:
         return int(json.loads((Path(cfg.model.path) / "config.json").read_text())["vocab_size"])
     return int(cfg.model.init.get("vocab_size") or len(tokenizer))
 
 
-def load_stage_model(folder: Path, cfg, what: str) -> Transformer:
+def load_stage_model(folder: Path, cfg: RunConfig, what: str) -> Transformer:
     """The teacher or student a previous stage wrote (what: "teacher" or "student")."""
     if not (folder / "config.json").exists():
         command = {"teacher": "train-teacher", "student": "finetune"}.get(what, "run")

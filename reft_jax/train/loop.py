@@ -2,7 +2,8 @@
 
 It owns what every run needs around a pure step: resuming from the latest checkpoint, metrics (JSONL,
 TensorBoard, optionally Weights & Biases), a progress bar, periodic checkpoints, a checkpoint on SIGTERM
-(preemption), and a clean stop when the loss is not finite. Batches are a function of the step index, so the
+(preemption), a clean stop when the loss is not finite, and the run's own every-N hooks (the teacher's
+recomputation of the refusal feature). Batches are a function of the step index, so the
 step is the whole data position and a resumed run sees exactly the batches an uninterrupted one would.
 """
 
@@ -14,7 +15,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 from tqdm.auto import tqdm
@@ -23,10 +24,25 @@ from reft_jax.checkpoint import Checkpointer
 from reft_jax.errors import ReftError
 from reft_jax.workdir import CHECKPOINTS, METRICS
 
-StepFn = Callable[[Any, Any, int], tuple[Any, dict]]  # (state, extras, step) -> (state, metrics)
-# (state, extras, step) -> (extras, metrics), before each step and once after the last one; metrics (a dict of
-# floats, usually empty) go into the log record of the step that follows, or of the last step.
-RefreshFn = Callable[[Any, Any, int], tuple[Any, dict]]
+StepFn = Callable[[Any, int], tuple[Any, dict]]  # (state, step) -> (state, metrics)
+
+
+class Hook:
+    """An every-N callback of the loop, e.g. the teacher's recomputation of the refusal feature.
+
+    `__call__(state, step)` runs before step `step` whenever step % every == 0 (the first step of a run or of a
+    resumed run included) and once more after the last step (step == the run's steps), before the final
+    checkpoint. It returns metrics (a dict of floats, often empty) that go into the log record of the step that
+    follows, or of the last step for the final call; a record with hook metrics is written whatever
+    logging.every says. `carry` is a pytree of arrays the hook keeps between calls (its result, read by the
+    step); the loop checkpoints it with the train state and restores it on resume.
+    """
+
+    every: int = 1
+    carry: Any = None
+
+    def __call__(self, state: Any, step: int) -> dict[str, float]:
+        raise NotImplementedError
 
 
 class TrainingDiverged(ReftError):
@@ -120,23 +136,23 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: StepFn, *, extras: Any = None,
-        refresh: RefreshFn | None = None, meta: dict | None = None, run_config: dict | None = None) -> tuple[Any, Any]:
-    """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (or from `state`) up to cfg.steps.
-
-    extras: arrays saved with the state (e.g. the refusal feature); refresh(state, extras, step) may update
-    them before each step and after the last one (step == cfg.steps, before the final checkpoint), and
-    returns (extras, metrics): metrics that are not empty are written with the record of the step after it
-    (the last step's for the final call), which is then logged whatever log_every says.
+def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: StepFn, *,
+        hooks: Sequence[Hook] = (), meta: dict | None = None, run_config: dict | None = None) -> Any:
+    """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (or from `state`) up to cfg.steps,
+    calling `hooks` (see Hook) between steps. Around the steps it owns the progress bar, the metrics log (every
+    cfg.log_every steps), checkpoints (every cfg.checkpoint_every steps, at the end and on SIGTERM) and the
+    stop on a non-finite loss.
     meta: JSON facts the run must agree with on resume (e.g. the seed).
-    Returns the final (state, extras).
+    Returns the final state.
     """
     workdir = Path(workdir)
     meta = dict(meta or {})
     checkpoints = Checkpointer(workdir / CHECKPOINTS, max_to_keep=cfg.max_to_keep)
     start = checkpoints.latest_step() or 0
     if start:
-        state, extras, saved_meta = checkpoints.restore(start, state, extras)
+        state, carries, saved_meta = checkpoints.restore(start, state, [h.carry for h in hooks])
+        for hook, carry in zip(hooks, carries):
+            hook.carry = carry
         changed = {k: (saved_meta.get(k), v) for k, v in meta.items() if saved_meta.get(k) != v}
         if changed:
             key, (old, new) = next(iter(changed.items()))
@@ -150,10 +166,11 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
     try:
         with _SigtermFlag() as sigterm:
             while step < cfg.steps:
-                refreshed = {}
-                if refresh is not None:
-                    extras, refreshed = refresh(state, extras, step)
-                state, metrics = step_fn(state, extras, step)
+                hooked = {}
+                for hook in hooks:
+                    if step % hook.every == 0:
+                        hooked.update(hook(state, step))
+                state, metrics = step_fn(state, step)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 step += 1
                 if not math.isfinite(metrics["loss"]):
@@ -161,20 +178,20 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
                     raise TrainingDiverged(
                         f"{name}: loss is {metrics['loss']} at step {step}; stopped. Last good checkpoint: "
                         f"{f'step {last}' if last else 'none'} in {checkpoints.directory}")
-                if refresh is not None and step == cfg.steps:
-                    extras, final = refresh(state, extras, step)
-                    refreshed = {**refreshed, **final}
-                metrics.update({k: float(v) for k, v in refreshed.items()})
+                if step == cfg.steps:
+                    for hook in hooks:
+                        hooked.update(hook(state, step))
+                metrics.update({k: float(v) for k, v in hooked.items()})
                 window_tokens += metrics.get("tokens", 0.0)
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps or refreshed:
+                if step % cfg.log_every == 0 or step == cfg.steps or hooked:
                     elapsed = time.perf_counter() - window_start
                     metrics["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
                     log.write(step, metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                     window_tokens, window_start = 0.0, time.perf_counter()
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or sigterm.raised:
-                    checkpoints.save(step, state, extras, meta)
+                    checkpoints.save(step, state, [h.carry for h in hooks], meta)
                 if sigterm.raised:
                     checkpoints.wait()
                     raise Preempted(f"{name}: SIGTERM at step {step}; checkpoint saved in {checkpoints.directory}")
@@ -182,5 +199,4 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
         bar.close()
         log.close()
         checkpoints.close()
-    return state, extras
-
+    return state

@@ -6,14 +6,15 @@ import jax
 import optax
 
 from reft_jax.errors import ConfigError
+from reft_jax.run_config import OptimSection
 
 # Parameters that weight decay applies to: matrices, not norms or biases.
 _DECAYED = ("kernel", "embed_tokens", "lora_a", "lora_b")
 
 
-def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
-    """cfg: learning_rate, warmup_steps, schedule ("cosine" or "constant"), end_lr_ratio (cosine only)."""
-    warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+def learning_rate_schedule(cfg: OptimSection, total_steps: int) -> optax.Schedule:
+    """The learning rate per update: linear warmup, then cosine decay to end_lr_ratio x peak, or constant."""
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
@@ -31,7 +32,7 @@ def _decay_mask(params):
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimSection, total_steps: int) -> optax.GradientTransformation:
     """total_steps counts optimizer updates; with grad_accum = k each update consumes k step calls."""
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
@@ -39,5 +40,5 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
                     weight_decay=cfg.weight_decay, mask=_decay_mask),
     )
     if cfg.grad_accum > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=int(cfg.grad_accum))
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum)
     return tx

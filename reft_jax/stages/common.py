@@ -1,0 +1,32 @@
+"""What several stages do the same way: save a trained model, write a filter's outputs, count scoring FLOPs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+from reft_jax import cost
+from reft_jax.data import Batches
+from reft_jax.filter import FilterResult
+from reft_jax.models import ModelConfig, Transformer, save_pretrained
+
+
+def save_model(model: Transformer, tokenizer, folder: Path) -> None:
+    """A Hugging Face folder with the tokenizer; every process takes part (gathers), process 0 writes."""
+    save_pretrained(model, folder)
+    if jax.process_index() == 0:
+        tokenizer.save_pretrained(str(folder))
+
+
+def write_filter(result: FilterResult, folder: Path, **fields) -> dict:
+    """scores.jsonl and report.json (process 0); the report, with `fields` (what was scored, the settings)."""
+    report = {**result.report(), **fields}
+    if jax.process_index() == 0:
+        result.write(folder, **fields)
+    return report
+
+
+def prompt_flops(model_cfg: ModelConfig, batches: Batches) -> int:
+    """Forward FLOPs of one pass over prompt batches (a scoring pass)."""
+    return cost.forward_flops(model_cfg, batches.batch, batches.num_steps)

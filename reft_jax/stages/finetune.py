@@ -1,0 +1,64 @@
+"""Stage 3, one per method: a method's starting model finetuned on its (filtered) user data, with what it adds
+from the alignment data. For ref_teacher (the `finetune` command): the base model on the Ref-Teacher-filtered
+data, distilling the teacher; its model is WORKDIR/student/model, every other method's WORKDIR/METHOD/model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reft_jax import cost
+from reft_jax.context import RunContext
+from reft_jax.errors import ReftError
+from reft_jax.methods import Method
+from reft_jax.models.from_config import base_model, load_stage_model, lora_config, trainable
+from reft_jax.stages.common import save_model
+from reft_jax.train import runs
+from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES, Workdir, model_dir
+
+
+def flagged_indices(wd: Workdir, filter_name: str = "ref_teacher") -> set[int]:
+    """Indices of the user examples a filter flagged (from its scores of the user data)."""
+    folder = wd.filter(filter_name)
+    path, report = folder / FILTER_SCORES, folder / FILTER_REPORT
+    if not path.exists() or not report.exists():
+        command = "reft-jax filter" if filter_name == "ref_teacher" else f"reft-jax run with the {filter_name} filter"
+        raise ReftError(f"{path}: missing; run `{command}` first")
+    scored = json.loads(report.read_text()).get("data")
+    if scored != "user":
+        raise ReftError(f"{report}: holds the scores of {scored}, not of the user data; run `reft-jax filter` "
+                        "without --data first")
+    return {r["index"] for r in map(json.loads, path.read_text().splitlines()) if r["flagged"]}
+
+
+def run(ctx: RunContext, method: Method) -> Path:
+    cfg, wd = ctx.cfg, ctx.workdir
+    out = wd.method(method.name)
+    with cost.Stage(out, f"finetune:{method.name}") as stage:
+        user = ctx.user
+        if method.filter:
+            flagged = flagged_indices(wd, method.filter)
+            user = user.select([i for i, index in enumerate(user.index) if int(index) not in flagged])
+            if len(user) == 0:
+                raise ReftError(f"{wd.filter(method.filter)}: the filter flagged every user example; "
+                                "nothing to finetune on")
+        teacher = load_stage_model(model_dir(wd.teacher), cfg, "teacher") if method.distill else None
+        if method.start == "sa":
+            start = load_stage_model(model_dir(wd.safety_aligned), cfg, "safety-aligned model")
+        else:
+            start = base_model(cfg, ctx.vocab)
+        model = trainable(cfg, start, salt=2)
+        user_batches = ctx.batches(user, seed_offset=2)
+        align_batches = ctx.batches(ctx.alignment, seed_offset=3)
+        steps = cfg.student.steps
+        student = runs.train_student(cfg, model, teacher, out, user_batches.batch, align_batches.batch, steps=steps,
+                                     beta=cfg.distill.beta if method.distill else 0.0,
+                                     alpha=cfg.baselines.joint_weight if method.joint else 0.0)
+        save_model(student, ctx.tokenizer, model_dir(out))
+        lora = lora_config(cfg)
+        stage.flops = cost.train_flops(model.cfg, lora, user_batches.batch, steps)
+        if method.distill or method.joint:
+            stage.flops += cost.train_flops(model.cfg, lora, align_batches.batch, steps)
+        if method.distill:
+            stage.flops += cost.forward_flops(model.cfg, align_batches.batch, steps)
+    return out

@@ -1,0 +1,46 @@
+"""Stage 2: the Ref-Teacher filter. The frozen teacher scores the user data (or a file of prompts) by the cosine of
+each prompt's feature with R_l, and flags what scores above tau (WORKDIR/filter/scores.jsonl, report.json)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from reft_jax import cost
+from reft_jax import data as rdata
+from reft_jax import filter as rfilter
+from reft_jax.context import RunContext
+from reft_jax.errors import ReftError
+from reft_jax.models.from_config import load_stage_model
+from reft_jax.stages.common import prompt_flops, write_filter
+from reft_jax.state import FrozenModel
+from reft_jax.workdir import Workdir, model_dir
+
+
+def teacher_settings(wd: Workdir) -> tuple[np.ndarray, int, float]:
+    """The teacher stage's R_l, layer and tau."""
+    try:
+        r = np.load(wd.refusal_feature)
+        settings = json.loads(wd.filter_settings.read_text())
+    except FileNotFoundError as e:
+        raise ReftError(f"{e.filename}: missing; run `reft-jax train-teacher` first") from None
+    return r, int(settings["layer"]), float(settings["tau"])
+
+
+def run(ctx: RunContext, data_file: str | None = None) -> dict:
+    """Scores the user data, or with data_file a JSONL of prompts with optional `harmful` labels."""
+    cfg, wd = ctx.cfg, ctx.workdir
+    with cost.Stage(wd.filter(), "filter") as stage:
+        teacher = load_stage_model(model_dir(wd.teacher), cfg, "teacher")
+        r, layer, tau = teacher_settings(wd)
+        if data_file:
+            examples = ctx.load_examples(rdata.SourceSpec(data_file), with_response=False)
+            ds = ctx.tokenize(examples, f"tokenizing {data_file}", vocab_size=teacher.cfg.vocab_size)
+        else:
+            ds = ctx.user
+        result = rfilter.run_filter(FrozenModel.of(teacher), ds, r, layer, tau, batch_size=cfg.filter.batch_size,
+                                    buckets=list(cfg.data.buckets), progress=cfg.logging.progress)
+        report = write_filter(result, wd.filter(), data=data_file or "user")
+        stage.flops = prompt_flops(teacher.cfg, ctx.prompt_batches(ds, cfg.filter.batch_size))
+    return report

@@ -1,0 +1,59 @@
+"""The SAFT baseline's filter (reft_jax.saft) on the base model's features, its layer, k and sign chosen on a
+labelled validation pool (saft.val_source); WORKDIR/filters/saft/."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reft_jax import cost, saft
+from reft_jax import filter as rfilter
+from reft_jax.context import RunContext
+from reft_jax.errors import ConfigError
+from reft_jax.models.from_config import base_model
+from reft_jax.run_config import SaftSection
+from reft_jax.stages.common import prompt_flops, write_filter
+from reft_jax.state import FrozenModel
+
+
+def saft_layers(cfg: SaftSection, num_layers: int) -> tuple[int, ...]:
+    """saft.layers, or by default the blocks at a quarter, half and three quarters of the depth."""
+    bad = [x for x in cfg.layers if not 0 < x <= num_layers]
+    if bad:
+        raise ConfigError(f"saft.layers: {bad[0]} is not a hidden_states index in 1..{num_layers}")
+    default = (max(num_layers // 4, 1), max(num_layers // 2, 1), max(3 * num_layers // 4, 1))
+    return tuple(dict.fromkeys(cfg.layers or default))
+
+
+def labelled_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Positions of n // 2 harmful and n - n // 2 harmless examples (fewer if a class has fewer), seeded."""
+    rng = np.random.default_rng(seed + 7)
+    harmful, harmless = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    k = min(n // 2, len(harmful))
+    picks = [rng.choice(harmful, k, replace=False), rng.choice(harmless, min(n - k, len(harmless)), replace=False)]
+    return np.sort(np.concatenate(picks))
+
+
+def run(ctx: RunContext) -> dict:
+    cfg, s = ctx.cfg, ctx.cfg.saft
+    folder = ctx.workdir.filter("saft")
+    with cost.Stage(folder, "filter:saft") as stage:
+        model = base_model(cfg, ctx.vocab)
+        layers = saft_layers(s, model.cfg.num_layers)
+        kw = dict(batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets), progress=cfg.logging.progress)
+        frozen = FrozenModel.of(model)
+        user_ds = ctx.user
+        user = rfilter.prompt_features(frozen, user_ds, layers, desc="saft: user prompts", **kw)
+        if s.val_source == "user":
+            pick = labelled_sample(user_ds.harmful, s.n_val, cfg.seed)
+            val, val_labels = user[:, pick], user_ds.harmful[pick]
+        else:
+            val = rfilter.prompt_features(frozen, ctx.pool, layers, desc="saft: validation pool", **kw)
+            val_labels = ctx.pool.harmful
+        result, choice = saft.run_filter(user, user_ds.index, user_ds.harmful, val, val_labels, layers, ks=list(s.ks),
+                                         weighted=s.weighted, percentile=s.percentile)
+        report = write_filter(result, folder, data="user", method="saft", k=choice.k, sign=choice.sign,
+                              val_auroc=choice.val_auroc, val_source=s.val_source, num_val=len(val_labels),
+                              percentile=s.percentile)
+        scored = (user_ds, ctx.pool) if s.val_source == "pool" else (user_ds,)
+        stage.flops = sum(prompt_flops(model.cfg, ctx.prompt_batches(ds, cfg.filter.batch_size)) for ds in scored)
+    return report
