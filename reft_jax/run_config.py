@@ -293,7 +293,7 @@ def _convert(tp, value, where: str):
                 return _convert(member, value, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: {value!r} is not a {' or '.join(_name(m) for m in typing.get_args(tp))}")
+        raise ConfigError(f"{where}: {value!r} is not {' or '.join(_name(m) for m in typing.get_args(tp))}")
     if origin is tuple:
         item = typing.get_args(tp)[0]
         if item is str:  # a selection given on the command line as "a,b" (a string, or one in a tuple)
@@ -315,8 +315,8 @@ def _convert(tp, value, where: str):
         return value
     if tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
         return value
-    raise ConfigError(f"{where}: {value!r} is not a {_name(tp)}")
+    raise ConfigError(f"{where}: {value!r} is not {_name(tp)}")
 
 
 def _name(tp) -> str:
-    return {type(None): "None", dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {type(None): "None", dict: "a mapping", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))

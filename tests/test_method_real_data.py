@@ -17,6 +17,7 @@ from reft_jax import refusal
 from reft_jax.config import default_config
 from reft_jax.evaluation.likelihood import response_logprob
 from reft_jax.models import ModelConfig, RuntimeOptions, Transformer
+from reft_jax.run_config import RunConfig
 from reft_jax.train import runs
 from reft_jax.state import FrozenModel
 from flax import nnx
@@ -40,7 +41,7 @@ def config(**steps):
     cfg.logging.every = 10
     cfg.logging.progress = False
     cfg.logging.tensorboard = False
-    return cfg
+    return RunConfig.of(cfg)
 
 
 def texts(path, *keys):
@@ -98,7 +99,7 @@ def held_out_auroc(model, r, layer, ds):
 @pytest.fixture(scope="module")
 def teacher(setup):
     cfg = config()
-    pool = [b for b in rdata.Batches(rfilter.prompts_only(setup["pool"]), 32, BUCKETS, shuffle=False,
+    pool = [b for b in rdata.Batches(setup["pool"].prompts_only(), 32, BUCKETS, shuffle=False,
                                      num_epochs=1)]
     model, r = runs.train_teacher(cfg, base_model(), setup["folder"] / "teacher", batches(setup["alignment"]).batch,
                                   pool)
@@ -110,7 +111,7 @@ def test_teacher_separates_held_out_prompts(setup, teacher):
     auroc = held_out_auroc(model, r, 1, setup["held_out"])
     # The same measure on the untrained base with its own refusal feature, for reference.
     base = base_model()
-    pool = list(rdata.Batches(rfilter.prompts_only(setup["pool"]), 32, BUCKETS, shuffle=False, num_epochs=1))
+    pool = list(rdata.Batches(setup["pool"].prompts_only(), 32, BUCKETS, shuffle=False, num_epochs=1))
     from reft_jax.refusal import make_feature_fn
     r0 = runs.compute_refusal_feature(make_feature_fn(1), FrozenModel.of(base), pool)
     base_auroc = held_out_auroc(base, np.asarray(r0), 1, setup["held_out"])
@@ -139,12 +140,12 @@ def test_distilled_student_refuses_more_and_learns_the_task(setup, teacher):
     report = result.report()
     kept = rfilter.kept_dataset(setup["user"], result)
     align_batches = batches(setup["alignment"], seed=3).batch
-    defended = runs.train_student(config(), base_model(), teacher_model, setup["folder"] / "defended",
-                                  batches(kept, seed=2).batch, align_batches)
     cfg = config()
-    cfg.distill.beta = 0.0
+    steps = cfg.student.steps
+    defended = runs.train_student(cfg, base_model(), teacher_model, setup["folder"] / "defended",
+                                  batches(kept, seed=2).batch, align_batches, steps=steps, beta=cfg.distill.beta)
     undefended = runs.train_student(cfg, base_model(), teacher_model, setup["folder"] / "undefended",
-                                    batches(setup["user"], seed=2).batch, align_batches)
+                                    batches(setup["user"], seed=2).batch, align_batches, steps=steps, beta=0.0)
     rates = {name: refusal_preference(m, setup) for name, m in
              (("base", base_model()), ("no_defense", undefended), ("ref_teacher", defended))}
     ce = [json.loads(line)["ce"] for line in (setup["folder"] / "defended" / "metrics.jsonl").read_text().splitlines()]

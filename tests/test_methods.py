@@ -8,18 +8,26 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from reft_jax import pipeline
+from reft_jax import data as rdata
+from reft_jax import stages
 from reft_jax.cli import DEMO_CONFIG, load_config, main
+from reft_jax.context import RunContext
 from reft_jax.errors import ConfigError
 from reft_jax.methods import METHODS, selected
+from reft_jax.stages import finetune, llama_guard_filter, saft_filter
+from reft_jax.workdir import Workdir
 
 from test_cli import TINY
 
 ALL = [*TINY, "--config.methods=all", "--config.baselines.sa_steps=8"]
 
 
+def context(workdir, *overrides) -> RunContext:
+    return RunContext.create(load_config(str(DEMO_CONFIG), [*ALL, *overrides]), workdir)
+
+
 def test_stage_order_of_every_method():
-    assert {name: m.stages() for name, m in METHODS.items()} == {
+    assert {name: stages.stages_of(m) for name, m in METHODS.items()} == {
         "ref_teacher": ["teacher", "filter", "finetune:ref_teacher"],
         "no_defense": ["finetune:no_defense"],
         "sa_ft": ["safety_alignment", "finetune:sa_ft"],
@@ -40,31 +48,32 @@ def test_method_selection():
     assert [m.name for m in selected("saft, sa_ft")] == ["ref_teacher", "no_defense", "saft", "sa_ft"]
     with pytest.raises(ConfigError, match="unknown method 'lora_only'"):
         selected("ref_teacher,lora_only")
-    plan = pipeline.stage_plan(selected("all"))
+    plan = stages.plan(selected("all"))
     assert plan[:2] == ["teacher", "safety_alignment"] and plan[2:5] == ["filter", "filter:saft", "filter:llama_guard"]
     assert plan[5:] == [f"finetune:{name}" for name in METHODS]
 
 
-DATA_LOADS = []  # pipeline.load_data calls during the all-methods run
+TOKENIZED = []  # what was tokenized during the all-methods run (the desc of each call)
 
 
 @pytest.fixture(scope="module")
 def all_methods(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("all_methods")
-    load_data = pipeline.load_data
+    tokenize = rdata.tokenize
 
     def counted(*args, **kwargs):
-        DATA_LOADS.append(args)
-        return load_data(*args, **kwargs)
+        TOKENIZED.append(kwargs["desc"])
+        return tokenize(*args, **kwargs)
 
-    with mock.patch.object(pipeline, "load_data", counted):
+    with mock.patch.object(rdata, "tokenize", counted):
         assert main(["run", "--workdir", str(workdir), *ALL]) == 0
     return workdir
 
 
 def test_run_fills_the_whole_table(all_methods):
-    # Eleven stages, one run context: the data is read and tokenized once.
-    assert len(DATA_LOADS) == 1
+    # Eleven stages, one run context: each dataset is read and tokenized once.
+    assert sorted(TOKENIZED) == sorted(["tokenizing alignment data", "tokenizing user data", "tokenizing refusal pool",
+                                        "tokenizing held-out prompts"])
     report = json.loads((all_methods / "report.json").read_text())
     methods = report["methods"]
     assert list(methods) == list(METHODS)
@@ -73,7 +82,7 @@ def test_run_fills_the_whole_table(all_methods):
         if name == "llamaguard_filter":
             continue
         assert 0 <= m["harmful_score"] <= 1 and 0 <= m["finetune_accuracy"] <= 1, name
-        assert m["stages"] == METHODS[name].stages()
+        assert m["stages"] == stages.stages_of(METHODS[name])
         cost = m["cost"]
         assert cost["wall_s"] > 0 and cost["device_s"] >= cost["wall_s"] and cost["flops"] > 0, name
         assert [s["stage"] for s in cost["stages"]] == m["stages"]
@@ -101,8 +110,7 @@ def test_swapping_the_filter_leaves_the_rest_untouched(all_methods, tmp_path):
     shutil.rmtree(workdir / "saft")
     shutil.rmtree(workdir / "filters" / "saft")
     shutil.copytree(workdir / "filter", workdir / "filters" / "saft")
-    cfg = pipeline.resolve_tokenizer(pipeline.resolve_demo(load_config(str(DEMO_CONFIG), ALL), workdir), workdir)
-    pipeline.finetune(cfg, workdir, "saft")
+    finetune.run(context(workdir), METHODS["saft"])
 
     def losses(folder):
         return [json.loads(line)["loss"] for line in (workdir / folder / "metrics.jsonl").read_text().splitlines()]
@@ -122,9 +130,8 @@ def test_llama_guard_filter_drops_what_the_judge_calls_unsafe(all_methods, tmp_p
 
     workdir = tmp_path / "guard"
     shutil.copytree(all_methods, workdir)
-    cfg = pipeline.resolve_tokenizer(pipeline.resolve_demo(
-        load_config(str(DEMO_CONFIG), [*ALL, f"--config.baselines.llama_guard_path={tmp_path}"]), workdir), workdir)
-    harmful_responses = {ex["response"] for ex in _user_examples(cfg) if ex["harmful"]}
+    ctx = context(workdir, f"--config.baselines.llama_guard_path={tmp_path}")
+    harmful_responses = {ex["response"] for ex in ctx.user_examples if ex["harmful"]}
 
     class StubJudge:
         name = "stub_guard"
@@ -144,22 +151,13 @@ def test_llama_guard_filter_drops_what_the_judge_calls_unsafe(all_methods, tmp_p
             return [r in harmful_responses for r in responses]
 
     monkeypatch.setattr(judges, "LlamaGuardJudge", StubJudge)
-    report = pipeline.run_llama_guard_filter(cfg, workdir)
+    report = llama_guard_filter.run(ctx)
     assert report["precision"] == 1.0 and report["recall"] == 1.0 and report["judge"] == "stub_guard"
     scores = [json.loads(line) for line in (workdir / "filters" / "llama_guard" / "scores.jsonl").read_text().splitlines()]
     assert all(s["flagged"] == s["label"] for s in scores)
     assert json.loads((workdir / "filters" / "llama_guard" / "cost.json").read_text())["flops"] > 0
-    flagged = pipeline.flagged_indices(workdir, "llama_guard")
+    flagged = finetune.flagged_indices(Workdir(workdir), "llama_guard")
     assert flagged == {s["index"] for s in scores if s["label"]} and len(flagged) > 0
-
-
-def _user_examples(cfg):
-    from reft_jax import data as rdata
-
-    d = cfg.data
-    tokenizer = pipeline.load_tokenizer(cfg)
-    return rdata.user_data(d.user.task, d.user.source or None, d.user.harmful_source, n=int(d.user.n),
-                           p=float(d.user.p), seed=int(cfg.seed), template=d.template, tokenizer=tokenizer)
 
 
 def test_sa_plus_ft_trains_on_the_alignment_responses_too(all_methods):
@@ -175,10 +173,8 @@ def test_saft_validated_on_the_refusal_pool(all_methods, tmp_path):
     """saft.val_source=pool: the layer, k and sign come from data.pool's labelled prompts instead."""
     workdir = tmp_path / "pool"
     shutil.copytree(all_methods, workdir)
-    cfg = pipeline.resolve_tokenizer(pipeline.resolve_demo(
-        load_config(str(DEMO_CONFIG), [*ALL, "--config.saft.val_source=pool"]), workdir), workdir)
-    report = pipeline.run_saft_filter(cfg, workdir)
+    report = saft_filter.run(context(workdir, "--config.saft.val_source=pool"))
     assert report["val_source"] == "pool" and report["num_val"] == 2 * 16  # data.pool.n_each=16 per class
     assert report["num_flagged"] == pytest.approx(0.15 * 80, abs=1)
-    with pytest.raises(ConfigError, match="saft.val_source"):
-        pipeline.run_saft_filter(load_config(str(DEMO_CONFIG), [*ALL, "--config.saft.val_source=labels"]), workdir)
+    with pytest.raises(ConfigError, match="^saft.val_source: 'labels' is not one of user, pool$"):
+        context(workdir, "--config.saft.val_source=labels")

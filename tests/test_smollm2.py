@@ -9,7 +9,8 @@ import pytest
 from conftest import SHARED_DATA
 from reft_jax.cli import load_config, main
 from reft_jax.models import gguf
-from reft_jax import pipeline
+from reft_jax.resolve import resolve_local_data
+from reft_jax.run_config import RunConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2.py"
 REAL = gguf.packaged_file("SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -31,7 +32,7 @@ FEW = ["--config.teacher.steps=2", "--config.student.steps=2", "--config.refusal
 def test_local_dir_switches_every_hub_source_to_a_local_file():
     cfg = load_config(str(CONFIG), [])
     assert cfg.data.alignment.harmful.path == "PKU-Alignment/BeaverTails"  # the hub by default
-    local = pipeline.resolve_local_data(load_config(str(CONFIG), [f"--config.data.local_dir={SHARED_DATA}"]))
+    local = resolve_local_data(RunConfig.of(load_config(str(CONFIG), [f"--config.data.local_dir={SHARED_DATA}"])))
     d = local.data
     sources = [d.alignment.harmful, d.alignment.harmless, d.user.source, d.user.harmful_source, d.pool.harmful,
                d.pool.harmless, d.eval.harmful, d.eval.task_source]

@@ -119,14 +119,50 @@ def test_resume_after_sigkill_gives_the_same_losses(tmp_path):
         assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
 
 
-def _toy_loop(tmp_path, step_fn, steps=8):
-    cfg = loop.LoopConfig(steps=steps, checkpoint_every=3, log_every=1, tensorboard=False, progress=False)
+def _toy_loop(tmp_path, step_fn, steps=8, hooks=(), log_every=1):
+    cfg = loop.LoopConfig(steps=steps, checkpoint_every=3, log_every=log_every, tensorboard=False, progress=False)
     state = {"w": jnp.zeros((3,))}
-    return loop.run("toy", tmp_path, cfg, state, step_fn, extras={})
+    return loop.run("toy", tmp_path, cfg, state, step_fn, hooks=hooks)
+
+
+class CountingHook(loop.Hook):
+    """Records when it runs; its carry counts its calls (checkpointed with the state)."""
+
+    def __init__(self, every):
+        self.every, self.carry, self.calls = every, jnp.zeros(()), []
+
+    def __call__(self, state, step):
+        self.calls.append((step, float(state["w"][0])))
+        self.carry = self.carry + 1
+        return {"hook_step": float(step)}
+
+
+def test_hooks_run_every_n_steps_before_the_step_and_after_the_last(tmp_path):
+    hook = CountingHook(every=3)
+    _toy_loop(tmp_path / "a", lambda state, i: ({"w": state["w"] + 1}, {"loss": 1.0}), hooks=[hook], log_every=100)
+    # Before steps 1, 4 and 7 (when 0, 3 and 6 steps are done), and once after the last (8 done).
+    assert hook.calls == [(0, 0.0), (3, 3.0), (6, 6.0), (8, 8.0)] and float(hook.carry) == 4
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    # Each call's metrics go into the next record written, which is written whatever log_every says.
+    assert [(r["step"], r.get("hook_step")) for r in records] == [(1, 0.0), (4, 3.0), (7, 6.0), (8, 8.0)]
+
+
+def test_a_hooks_carry_is_checkpointed_and_restored(tmp_path):
+    def step_fn(state, i):
+        if i == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"w": state["w"] + 1}, {"loss": 1.0}
+
+    with pytest.raises(loop.Preempted):
+        _toy_loop(tmp_path, step_fn, hooks=[CountingHook(every=2)])
+    resumed = CountingHook(every=2)
+    _toy_loop(tmp_path, lambda state, i: ({"w": state["w"] + 1}, {"loss": 1.0}), hooks=[resumed])
+    # Calls before steps 1, 3 and 5 were saved with step 5's checkpoint; then before 7, and after the last.
+    assert [step for step, _ in resumed.calls] == [6, 8] and float(resumed.carry) == 5
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    def step_fn(state, extras, i):
+    def step_fn(state, i):
         loss = jnp.nan if i == 4 else 1.0 / (i + 1)
         return {"w": state["w"] + 1}, {"loss": loss}
 
@@ -136,7 +172,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
-    def step_fn(state, extras, i):
+    def step_fn(state, i):
         if i == 4:
             os.kill(os.getpid(), signal.SIGTERM)
         return {"w": state["w"] + 1}, {"loss": 1.0}
@@ -147,7 +183,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
     # Resuming continues from step 5 with the saved state.
     seen = []
 
-    def resume_fn(state, extras, i):
+    def resume_fn(state, i):
         seen.append((i, float(state["w"][0])))
         return {"w": state["w"] + 1}, {"loss": 1.0}
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from reft_jax.methods import METHODS
+from reft_jax.stages import STAGES
 from reft_jax.workdir import Workdir, model_dir
 
 
@@ -23,8 +23,8 @@ def test_every_methods_stage_has_a_folder_and_a_done_marker():
             "filter:llama_guard": "/w/filters/llama_guard/report.json",
             "finetune:ref_teacher": "/w/student/model/config.json",
             "finetune:no_defense": "/w/no_defense/model/config.json"}
-    stages = {s for m in METHODS.values() for s in m.stages()}
-    assert set(want) - {"finetune:ref_teacher", "finetune:no_defense"} <= stages
+    stages = set(STAGES)
+    assert set(want) <= stages
     for stage in stages:
         assert wd.done(stage).is_relative_to(wd.stage(stage))
     for stage, path in want.items():
