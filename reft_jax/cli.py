@@ -21,7 +21,8 @@ SUBCOMMANDS = {
     "filter": "score the user data (or --data FILE) with the teacher (writes WORKDIR/filter/)",
     "finetune": "finetune the base model on the kept user data, distilling the teacher (writes WORKDIR/student/)",
     "evaluate": "harmful score and finetune accuracy of the trained methods, filter metrics (WORKDIR/eval/)",
-    "export": "write the student (LoRA merged) as a Hugging Face folder (--out DIR)",
+    "export": "write the student (LoRA merged) as a Hugging Face folder, or its LoRA adapter as a PEFT folder "
+              "(--adapter), to --out DIR",
     "bench": "time the student and teacher steps in JAX and PyTorch (writes WORKDIR/bench.json)",
 }
 
@@ -41,7 +42,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
         if name == "export":
-            p.add_argument("--out", required=True, help="output Hugging Face folder")
+            p.add_argument("--out", required=True, help="output folder")
+            p.add_argument("--adapter", action="store_true",
+                           help="write the LoRA adapter as a PEFT folder instead of the merged model")
+            p.add_argument("--method", default="ref_teacher", help="which method's model (default: ref_teacher)")
     return parser
 
 
@@ -120,7 +124,7 @@ def _run(args, overrides) -> int:
         print(json.dumps(_summary(pipeline.run(ctx, force=args.force)), indent=2))
         print(f"report written to {ctx.workdir.root / 'report.md'}")
     elif args.command == "export":
-        print(f"exported to {pipeline.export(ctx, Path(args.out))}")
+        print(f"exported to {pipeline.export(ctx, Path(args.out), args.method, adapter=args.adapter)}")
     return 0
 
 

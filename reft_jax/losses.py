@@ -1,4 +1,4 @@
-"""Losses of the teacher and the student (DESIGN.md section 1), as pure functions.
+"""Losses of the teacher and the student, as pure functions.
 
 Token convention, shared by `cross_entropy` and `distillation_kl` through `next_token_weights`:
 `loss_mask[b, t] = 1` when TOKEN t of row b is a response token. Logits at position t predict

@@ -8,6 +8,7 @@ the plots. The entry point of `reft-jax run`, and of a Python user:
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -16,10 +17,12 @@ from reft_jax import report as rreport
 from reft_jax import stages
 from reft_jax.context import RunContext
 from reft_jax.methods import METHODS, selected
-from reft_jax.models.from_config import load_stage_model
+from reft_jax.errors import ConfigError, ReftError
+from reft_jax.models.from_config import base_model, load_stage_model
+from reft_jax.models.peft_io import ADAPTER_CONFIG
 from reft_jax.stages import evaluate
 from reft_jax.stages.common import save_model
-from reft_jax.workdir import FILTER_SCORES, METRICS, model_dir
+from reft_jax.workdir import FILTER_SCORES, METRICS, adapter_dir, model_dir
 
 
 def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
@@ -53,8 +56,30 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
     return report
 
 
-def export(ctx: RunContext, out: Path, method: str = "ref_teacher") -> Path:
-    """A method's finetuned model (LoRA merged) as a Hugging Face folder with the tokenizer."""
-    model = load_stage_model(model_dir(ctx.workdir.method(METHODS[method].name)), ctx.cfg, "student")
-    save_model(model, ctx.tokenizer, out)
+def export(ctx: RunContext, out: Path, method: str = "ref_teacher", *, adapter: bool = False) -> Path:
+    """A method's finetuned model as a Hugging Face folder with the tokenizer (LoRA merged); with adapter, its
+    LoRA adapter as a PEFT folder instead, for the base model it was trained on. A base built from random init
+    (model.init) has no folder of its own: it is written to OUT/base_model, and the adapter points there."""
+    if method not in METHODS:
+        raise ConfigError(f"export: unknown method {method!r} (available: {', '.join(METHODS)})")
+    folder = ctx.workdir.method(method)
+    out = Path(out)
+    if not adapter:
+        save_model(load_stage_model(model_dir(folder), ctx.cfg, method), ctx.tokenizer, out)
+        return out
+    source = adapter_dir(folder)
+    if not (source / ADAPTER_CONFIG).exists():
+        raise ReftError(f"{source}: no adapter here; a method trained with LoRA (model.lora.rank > 0) writes one "
+                        f"(without LoRA, export the whole model: drop --adapter)")
+    base = ctx.cfg.model.path
+    if not base:
+        base = str((out / "base_model").absolute())
+        save_model(base_model(ctx.cfg, ctx.vocab), ctx.tokenizer, Path(base))
+    elif Path(base).expanduser().exists():
+        base = str(Path(base).expanduser().absolute())
+    if jax.process_index() == 0:
+        shutil.copytree(source, out, dirs_exist_ok=True)
+        config = json.loads((out / ADAPTER_CONFIG).read_text())
+        (out / ADAPTER_CONFIG).write_text(json.dumps({**config, "base_model_name_or_path": base}, indent=2) + "\n")
+        ctx.tokenizer.save_pretrained(str(out))
     return out

@@ -1,7 +1,7 @@
 """Refusal feature, refusal scores, threshold calibration and filter metrics.
 
 Device side (jittable, float32 inside whatever the input dtype):
-    `refusal_feature`     R_l = mean f_l(harmful) - mean f_l(harmless)  (DESIGN.md section 1, item 1)
+    `refusal_feature`     R_l = mean f_l(harmful) - mean f_l(harmless)
     `gather_last_prompt`  f_l at the last prompt token of each row
     `cosine_scores`       s(x) = cos(f_l(x), R_l)
 

@@ -9,6 +9,7 @@
   filters/NAME/scores.jsonl, report.json    the other filters (saft, llama_guard)
   safety_aligned/model/        the base after SFT on the alignment data (sa_ft)
   student/model/               Ref-Teacher's student; every other method's in METHOD/model/
+  student/adapter/             its LoRA adapter as a PEFT folder (model.lora.rank > 0); METHOD/adapter/ likewise
   eval/report.json, report.json, report.md and the plots
 
 Every trained stage folder also holds metrics.jsonl and checkpoints/ (the loop), and every stage folder
@@ -24,6 +25,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 COST = "cost.json"
 MODEL = "model"
+ADAPTER = "adapter"
 FILTER_REPORT = "report.json"
 FILTER_SCORES = "scores.jsonl"
 
@@ -83,6 +85,11 @@ class Workdir:
 def model_dir(stage_folder: Path) -> Path:
     """A stage's saved model (a Hugging Face folder)."""
     return Path(stage_folder) / MODEL
+
+
+def adapter_dir(stage_folder: Path) -> Path:
+    """A finetuned stage's LoRA adapter (a PEFT folder)."""
+    return Path(stage_folder) / ADAPTER
 
 
 def model_config(stage_folder: Path) -> Path:

@@ -10,6 +10,7 @@ import pytest
 from reft_jax import flops, parallel
 from reft_jax.bench import harness, workload
 from reft_jax.cli import load_config, main
+from reft_jax.run_config import RunConfig
 from reft_jax.models import LoraConfig, from_hf_dict
 
 TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "bench_tiny.py")
@@ -46,9 +47,9 @@ def test_model_flops_match_xla_cost_analysis(step, finetune):
     of the model FLOPs, and under LoRA it has no weight gradients of frozen weights, as flops.py assumes."""
     from reft_jax.bench import jax_side
 
-    cfg = load_config(TINY_CONFIG, ["--config.bench.seq_len=64"])
+    cfg = RunConfig.of(load_config(TINY_CONFIG, ["--config.bench.seq_len=64"]))
     b, t = 2, 64
-    model = from_hf_dict(cfg.model.init.to_dict())
+    model = from_hf_dict(cfg.model.init)
     data = workload.batches(b, t, model.vocab_size, 0)
     jitted, args = jax_side._build_step(cfg, workload.Case(step, finetune), data,
                                         workload.refusal_direction(model.hidden_size, 0))
@@ -131,8 +132,8 @@ def test_a_case_that_compiles_but_fails_to_run_keeps_its_memory_analysis(monkeyp
         return step, (jax.numpy.zeros(()),)
 
     monkeypatch.setattr(jax_side, "_build_step", failing_step)
-    cfg = load_config(TINY_CONFIG, SMALL[1:])
-    out = jax_side.measure(cfg.to_dict(), workload.Case("student", "full"), "jit", keep=False)
+    cfg = RunConfig.of(load_config(TINY_CONFIG, SMALL[1:]))
+    out = jax_side.measure(cfg, workload.Case("student", "full"), "jit", keep=False)
     assert out["error"].startswith("JaxRuntimeError") and out["peak_memory_bytes"] > 0 and "memory" in out
     assert not jax_side._CASES
 
@@ -145,8 +146,9 @@ def test_blockwise_losses_cut_the_student_steps_peak_memory():
     b, t, vocab = 2, 256, 32000
     peaks = {}
     for block in (0, 64):
-        cfg = load_config(TINY_CONFIG, [f"--config.model.loss_block={block}", "--config.model.init.vocab_size=32000",
-                                        "--config.model.init.num_hidden_layers=1"])
+        cfg = RunConfig.of(load_config(TINY_CONFIG, [f"--config.model.loss_block={block}",
+                                                     "--config.model.init.vocab_size=32000",
+                                                     "--config.model.init.num_hidden_layers=1"]))
         data = workload.batches(b, t, vocab, 0)
         jitted, args = jax_side._build_step(cfg, workload.Case("student", "lora"), data,
                                             workload.refusal_direction(256, 0), abstract=True)

@@ -368,9 +368,10 @@ def to_hf_dict(cfg: ModelConfig, base: dict | None = None) -> dict:
     if cfg.rope_type == "llama3":
         rope.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
                     original_max_position_embeddings=cfg.rope_original_max_position)
-    hf.pop("rope_scaling", None)
-    hf.pop("rope_theta", None)
+    # transformers 5 reads rope_parameters; 4.x reads rope_theta and rope_scaling (None for the default RoPE).
     hf["rope_parameters"] = rope
+    hf["rope_theta"] = cfg.rope_theta
+    hf["rope_scaling"] = None if cfg.rope_type == "default" else {k: v for k, v in rope.items() if k != "rope_theta"}
     if cfg.model_type not in ("qwen2",):
         hf["attention_bias"] = cfg.qkv_bias
     if cfg.model_type in ("llama",):

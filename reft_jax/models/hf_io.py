@@ -28,6 +28,7 @@ from reft_jax.models.transformer import RuntimeOptions, Transformer, add_lora, m
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Buffers some old checkpoints carry; they are recomputed from the config, never learned.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
@@ -206,14 +207,20 @@ def _check_unused(index: dict, used: set, tied: bool, folder: Path) -> None:
                               f"{unused[0]!r} (wrong model_type or architecture in config.json?)")
 
 
+def host_array(value):
+    """A parameter's whole value on this host: gathered when it is sharded across hosts (every process must
+    call this for the same parameters, in the same order)."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils  # deferred: multi-host runs only
+        value = multihost_utils.process_allgather(value, tiled=True)
+    return value
+
+
 def _hf_tensors(model: Transformer, dtype) -> Iterator[tuple[str, np.ndarray]]:
     """(name, array) for every tensor of the Hugging Face checkpoint, one at a time."""
     for path_, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         target = _hf_target(path_)
-        value = variable[...]
-        if isinstance(value, jax.Array) and not value.is_fully_addressable:  # sharded across hosts: gather
-            from jax.experimental import multihost_utils  # deferred: multi-host runs only
-            value = multihost_utils.process_allgather(value, tiled=True)
+        value = host_array(variable[...])
         layers = [(target.name.format(i=i), value[i]) for i in range(value.shape[0])] if target.stacked \
             else [(target.name, value)]
         for name, array in layers:
@@ -223,8 +230,8 @@ def _hf_tensors(model: Transformer, dtype) -> Iterator[tuple[str, np.ndarray]]:
 
 def save_pretrained(model: Transformer, path: str | os.PathLike, *, dtype=None,
                     max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Writes config.json + safetensors (sharded with an index above max_shard_bytes) that transformers
-    loads. LoRA adapters are merged into a copy first; `dtype` casts the weights (default: as stored).
+    """Writes config.json, generation_config.json (causal LMs) and safetensors (sharded with an index above
+    max_shard_bytes) that transformers loads. LoRA adapters are merged into a copy first; `dtype` casts the weights (default: as stored).
     In a multi-process run every process must call it (weights spread over hosts are gathered); process 0
     writes."""
     if model.opts.lora is not None:
@@ -239,6 +246,9 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, *, dtype=None,
     hf = to_hf_dict(model.cfg)
     hf["dtype"] = str(jnp.dtype(dtype or model.opts.param_dtype))
     (folder / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if not model.cfg.is_classifier:  # generate() reads its defaults (the special tokens) from here
+        tokens = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf.get(k) is not None}
+        (folder / GENERATION_CONFIG).write_text(json.dumps(tokens, indent=2) + "\n", encoding="utf-8")
 
     shards: list[dict[str, np.ndarray]] = [{}]
     size = total_size = 0

@@ -11,10 +11,11 @@ from reft_jax import cost
 from reft_jax.context import RunContext
 from reft_jax.errors import ReftError
 from reft_jax.methods import Method
+from reft_jax.models import save_adapter
 from reft_jax.models.from_config import base_model, load_stage_model, lora_config, trainable
 from reft_jax.stages.common import save_model
 from reft_jax.train import runs
-from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES, Workdir, model_dir
+from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES, Workdir, adapter_dir, model_dir
 
 
 def flagged_indices(wd: Workdir, filter_name: str = "ref_teacher") -> set[int]:
@@ -55,6 +56,8 @@ def run(ctx: RunContext, method: Method) -> Path:
                                      beta=cfg.distill.beta if method.distill else 0.0,
                                      alpha=cfg.baselines.joint_weight if method.joint else 0.0)
         save_model(student, ctx.tokenizer, model_dir(out))
+        if student.opts.lora is not None:  # the adapter alone too, for PEFT users (`reft-jax export --adapter`)
+            save_adapter(student, adapter_dir(out), base_model=ctx.cfg.model.path)
         lora = lora_config(cfg)
         stage.flops = cost.train_flops(model.cfg, lora, user_batches.batch, steps)
         if method.distill or method.joint:

@@ -1,0 +1,116 @@
+"""What `reft-jax export` hands a user: a PEFT adapter that peft loads onto the transformers base model with
+the student's logits, a merged folder with its generation config, and config keys that transformers 4.x and
+5.x both read."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from reft_jax.cli import main
+from reft_jax.models import (LoraConfig, ModelConfig, RuntimeOptions, Transformer, from_pretrained, save_adapter,
+                             save_pretrained)
+from reft_jax.models.config import from_hf_dict, to_hf_dict
+
+from test_cli import TINY, one_line_error
+
+FEW = [*TINY, "--config.teacher.steps=2", "--config.student.steps=2", "--config.model.lora.rank=4",
+       "--config.model.lora.targets=('q_proj','v_proj','down_proj')", "--config.optim.learning_rate=0.05", "--config.filter.tau=1.0"]  # tau 1: keep every example
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("lora_run")
+    for command in ("train-teacher", "filter", "finetune"):
+        assert main([command, "--workdir", str(workdir), *FEW]) == 0, command
+    return workdir
+
+
+def test_the_adapter_loads_in_peft_with_the_students_logits(lora_run, tmp_path):
+    import peft
+
+    out = tmp_path / "adapter"
+    assert main(["export", "--adapter", "--workdir", str(lora_run), "--out", str(out), *FEW]) == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["target_modules"] == ["down_proj", "q_proj", "v_proj"]
+    # A random-init base has no folder of its own: it is written beside the adapter, which names it.
+    assert config["base_model_name_or_path"] == str((out / "base_model").absolute())
+    base = transformers.AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ids = torch.tensor([tokenizer("Below is an instruction that describes a task.")["input_ids"]])
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits.numpy()
+        ref = peft.PeftModel.from_pretrained(base, out).eval()(input_ids=ids).logits.numpy()
+    student = from_pretrained(lora_run / "student" / "model")  # merged by the finetune stage
+    np.testing.assert_allclose(np.asarray(student(ids.numpy()).logits), ref, atol=1e-4)
+    assert np.abs(base_logits - ref).max() > 1e-3  # the adapter is what makes them equal
+
+
+def test_exporting_an_adapter_without_lora_is_a_one_line_error(lora_run, tmp_path, capsys):
+    assert main(["export", "--adapter", "--method", "no_defense", "--workdir", str(lora_run),
+                 "--out", str(tmp_path / "x"), *FEW]) == 2
+    one_line_error(capsys, "no_defense/adapter: no adapter here")
+
+
+def test_the_merged_export_carries_a_generation_config(lora_run, tmp_path):
+    out = tmp_path / "merged"
+    assert main(["export", "--workdir", str(lora_run), "--out", str(out), *FEW]) == 0
+    generation = transformers.GenerationConfig.from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert (generation.bos_token_id, generation.eos_token_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id)
+    assert generation.eos_token_id is not None  # the demo model's own config names no special tokens
+
+
+def test_save_adapter_matches_peft_on_every_target(tmp_path):
+    import jax
+    import peft
+
+    cfg = ModelConfig("llama", 61, 32, 48, 2, 4, 2, 8)
+    lora = LoraConfig(4, 8.0, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    model = Transformer(cfg, RuntimeOptions(lora=lora), rngs=nnx.Rngs(0))
+    leaves, treedef = jax.tree.flatten(nnx.state(model, nnx.LoRAParam))  # B starts at 0: give every adapter a value
+    nnx.update(model, jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(jax.random.key(i), x.shape)
+                                                   for i, x in enumerate(leaves)]))
+    base = Transformer(cfg, RuntimeOptions(), rngs=nnx.Rngs(0))  # the same seed: the same base weights
+    save_pretrained(base, tmp_path / "base")
+    save_adapter(model, tmp_path / "adapter", str(tmp_path / "base"))
+    hf = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                        tmp_path / "adapter").eval()
+    ids = np.random.default_rng(0).integers(0, 61, (2, 7))
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(model(ids).logits), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,rope", [
+    ("llama", dict(rope_type="llama3", rope_factor=8.0, rope_theta=500000.0, rope_low_freq_factor=1.0,
+                   rope_high_freq_factor=4.0, rope_original_max_position=8192)),
+    ("llama", dict(rope_type="linear", rope_factor=2.0)),
+    ("mistral", dict(rope_theta=1e6)),
+    ("qwen2", dict(rope_type="linear", rope_factor=4.0)),
+    ("qwen3", dict(rope_type="linear", rope_factor=4.0)),
+    ("gemma", dict(rope_theta=10000.0)),
+    ("gemma2", dict(rope_theta=10000.0)),
+])
+def test_rope_keys_read_by_transformers_4_and_5(family, rope, tmp_path):
+    cfg = dataclasses.replace(from_hf_dict(to_hf_dict(ModelConfig(family, 61, 32, 48, 2, 4, 2, 8))), **rope)
+    hf = to_hf_dict(cfg)
+    # transformers 4.x (4.56 and later 4.x): rope_theta at the top, rope_scaling None or {rope_type, factor, ...}
+    assert hf["rope_theta"] == cfg.rope_theta
+    if cfg.rope_type == "default":
+        assert hf["rope_scaling"] is None
+    else:
+        want = {"rope_type", "factor"} | ({"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+                                          if cfg.rope_type == "llama3" else set())
+        assert set(hf["rope_scaling"]) == want and hf["rope_scaling"]["rope_type"] == cfg.rope_type
+    # transformers 5 (installed here) reads the same file to the same RoPE.
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert loaded.rope_parameters["rope_theta"] == cfg.rope_theta
+    assert loaded.rope_parameters["rope_type"] == cfg.rope_type
+    assert loaded.rope_parameters.get("factor", 1.0) == cfg.rope_factor
+    assert from_hf_dict(hf) == cfg
