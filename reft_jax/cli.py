@@ -18,7 +18,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 SUBCOMMANDS = {
     "run": "the whole pipeline: teacher, filter, student, the no-defence baseline, evaluation, report and plots",
     "train-teacher": "train the Ref-Teacher from the base model (writes WORKDIR/teacher/)",
-    "filter": "score the user data (or --data FILE) with the teacher (writes WORKDIR/filter/)",
+    "filter": "score the user data (or your own, --data FILE) with the teacher (writes WORKDIR/filter/)",
     "finetune": "finetune the base model on the kept user data, distilling the teacher (writes WORKDIR/student/)",
     "evaluate": "harmful score and finetune accuracy of the trained methods, filter metrics (WORKDIR/eval/)",
     "export": "write the student (LoRA merged) as a Hugging Face folder, or its LoRA adapter as a PEFT folder "
@@ -37,8 +37,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=str(DEMO_CONFIG),
                        help="ml_collections config file (default: configs/demo.py)")
         p.add_argument("--workdir", required=True, help="directory of the run's outputs and checkpoints")
-        if name == "filter":
-            p.add_argument("--data", help="JSONL of prompts (`prompt`, optional `harmful`) to score instead")
+        if name in ("run", "filter", "finetune"):
+            p.add_argument("--data", metavar="FILE",
+                           help="your own user data (JSON/JSONL/CSV/TSV/Parquet: instruction/input/output, "
+                                "prompt/completion, prompt/response or chat `messages`; an optional `harmful` "
+                                "label), used as it is instead of the config's poisoned mixture")
+        if name == "finetune":
+            p.add_argument("--kept", metavar="FILE",
+                           help="finetune on every row of FILE as it is: a filter's kept.jsonl, reviewed by a person")
         if name == "run":
             p.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
         if name == "export":
@@ -88,9 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, overrides) -> int:
-    from reft_jax.run_config import RunConfig
+    from reft_jax.run_config import RunConfig, replace
 
     cfg = RunConfig.of(load_config(args.config, overrides))  # the edge: typed and validated from here on
+    own = getattr(args, "kept", None) or getattr(args, "data", None)
+    if own:  # the user's own file is the user data, every row as it is
+        cfg = replace(replace(cfg, "data.user.source", own), "data.user.mix", "none")
+        cfg = replace(cfg, "data.user.filtered", bool(getattr(args, "kept", None)))
     if args.command == "bench":  # each framework runs in its own process: no JAX backend in this one
         from reft_jax.bench import markdown, run_bench
 
@@ -115,7 +125,7 @@ def _run(args, overrides) -> int:
     if args.command == "train-teacher":
         print(f"teacher written to {stages.run_stage('teacher', ctx)}")
     elif args.command == "filter":
-        print(json.dumps(ref_teacher_filter.run(ctx, args.data), indent=2))
+        print(json.dumps(ref_teacher_filter.run(ctx), indent=2))
     elif args.command == "finetune":
         print(f"student written to {stages.finetune.run(ctx, METHODS['ref_teacher'])}")
     elif args.command == "evaluate":

@@ -57,6 +57,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.user.harmful_source = ""  # harmful prompt -> harmful answer pairs; "" = BeaverTails (hub)
     c.data.user.n = 1000
     c.data.user.p = 0.1
+    # "poison": the research protocol, n task examples of which a share p are harmful pairs (labelled);
+    # "none": data.user.source is the user's own data, every row as it is (`--data FILE` sets both).
+    c.data.user.mix = "poison"
+    # True: the user data is already filtered (a filter's kept.jsonl a person reviewed: `finetune --kept FILE`);
+    # every method finetunes on all of it, no filter is applied again.
+    c.data.user.filtered = False
     c.data.pool = ml_collections.ConfigDict()  # the fixed prompt pool R_l is computed over
     c.data.pool.harmful = ""
     c.data.pool.harmless = ""

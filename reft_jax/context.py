@@ -9,12 +9,14 @@ on first use, and the batching every stage uses.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from pathlib import Path
 
 import jax
 
 from reft_jax import data as rdata
-from reft_jax.errors import ConfigError
+from reft_jax.errors import ConfigError, DataError
 from reft_jax.models.from_config import vocab_of
 from reft_jax.resolve import resolve
 from reft_jax.run_config import RunConfig
@@ -56,10 +58,35 @@ class RunContext:
 
     @functools.cached_property
     def user_examples(self) -> list[dict]:
-        """The user data as text: the task data poisoned with harmful pairs, every example labelled."""
-        d, kw = self.cfg.data, dict(template=self.cfg.data.template, tokenizer=self.tokenizer)
-        return rdata.user_data(d.user.task, d.user.source or None, d.user.harmful_source or rdata.BEAVERTAILS,
-                               n=d.user.n, p=d.user.p, seed=self.cfg.seed, **kw)
+        """The user data as text. With data.user.mix "none", the user's own file, every row as it is (labelled
+        where it has a harmful column; responses where it has them); with "poison", the task data poisoned with
+        harmful pairs, every example labelled."""
+        u, kw = self.cfg.data.user, dict(template=self.cfg.data.template, tokenizer=self.tokenizer)
+        if u.mix == "none":
+            if not u.source:
+                raise ConfigError("data.user.source: data.user.mix 'none' reads the user's own file; name it "
+                                  "(or pass --data FILE)")
+            return rdata.load_examples(u.source, with_response=None, **kw)
+        return rdata.user_data(u.task, u.source or None, u.harmful_source or rdata.BEAVERTAILS, n=u.n, p=u.p,
+                               seed=self.cfg.seed, **kw)
+
+    def require_responses(self, indices=None) -> None:
+        """Every user example at `indices` (default: all) has a response: finetuning trains on it (a file of
+        prompts alone can be filtered, not finetuned on)."""
+        examples = self.user_examples
+        empty = [examples[int(i)]["source"] for i in (range(len(examples)) if indices is None else indices)
+                 if not examples[int(i)]["response"]]
+        if empty:
+            raise DataError(f"{empty[0]}: no response to finetune on ({len(empty)} such row(s); a chat row needs "
+                            "an assistant message)")
+
+    @functools.cached_property
+    def user_fingerprint(self) -> str:
+        """Identifies the user data (its prompts and responses): a filter's scores apply to this data only."""
+        digest = hashlib.sha256()
+        for ex in self.user_examples:
+            digest.update(json.dumps([ex["prompt"], ex["response"]]).encode())
+        return digest.hexdigest()[:16]
 
     @functools.cached_property
     def alignment(self) -> rdata.TokenizedDataset:

@@ -19,7 +19,7 @@ from reft_jax import refusal
 from reft_jax.data import Batches, TokenizedDataset
 from reft_jax.refusal import make_feature_fn
 from reft_jax.state import FrozenModel
-from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES
+from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES, FLAGGED, KEPT
 
 
 @dataclasses.dataclass
@@ -40,7 +40,8 @@ class FilterResult:
         """Counts, and precision / recall / F1 / AUROC against the labels when every example has one."""
         flagged = self.flagged
         out = {"num_examples": int(len(self.score)), "num_flagged": int(flagged.sum()),
-               "num_kept": int((~flagged).sum()), "tau": float(self.tau), "layer": int(self.layer)}
+               "num_kept": int((~flagged).sum()), "flag_rate": float(flagged.mean()) if len(flagged) else 0.0,
+               "tau": float(self.tau), "layer": int(self.layer)}
         labelled = self.label >= 0
         if labelled.any() and labelled.all():
             metrics = refusal.binary_metrics(flagged, self.label)
@@ -62,6 +63,21 @@ class FilterResult:
         report = {**self.report(), **fields}
         (out_dir / FILTER_REPORT).write_text(json.dumps(report, indent=2) + "\n")
         return report
+
+    def write_rows(self, out_dir: str | Path, rows: Sequence[dict]) -> None:
+        """kept.jsonl and flagged.jsonl: the scored rows as they were read (rows[index]), each with its score,
+        in dataset order; a person can review the flags, edit kept.jsonl and finetune on it."""
+        out_dir = Path(out_dir)
+        for name, chosen in ((KEPT, ~self.flagged), (FLAGGED, self.flagged)):
+            with (out_dir / name).open("w") as f:
+                for i in np.flatnonzero(chosen):
+                    f.write(json.dumps({**rows[int(self.index[i])], "score": float(self.score[i])}) + "\n")
+
+    def top_scored(self, rows: Sequence[dict], k: int = 10) -> list[dict]:
+        """The k highest-scoring rows, with their index and score: what to read first without labels."""
+        order = np.argsort(-self.score, kind="stable")[:k]
+        return [{"index": int(self.index[i]), "score": float(self.score[i]), "row": rows[int(self.index[i])]}
+                for i in order]
 
 
 def prompt_features(model: FrozenModel, ds: TokenizedDataset, layers: tuple[int, ...], *, batch_size: int,

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 
 from reft_jax import report as rreport
-from reft_jax import stages
+from reft_jax import preflight, stages
 from reft_jax.context import RunContext
 from reft_jax.methods import METHODS, selected
 from reft_jax.errors import ConfigError, ReftError
@@ -38,7 +38,9 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
         skipped = {m.name: "skipped: no Llama-Guard checkpoint configured (baselines.llama_guard_path)"
                    for m in requested if m.filter == "llama_guard"}
     chosen = [m for m in requested if m.name not in skipped]
-    for stage in stages.plan(chosen):
+    plan = stages.plan(chosen)
+    preflight.check(ctx, [s for s in plan if force or not wd.done(s).exists()])
+    for stage in plan:
         if force or not wd.done(stage).exists():
             stages.run_stage(stage, ctx)
     report = evaluate.run(ctx, chosen)

@@ -73,8 +73,10 @@ def resolve_demo(cfg: RunConfig, workdir: Workdir) -> RunConfig:
     if jax.process_index() == 0 and not (folder / "tokenizer" / "tokenizer.json").exists():
         rdata.demo.write(str(folder), seed=cfg.seed)
     parallel.sync("demo data")
+    own = cfg.data.user.mix == "none"  # the user's own data stays theirs
     for key, split in DEMO_SPLITS.items():
-        cfg = replace(cfg, key, str(folder / f"{split}.jsonl"))
+        if not (own and key.startswith("data.user.")):
+            cfg = replace(cfg, key, str(folder / f"{split}.jsonl"))
     return replace(cfg, "data.tokenizer", str(folder / "tokenizer"))
 
 
@@ -96,6 +98,9 @@ def _source_texts(cfg: RunConfig) -> list[str]:
         texts += [t for ex in rdata.load_examples(source) for t in (ex["prompt"], ex["response"])]
     for source in (d.pool.harmful, d.pool.harmless):
         texts += [ex["prompt"] for ex in rdata.load_examples(source, with_response=False)]
+    if d.user.mix == "none":
+        return texts + [t for ex in rdata.load_examples(d.user.source, with_response=None)
+                        for t in (ex["prompt"], ex["response"])]
     texts += [t for ex in rdata.load_examples(d.user.source or None, task=d.user.task)
               for t in (ex["prompt"], ex["response"])]
     if d.user.harmful_source:

@@ -61,6 +61,8 @@ class UserData:
     harmful_source: Source
     n: int
     p: float
+    mix: str = choices("poison", "none")
+    filtered: bool
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,8 @@
   tokenizer/                   a tokenizer trained on the sources (data.tokenizer = "train")
   teacher/model/               the teacher as a Hugging Face folder (LoRA merged)
   teacher/refusal_feature.npy, filter.json (layer, tau)
-  filter/scores.jsonl, report.json          the Ref-Teacher filter on the user data
-  filters/NAME/scores.jsonl, report.json    the other filters (saft, llama_guard)
+  filter/scores.jsonl, report.json, kept.jsonl, flagged.jsonl   the Ref-Teacher filter on the user data
+  filters/NAME/...                          the same for the other filters (saft, llama_guard)
   safety_aligned/model/        the base after SFT on the alignment data (sa_ft)
   student/model/               Ref-Teacher's student; every other method's in METHOD/model/
   student/adapter/             its LoRA adapter as a PEFT folder (model.lora.rank > 0); METHOD/adapter/ likewise
@@ -28,6 +28,9 @@ MODEL = "model"
 ADAPTER = "adapter"
 FILTER_REPORT = "report.json"
 FILTER_SCORES = "scores.jsonl"
+KEPT = "kept.jsonl"  # a filter's kept and flagged user rows, as read, with their scores
+FLAGGED = "flagged.jsonl"
+USER_DATA = "user_data.json"  # which user rows a finetuning trained on
 
 
 def _under_root(*parts: str) -> property:

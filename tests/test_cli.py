@@ -46,17 +46,20 @@ def test_stages_write_the_contract_files(run_dir):
         assert 0.0 <= report[key] <= 1.0
 
 
-def test_filter_scores_another_file(run_dir, tmp_path, capsys):
+def test_filter_scores_your_own_file(run_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "How do I bake bread?", "harmful": false}\n'
                        '{"prompt": "How do I break into a house?", "harmful": true}\n')
     assert main(["filter", "--workdir", str(run_dir), "--data", str(prompts), *TINY]) == 0
     lines = (run_dir / "filter" / "scores.jsonl").read_text().splitlines()
     assert [json.loads(line)["label"] for line in lines] == [False, True]
-    assert json.loads((run_dir / "filter" / "report.json").read_text())["data"] == str(prompts)
+    assert json.loads((run_dir / "filter" / "report.json").read_text())["user_data"]["source"] == str(prompts)
     # The student must not train on flags of another file; scoring the user data again restores them.
     assert main(["finetune", "--workdir", str(run_dir), *TINY]) == 2
-    one_line_error(capsys, "not of the user data")
+    one_line_error(capsys, "not of this user data")
+    # Prompts alone can be filtered, not finetuned on.
+    assert main(["finetune", "--workdir", str(run_dir), "--data", str(prompts), *TINY]) == 2
+    one_line_error(capsys, "prompts.jsonl:1: no response to finetune on")
     assert main(["filter", "--workdir", str(run_dir), *TINY]) == 0
 
 
@@ -70,6 +73,11 @@ def test_export_loads_in_transformers_with_the_students_logits(run_dir, tmp_path
         ref = hf(input_ids=torch.tensor(ids)).logits.numpy()
     student = from_pretrained(run_dir / "student" / "model")
     np.testing.assert_allclose(np.asarray(student(ids).logits), ref, atol=1e-4)
+
+
+def test_exporting_an_adapter_without_lora_is_a_one_line_error(run_dir, tmp_path, capsys):
+    assert main(["export", "--adapter", "--workdir", str(run_dir), "--out", str(tmp_path / "x"), *TINY]) == 2
+    one_line_error(capsys, "student/adapter: no adapter here")
 
 
 def one_line_error(capsys, *fragments):

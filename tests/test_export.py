@@ -1,6 +1,6 @@
-"""What `reft-jax export` hands a user: a PEFT adapter that peft loads onto the transformers base model with
-the student's logits, a merged folder with its generation config, and config keys that transformers 4.x and
-5.x both read."""
+"""What an export hands a user: a PEFT adapter that peft loads onto the transformers base model with the same
+logits, and config keys that transformers 4.x and 5.x both read. (The `reft-jax export` command end to end:
+tests/test_own_data.py.)"""
 
 import dataclasses
 import json
@@ -11,58 +11,8 @@ import torch
 import transformers
 from flax import nnx
 
-from reft_jax.cli import main
-from reft_jax.models import (LoraConfig, ModelConfig, RuntimeOptions, Transformer, from_pretrained, save_adapter,
-                             save_pretrained)
+from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer, save_adapter, save_pretrained
 from reft_jax.models.config import from_hf_dict, to_hf_dict
-
-from test_cli import TINY, one_line_error
-
-FEW = [*TINY, "--config.teacher.steps=2", "--config.student.steps=2", "--config.model.lora.rank=4",
-       "--config.model.lora.targets=('q_proj','v_proj','down_proj')", "--config.optim.learning_rate=0.05", "--config.filter.tau=1.0"]  # tau 1: keep every example
-
-
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("lora_run")
-    for command in ("train-teacher", "filter", "finetune"):
-        assert main([command, "--workdir", str(workdir), *FEW]) == 0, command
-    return workdir
-
-
-def test_the_adapter_loads_in_peft_with_the_students_logits(lora_run, tmp_path):
-    import peft
-
-    out = tmp_path / "adapter"
-    assert main(["export", "--adapter", "--workdir", str(lora_run), "--out", str(out), *FEW]) == 0
-    config = json.loads((out / "adapter_config.json").read_text())
-    assert config["r"] == 4 and config["target_modules"] == ["down_proj", "q_proj", "v_proj"]
-    # A random-init base has no folder of its own: it is written beside the adapter, which names it.
-    assert config["base_model_name_or_path"] == str((out / "base_model").absolute())
-    base = transformers.AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
-    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
-    ids = torch.tensor([tokenizer("Below is an instruction that describes a task.")["input_ids"]])
-    with torch.no_grad():
-        base_logits = base(input_ids=ids).logits.numpy()
-        ref = peft.PeftModel.from_pretrained(base, out).eval()(input_ids=ids).logits.numpy()
-    student = from_pretrained(lora_run / "student" / "model")  # merged by the finetune stage
-    np.testing.assert_allclose(np.asarray(student(ids.numpy()).logits), ref, atol=1e-4)
-    assert np.abs(base_logits - ref).max() > 1e-3  # the adapter is what makes them equal
-
-
-def test_exporting_an_adapter_without_lora_is_a_one_line_error(lora_run, tmp_path, capsys):
-    assert main(["export", "--adapter", "--method", "no_defense", "--workdir", str(lora_run),
-                 "--out", str(tmp_path / "x"), *FEW]) == 2
-    one_line_error(capsys, "no_defense/adapter: no adapter here")
-
-
-def test_the_merged_export_carries_a_generation_config(lora_run, tmp_path):
-    out = tmp_path / "merged"
-    assert main(["export", "--workdir", str(lora_run), "--out", str(out), *FEW]) == 0
-    generation = transformers.GenerationConfig.from_pretrained(out)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
-    assert (generation.bos_token_id, generation.eos_token_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id)
-    assert generation.eos_token_id is not None  # the demo model's own config names no special tokens
 
 
 def test_save_adapter_matches_peft_on_every_target(tmp_path):

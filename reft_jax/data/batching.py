@@ -3,7 +3,8 @@
 Batch format (numpy, right padding), B = per-process batch size, T = a bucket length:
     input_ids       int32   [B, T]  pad id after the example
     attention_mask  int32   [B, T]  1 on real tokens
-    loss_mask       float32 [B, T]  1.0 where the TOKEN is a response token (EOS included); the CE uses
+    loss_mask       float32 [B, T]  1.0 where the TOKEN is a trained response token (EOS included; a
+                                    multi-turn chat's user turns inside the response are 0); the CE uses
                                     logits[:, :-1] against input_ids[:, 1:] weighted by loss_mask[:, 1:]
     prompt_end      int32   [B]     index of the last prompt token (where the refusal feature is read)
     example_weight  float32 [B]     1 for an example, 0 for a padding row filling the last batch
@@ -71,9 +72,8 @@ def make_batch(ds: TokenizedDataset, rows: Sequence[int], length: int) -> Batch:
     for row, i in enumerate(rows):
         if i < 0:
             continue
-        p, r = ds.prompt_ids[i], ds.response_ids[i]
-        _place(batch, row, 0, p, r)
-        batch["prompt_end"][row] = len(p) - 1
+        _place(batch, row, 0, ds, i)
+        batch["prompt_end"][row] = len(ds.prompt_ids[i]) - 1
         batch["example_weight"][row] = 1.0
         batch["harmful"][row] = ds.harmful[i]
         batch["index"][row] = ds.index[i]
@@ -110,11 +110,10 @@ def make_packed_batch(ds: TokenizedDataset, rows: Sequence[Sequence[int]], lengt
     for row, members in enumerate(rows):
         start = 0
         for seg, i in enumerate(members):
-            p, r = ds.prompt_ids[i], ds.response_ids[i]
-            end = _place(batch, row, start, p, r)
+            end = _place(batch, row, start, ds, i)
             batch["segment_ids"][row, start:end] = seg + 1
             batch["positions"][row, start:end] = np.arange(end - start)
-            batch["prompt_end"][row, seg] = start + len(p) - 1
+            batch["prompt_end"][row, seg] = start + len(ds.prompt_ids[i]) - 1
             batch["example_weight"][row, seg] = 1.0
             batch["harmful"][row, seg] = ds.harmful[i]
             batch["index"][row, seg] = ds.index[i]
@@ -130,12 +129,14 @@ def _empty(b: int, length: int, pad_id: int) -> Batch:
     )
 
 
-def _place(batch: Batch, row: int, start: int, p: np.ndarray, r: np.ndarray) -> int:
+def _place(batch: Batch, row: int, start: int, ds: TokenizedDataset, i: int) -> int:
+    """Example i of ds at `start` of the row; returns where it ends."""
+    p, r = ds.prompt_ids[i], ds.response_ids[i]
     mid, end = start + len(p), start + len(p) + len(r)
     batch["input_ids"][row, start:mid] = p
     batch["input_ids"][row, mid:end] = r
     batch["attention_mask"][row, start:end] = 1
-    batch["loss_mask"][row, mid:end] = 1.0
+    batch["loss_mask"][row, mid:end] = 1.0 if ds.response_weights is None else ds.response_weights[i]
     return end
 
 

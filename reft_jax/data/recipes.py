@@ -10,7 +10,9 @@
 
 An *example* is a plain dict:
     {"prompt": str (templated, ends right before the response), "response": str,
-     "harmful": bool | None (the PROMPT is harmful), "label": str | None, "source": "file:line"}
+     "harmful": bool | None (the PROMPT is harmful), "label": str | None, "source": "file:line",
+     "row": the source row as read, "response_spans": [(start, end), ...] (a multi-turn chat only: the
+     characters of the response that are trained)}
 """
 
 from __future__ import annotations
@@ -58,12 +60,16 @@ def format_prompt(
             return ALPACA_WITH_INPUT.format(instruction=instruction, input=input)
         return ALPACA.format(instruction=instruction)
     if template == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("data.template: 'chat' needs a tokenizer with a chat template")
+        _check_chat_template(tokenizer)
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": f"{instruction}\n\n{input}" if input else instruction})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise ConfigError(f"data.template: unknown template {template!r} (known: {', '.join(TEMPLATES)})")
+
+
+def _check_chat_template(tokenizer) -> None:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("data.template: 'chat' needs a tokenizer with a chat template")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -223,7 +229,7 @@ def load_examples(
     *,
     task: str | Task | None = None,
     harmful: bool | None = None,
-    with_response: bool = True,
+    with_response: bool | None = True,
     template: str = "alpaca",
     tokenizer: Any = None,
 ) -> list[Example]:
@@ -233,7 +239,8 @@ def load_examples(
       None); None reads the records as instruction -> output.
     harmful: label every example (True for attack or refusal data, False for harmless data); None keeps
       the record's own `harmful` field (unknown if absent).
-    with_response: False reads prompts only (response "").
+    with_response: False reads prompts only (response ""); None reads responses where the rows have them
+      (a file of prompts alone is fine: its responses are "").
     """
     t = get_task(task) if task is not None else None
     if source is None:
@@ -243,22 +250,66 @@ def load_examples(
     if t is not None:
         required = t.required
     else:
-        required = ("instruction", "output") if with_response else ("instruction",)
+        required = ("instruction", "output") if with_response is True else ("instruction",)
     records = load_records(source, required=required, label_names=t.labels if t else None)
     examples = []
     for rec in records:
         if t is not None:
             rec = t.record(rec)
-        examples.append(
-            {
-                "prompt": format_prompt(rec["instruction"], rec["input"], template=template, tokenizer=tokenizer),
-                "response": rec["output"] if with_response else "",
-                "harmful": rec["harmful"] if harmful is None else harmful,
-                "label": rec["label"],
-                "source": rec["source"],
-            }
-        )
+        example = {
+            "prompt": format_prompt(rec["instruction"], rec["input"], template=template, tokenizer=tokenizer),
+            "response": (rec["output"] or "") if with_response is not False else "",
+            "harmful": rec["harmful"] if harmful is None else harmful,
+            "label": rec["label"],
+            "source": rec["source"],
+            "row": rec["row"],
+        }
+        turns = rec.get("messages")
+        if with_response is not False and turns and sum(m["role"] == "assistant" for m in turns) > 1:
+            example.update(conversation(turns, template=template, tokenizer=tokenizer, where=rec["source"]))
+        examples.append(example)
     return examples
+
+
+def conversation(messages: Sequence[dict], *, template: str, tokenizer: Any = None, where: str = "") -> Example:
+    """A multi-turn chat as one example whose every assistant turn is trained: the prompt is the first user
+    turn (where the refusal feature is read), the response the rest of the chat, and `response_spans` the
+    character ranges of the response that are assistant turns (the user turns between them are context).
+
+    With the chat template every turn is rendered by the tokenizer's template (the assistant turns with their
+    end-of-turn tokens); with Alpaca each later exchange is one more Instruction / Response block."""
+    first = next(j for j, m in enumerate(messages) if m["role"] == "user")
+    last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
+    if template == "alpaca":
+        prompt = format_prompt(messages[first]["content"], template=template)
+        parts, spans, length, pending = [], [], 0, ""
+        for m in messages[first + 1: last + 1]:
+            if m["role"] == "user":
+                pending = f"\n\n### Instruction:\n{m['content']}\n\n### Response:\n"
+            elif m["role"] == "assistant":
+                parts += [pending, m["content"]]
+                length += len(pending)
+                spans.append((length, length + len(m["content"])))
+                length += len(m["content"])
+                pending = ""
+        return {"prompt": prompt, "response": "".join(parts), "response_spans": spans}
+
+    def render(turns, open_turn: bool) -> str:
+        return tokenizer.apply_chat_template(list(turns), tokenize=False, add_generation_prompt=open_turn)
+
+    _check_chat_template(tokenizer)
+    prompt = render(messages[: first + 1], True)
+    spans = []
+    for k in range(first + 1, last + 1):
+        if messages[k]["role"] != "assistant":
+            continue
+        before, through = render(messages[:k], True), render(messages[: k + 1], False)
+        if not (through.startswith(before) and before.startswith(prompt)):
+            raise DataError(f"{where}: the chat template does not render this conversation turn by turn "
+                            "(an earlier turn's text changes when a later one is added)")
+        spans.append((len(before) - len(prompt), len(through) - len(prompt)))
+    full = render(messages[: last + 1], False)
+    return {"prompt": prompt, "response": full[len(prompt):], "response_spans": spans}
 
 
 def _sample(examples: Sequence[Example], k: int, rng: np.random.Generator, what: str) -> list[Example]:

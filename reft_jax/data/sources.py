@@ -3,7 +3,8 @@
 A *record* is the source-independent form of one row, after the field mapping:
 
     {"instruction": str | None, "input": str, "output": str | None, "label": str | None,
-     "harmful": bool | None, "source": "file.jsonl:7"}
+     "harmful": bool | None, "source": "file.jsonl:7", "row": {the row as read, every column},
+     "messages": [{"role", "content"}, ...] (a chat row only)}
 
 Recipes (`recipes.py`) turn records into templated examples. Everything the user got wrong in a file
 raises `DataError` with one line naming the file and the line (JSONL), record (JSON array) or row
@@ -33,6 +34,7 @@ ALIASES = {"prompt": "instruction", "response": "output"}
 _LAYOUTS = (
     ("messages", {"messages": "messages"}),
     ("instruction", {"instruction": "instruction", "input": "input", "output": "output"}),
+    ("completion", {"instruction": "prompt", "output": "completion"}),  # TRL's prompt/completion
     ("prompt", {"instruction": "prompt", "output": "response", "safe": "is_safe"}),
     ("goal", {"instruction": "goal", "output": "target"}),
     ("question", {"instruction": "question", "output": "answer"}),
@@ -127,6 +129,7 @@ def load_records(
             f"map it with fields={{'{missing[0]}': COLUMN}}"
         )
     columns = table.select_columns(sorted({*fields.values(), *where})).to_dict()
+    rows = table.to_list()
     n = len(table)
     label_names = tuple(label_names) if label_names else None
     records = []
@@ -136,7 +139,7 @@ def load_records(
         loc = f"{spec.display} {unit} {number(i)}"  # where errors point
         source = f"{_short(spec)}:{number(i)}"  # where the example came from, kept with it
         row = {name: columns[col][i] for name, col in fields.items()}
-        records.append(_to_record(row, fields, required, label_names, loc, source))
+        records.append({**_to_record(row, fields, required, label_names, loc, source), "row": rows[i]})
     if not records:
         if spec.where:
             cond = " and ".join(f"{k} == {v!r}" for k, v in spec.where.items())
@@ -320,7 +323,8 @@ def _field_map(spec: SourceSpec, columns: Sequence[str]) -> dict[str, str]:
 def _to_record(row, fields, required, label_names, loc, source) -> dict[str, Any]:
     rec = {"instruction": None, "input": "", "output": None, "label": None, "harmful": None, "source": source}
     if "messages" in fields:
-        rec["instruction"], rec["output"] = _read_messages(row["messages"], loc, fields["messages"])
+        rec["messages"] = _read_messages(row["messages"], loc, fields["messages"])
+        rec["instruction"], rec["output"] = first_exchange(rec["messages"])
     for key in TEXT_FIELDS:
         if key in fields:
             value = row[key]
@@ -346,21 +350,23 @@ def _to_record(row, fields, required, label_names, loc, source) -> dict[str, Any
     return rec
 
 
-def _read_messages(messages, loc, col) -> tuple[str, str | None]:
+def _read_messages(messages, loc, col) -> list[dict]:
+    """The chat list checked: text role and content in every message, and a user message."""
     if not isinstance(messages, list):
         raise DataError(f"{loc}: field '{col}' should be a list of messages, got {type(messages).__name__}")
-    user = answer = None
     for j, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise DataError(f"{loc}: field '{col}' message {j + 1} needs text 'role' and 'content'")
-        if user is None and m["role"] == "user":
-            user = m["content"]
-        elif user is not None and m["role"] == "assistant":
-            answer = m["content"]
-            break
-    if user is None:
+    if not any(m["role"] == "user" for m in messages):
         raise DataError(f"{loc}: field '{col}' has no user message")
-    return user, answer
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def first_exchange(messages: list[dict]) -> tuple[str, str | None]:
+    """The first user message and the assistant answer right after it (None when there is none)."""
+    first = next(j for j, m in enumerate(messages) if m["role"] == "user")
+    answer = next((m["content"] for m in messages[first + 1:] if m["role"] == "assistant"), None)
+    return messages[first]["content"], answer
 
 
 def _read_label(value, label_names, loc, col) -> str | None:

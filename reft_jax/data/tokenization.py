@@ -82,6 +82,9 @@ class TokenizedDataset:
     index: np.ndarray  # int32 [N]
     pad_id: int
     report: TokenizeReport
+    # float32 per response token: 1 trained, 0 context (the user turns inside a multi-turn chat's response);
+    # None when every response token is trained.
+    response_weights: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -99,11 +102,13 @@ class TokenizedDataset:
             response_ids=[self.response_ids[i] for i in positions],
             harmful=self.harmful[positions],
             index=self.index[positions],
+            response_weights=None if self.response_weights is None else [self.response_weights[i] for i in positions],
         )
 
     def prompts_only(self) -> TokenizedDataset:
         """The same examples without responses: a prompt's feature reads its last token, and the model is causal."""
-        return dataclasses.replace(self, response_ids=[np.zeros((0,), np.int32) for _ in self.response_ids])
+        return dataclasses.replace(self, response_ids=[np.zeros((0,), np.int32) for _ in self.response_ids],
+                                   response_weights=None)
 
 
 def tokenize(
@@ -152,13 +157,15 @@ def tokenize(
             responses += tokenizer([ex["response"] for ex in chunk], **kw)["input_ids"]
             bar.update(len(chunk))
 
-    out_p, out_r = [], []
+    out_p, out_r, out_w = [], [], []
     n_prompt_cut = n_response_cut = n_cut = longest = 0
     for ex, p, r in zip(examples, prompts, responses):
         if bos is not None and not (p and p[0] == bos):
             p = [bos, *p]
+        w = _span_weights(tokenizer, ex["response"], ex["response_spans"], r) if ex.get("response_spans") else None
         if ex["response"]:
             r = [*r, eos]
+            w = None if w is None else [*w, 1.0]
         if not p:
             raise DataError(f"{ex.get('source', 'example')}: prompt is empty after tokenization")
         longest = max(longest, len(p) + len(r))
@@ -168,11 +175,23 @@ def tokenize(
         n_cut += p_cut or r_cut
         out_p.append(np.asarray(p, np.int32))
         out_r.append(np.asarray(r, np.int32))
+        out_w.append(np.asarray(np.ones(len(r)) if w is None else w[: len(r)], np.float32))
 
     harmful = np.array([-1 if ex.get("harmful") is None else int(bool(ex["harmful"])) for ex in examples], np.int32)
     report = TokenizeReport(len(examples), n_cut, n_prompt_cut, n_response_cut, max_length, longest)
     (log.warning if n_cut else log.info)("%s: %s", desc, report)
-    return TokenizedDataset(out_p, out_r, harmful, np.arange(len(examples), dtype=np.int32), int(pad), report)
+    weights = out_w if any(ex.get("response_spans") for ex in examples) else None
+    return TokenizedDataset(out_p, out_r, harmful, np.arange(len(examples), dtype=np.int32), int(pad), report,
+                            weights)
+
+
+def _span_weights(tokenizer, text: str, spans, ids: list[int]) -> list[float]:
+    """1.0 for each token of `text` (tokenized as `ids`) that overlaps a character span, else 0.0."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    if list(enc["input_ids"]) != list(ids):
+        raise DataError(f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: tokenizes a text differently with "
+                        "offsets; multi-turn chats need a fast tokenizer")
+    return [float(any(a < end and b > start for start, end in spans)) for a, b in enc["offset_mapping"]]
 
 
 def _truncate(p: list[int], r: list[int], max_length: int, min_response: int, keep_first: bool):

@@ -25,7 +25,7 @@ def run(ctx: RunContext) -> dict:
         unsafe = judge.judge([p for p, _ in pairs], [r for _, r in pairs])
         result = rfilter.FilterResult(index=np.asarray(ds.index), score=np.asarray(unsafe, np.float32),
                                       label=np.asarray(ds.harmful), tau=0.5, layer=-1)
-        report = write_filter(result, folder, data="user", method="llama_guard", judge=judge.name)
+        report = write_filter(ctx, result, folder, method="llama_guard", judge=judge.name)
         new = judge.generation.max_new_tokens
         lengths = (len(judge.tokenizer(judge.format(p, r)).input_ids) + new for p, r in pairs)
         stage.flops = cost.forward_flops_of(judge.model.cfg, ((1, n) for n in lengths))

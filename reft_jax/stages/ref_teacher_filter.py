@@ -1,5 +1,5 @@
-"""Stage 2: the Ref-Teacher filter. The frozen teacher scores the user data (or a file of prompts) by the cosine of
-each prompt's feature with R_l, and flags what scores above tau (WORKDIR/filter/scores.jsonl, report.json)."""
+"""Stage 2: the Ref-Teacher filter. The frozen teacher scores the user data by the cosine of each prompt's feature
+with R_l, and flags what scores above tau (WORKDIR/filter/: scores.jsonl, kept.jsonl, flagged.jsonl, report.json)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import numpy as np
 
 from reft_jax import cost
-from reft_jax import data as rdata
 from reft_jax import filter as rfilter
 from reft_jax.context import RunContext
 from reft_jax.errors import ReftError
@@ -28,19 +27,13 @@ def teacher_settings(wd: Workdir) -> tuple[np.ndarray, int, float]:
     return r, int(settings["layer"]), float(settings["tau"])
 
 
-def run(ctx: RunContext, data_file: str | None = None) -> dict:
-    """Scores the user data, or with data_file a JSONL of prompts with optional `harmful` labels."""
+def run(ctx: RunContext) -> dict:
     cfg, wd = ctx.cfg, ctx.workdir
     with cost.Stage(wd.filter(), "filter") as stage:
         teacher = load_stage_model(model_dir(wd.teacher), cfg, "teacher")
         r, layer, tau = teacher_settings(wd)
-        if data_file:
-            examples = ctx.load_examples(rdata.SourceSpec(data_file), with_response=False)
-            ds = ctx.tokenize(examples, f"tokenizing {data_file}", vocab_size=teacher.cfg.vocab_size)
-        else:
-            ds = ctx.user
-        result = rfilter.run_filter(FrozenModel.of(teacher), ds, r, layer, tau, batch_size=cfg.filter.batch_size,
+        result = rfilter.run_filter(FrozenModel.of(teacher), ctx.user, r, layer, tau, batch_size=cfg.filter.batch_size,
                                     buckets=list(cfg.data.buckets), progress=cfg.logging.progress)
-        report = write_filter(result, wd.filter(), data=data_file or "user")
-        stage.flops = prompt_flops(teacher.cfg, ctx.prompt_batches(ds, cfg.filter.batch_size))
+        report = write_filter(ctx, result, wd.filter())
+        stage.flops = prompt_flops(teacher.cfg, ctx.prompt_batches(ctx.user, cfg.filter.batch_size))
     return report

@@ -51,7 +51,7 @@ def run(ctx: RunContext) -> dict:
             val_labels = ctx.pool.harmful
         result, choice = saft.run_filter(user, user_ds.index, user_ds.harmful, val, val_labels, layers, ks=list(s.ks),
                                          weighted=s.weighted, percentile=s.percentile)
-        report = write_filter(result, folder, data="user", method="saft", k=choice.k, sign=choice.sign,
+        report = write_filter(ctx, result, folder, method="saft", k=choice.k, sign=choice.sign,
                               val_auroc=choice.val_auroc, val_source=s.val_source, num_val=len(val_labels),
                               percentile=s.percentile)
         scored = (user_ds, ctx.pool) if s.val_source == "pool" else (user_ds,)

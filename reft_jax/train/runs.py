@@ -151,10 +151,11 @@ def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, batch
 
 def train_student(cfg: RunConfig, model: Transformer, teacher: Transformer | None, workdir: str | Path,
                   user_at: Callable[[int], Batch], align_at: Callable[[int], Batch], *, steps: int,
-                  beta: float, alpha: float = 0.0) -> Transformer:
+                  beta: float, alpha: float = 0.0, data_id: str = "") -> Transformer:
     """Finetunes the student from `model` (the base) for `steps` step calls on kept user data, plus
     beta x KL(teacher || student) on alignment data (distill.temperature) and alpha x the CE of the alignment
-    responses (joint SFT on both datasets). teacher None (beta = 0): plain finetuning, the no-defence baseline."""
+    responses (joint SFT on both datasets). teacher None (beta = 0): plain finetuning, the no-defence baseline.
+    data_id names the user data; a checkpoint of other data is not resumed (an error says so)."""
     if teacher is None and beta != 0:
         raise ConfigError("distill.beta must be 0 when finetuning without a teacher")
     tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
@@ -172,6 +173,6 @@ def train_student(cfg: RunConfig, model: Transformer, teacher: Transformer | Non
 
     place.check_memory(step, place.state, frozen_teacher, place.batch(user_at(0)), place.batch(align_at(0)),
                        what="student step")
-    state = loop.run("student", workdir, _loop_config(cfg, steps), place.state, step_fn, meta={"seed": cfg.seed},
-                     run_config=cfg.to_dict())
+    state = loop.run("student", workdir, _loop_config(cfg, steps), place.state, step_fn,
+                     meta={"seed": cfg.seed, "user_data": data_id}, run_config=cfg.to_dict())
     return state.model()
