@@ -17,6 +17,7 @@ import jax
 
 from reft_jax import data as rdata
 from reft_jax.errors import ConfigError, DataError
+from reft_jax.models import hub
 from reft_jax.models.from_config import vocab_of
 from reft_jax.resolve import resolve
 from reft_jax.run_config import RunConfig
@@ -24,17 +25,25 @@ from reft_jax.workdir import Workdir
 
 
 class RunContext:
-    def __init__(self, cfg: RunConfig, workdir: Workdir):
-        """cfg already resolved (see `create`)."""
-        self.cfg, self.workdir = cfg, workdir
+    def __init__(self, cfg: RunConfig, workdir: Workdir, model_source: str = ""):
+        """cfg already resolved (see `create`); model_source: model.path as the user gave it."""
+        self.cfg, self.workdir, self.model_source = cfg, workdir, model_source
 
     @classmethod
     def create(cls, cfg, workdir: str | Path) -> RunContext:
         """The context of a run of `cfg` in `workdir`: the config typed and resolved (demo data generated, a GGUF
         checkpoint converted, ... once, under the workdir)."""
-        workdir = Workdir(workdir)
+        workdir, cfg = Workdir(workdir), RunConfig.of(cfg)
         workdir.root.mkdir(parents=True, exist_ok=True)
-        return cls(resolve(RunConfig.of(cfg), workdir), workdir)
+        return cls(resolve(cfg, workdir), workdir, model_source=cfg.model.path)
+
+    @property
+    def base_model_id(self) -> str:
+        """What an adapter of this run is for: the hub id the user named (org/name[@revision]), else the
+        resolved local folder (absolute), "" for a random init."""
+        if hub.is_hub_id(self.model_source):
+            return self.model_source
+        return str(Path(self.cfg.model.path).expanduser().absolute()) if self.cfg.model.path else ""
 
     @functools.cached_property
     def tokenizer(self):

@@ -73,15 +73,14 @@ def export(ctx: RunContext, out: Path, method: str = "ref_teacher", *, adapter: 
     if not (source / ADAPTER_CONFIG).exists():
         raise ReftError(f"{source}: no adapter here; a method trained with LoRA (model.lora.rank > 0) writes one "
                         f"(without LoRA, export the whole model: drop --adapter)")
-    base = ctx.cfg.model.path
-    if not base:
-        base = str((out / "base_model").absolute())
-        save_model(base_model(ctx.cfg, ctx.vocab), ctx.tokenizer, Path(base))
-    elif Path(base).expanduser().exists():
-        base = str(Path(base).expanduser().absolute())
     if jax.process_index() == 0:
         shutil.copytree(source, out, dirs_exist_ok=True)
-        config = json.loads((out / ADAPTER_CONFIG).read_text())
-        (out / ADAPTER_CONFIG).write_text(json.dumps({**config, "base_model_name_or_path": base}, indent=2) + "\n")
         ctx.tokenizer.save_pretrained(str(out))
+    if not ctx.cfg.model.path:
+        base = str((out / "base_model").absolute())
+        save_model(base_model(ctx.cfg, ctx.vocab), ctx.tokenizer, Path(base))
+        if jax.process_index() == 0:
+            config = json.loads((out / ADAPTER_CONFIG).read_text())
+            config["base_model_name_or_path"] = base
+            (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out

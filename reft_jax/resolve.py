@@ -2,6 +2,7 @@
 a concrete local path that every stage then reads.
 
 - data.local_dir: each source named in data.local_files is read from that folder;
+- a hub id model.path is downloaded (once, into the hub's cache) and read from there;
 - a GGUF model.path is converted (once) into WORKDIR/base_model, a Hugging Face folder with the tokenizer;
 - data.demo: the demo data and tokenizer are generated (once) under WORKDIR/demo and every source points there;
 - data.tokenizer = "train": a byte-level BPE is trained (once) on the sources' text into WORKDIR/tokenizer.
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 from reft_jax import data as rdata
 from reft_jax import parallel
 from reft_jax.errors import ConfigError
-from reft_jax.models import gguf
+from reft_jax.models import gguf, hub
 from reft_jax.run_config import RunConfig, replace
 from reft_jax.workdir import Workdir
 
@@ -54,8 +55,15 @@ def resolve_local_data(cfg: RunConfig) -> RunConfig:
 
 
 def resolve_model(cfg: RunConfig, workdir: Workdir) -> RunConfig:
-    """A GGUF model.path (or model.path + model.gguf_file) is converted once into WORKDIR/base_model."""
+    """A hub id model.path (`org/name[@revision]`) is downloaded (once, into the hub's cache) and becomes its
+    local snapshot folder; a GGUF model.path (or model.path + model.gguf_file) is converted once into
+    WORKDIR/base_model."""
     m = cfg.model
+    if m.path and not m.gguf_file and hub.is_hub_id(m.path):
+        if jax.process_index() == 0:
+            hub.download(m.path)
+        parallel.sync("hub download")
+        return replace(cfg, "model.path", str(hub.download(m.path)))  # the others find it in the cache
     path = Path(m.path).expanduser() / m.gguf_file if m.gguf_file else Path(m.path)
     if not m.path or not gguf.is_gguf(path):
         return cfg

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from reft_jax.errors import CheckpointError
-from reft_jax.models import gguf
+from reft_jax.models import gguf, hub
 from reft_jax.models.config import load_hf_config, to_hf_dict
 from reft_jax.models.layers import LoraConfig
 from reft_jax.models.transformer import RuntimeOptions, Transformer, add_lora, merge_lora
@@ -129,15 +129,16 @@ def _default_placer(shape, axes, read):
 def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None, *, lora: LoraConfig | None = None,
                     attention: str = "xla", remat: str = "none", scan_layers: bool = False, seed: int = 0,
                     placer: Placer | None = None) -> Transformer:
-    """Loads a Hugging Face checkpoint folder (config.json + safetensors, single file or sharded), or a GGUF
-    file (converted once into a folder under $REFT_JAX_CACHE, default ~/.cache/reft_jax, and reused).
+    """Loads a Hugging Face checkpoint folder (config.json + safetensors, single file or sharded), a hub id
+    (`org/name[@revision]`, downloaded once into the hub's cache: models/hub.py), or a GGUF file (converted once
+    into a folder under $REFT_JAX_CACHE, default ~/.cache/reft_jax, and reused).
 
     dtype: compute dtype; param_dtype: storage dtype of the weights (default: dtype). lora: adapters to add
     (initialised from `seed`). placer(shape, axes, read) -> jax.Array places each parameter, reading only the
     slices it needs via read(index) (a mesh-aware placer reads just each device's shard); default: one device.
     """
     param_dtype = jnp.dtype(param_dtype or dtype)
-    folder = Path(path)
+    folder = hub.download(str(path)) if hub.is_hub_id(str(path)) else Path(path)
     if gguf.is_gguf(folder):
         cache = Path(os.environ.get("REFT_JAX_CACHE", "~/.cache/reft_jax")).expanduser()
         folder = gguf.convert(folder, cache / "gguf" / f"{folder.stem}-{param_dtype.name}", param_dtype.name)

@@ -19,6 +19,7 @@ from safetensors.numpy import save_file
 
 from reft_jax.errors import ReftError
 from reft_jax.models.hf_io import host_array
+from reft_jax.models.hub import is_hub_id, split_id
 from reft_jax.models.transformer import Transformer
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -27,8 +28,9 @@ _PEFT_NAMES = {"lora_a": "lora_A", "lora_b": "lora_B"}
 
 
 def save_adapter(model: Transformer, path: str | os.PathLike, base_model: str) -> Path:
-    """Writes the model's LoRA adapter as a PEFT folder for `base_model` (a hub id or a local folder: what
-    `base_model_name_or_path` names). Every process takes part (gathers); process 0 writes."""
+    """Writes the model's LoRA adapter as a PEFT folder for `base_model` (a hub id `org/name[@revision]` or a
+    local folder: `base_model_name_or_path` and `revision`). Every process takes part (gathers); process 0
+    writes."""
     lora = model.opts.lora
     if lora is None:
         raise ReftError("no LoRA adapter to export: this model was trained without one (model.lora.rank = 0); "
@@ -48,7 +50,8 @@ def save_adapter(model: Transformer, path: str | os.PathLike, base_model: str) -
     config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS" if model.cfg.is_classifier else "CAUSAL_LM",
-        "base_model_name_or_path": base_model,
+        "base_model_name_or_path": split_id(base_model)[0] if is_hub_id(base_model) else base_model,
+        "revision": split_id(base_model)[1] if is_hub_id(base_model) else None,
         "r": lora.rank,
         "lora_alpha": lora.alpha,
         "lora_dropout": 0.0,

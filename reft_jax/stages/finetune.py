@@ -68,7 +68,7 @@ def run(ctx: RunContext, method: Method) -> Path:
                                      data_id=ctx.user_fingerprint)
         save_model(student, ctx.tokenizer, model_dir(out))
         if student.opts.lora is not None:  # the adapter alone too, for PEFT users (`reft-jax export --adapter`)
-            save_adapter(student, adapter_dir(out), base_model=ctx.cfg.model.path)
+            save_adapter(student, adapter_dir(out), base_model=ctx.base_model_id)
         lora = lora_config(cfg)
         stage.flops = cost.train_flops(model.cfg, lora, user_batches.batch, steps)
         if method.distill or method.joint:
