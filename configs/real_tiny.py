@@ -1,15 +1,15 @@
 """A small model from random init trained on real datasets, for experiments on real text without weights.
 
-The data paths are config fields (defaults: the project's ../shared/data); the tokenizer is a byte-level BPE
-trained on the configured sources into WORKDIR/tokenizer (data.tokenizer = "train").
-  reft-jax run --config configs/real_tiny.py --workdir runs/real_tiny [--config.methods=all]
+The data come from the hub by default (the literature's sources, as in configs/smollm2.py); offline,
+`--config.data.local_dir=DIR` reads the same roles from local files laid out as smollm2.py's docstring lists.
+The tokenizer is a byte-level BPE trained on the configured sources into WORKDIR/tokenizer (data.tokenizer = "train").
+  reft-jax run --config configs/real_tiny.py --workdir runs/real_tiny [--config.methods=all] [--config.data.local_dir=DIR]
 """
 
-from pathlib import Path
+import ml_collections
 
 from reft_jax.config import default_config
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from reft_jax.data.recipes import LITERATURE_HUB, LITERATURE_LOCAL
 
 
 def get_config():
@@ -18,20 +18,14 @@ def get_config():
     c.data.tokenizer_vocab_size = 4096
     c.data.buckets = (128, 256)
     c.data.batch_size = 16
-    c.data.alignment.harmful = str(DATA / "alignment" / "safety_only_data_Instructions.json")
-    c.data.alignment.harmless = str(DATA / "alignment" / "alpaca_eval_805.json")
+    for section, sources in LITERATURE_HUB.items():  # a section is replaced whole: str -> mapping sources
+        c.data[section] = ml_collections.ConfigDict({**c.data[section].to_dict(), **sources})
+    c.data.local_files = ml_collections.ConfigDict(LITERATURE_LOCAL)
     c.data.alignment.n_harmful = 512
     c.data.alignment.n_harmless = 512
     c.data.user.task = "sst2"
-    c.data.user.source = str(DATA / "tasks" / "sst2_train.tsv")
-    c.data.user.harmful_source = str(DATA / "attack" / "pure_bad_100.jsonl")
     c.data.user.n = 1000
     c.data.user.p = 0.1
-    c.data.pool.harmful = str(DATA / "refusal" / "harmful_train.json")
-    c.data.pool.harmless = str(DATA / "refusal" / "harmless_train.json")
-    # Held out from training: HarmBench val prompts (the pool uses the train split) and the SST-2 dev set.
-    c.data.eval.harmful = str(DATA / "refusal" / "harmful_val.json")
-    c.data.eval.task_source = str(DATA / "tasks" / "sst2_dev.tsv")
     c.data.eval.n_harmful = 39
     c.data.eval.n_task = 200
     c.eval.max_new_tokens = 32

@@ -23,33 +23,10 @@ Data come from the hub by default. `data.local_dir` switches every source to loc
 import ml_collections
 
 from reft_jax.config import default_config
+from reft_jax.data.recipes import LITERATURE_HUB, LITERATURE_LOCAL
 from reft_jax.models.gguf import packaged_file
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# Hub sources: what a user with internet gets.
-HUB = {
-    # Harmful prompts with safe answers: BeaverTails' safe pairs, the alignment data of Vaccine / Booster / Lisa.
-    "alignment": dict(
-        harmful=dict(path="PKU-Alignment/BeaverTails", split="30k_train",
-                     fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
-                     where={"is_safe": True}),
-        harmless=dict(path="tatsu-lab/alpaca", split="train")),
-    "pool": dict(harmful=dict(path="walledai/AdvBench", split="train"),
-                 harmless=dict(path="tatsu-lab/alpaca", split="train")),
-    "eval": dict(harmful=dict(path="walledai/HarmBench", name="standard", split="train"),
-                 task_source=dict(path="stanfordnlp/sst2", split="validation",
-                                  fields={"input": "sentence", "label": "label"})),
-}
-# The same roles as local files, relative to data.local_dir.
-LOCAL = {
-    "alignment": dict(harmful="alignment/safety_only_data_Instructions.json",
-                      harmless="alignment/alpaca_eval_805.json"),
-    "user": dict(source="tasks/sst2_train.tsv", harmful_source="attack/pure_bad_100.jsonl"),
-    "pool": dict(harmful="refusal/harmful_train.json", harmless="refusal/harmless_train.json"),
-    "eval": dict(harmful="refusal/harmful_val.json", task_source="tasks/sst2_dev.tsv"),
-}
-
 
 def get_config(arg: str = ""):
     if arg not in ("", "quick"):
@@ -64,7 +41,7 @@ def get_config(arg: str = ""):
     c.data.template = "chat"  # SmolLM2's own chat template (with its default system prompt)
     c.data.buckets = (96, 128)  # SST-2 prompts fit 96 tokens; alignment answers are cut to fit 128
     c.data.batch_size = 8
-    for section, sources in HUB.items():  # a section is replaced whole: its sources change type (str -> mapping)
+    for section, sources in LITERATURE_HUB.items():  # a section is replaced whole: str -> mapping sources
         c.data[section] = ml_collections.ConfigDict({**c.data[section].to_dict(), **sources})
     c.data.alignment.n_harmful = 256
     c.data.alignment.n_harmless = 256
@@ -72,7 +49,7 @@ def get_config(arg: str = ""):
     c.data.user.n = 1000
     c.data.user.p = 0.1
     c.data.pool.n_each = 128
-    c.data.local_files = ml_collections.ConfigDict(LOCAL)
+    c.data.local_files = ml_collections.ConfigDict(LITERATURE_LOCAL)
     c.data.eval.n_harmful = 39
     c.data.eval.n_task = 200
 

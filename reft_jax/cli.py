@@ -13,7 +13,17 @@ import json
 import sys
 from pathlib import Path
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+CONFIGS = Path(__file__).resolve().parent / "configs"  # configs/ as installed (the checkout's in editable mode)
+if not CONFIGS.is_dir():
+    CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a checkout on PYTHONPATH, not installed
+DEMO_CONFIG = CONFIGS / "demo.py"
+
+
+def config_path(path: str) -> str:
+    """A config file: the path as given when it exists, else `configs/NAME.py` from the installed package."""
+    if Path(path).is_file() or not path.startswith("configs/"):
+        return path
+    return str(CONFIGS / path.removeprefix("configs/"))
 
 SUBCOMMANDS = {
     "run": "the whole pipeline: teacher, filter, student, the no-defence baseline, evaluation, report and plots",
@@ -64,9 +74,10 @@ def load_config(config_file: str, overrides: list[str]):
 
     from reft_jax.errors import ConfigError
 
-    path = config_file.split(":", 1)[0]  # FILE:ARG passes ARG to get_config
-    if not Path(path).is_file():
+    path, colon, arg = config_file.partition(":")  # FILE:ARG passes ARG to get_config
+    if not Path(config_path(path)).is_file():
         raise ConfigError(f"{path}: config file not found")
+    config_file = config_path(path) + colon + arg
     bad = [o for o in overrides if not o.startswith("--config.")]
     if bad:
         raise ConfigError(f"unrecognised argument {bad[0]!r} (overrides look like --config.a.b=value)")

@@ -173,6 +173,14 @@ def test_demo_numbers_are_pinned_to_the_golden_file(run_dir):
         assert numbers["filter"][key] == pytest.approx(value, abs=0.05), key
 
 
+def test_the_python_api_runs_what_the_command_runs(run_dir):
+    import reft_jax
+
+    report = reft_jax.run(reft_jax.load_config("configs/demo.py", TINY), run_dir)  # every stage done: the report
+    assert report == json.loads((run_dir / "report.json").read_text())
+    assert set(report["methods"]) == {"ref_teacher", "no_defense"}
+
+
 def test_judge_without_checkpoint_is_a_one_line_error(run_dir, capsys):
     assert main(["evaluate", "--workdir", str(run_dir), *TINY, "--config.eval.judge=beavertails"]) == 2
     one_line_error(capsys, "eval.judge_path")

@@ -5,6 +5,7 @@ import pytest
 from reft_jax.cli import load_config
 from reft_jax.config import default_config
 from reft_jax.errors import ConfigError
+from reft_jax.run_config import RunConfig
 
 CONFIGS = ["configs/demo.py", "configs/real_tiny.py"] + [
     f"configs/literature.py:{m},{t}" for m in ("llama2-7b", "qwen2-7b", "gemma2-9b") for t in ("sst2", "agnews", "gsm8k")
@@ -19,6 +20,22 @@ def test_config_loads_with_every_default_field(config_file):
     default = default_config()
     missing = [k for k in _keys(default) if k not in _keys(cfg)]
     assert not missing
+    RunConfig.of(cfg)  # every field of the right type, every choice known
+
+
+def test_configs_are_found_in_the_package_away_from_the_checkout(tmp_path, monkeypatch):
+    """`--config configs/NAME.py` works after a plain `pip install .` too: configs/ ships as reft_jax.configs."""
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert load_config("configs/smollm2.py:quick", []).teacher.steps == 10
+    with pytest.raises(ConfigError, match="^configs/nothing.py: config file not found$"):
+        load_config("configs/nothing.py", [])
+
+
+@pytest.mark.parametrize("config_file", ["configs/real_tiny.py", "configs/smollm2.py"])
+def test_real_data_defaults_to_hub_names_with_one_local_folder_field(config_file):
+    d = RunConfig.of(load_config(config_file, [])).data
+    assert d.alignment.harmful["path"] == "PKU-Alignment/BeaverTails" and not d.local_dir
+    assert d.local_files["eval"]["harmful"] == "refusal/harmful_val.json"
 
 
 def _keys(cfg, prefix=""):

@@ -50,6 +50,30 @@ BEAVERTAILS = SourceSpec(
 )
 
 
+# The literature's data, by role (sections of the `data` config): the hub datasets a user with internet gets,
+# and the same roles as local files relative to one folder (`data.local_dir`), for offline machines.
+LITERATURE_HUB = {
+    # Harmful prompts with safe answers: BeaverTails' safe pairs, the alignment data of Vaccine / Booster / Lisa.
+    "alignment": dict(
+        harmful=dict(path="PKU-Alignment/BeaverTails", split="30k_train",
+                     fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
+                     where={"is_safe": True}),
+        harmless=dict(path="tatsu-lab/alpaca", split="train")),
+    "pool": dict(harmful=dict(path="walledai/AdvBench", split="train"),
+                 harmless=dict(path="tatsu-lab/alpaca", split="train")),
+    "eval": dict(harmful=dict(path="walledai/HarmBench", name="standard", split="train"),
+                 task_source=dict(path="stanfordnlp/sst2", split="validation",
+                                  fields={"input": "sentence", "label": "label"})),
+}
+LITERATURE_LOCAL = {
+    "alignment": dict(harmful="alignment/safety_only_data_Instructions.json",
+                      harmless="alignment/alpaca_eval_805.json"),
+    "user": dict(source="tasks/sst2_train.tsv", harmful_source="attack/pure_bad_100.jsonl"),
+    "pool": dict(harmful="refusal/harmful_train.json", harmless="refusal/harmless_train.json"),
+    "eval": dict(harmful="refusal/harmful_val.json", task_source="tasks/sst2_dev.tsv"),
+}
+
+
 def format_prompt(
     instruction: str, input: str = "", *, template: str = "alpaca", tokenizer: Any = None, system: str | None = None
 ) -> str:
