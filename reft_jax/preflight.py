@@ -14,22 +14,22 @@ def check(ctx: RunContext, plan: list[str]) -> None:
     cfg = ctx.cfg
     problems: list[str] = []
 
-    def attempt(fn) -> None:
+    def attempt(fn) -> bool:
         try:
             fn()
+            return True
         except ReftError as e:
             problems.append(str(e))
+            return False
 
-    if cfg.model.path and not (Path(cfg.model.path).expanduser() / "config.json").exists():
+    model_ok = not cfg.model.path or (Path(cfg.model.path).expanduser() / "config.json").exists()
+    if not model_ok:
         problems.append(f"model.path: {cfg.model.path} is not a model folder (no config.json)")
-    attempt(lambda: ctx.tokenizer)
-    if not problems:  # the data needs the tokenizer
-        attempt(lambda: ctx.alignment)
-        attempt(lambda: ctx.pool)
-        if any(s.startswith("finetune:") for s in plan):
-            attempt(ctx.require_responses)
-        else:
-            attempt(lambda: ctx.user_examples)
+    if attempt(lambda: ctx.tokenizer):  # the data is read through the tokenizer (its chat template)
+        if model_ok:  # tokenized for the model's vocabulary, and kept for the stages
+            attempt(lambda: ctx.alignment)
+            attempt(lambda: ctx.pool)
+        attempt(ctx.require_responses if any(s.startswith("finetune:") for s in plan) else lambda: ctx.user_examples)
         attempt(lambda: _eval_data(ctx))
     if cfg.eval.judge != "keyword" and not (Path(cfg.eval.judge_path).expanduser() / "config.json").exists():
         problems.append(f"eval.judge_path: the {cfg.eval.judge} judge needs a local checkpoint folder "

@@ -17,7 +17,8 @@ from reft_jax.models import from_pretrained
 
 from test_cli import TINY, one_line_error
 
-LORA = [*TINY, "--config.model.lora.rank=4", "--config.optim.learning_rate=0.02"]
+LORA = [*TINY, "--config.model.lora.rank=4", "--config.optim.learning_rate=0.02", "--config.teacher.steps=8",
+        "--config.student.steps=3", "--config.data.eval.n_harmful=4", "--config.data.eval.n_task=4"]
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +182,12 @@ def test_a_bad_file_is_a_one_line_error_before_any_training(content, message, tm
     assert main(["run", "--workdir", str(tmp_path / "w"), "--data", str(bad), *TINY]) == 2
     one_line_error(capsys, message)
     assert not (tmp_path / "w" / "teacher").exists()
+
+
+def test_every_problem_before_the_first_step_is_listed_in_one_message(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["run", "--workdir", str(tmp_path / "w"), "--data", str(empty), *TINY,
+                 "--config.eval.judge=beavertails", f"--config.model.path={tmp_path / 'no_model'}"]) == 2
+    one_line_error(capsys, "3 problems: (1) model.path: ", "no_model is not a model folder",
+                   "empty.jsonl: file is empty", "eval.judge_path: the beavertails judge needs a local checkpoint")

@@ -4,14 +4,13 @@ benchmark build through these, as a user's script would."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax.numpy as jnp
 from flax import nnx
 
 from reft_jax.errors import ConfigError, ReftError
-from reft_jax.models.config import from_hf_dict
+from reft_jax.models.config import from_hf_dict, load_hf_config
 from reft_jax.models.hf_io import from_pretrained
 from reft_jax.models.layers import LoraConfig
 from reft_jax.models.transformer import RuntimeOptions, Transformer, add_lora
@@ -52,7 +51,7 @@ def trainable(cfg: RunConfig, model: Transformer, salt: int) -> Transformer:
 def vocab_of(cfg: RunConfig, tokenizer) -> int:
     """The vocabulary size the model will have: its checkpoint's, or the tokenizer's for a random init."""
     if cfg.model.path:
-        return int(json.loads((Path(cfg.model.path) / "config.json").read_text())["vocab_size"])
+        return load_hf_config(Path(cfg.model.path).expanduser())[0].vocab_size
     return int(cfg.model.init.get("vocab_size") or len(tokenizer))
 
 
