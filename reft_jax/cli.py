@@ -126,6 +126,7 @@ def _run(args, overrides) -> int:
 
     from reft_jax import pipeline, stages
     from reft_jax.context import RunContext
+    from reft_jax.export import export
     from reft_jax.methods import METHODS
     from reft_jax.stages import evaluate, ref_teacher_filter
 
@@ -145,7 +146,7 @@ def _run(args, overrides) -> int:
         print(json.dumps(_summary(pipeline.run(ctx, force=args.force)), indent=2))
         print(f"report written to {ctx.workdir.root / 'report.md'}")
     elif args.command == "export":
-        print(f"exported to {pipeline.export(ctx, Path(args.out), args.method, adapter=args.adapter)}")
+        print(f"exported to {export(ctx, Path(args.out), args.method, adapter=args.adapter)}")
     return 0
 
 

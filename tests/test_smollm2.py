@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,10 @@ def test_local_dir_switches_every_hub_source_to_a_local_file():
     assert all(isinstance(s, str) and Path(s).is_file() for s in sources), sources
 
 
-def test_every_stage_runs_on_the_real_model(tmp_path):
+def test_every_stage_runs_on_the_real_model(tmp_path, smollm2_converted):
     workdir = tmp_path / "smol"
+    # The session's conversion, linked where the run converts to: the run finds it done (the same file).
+    shutil.copytree(smollm2_converted, workdir / "base_model", copy_function=os.link)
     assert main(["run", "--config", f"{CONFIG}:quick", "--workdir", str(workdir), *FEW]) == 0
     assert json.loads((workdir / "base_model" / gguf.SOURCE_FILE).read_text())["file"] == str(Path(REAL).resolve())
     report = json.loads((workdir / "report.json").read_text())
