@@ -35,7 +35,8 @@ def test_flags_scores_above_tau_and_reports_against_labels(tmp_path):
 def test_unlabelled_data_reports_counts_only():
     ds = dataset()
     result = FilterResult(index=ds.index, score=np.zeros(6, np.float32), label=np.full(6, -1), tau=0.0, layer=1)
-    assert set(result.report()) == {"num_examples", "num_flagged", "num_kept", "tau", "layer"}
+    assert set(result.report()) == {"num_examples", "num_flagged", "num_kept", "flag_rate", "tau", "layer"}
+    assert result.report()["flag_rate"] == 0.0  # score 0 is not above tau 0
 
 
 def test_flagged_examples_never_reach_a_student_batch():

@@ -19,7 +19,7 @@ from reft_jax.workdir import Workdir
 
 from test_cli import TINY
 
-ALL = [*TINY, "--config.methods=all", "--config.baselines.sa_steps=8"]
+ALL = [*TINY, "--config.methods=all", "--config.baselines.sa_steps=8", "--config.eval.references=True"]
 
 
 def context(workdir, *overrides) -> RunContext:
@@ -93,6 +93,9 @@ def test_run_fills_the_whole_table(all_methods):
     # Distillation adds the teacher forward and the alignment forward/backward to the finetuning FLOPs.
     ft = {n: m["cost"]["stages"][-1]["flops"] for n, m in methods.items() if "cost" in m}
     assert ft["distill_only"] > ft["sa_plus_ft"] > ft["no_defense"]
+    # The references: the base model before finetuning and the teacher, measured the same way.
+    assert set(report["references"]) == {"base_model", "teacher"}
+    assert all(0 <= r["harmful_score"] <= 1 for r in report["references"].values())
     saft = methods["saft"]["filter"]
     assert saft["name"] == "saft" and 0 <= saft["auroc"] <= 1
     assert methods["filter_only"]["filter"] == methods["ref_teacher"]["filter"]

@@ -27,7 +27,7 @@ FEW = ["--config.teacher.steps=2", "--config.student.steps=2", "--config.refusal
        "--config.data.alignment.n_harmless=4", "--config.data.user.n=10", "--config.data.pool.n_each=4",
        "--config.data.eval.n_harmful=2", "--config.data.eval.n_task=2", "--config.eval.max_new_tokens=3",
        "--config.checkpoint.every=2", "--config.logging.progress=False", "--config.logging.tensorboard=False",
-       f"--config.data.local_dir={SHARED_DATA}"]
+       f"--config.data.local_dir={SHARED_DATA}", "--config.eval.references=False"]  # references: test_methods
 
 
 def test_local_dir_switches_every_hub_source_to_a_local_file():
