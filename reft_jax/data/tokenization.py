@@ -157,6 +157,7 @@ def tokenize(
             responses += tokenizer([ex["response"] for ex in chunk], **kw)["input_ids"]
             bar.update(len(chunk))
 
+    spans = any(ex.get("response_spans") for ex in examples)  # a multi-turn chat: per-token response weights
     out_p, out_r, out_w = [], [], []
     n_prompt_cut = n_response_cut = n_cut = longest = 0
     for ex, p, r in zip(examples, prompts, responses):
@@ -175,12 +176,13 @@ def tokenize(
         n_cut += p_cut or r_cut
         out_p.append(np.asarray(p, np.int32))
         out_r.append(np.asarray(r, np.int32))
-        out_w.append(np.asarray(np.ones(len(r)) if w is None else w[: len(r)], np.float32))
+        if spans:
+            out_w.append(np.asarray(np.ones(len(r)) if w is None else w[: len(r)], np.float32))
 
     harmful = np.array([-1 if ex.get("harmful") is None else int(bool(ex["harmful"])) for ex in examples], np.int32)
     report = TokenizeReport(len(examples), n_cut, n_prompt_cut, n_response_cut, max_length, longest)
     (log.warning if n_cut else log.info)("%s: %s", desc, report)
-    weights = out_w if any(ex.get("response_spans") for ex in examples) else None
+    weights = out_w if spans else None
     return TokenizedDataset(out_p, out_r, harmful, np.arange(len(examples), dtype=np.int32), int(pad), report,
                             weights)
 
