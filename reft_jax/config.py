@@ -51,6 +51,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.alignment.harmless = ""  # harmless prompts with helpful answers
     c.data.alignment.n_harmful = ml_collections.FieldReference(None, field_type=int)  # None = all
     c.data.alignment.n_harmless = ml_collections.FieldReference(None, field_type=int)
+    # Harmful prompt -> harmful answer pairs for the alignment-stage defences that need them (RepNoise, Booster);
+    # "" = data.user.harmful_source's. Pairs whose prompt is in the user data are left out.
+    c.data.alignment.harmful_pairs = ""
+    c.data.alignment.n_harmful_pairs = ml_collections.FieldReference(None, field_type=int)  # None = all
     c.data.user = ml_collections.ConfigDict()
     c.data.user.task = "sst2"  # sst2 | agnews | gsm8k | alpaca_eval | custom
     c.data.user.source = ""  # path or hub name of the task data; "" = the task's hub dataset
@@ -83,13 +87,31 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Methods trained and compared by `run` (reft_jax.methods): "all", or comma-separated names out of
     # ref_teacher, no_defense, sa_ft, sa_plus_ft, filter_only, distill_only, saft, llamaguard_filter,
-    # sa_ft+filter, sa_plus_ft+filter. ref_teacher and no_defense always run.
+    # sa_ft+filter, sa_plus_ft+filter, vaccine, repnoise, booster, lisa. ref_teacher and no_defense always run.
     c.methods = "ref_teacher,no_defense"
     c.expected_time = ""  # printed when `run` starts: how long this config took where it was measured
     c.baselines = ml_collections.ConfigDict()
     c.baselines.sa_steps = 0  # SFT steps of the safety alignment (sa_ft); 0 = teacher.steps
     c.baselines.joint_weight = 1.0  # weight of the alignment CE in the joint baselines (sa_plus_ft)
     c.baselines.llama_guard_path = ""  # local Llama-Guard-style checkpoint; "" = llamaguard_filter is skipped
+    # The harmful-finetuning defences of the literature (reft_jax.train.defences), with their authors' defaults.
+    # Vaccine, RepNoise and Booster are alignment stages (baselines.sa_steps steps from the base model, then
+    # plain finetuning); Lisa is a finetuning that starts from the safety-aligned model (sa_ft's).
+    c.defences = ml_collections.ConfigDict()
+    c.defences.vaccine = ml_collections.ConfigDict()
+    c.defences.vaccine.rho = 2.0  # norm of the perturbation of the attention outputs, over all layers
+    c.defences.repnoise = ml_collections.ConfigDict()
+    c.defences.repnoise.alpha = 1.0  # weight of the gradient ascent on harmful answers: - alpha log(1 + CE)
+    c.defences.repnoise.beta = 0.001  # weight of the MMD between harmful MLP outputs and Gaussian noise
+    c.defences.booster = ml_collections.ConfigDict()
+    c.defences.booster.lam = 5.0  # lambda, weight of the harmful-loss reduction term
+    c.defences.booster.alpha = 0.1  # size of the normalised harmful gradient step the term simulates
+    c.defences.lisa = ml_collections.ConfigDict()
+    c.defences.lisa.rho = 1.0  # weight of the proximal term rho / 2 ||w - w_switch||^2
+    c.defences.lisa.align_steps = 100  # alignment-data steps per cycle (a cycle starts with them)
+    c.defences.lisa.user_steps = 900  # user-data steps per cycle
+    c.defences.lisa.prox_warmup = 0.1  # share of the first steps without the proximal term
+
     c.saft = ml_collections.ConfigDict()  # the SAFT filter (reft_jax.saft)
     # Where its labelled validation pool comes from: "user", a labelled sample of the user data (n_val, half
     # harmful; a service labels a few examples by hand), or "pool", data.pool's alignment-style prompts.

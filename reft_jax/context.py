@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from reft_jax import data as rdata
 from reft_jax.errors import ConfigError, DataError
@@ -104,6 +105,23 @@ class RunContext:
         examples = rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
                                         seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer)
         return self.tokenize(examples, "tokenizing alignment data")
+
+    @functools.cached_property
+    def harmful_pairs(self) -> rdata.TokenizedDataset:
+        """Harmful prompts -> harmful answers for the alignment-stage defences that train against them (RepNoise,
+        Booster): data.alignment.harmful_pairs, else the user data's harmful source, without any pair whose
+        prompt is in the user data (a defence must not have seen the attack it is measured against)."""
+        a, u = self.cfg.data.alignment, self.cfg.data.user
+        source = a.harmful_pairs or u.harmful_source or rdata.BEAVERTAILS
+        user_prompts = {ex["prompt"] for ex in self.user_examples}
+        pairs = [ex for ex in self.load_examples(source, harmful=True) if ex["prompt"] not in user_prompts]
+        if not pairs:
+            raise DataError(f"data.alignment.harmful_pairs: no harmful pair of {source} is left once the user "
+                            "data's prompts are taken out; name another source")
+        rng = np.random.default_rng(self.cfg.seed + 7)
+        if a.n_harmful_pairs is not None and a.n_harmful_pairs < len(pairs):
+            pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), a.n_harmful_pairs, replace=False))]
+        return self.tokenize(pairs, "tokenizing harmful pairs")
 
     @functools.cached_property
     def user(self) -> rdata.TokenizedDataset:

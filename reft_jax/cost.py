@@ -1,4 +1,5 @@
-"""What each stage of a run costs: wall time, accelerator-seconds and model FLOPs (`STAGE_DIR/cost.json`).
+"""What each stage of a run costs: wall time, accelerator-seconds, model FLOPs and, for a training stage, the
+median seconds per step (`STAGE_DIR/cost.json`).
 
 Accelerator-seconds are wall seconds times the devices the stage held (all of them, for every stage). FLOPs
 are model FLOPs (reft_jax.flops) of the batches the stage ran, padded shapes included since the hardware
@@ -16,7 +17,7 @@ import jax
 
 from reft_jax import flops
 from reft_jax.models import LoraConfig, ModelConfig
-from reft_jax.workdir import COST
+from reft_jax.workdir import COST, METRICS
 
 Batch = dict
 
@@ -37,9 +38,20 @@ class Stage:
             devices = jax.device_count()
             record = {"stage": self.name, "wall_s": wall, "device_s": wall * devices, "devices": devices,
                       "platform": jax.devices()[0].platform, "flops": int(self.flops)}
+            step_s = _step_seconds(self.folder / METRICS)
+            if step_s is not None:
+                record["step_s"] = step_s
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / COST).write_text(json.dumps(record, indent=2) + "\n")
         return False
+
+
+def _step_seconds(metrics: Path) -> float | None:
+    """A trained stage's median step time (its loop's last record), None for a stage without a loop."""
+    if not metrics.exists():
+        return None
+    lines = metrics.read_text().splitlines()
+    return json.loads(lines[-1]).get("step_s") if lines else None
 
 
 def read(folder: Path) -> dict | None:
@@ -57,6 +69,11 @@ def _shapes(batch_at: Callable[[int], Batch], steps: int):
 def train_flops(cfg: ModelConfig, lora: LoraConfig | None, batch_at: Callable[[int], Batch], steps: int) -> int:
     """Forward and backward of the trained model over `steps` batches."""
     return sum(flops.train_flops(cfg, b, t, lora) for b, t in _shapes(batch_at, steps))
+
+
+def flops_over(per_batch: Callable[[int, int], int], batch_at: Callable[[int], Batch], steps: int) -> int:
+    """per_batch(rows, tokens) summed over `steps` batches, e.g. a partial of a reft_jax.flops function."""
+    return sum(per_batch(b, t) for b, t in _shapes(batch_at, steps))
 
 
 def forward_flops(cfg: ModelConfig, batch_at: Callable[[int], Batch], steps: int) -> int:

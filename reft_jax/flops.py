@@ -63,6 +63,19 @@ def train_flops(cfg: ModelConfig, batch: int, seq_len: int, lora: LoraConfig | N
     return per_token * batch * seq_len + 3 * attention_forward_flops(cfg, batch, seq_len)
 
 
+def input_gradient_flops(cfg: ModelConfig, batch: int, seq_len: int, lora: LoraConfig | None = None) -> int:
+    """A forward pass and the backward of the activations alone, no weight gradient (Vaccine's first pass, which
+    differentiates with respect to the attention outputs only): 4 (N + N_lora) per token."""
+    n = matmul_params(cfg) + (lora_params(cfg, lora) if lora else 0)
+    return 4 * n * batch * seq_len + 3 * attention_forward_flops(cfg, batch, seq_len)
+
+
+def logit_lens_flops(cfg: ModelConfig, batch: int, seq_len: int, lora: LoraConfig | None = None) -> int:
+    """RepNoise's vocabulary projection of the embedding and of every block's output but the last (which the
+    forward pass counts), forward and backward; the projection gets weight gradients unless under LoRA."""
+    return cfg.num_layers * (4 if lora else 6) * cfg.hidden_size * cfg.vocab_size * batch * seq_len
+
+
 def step_flops(step: str, cfg: ModelConfig, batch: int, seq_len: int, lora: LoraConfig | None = None) -> int:
     """Model FLOPs of one step on batches of `batch` rows of `seq_len` tokens.
 

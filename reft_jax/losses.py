@@ -255,3 +255,22 @@ def blockwise_distillation_kl(student_hidden: Array, student_unembed: Callable[[
 
     loss, num_tokens = blockwise_token_mean(per_token, (student_hidden, teacher_hidden), weights, block)
     return loss * temperature**2, num_tokens
+
+
+MMD_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def mmd_rbf(x: Array, y: Array, scales: Sequence[float] = MMD_SCALES) -> Array:
+    """Squared maximum mean discrepancy between samples x [N, F] and y [M, F], float32 (at least).
+
+    The kernel is a sum of Gaussians exp(-||a - b||^2 / (s * base)) over `scales`, base being the mean squared
+    distance between distinct samples of x and y pooled (held constant: no gradient flows through the bandwidth).
+    The biased estimator, diagonals included: mean K(x, x) + mean K(y, y) - 2 mean K(x, y) (RepNoise's MMD)."""
+    z = jnp.concatenate([_f32(x), _f32(y)])
+    sq = jnp.sum(z * z, axis=-1)
+    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
+    n = z.shape[0]
+    base = jax.lax.stop_gradient(jnp.maximum(jnp.sum(d2) / (n * n - n), 1e-12))  # > 0: identical samples
+    k = sum(jnp.exp(-d2 / (s * base)) for s in scales)
+    nx = x.shape[0]
+    return jnp.mean(k[:nx, :nx]) + jnp.mean(k[nx:, nx:]) - 2.0 * jnp.mean(k[:nx, nx:])

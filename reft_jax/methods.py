@@ -1,9 +1,10 @@
 """The methods a run compares: Ref-Teacher, its ablations, and the baselines, all in one harness.
 
-A method is a recipe over four choices: the model finetuning starts from (the base, or the base after safety
-alignment by SFT on the alignment data), the filter in front of the user data (none, the Ref-Teacher's, SAFT's
-or a Llama-Guard judge's), and what the alignment data adds to the finetuning loss (the teacher's
-distillation KL, or plain CE when it is trained jointly). Filters share one data flow (a FilterResult whose
+A method is a recipe over four choices: the model finetuning starts from (the base, the base after safety
+alignment by SFT on the alignment data, or after an alignment-stage defence: Vaccine, RepNoise, Booster), the
+filter in front of the user data (none, the Ref-Teacher's, SAFT's or a Llama-Guard judge's), and what the
+alignment data adds to the finetuning (the teacher's distillation KL, plain CE when it is trained jointly, or
+Lisa's alternating alignment steps). Filters share one data flow (a FilterResult whose
 flagged examples are removed before batching), so swapping one leaves the rest of the pipeline as it is.
 The stages that produce a method's model follow from its recipe (reft_jax.stages.stages_of).
 """
@@ -15,15 +16,22 @@ import dataclasses
 from reft_jax.errors import ConfigError
 
 FILTERS = ("ref_teacher", "saft", "llama_guard")
+ALIGNMENT_DEFENCES = ("vaccine", "repnoise", "booster")  # alignment stages (reft_jax.train.defences)
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
-    start: str = "base"  # "base" (M0) or "sa" (M0 after SFT on the alignment data)
+    start: str = "base"  # "base" (M0), "sa" (M0 after SFT on the alignment data) or one of ALIGNMENT_DEFENCES
     filter: str | None = None  # one of FILTERS, or None: finetune on all user data
     distill: bool = False  # + beta * KL(teacher || student) on alignment responses
     joint: bool = False  # + CE on alignment responses (SFT on alignment and user data together)
+    lisa: bool = False  # Lisa's finetuning: alignment and user steps alternate, with a proximal term
+
+    @property
+    def start_stage(self) -> str | None:
+        """The stage that produces the starting model (reft_jax.stages.STAGES); None for the base itself."""
+        return {"base": None, "sa": "safety_alignment"}.get(self.start, f"alignment:{self.start}")
 
 
 METHODS = {m.name: m for m in (
@@ -37,6 +45,10 @@ METHODS = {m.name: m for m in (
     Method("llamaguard_filter", filter="llama_guard"),
     Method("sa_ft+filter", start="sa", filter="ref_teacher"),
     Method("sa_plus_ft+filter", filter="ref_teacher", joint=True),
+    Method("vaccine", start="vaccine"),
+    Method("repnoise", start="repnoise"),
+    Method("booster", start="booster"),
+    Method("lisa", start="sa", lisa=True),
 )}
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from reft_jax.context import RunContext
 from reft_jax.errors import ConfigError, ReftError
+from reft_jax.train.runs import check_lisa_budget
 
 
 def check(ctx: RunContext, plan: list[str]) -> None:
@@ -30,7 +31,11 @@ def check(ctx: RunContext, plan: list[str]) -> None:
             attempt(lambda: ctx.alignment)
             attempt(lambda: ctx.pool)
         attempt(ctx.require_responses if any(s.startswith("finetune:") for s in plan) else lambda: ctx.user_examples)
+        if model_ok and {"alignment:repnoise", "alignment:booster"} & set(plan):
+            attempt(lambda: ctx.harmful_pairs)
         attempt(lambda: _eval_data(ctx))
+    if "finetune:lisa" in plan:
+        attempt(lambda: check_lisa_budget(cfg))
     if cfg.eval.judge != "keyword" and not (Path(cfg.eval.judge_path).expanduser() / "config.json").exists():
         problems.append(f"eval.judge_path: the {cfg.eval.judge} judge needs a local checkpoint folder "
                         f"({cfg.eval.judge_path or 'not set'})")

@@ -18,6 +18,10 @@ METHOD_TITLES = {
     "llamaguard_filter": "Llama-Guard filter, then finetuning",
     "sa_ft+filter": "SA -> FT with the Ref-Teacher filter",
     "sa_plus_ft+filter": "SA + FT with the Ref-Teacher filter",
+    "vaccine": "Vaccine (perturbation-aware alignment, then finetuning)",
+    "repnoise": "RepNoise (representation noising, then finetuning)",
+    "booster": "Booster (harmful-perturbation attenuation, then finetuning)",
+    "lisa": "Lisa (SA, then finetuning alternating with alignment steps)",
 }
 FILTER_KEYS = ("precision", "recall", "f1", "auroc", "flagged_harmless_share")
 
@@ -56,8 +60,8 @@ def write_markdown(report: dict, path: Path) -> None:
     if stages:
         lines += ["", "## Cost of each stage", "", "A method's cost is the sum of the stages it needs; shared stages "
                   "(the teacher, the safety alignment, a filter) count in full for every method that uses them.", "",
-                  "| stage | wall s | device s | TFLOPs |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {name} | " + " | ".join(_cost(s)) + " |" for name, s in stages.items()]
+                  "| stage | wall s | device s | TFLOPs | s / step |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {name} | " + " | ".join(_cost(s)) + f" | {_fmt(s.get('step_s'))} |" for name, s in stages.items()]
     f = report.get("filter") or {}
     if f:
         lines += ["", "## Ref-Teacher filter on the user data", "", "| " + " | ".join(FILTER_KEYS) + " |",

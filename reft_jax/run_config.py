@@ -52,6 +52,8 @@ class AlignmentData:
     harmless: Source
     n_harmful: int | None
     n_harmless: int | None
+    harmful_pairs: Source
+    n_harmful_pairs: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +122,39 @@ class BaselinesSection:
     sa_steps: int
     joint_weight: float
     llama_guard_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VaccineSection:
+    rho: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RepNoiseSection:
+    alpha: float
+    beta: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BoosterSection:
+    lam: float
+    alpha: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LisaSection:
+    rho: float
+    align_steps: int
+    user_steps: int
+    prox_warmup: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DefencesSection:
+    vaccine: VaccineSection
+    repnoise: RepNoiseSection
+    booster: BoosterSection
+    lisa: LisaSection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +264,7 @@ class RunConfig:
     methods: str
     expected_time: str
     baselines: BaselinesSection
+    defences: DefencesSection
     saft: SaftSection
     filter: FilterSection
     refusal: RefusalSection

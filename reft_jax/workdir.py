@@ -7,7 +7,8 @@
   teacher/refusal_feature.npy, filter.json (layer, tau)
   filter/scores.jsonl, report.json, kept.jsonl, flagged.jsonl   the Ref-Teacher filter on the user data
   filters/NAME/...                          the same for the other filters (saft, llama_guard)
-  safety_aligned/model/        the base after SFT on the alignment data (sa_ft)
+  safety_aligned/model/        the base after SFT on the alignment data (sa_ft, lisa)
+  DEFENCE_aligned/model/       the base after an alignment-stage defence (vaccine, repnoise, booster)
   student/model/               Ref-Teacher's student; every other method's in METHOD/model/
   student/adapter/             its LoRA adapter as a PEFT folder (model.lora.rank > 0); METHOD/adapter/ likewise
   eval/report.json, report.json, report.md and the plots
@@ -58,18 +59,24 @@ class Workdir:
         """Where filter `name` (methods.FILTERS) writes scores.jsonl and report.json."""
         return self.root / "filter" if name == "ref_teacher" else self.root / "filters" / name
 
+    def aligned(self, defence: str) -> Path:
+        """Where an alignment-stage defence (vaccine, repnoise, booster) writes the base model it aligned."""
+        return self.root / f"{defence}_aligned"
+
     def method(self, name: str) -> Path:
         """Where a method's finetuned model and logs live (Ref-Teacher's is the contract's student/)."""
         return self.root / ("student" if name == "ref_teacher" else name)
 
     def stage(self, stage: str) -> Path:
-        """The folder of a stage of methods.Method.stages(): teacher, safety_alignment, filter[:NAME],
-        finetune:METHOD."""
+        """The folder of a stage (reft_jax.stages.STAGES): teacher, safety_alignment, alignment:DEFENCE,
+        filter[:NAME], finetune:METHOD."""
         kind, _, name = stage.partition(":")
         if kind == "filter":
             return self.filter(name or "ref_teacher")
         if kind == "finetune":
             return self.method(name)
+        if kind == "alignment":
+            return self.aligned(name)
         return {"teacher": self.teacher, "safety_alignment": self.safety_aligned}[stage]
 
     def done(self, stage: str) -> Path:

@@ -19,7 +19,8 @@ from reft_jax.workdir import Workdir
 
 from test_cli import TINY
 
-ALL = [*TINY, "--config.methods=all", "--config.baselines.sa_steps=8", "--config.eval.references=True"]
+ALL = [*TINY, "--config.methods=all", "--config.baselines.sa_steps=8", "--config.eval.references=True",
+       "--config.defences.lisa.align_steps=1", "--config.defences.lisa.user_steps=2", "--config.logging.every=1"]
 
 
 def context(workdir, *overrides) -> RunContext:
@@ -38,6 +39,10 @@ def test_stage_order_of_every_method():
         "llamaguard_filter": ["filter:llama_guard", "finetune:llamaguard_filter"],
         "sa_ft+filter": ["teacher", "safety_alignment", "filter", "finetune:sa_ft+filter"],
         "sa_plus_ft+filter": ["teacher", "filter", "finetune:sa_plus_ft+filter"],
+        "vaccine": ["alignment:vaccine", "finetune:vaccine"],
+        "repnoise": ["alignment:repnoise", "finetune:repnoise"],
+        "booster": ["alignment:booster", "finetune:booster"],
+        "lisa": ["safety_alignment", "finetune:lisa"],
     }
     assert (METHODS["sa_plus_ft"].joint and not METHODS["sa_plus_ft"].distill
             and METHODS["distill_only"].distill and METHODS["distill_only"].filter is None)
@@ -49,8 +54,9 @@ def test_method_selection():
     with pytest.raises(ConfigError, match="unknown method 'lora_only'"):
         selected("ref_teacher,lora_only")
     plan = stages.plan(selected("all"))
-    assert plan[:2] == ["teacher", "safety_alignment"] and plan[2:5] == ["filter", "filter:saft", "filter:llama_guard"]
-    assert plan[5:] == [f"finetune:{name}" for name in METHODS]
+    assert plan[:5] == ["teacher", "safety_alignment", "alignment:vaccine", "alignment:repnoise", "alignment:booster"]
+    assert plan[5:8] == ["filter", "filter:saft", "filter:llama_guard"]
+    assert plan[8:] == [f"finetune:{name}" for name in METHODS]
 
 
 TOKENIZED = []  # what was tokenized during the all-methods run (the desc of each call)
@@ -73,7 +79,7 @@ def all_methods(tmp_path_factory):
 def test_run_fills_the_whole_table(all_methods):
     # Eleven stages, one run context: each dataset is read and tokenized once.
     assert sorted(TOKENIZED) == sorted(["tokenizing alignment data", "tokenizing user data", "tokenizing refusal pool",
-                                        "tokenizing held-out prompts"])
+                                        "tokenizing held-out prompts", "tokenizing harmful pairs"])
     report = json.loads((all_methods / "report.json").read_text())
     methods = report["methods"]
     assert list(methods) == list(METHODS)
@@ -99,10 +105,21 @@ def test_run_fills_the_whole_table(all_methods):
     saft = methods["saft"]["filter"]
     assert saft["name"] == "saft" and 0 <= saft["auroc"] <= 1
     assert methods["filter_only"]["filter"] == methods["ref_teacher"]["filter"]
+    # The defences' alignment stages cost the passes their algorithms make: Vaccine two per alignment batch
+    # (the first without weight gradients), RepNoise an alignment and a harmful one, Booster an alignment and
+    # two harmful ones; each step's measured time is in the stage's cost.
+    stage_cost = {s["stage"]: s for m in methods.values() for s in (m.get("cost") or {}).get("stages", [])}
+    sft = stage_cost["safety_alignment"]["flops"]
+    assert 1.5 * sft < stage_cost["alignment:vaccine"]["flops"] < 2 * sft
+    assert 2.5 * sft < stage_cost["alignment:booster"]["flops"] < 3.5 * sft
+    assert stage_cost["alignment:repnoise"]["flops"] > 2 * sft  # and the logit lens at every depth
+    assert all(stage_cost[s]["step_s"] > 0 for s in ("safety_alignment", "alignment:vaccine", "finetune:lisa"))
     md = (all_methods / "report.md").read_text()
-    assert md.count("\n| ") >= 10 + 2 and "Llama-Guard filter, then finetuning: skipped" in md
-    for folder in ("safety_aligned", "filters/saft", "sa_ft+filter", "sa_plus_ft"):
+    assert md.count("\n| ") >= 14 + 2 and "Llama-Guard filter, then finetuning: skipped" in md
+    for folder in ("safety_aligned", "filters/saft", "sa_ft+filter", "sa_plus_ft", "vaccine_aligned", "lisa"):
         assert (all_methods / folder).is_dir(), folder
+    lisa = [json.loads(line) for line in (all_methods / "lisa" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["alignment_step"] for r in lisa] == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]  # 1 alignment step, then 2 user steps
 
 
 def test_swapping_the_filter_leaves_the_rest_untouched(all_methods, tmp_path):

@@ -78,6 +78,7 @@ class ModelOutput:
     logits: jax.Array  # [B, T, V] for a causal LM, [B, num_labels] for a classifier
     hidden_states: tuple[jax.Array | None, ...] | None = None  # embedding output, then one per layer
     cache: KVCache | None = None  # the updated cache, when the call was given one
+    mlp_outputs: tuple[jax.Array, ...] | None = None  # each block's MLP output, when asked for (output_mlp)
 
 
 class Attention(nnx.Module):
@@ -178,15 +179,19 @@ class Block(nnx.Module):
             self.pre_feedforward_layernorm = self.post_feedforward_layernorm = None
         self.mlp = MLP(cfg, opts, rngs=rngs)
 
-    def __call__(self, x, positions, mask, window, kv=None):
-        """Returns the block's output and the attention's new (k, v) (None without a cache)."""
+    def __call__(self, x, positions, mask, window, kv=None, attn_offset=None):
+        """Returns the block's output, the attention's new (k, v) (None without a cache) and the MLP's output.
+        attn_offset [B, T, D]: added to the attention's output (Vaccine's perturbation of it)."""
         attn, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, window, kv)
+        if attn_offset is not None:
+            attn = attn + attn_offset.astype(attn.dtype)
         if self.pre_feedforward_layernorm is None:
             x = constrain(x + attn, RESIDUAL)
-            return constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL), new_kv
+            mlp = self.mlp(self.post_attention_layernorm(x))
+            return constrain(x + mlp, RESIDUAL), new_kv, mlp
         x = constrain(x + self.post_attention_layernorm(attn), RESIDUAL)
-        return constrain(x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))),
-                         RESIDUAL), new_kv
+        mlp = self.mlp(self.pre_feedforward_layernorm(x))
+        return constrain(x + self.post_feedforward_layernorm(mlp), RESIDUAL), new_kv, mlp
 
 
 class Transformer(nnx.Module):
@@ -222,7 +227,8 @@ class Transformer(nnx.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  output_hidden_states: bool | int | Sequence[int] = False,
-                 cache: KVCache | None = None, logits: bool = True) -> ModelOutput:
+                 cache: KVCache | None = None, logits: bool = True, attention_offsets: jax.Array | None = None,
+                 output_mlp: bool = False) -> ModelOutput:
         """input_ids [B, T]; attention_mask [B, T] (1 = real token); positions [B, T] (default 0..T-1, as in
         transformers; pass cumsum(mask) - 1 for left padding); segment_ids [B, T] for packed sequences.
         `output_hidden_states`: True for all, or the indices to keep (others are None), HF convention:
@@ -231,7 +237,9 @@ class Transformer(nnx.Module):
         `cache`: decode incrementally (causal LM only): the T tokens go to cache slots index .. index + T - 1
         and attend to every earlier real slot; the output carries the updated cache. Pass positions too.
         `logits=False` skips the vocabulary projection (ModelOutput.logits is None): the blockwise losses
-        project the last hidden state (`output_hidden_states=[-1]`) a block of tokens at a time (`unembed`)."""
+        project the last hidden state (`output_hidden_states=[-1]`) a block of tokens at a time (`unembed`).
+        `attention_offsets` [L, B, T, D]: added to each block's attention output (Vaccine perturbs them);
+        `output_mlp`: ModelOutput.mlp_outputs holds each block's MLP output (RepNoise reads them)."""
         cfg = self.cfg
         b, t = input_ids.shape
         if attention_mask is None:
@@ -249,7 +257,8 @@ class Transformer(nnx.Module):
 
         x = self._embed(input_ids)
         keep = _hidden_state_selection(output_hidden_states, cfg.num_layers)
-        x, layer_outputs, new_kv = self._run_blocks(x, positions, mask, collect=bool(keep), cache=cache)
+        x, layer_outputs, new_kv, mlps = self._run_blocks(x, positions, mask, collect=bool(keep), cache=cache,
+                                                          offsets=attention_offsets, collect_mlp=output_mlp)
         x = self.norm(x)
         if cache is not None:
             cache = _write_cache(cache, new_kv, slots, t)
@@ -259,8 +268,8 @@ class Transformer(nnx.Module):
             states = [layer_outputs[0], *layer_outputs[1:-1], x]
             hidden_states = tuple(h if i in keep else None for i, h in enumerate(states))
         if cfg.is_classifier:
-            return ModelOutput(self._pool(x, input_ids, attention_mask), hidden_states)
-        return ModelOutput(self.unembed(x) if logits else None, hidden_states, cache)
+            return ModelOutput(self._pool(x, input_ids, attention_mask), hidden_states, mlp_outputs=mlps)
+        return ModelOutput(self.unembed(x) if logits else None, hidden_states, cache, mlps)
 
     def _embed(self, input_ids: jax.Array) -> jax.Array:
         """Token embeddings [B, T, D] in the compute dtype (times sqrt(D) for Gemma, in that dtype as Gemma does).
@@ -298,15 +307,17 @@ class Transformer(nnx.Module):
         mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & attention_mask.astype(bool)[:, None, None, :]
         x = self._embed(input_ids)
         depth = max(layers)
-        x, outputs, _ = self._run_blocks(x, positions, mask, collect=True, depth=depth)
+        x, outputs, _, _ = self._run_blocks(x, positions, mask, collect=True, depth=depth)
         if depth == self.cfg.num_layers:  # the last hidden state is after the final norm, as transformers has it
             outputs[-1] = self.norm(x)
         return tuple(outputs[i] for i in layers)
 
-    def _run_blocks(self, x, positions, mask, collect: bool, cache: KVCache | None = None, depth: int | None = None):
+    def _run_blocks(self, x, positions, mask, collect: bool, cache: KVCache | None = None, depth: int | None = None,
+                    offsets: jax.Array | None = None, collect_mlp: bool = False):
         """Runs the stacked blocks (the first `depth` of them; default all); returns the output, if collect
-        [input, output of each block], and with a cache the new keys and values of every layer, stacked
-        (k, v) [L, B, T, K, H] (else None)."""
+        [input, output of each block], with a cache the new keys and values of every layer, stacked
+        (k, v) [L, B, T, K, H] (else None), and if collect_mlp each block's MLP output (else None).
+        offsets [L, B, T, D]: added to each block's attention output."""
         graphdef, state = nnx.split(self.layers)
         windows = self.cfg.layer_windows
         if depth is not None and depth < self.cfg.num_layers:
@@ -314,11 +325,11 @@ class Transformer(nnx.Module):
         uniform = len(set(windows)) == 1  # then the window is a static int: no per-layer mask work
 
         def body(x, layer):
-            layer_state, window, kv = layer
+            layer_state, window, kv, offset = layer
             window = windows[0] if uniform else window
             kv = None if kv is None else (*kv, cache.index)
-            y, new_kv = nnx.merge(graphdef, layer_state)(x, positions, mask, window, kv)
-            return y, (y if collect else None, new_kv)
+            y, new_kv, mlp = nnx.merge(graphdef, layer_state)(x, positions, mask, window, kv, offset)
+            return y, (y if collect else None, new_kv, mlp if collect_mlp else None)
 
         policy = REMAT_POLICIES[self.opts.remat]
         if self.opts.remat != "none":
@@ -326,18 +337,21 @@ class Transformer(nnx.Module):
         x0 = x
         kvs = None if cache is None else (cache.k, cache.v)
         if self.opts.scan_layers:
-            xs = (state, None if uniform else jnp.asarray(windows, jnp.int32), kvs)
-            x, (ys, new_kv) = jax.lax.scan(body, x, xs)
+            xs = (state, None if uniform else jnp.asarray(windows, jnp.int32), kvs, offsets)
+            x, (ys, new_kv, mlps) = jax.lax.scan(body, x, xs)
             outputs = [x0, *[ys[i] for i in range(len(windows))]] if collect else []
+            mlps = tuple(mlps[i] for i in range(len(windows))) if collect_mlp else None
         else:
-            outputs, new_kvs = [x0], []
+            outputs, new_kvs, mlps = [x0], [], []
             for i, window in enumerate(windows):
-                layer = jax.tree.map(lambda a, i=i: a[i], (state, kvs))
-                x, (y, kv) = body(x, (layer[0], window, layer[1]))
+                layer = jax.tree.map(lambda a, i=i: a[i], (state, kvs, offsets))
+                x, (y, kv, mlp) = body(x, (layer[0], window, layer[1], layer[2]))
                 outputs.append(y)
                 new_kvs.append(kv)
+                mlps.append(mlp)
             new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new_kvs)
-        return x, outputs, new_kv
+            mlps = tuple(mlps) if collect_mlp else None
+        return x, outputs, new_kv, mlps
 
     def _pool(self, x, input_ids, attention_mask):
         """Classifier logits at the last non-pad token, found as LlamaForSequenceClassification does."""

@@ -7,6 +7,7 @@ defence or filter is one module here and one line in STAGES (and one in reft_jax
 
     teacher              stages/teacher.py            the Ref-Teacher and its refusal feature
     safety_alignment     stages/safety_alignment.py   the base model SFT-trained on the alignment data
+    alignment:DEFENCE    stages/defence_alignment.py  Vaccine's, RepNoise's or Booster's alignment of the base
     filter               stages/ref_teacher_filter.py the teacher's scores of the user data
     filter:saft          stages/saft_filter.py        the SAFT baseline's filter
     filter:llama_guard   stages/llama_guard_filter.py a Llama-Guard judge as a filter
@@ -21,8 +22,9 @@ import functools
 from typing import Callable
 
 from reft_jax.context import RunContext
-from reft_jax.methods import METHODS, Method
-from reft_jax.stages import finetune, llama_guard_filter, ref_teacher_filter, safety_alignment, saft_filter, teacher
+from reft_jax.methods import ALIGNMENT_DEFENCES, METHODS, Method
+from reft_jax.stages import (defence_alignment, finetune, llama_guard_filter, ref_teacher_filter, safety_alignment,
+                             saft_filter, teacher)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +42,7 @@ def filter_stage(name: str) -> str:
 def _finetune(method: Method) -> Stage:
     needs = [filter_stage(method.filter)] if method.filter else []
     needs += ["teacher"] if method.distill else []
-    needs += ["safety_alignment"] if method.start == "sa" else []
+    needs += [method.start_stage] if method.start_stage else []
     return Stage(f"finetune:{method.name}", functools.partial(finetune.run, method=method), tuple(needs))
 
 
@@ -48,6 +50,7 @@ def _finetune(method: Method) -> Stage:
 STAGES = {s.name: s for s in (
     Stage("teacher", teacher.run),
     Stage("safety_alignment", safety_alignment.run),
+    *(Stage(f"alignment:{d}", functools.partial(defence_alignment.run, defence=d)) for d in ALIGNMENT_DEFENCES),
     Stage("filter", ref_teacher_filter.run, needs=("teacher",)),
     Stage("filter:saft", saft_filter.run),
     Stage("filter:llama_guard", llama_guard_filter.run),

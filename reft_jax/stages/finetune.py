@@ -18,7 +18,7 @@ from reft_jax.methods import Method
 from reft_jax.models import save_adapter
 from reft_jax.models.from_config import base_model, load_stage_model, lora_config, trainable
 from reft_jax.stages.common import save_model
-from reft_jax.train import runs
+from reft_jax.train import defences, runs
 from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES, USER_DATA, Workdir, adapter_dir, model_dir
 
 
@@ -54,23 +54,33 @@ def run(ctx: RunContext, method: Method) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             (out / USER_DATA).write_text(json.dumps({"num_examples": len(user), "index": user.index.tolist()}) + "\n")
         teacher = load_stage_model(model_dir(wd.teacher), cfg, "teacher") if method.distill else None
-        if method.start == "sa":
-            start = load_stage_model(model_dir(wd.safety_aligned), cfg, "safety-aligned model")
+        if method.start_stage:
+            start = load_stage_model(model_dir(wd.stage(method.start_stage)), cfg, f"{method.start_stage} model")
         else:
             start = base_model(cfg, ctx.vocab)
         model = trainable(cfg, start, salt=2)
         user_batches = ctx.batches(user, seed_offset=2)
         align_batches = ctx.batches(ctx.alignment, seed_offset=3)
-        steps = cfg.student.steps
-        student = runs.train_student(cfg, model, teacher, out, user_batches.batch, align_batches.batch, steps=steps,
-                                     beta=cfg.distill.beta if method.distill else 0.0,
-                                     alpha=cfg.baselines.joint_weight if method.joint else 0.0,
-                                     data_id=ctx.user_fingerprint)
+        steps, lora = cfg.student.steps, lora_config(cfg)
+        if method.lisa:
+            student = runs.train_lisa(cfg, model, out, user_batches.batch, align_batches.batch, steps=steps,
+                                      data_id=ctx.user_fingerprint)
+            lisa = cfg.defences.lisa
+
+            def batch_at(i):  # the batch each Lisa step trained on
+                alignment = defences.lisa_phase(i, lisa.align_steps, lisa.user_steps)
+                return (align_batches if alignment else user_batches).batch(i)
+
+            stage.flops = cost.train_flops(model.cfg, lora, batch_at, steps)
+        else:
+            student = runs.train_student(cfg, model, teacher, out, user_batches.batch, align_batches.batch,
+                                         steps=steps, beta=cfg.distill.beta if method.distill else 0.0,
+                                         alpha=cfg.baselines.joint_weight if method.joint else 0.0,
+                                         data_id=ctx.user_fingerprint)
+            stage.flops = cost.train_flops(model.cfg, lora, user_batches.batch, steps)
         save_model(student, ctx.tokenizer, model_dir(out))
         if student.opts.lora is not None:  # the adapter alone too, for PEFT users (`reft-jax export --adapter`)
             save_adapter(student, adapter_dir(out), base_model=ctx.base_model_id)
-        lora = lora_config(cfg)
-        stage.flops = cost.train_flops(model.cfg, lora, user_batches.batch, steps)
         if method.distill or method.joint:
             stage.flops += cost.train_flops(model.cfg, lora, align_batches.batch, steps)
         if method.distill:

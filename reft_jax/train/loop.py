@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import signal
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -140,8 +141,9 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
         hooks: Sequence[Hook] = (), meta: dict | None = None, run_config: dict | None = None) -> Any:
     """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (or from `state`) up to cfg.steps,
     calling `hooks` (see Hook) between steps. Around the steps it owns the progress bar, the metrics log (every
-    cfg.log_every steps), checkpoints (every cfg.checkpoint_every steps, at the end and on SIGTERM) and the
-    stop on a non-finite loss.
+    cfg.log_every steps; the last record has `step_s`, the median seconds of a step of this invocation after its
+    first), checkpoints (every cfg.checkpoint_every steps, at the end and on SIGTERM) and the stop on a
+    non-finite loss.
     meta: JSON facts the run must agree with on resume (e.g. the seed).
     Returns the final state.
     """
@@ -162,7 +164,7 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
     bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not cfg.progress or jax.process_index() != 0,
                dynamic_ncols=True)
     window_tokens, window_start = 0.0, time.perf_counter()
-    step = start
+    step, step_times = start, []
     try:
         with _SigtermFlag() as sigterm:
             while step < cfg.steps:
@@ -170,8 +172,10 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
                 for hook in hooks:
                     if step % hook.every == 0:
                         hooked.update(hook(state, step))
+                started = time.perf_counter()
                 state, metrics = step_fn(state, step)
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for the step
+                step_times.append(time.perf_counter() - started)
                 step += 1
                 if not math.isfinite(metrics["loss"]):
                     last = checkpoints.latest_step()
@@ -181,6 +185,8 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
                 if step == cfg.steps:
                     for hook in hooks:
                         hooked.update(hook(state, step))
+                    if len(step_times) > 1:  # the run's typical step, its first (compiling) one left out
+                        metrics["step_s"] = statistics.median(step_times[1:])
                 metrics.update({k: float(v) for k, v in hooked.items()})
                 window_tokens += metrics.get("tokens", 0.0)
                 bar.update(1)

@@ -10,6 +10,7 @@ held-out prompts') mean cosines and AUROC in metrics.jsonl.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,6 +26,7 @@ from reft_jax.train.optim import make_optimizer
 from reft_jax.refusal import Batch, make_feature_fn
 from reft_jax.run_config import RunConfig
 from reft_jax.state import FrozenModel
+from reft_jax.train.defences import Lisa, lisa_phase, make_update_step
 from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
 
 
@@ -174,5 +176,77 @@ def train_student(cfg: RunConfig, model: Transformer, teacher: Transformer | Non
     place.check_memory(step, place.state, frozen_teacher, place.batch(user_at(0)), place.batch(align_at(0)),
                        what="student step")
     state = loop.run("student", workdir, _loop_config(cfg, steps), place.state, step_fn,
+                     meta={"seed": cfg.seed, "user_data": data_id}, run_config=cfg.to_dict())
+    return state.model()
+
+
+def train_alignment_defence(cfg: RunConfig, model: Transformer, workdir: str | Path, update,
+                            align_at: Callable[[int], Batch], harmful_at: Callable[[int], Batch] | None = None, *,
+                            steps: int) -> Transformer:
+    """An alignment-stage defence (defences.Vaccine / Booster / RepNoise) trained from `model` for `steps` step
+    calls on alignment batches, and harmful-answer batches where the defence takes them."""
+    tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
+    place = _Placement(cfg, model, tx, align_at(0))
+    batches = [align_at] + ([harmful_at] if harmful_at is not None else [])
+    step = make_update_step(tx, update, state_sharding=place.state_sharding,
+                            arg_shardings=(place.batch_sharding,) * len(batches),
+                            activation_sharding=place.activation_sharding)
+
+    def step_fn(state, i):
+        return step(state, *(place.batch(at(i)) for at in batches))
+
+    place.check_memory(step, place.state, *(place.batch(at(0)) for at in batches), what="alignment step")
+    name = type(update).__name__.lower()
+    state = loop.run(name, workdir, _loop_config(cfg, steps), place.state, step_fn,
+                     meta={"seed": cfg.seed, "defence": name}, run_config=cfg.to_dict())
+    return state.model()
+
+
+class LisaAnchor(loop.Hook):
+    """Lisa's anchor: the weights at the last switch between alignment and user steps (at first, the starting
+    weights), copied so that the donated state does not take them along; checkpointed as the hook's carry."""
+
+    def __init__(self, params, align_steps: int, user_steps: int):
+        self.align_steps, self.user_steps = align_steps, user_steps
+        self.carry = jax.tree.map(jnp.copy, params)
+
+    def __call__(self, state, step: int) -> dict[str, float]:
+        phase = functools.partial(lisa_phase, align_steps=self.align_steps, user_steps=self.user_steps)
+        if 0 < step and phase(step) != phase(step - 1):
+            self.carry = jax.tree.map(jnp.copy, state.params)
+        return {}
+
+
+def check_lisa_budget(cfg: RunConfig, steps: int | None = None) -> None:
+    """Lisa's first cycle must leave some of the `steps` (default student.steps) to the user data."""
+    steps, align_steps = steps or cfg.student.steps, cfg.defences.lisa.align_steps
+    if steps <= align_steps:
+        raise ConfigError(f"defences.lisa.align_steps: {align_steps} alignment steps leave none of the {steps} "
+                          "student steps to the user data; lower it (or raise student.steps)")
+
+
+def train_lisa(cfg: RunConfig, model: Transformer, workdir: str | Path, user_at: Callable[[int], Batch],
+               align_at: Callable[[int], Batch], *, steps: int, data_id: str = "") -> Transformer:
+    """Lisa's finetuning from `model` (the safety-aligned one): `steps` step calls, each cycle
+    defences.lisa.align_steps on alignment batches then user_steps on user batches, with the proximal term
+    toward the weights at the last switch (defences.Lisa)."""
+    c = cfg.defences.lisa
+    check_lisa_budget(cfg, steps)
+    tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
+    place = _Placement(cfg, model, tx, user_at(0))
+    lisa = Lisa(rho=c.rho, prox_from=int(c.prox_warmup * steps), block=cfg.model.loss_block)
+    step = make_update_step(tx, lisa, state_sharding=place.state_sharding,
+                            arg_shardings=(place.batch_sharding, getattr(place.state_sharding, "params", None)),
+                            activation_sharding=place.activation_sharding)
+    anchor = LisaAnchor(place.state.params, c.align_steps, c.user_steps)
+
+    def step_fn(state, i):
+        alignment = lisa_phase(i, c.align_steps, c.user_steps)
+        # The user batch of an alignment step is skipped, as the authors' trainer discards it.
+        state, metrics = step(state, place.batch(align_at(i) if alignment else user_at(i)), anchor.carry)
+        return state, {**metrics, "alignment_step": float(alignment)}
+
+    place.check_memory(step, place.state, place.batch(user_at(0)), anchor.carry, what="Lisa step")
+    state = loop.run("lisa", workdir, _loop_config(cfg, steps), place.state, step_fn, hooks=[anchor],
                      meta={"seed": cfg.seed, "user_data": data_id}, run_config=cfg.to_dict())
     return state.model()

@@ -36,7 +36,7 @@ class TeacherLoss:
     def __call__(self, model: Transformer, batch: Batch, r: jax.Array, pool: Batch | None = None):
         out = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=[self.layer, -1],
                     logits=not self.block)
-        ce, tokens = _cross_entropy(model, out, batch, self.block)
+        ce, tokens = response_ce(model, out, batch, self.block)
         features = refusal.gather_last_prompt(out.hidden_states[self.layer], batch["prompt_end"])
         cos = refusal.cosine_scores(features, r)
         metrics = _cos_means(cos, batch)
@@ -52,7 +52,7 @@ class TeacherLoss:
         return ce + self.lam * reg, dict(ce=ce, reg=reg, tokens=tokens, **metrics)
 
 
-def _cross_entropy(model: Transformer, out, batch: Batch, block: int):
+def response_ce(model: Transformer, out, batch: Batch, block: int):
     """Response CE of a forward pass: from its logits, or blockwise from its last hidden state (block > 0)."""
     args = (batch["input_ids"], batch["loss_mask"], batch["example_weight"])
     if block:
@@ -79,14 +79,14 @@ class StudentLoss:
     block: int = 0  # > 0: CE and KL are blockwise over this many positions (model.loss_block)
 
     def __call__(self, model: Transformer, teacher: Transformer | None, user: Batch, align: Batch):
-        out = _forward(model, user, self.block)
-        ce, tokens = _cross_entropy(model, out, user, self.block)
+        out = forward(model, user, self.block)
+        ce, tokens = response_ce(model, out, user, self.block)
         loss, metrics = ce, dict(ce=ce, tokens=tokens)
         if self.beta == 0 and self.alpha == 0:  # plain finetuning: skip the alignment forwards
             return loss, metrics
-        student = _forward(model, align, self.block)
+        student = forward(model, align, self.block)
         if self.alpha:
-            align_ce, align_tokens = _cross_entropy(model, student, align, self.block)
+            align_ce, align_tokens = response_ce(model, student, align, self.block)
             loss = loss + self.alpha * align_ce
             metrics.update(align_ce=align_ce, tokens=metrics["tokens"] + align_tokens)
         if self.beta:
@@ -96,7 +96,7 @@ class StudentLoss:
         return loss, metrics
 
     def _distillation(self, model, student, teacher, align):
-        teacher_out = jax.lax.stop_gradient(_forward(teacher, align, self.block))
+        teacher_out = jax.lax.stop_gradient(forward(teacher, align, self.block))
         args = (align["loss_mask"], self.temperature, align["example_weight"])
         if self.block:
             return losses.blockwise_distillation_kl(student.hidden_states[-1], model.unembed,
@@ -105,21 +105,22 @@ class StudentLoss:
         return losses.distillation_kl(student.logits, teacher_out.logits, *args)
 
 
-def _forward(model: Transformer, batch: Batch, block: int):
-    """The logits, or with block > 0 only the last hidden state (the blockwise losses project it)."""
+def forward(model: Transformer, batch: Batch, block: int, **kw):
+    """The logits, or with block > 0 only the last hidden state (the blockwise losses project it); `kw` go to
+    the model (e.g. Vaccine's attention_offsets)."""
     if block:
-        return model(batch["input_ids"], batch["attention_mask"], output_hidden_states=[-1], logits=False)
-    return model(batch["input_ids"], batch["attention_mask"])
+        return model(batch["input_ids"], batch["attention_mask"], output_hidden_states=[-1], logits=False, **kw)
+    return model(batch["input_ids"], batch["attention_mask"], **kw)
 
 
-def _apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads, loss, metrics):
+def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads, loss, metrics):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def _jit_step(step, in_shardings, out_shardings, activation_sharding=None):
+def jit_step(step, in_shardings, out_shardings, activation_sharding=None):
     """jax.jit with the state (argument 0) donated; explicit shardings only when any is given (a None inside
     them means replicated for an input and XLA's choice for an output, as in jax.jit). activation_sharding
     (parallel.activation_sharding): the model's activations are constrained to it while the step is traced."""
@@ -150,10 +151,10 @@ def make_teacher_step(tx: optax.GradientTransformation, loss_fn: TeacherLoss, *,
             return loss_fn(nnx.merge(state.graphdef, params, state.frozen), batch, r, pool)
 
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-        return _apply_gradients(state, tx, grads, value, metrics)
+        return apply_gradients(state, tx, grads, value, metrics)
 
     in_shardings = (state_sharding, batch_sharding, None) + ((batch_sharding,) if with_pool else ())
-    return _jit_step(step, in_shardings, (state_sharding, None), activation_sharding)
+    return jit_step(step, in_shardings, (state_sharding, None), activation_sharding)
 
 
 def make_student_step(tx: optax.GradientTransformation, loss_fn: StudentLoss, *, state_sharding=None,
@@ -171,7 +172,7 @@ def make_student_step(tx: optax.GradientTransformation, loss_fn: StudentLoss, *,
             return loss_fn(nnx.merge(state.graphdef, params, state.frozen), teacher_model, user, align)
 
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-        return _apply_gradients(state, tx, grads, value, metrics)
+        return apply_gradients(state, tx, grads, value, metrics)
 
-    return _jit_step(step, (state_sharding, teacher_sharding, batch_sharding, batch_sharding),
+    return jit_step(step, (state_sharding, teacher_sharding, batch_sharding, batch_sharding),
                      (state_sharding, None), activation_sharding)

@@ -1,0 +1,191 @@
+"""The harmful-finetuning defences of the literature as pure updates: Vaccine, Booster, RepNoise and Lisa.
+
+Each is a frozen dataclass whose call `update(model_of, params, step, *args) -> (loss, metrics, grads)` computes
+one step's gradient (model_of(params) is the model at those parameters; step is the state's step counter), and
+`make_update_step` turns it into a jitted, donated step like the teacher's and the student's. Where a defence
+needs more than one gradient per step (Vaccine, Booster) the update assembles them itself, as the authors' code
+does; the algorithms follow the papers and their public code (the differences are said where they are).
+
+    Vaccine  (Huang et al., 2024)  alignment; the gradient under the worst attention-output perturbation of norm rho
+    Booster  (Huang et al., 2024)  alignment + lam (h(w) - h(w - alpha g_h / |g_h|)), h the harmful-answer loss
+    RepNoise (Rosati et al., 2024) alignment CE - alpha log(1 + harmful CE) + beta MMD(harmful activations, noise)
+    Lisa     (Huang et al., 2024)  finetuning alternating alignment and user steps, + rho/2 |w - w_switch|^2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from reft_jax import losses
+from reft_jax.train.steps import Batch, apply_gradients, forward, jit_step, response_ce
+
+_EPS = 1e-7  # the authors' guard in the perturbation normalisations
+
+
+def _ce_of(model_of: Callable, block: int):
+    """ce(params, batch) -> (response CE, tokens) of the model at params."""
+
+    def ce(params, batch: Batch):
+        model = model_of(params)
+        return response_ce(model, forward(model, batch, block), batch, block)
+
+    return ce
+
+
+def _sq_norm(tree) -> jax.Array:
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+
+
+@dataclasses.dataclass(frozen=True)
+class Vaccine:
+    """Perturbation-aware alignment. The gradient g of the alignment CE with respect to every layer's attention
+    output (the authors hook the attention modules) gives the perturbation eps = rho g / ||g||, ||g|| one norm
+    over all layers; the step's gradient is that of the CE with eps added to those outputs (a constant: two
+    forward/backward passes, the first one's weight gradients unused)."""
+
+    rho: float = 2.0
+    block: int = 0
+
+    def perturbation(self, model_of, params, batch: Batch):
+        """(eps [L, B, T, D] float32, the unperturbed CE)."""
+        model = model_of(params)
+        (b, t), cfg = batch["input_ids"].shape, model.cfg
+        zeros = jnp.zeros((cfg.num_layers, b, t, cfg.hidden_size), model.opts.dtype)
+
+        def ce(offsets):
+            return response_ce(model, forward(model, batch, self.block, attention_offsets=offsets), batch,
+                               self.block)[0]
+
+        clean, g = jax.value_and_grad(ce)(zeros)
+        g = g.astype(jnp.float32)
+        return jax.lax.stop_gradient(self.rho * g / (jnp.sqrt(jnp.sum(g * g)) + _EPS)), clean
+
+    def __call__(self, model_of, params, step, align: Batch):
+        del step
+        eps, clean = self.perturbation(model_of, params, align)
+
+        def perturbed_ce(params):
+            model = model_of(params)
+            return response_ce(model, forward(model, align, self.block, attention_offsets=eps), align, self.block)
+
+        (ce, tokens), grads = jax.value_and_grad(perturbed_ce, has_aux=True)(params)
+        return ce, dict(ce=ce, ce_clean=clean, tokens=tokens), grads
+
+
+@dataclasses.dataclass(frozen=True)
+class Booster:
+    """Alignment CE f plus lam x (h(w) - h(w')), h the CE of harmful answers and w' = w - alpha g_h / ||g_h||
+    one normalised harmful step away: the model is trained so that a harmful step lowers the harmful loss
+    little. First order, as the authors': the gradient is g_f + lam (g_h(w) - g_h(w')), three forward/backward
+    passes (h at w, h at w' on the same harmful batch, f)."""
+
+    lam: float = 5.0
+    alpha: float = 0.1
+    block: int = 0
+
+    def __call__(self, model_of, params, step, align: Batch, harmful: Batch):
+        del step
+        grad = jax.value_and_grad(_ce_of(model_of, self.block), has_aux=True)
+        (h, _), g_h = grad(params, harmful)
+        norm = jnp.sqrt(_sq_norm(g_h))
+        scale = self.alpha / (norm + _EPS)
+        stepped = jax.tree.map(lambda p, g: p - (scale * g).astype(p.dtype), params, g_h)
+        (h_after, _), g_after = grad(stepped, harmful)
+        (f, tokens), g_f = grad(params, align)
+        grads = jax.tree.map(lambda a, now, after: a + self.lam * (now - after), g_f, g_h, g_after)
+        loss = f + self.lam * (h - h_after)
+        return loss, dict(ce=f, harmful_ce=h, harmful_ce_after=h_after, harmful_grad_norm=norm, tokens=tokens), grads
+
+
+@dataclasses.dataclass(frozen=True)
+class RepNoise:
+    """Representation noising: CE(alignment) - alpha log(1 + H) + beta MMD, on an alignment batch and a batch of
+    harmful answers. H is the mean over the hidden states (embedding output and every block's output, each
+    through the final norm and the unembedding) of the harmful answers' CE: gradient ascent at every depth.
+    MMD is the mean over layers of mmd_rbf between each block's MLP output on the harmful answer tokens
+    (one flat vector per example) and Gaussian noise masked alike, fresh noise every step (from `seed`).
+    The authors pair each harmful answer with a refusal of the same prompt and mask where the two differ;
+    here the two batches are drawn apart (as Booster's port of RepNoise does) and the mask is the harmful
+    batch's answer tokens."""
+
+    alpha: float = 1.0
+    beta: float = 0.001
+    block: int = 0
+    seed: int = 0
+
+    def noise(self, step, shape) -> jax.Array:
+        """The step's Gaussian noise [L, B, T, D] (float32)."""
+        return jax.random.normal(jax.random.fold_in(jax.random.key(self.seed), step), shape, jnp.float32)
+
+    def loss(self, model, align: Batch, harmful: Batch, noise: jax.Array):
+        ce, tokens = response_ce(model, forward(model, align, self.block), align, self.block)
+        out = model(harmful["input_ids"], harmful["attention_mask"], output_hidden_states=True, output_mlp=True,
+                    logits=False)
+        states = [model.norm(h) for h in out.hidden_states[:-1]] + [out.hidden_states[-1]]  # the last is normed
+        args = (harmful["input_ids"], harmful["loss_mask"], harmful["example_weight"])
+        if self.block:
+            harmful_ce = [losses.blockwise_cross_entropy(h, model.unembed, *args, block=self.block)[0] for h in states]
+        else:
+            harmful_ce = [losses.cross_entropy(model.unembed(h), *args)[0] for h in states]
+        ascent = jnp.mean(jnp.stack(harmful_ce))
+        mask = (harmful["loss_mask"] * (harmful["example_weight"][:, None] > 0)).astype(jnp.float32)[..., None]
+        b = mask.shape[0]
+        mmd = jnp.mean(jnp.stack([losses.mmd_rbf((act.astype(jnp.float32) * mask).reshape(b, -1),
+                                                 (n * mask).reshape(b, -1))
+                                  for act, n in zip(out.mlp_outputs, noise)]))
+        loss = ce - self.alpha * jnp.log1p(ascent) + self.beta * mmd
+        return loss, dict(ce=ce, harmful_ce=ascent, mmd=mmd, tokens=tokens)
+
+    def __call__(self, model_of, params, step, align: Batch, harmful: Batch):
+        model = model_of(params)
+        (b, t), cfg = harmful["input_ids"].shape, model.cfg
+        noise = self.noise(step, (cfg.num_layers, b, t, cfg.hidden_size))
+        (loss, metrics), grads = jax.value_and_grad(
+            lambda p: self.loss(model_of(p), align, harmful, noise), has_aux=True)(params)
+        return loss, metrics, grads
+
+
+@dataclasses.dataclass(frozen=True)
+class Lisa:
+    """Lazy safety alignment, one step: the CE of the step's batch (alignment or user data, by `lisa_phase`) plus
+    rho/2 ||w - anchor||^2, anchor the weights at the last switch between the two (as the authors' code does in
+    both states); the proximal term is off before step `prox_from`."""
+
+    rho: float = 1.0
+    prox_from: int = 0
+    block: int = 0
+
+    def __call__(self, model_of, params, step, batch: Batch, anchor):
+        def loss(params):
+            ce, tokens = _ce_of(model_of, self.block)(params, batch)
+            prox = 0.5 * _sq_norm(jax.tree.map(lambda p, a: p - a, params, anchor))
+            weight = jnp.where(step >= self.prox_from, self.rho, 0.0)
+            return ce + weight * prox, dict(ce=ce, proximal=prox, tokens=tokens)
+
+        (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return value, metrics, grads
+
+
+def lisa_phase(step: int, align_steps: int, user_steps: int) -> bool:
+    """Whether Lisa's step `step` is an alignment step: each cycle is align_steps of them, then user_steps."""
+    return step % (align_steps + user_steps) < align_steps
+
+
+def make_update_step(tx: optax.GradientTransformation, update, *, state_sharding=None, arg_shardings=(),
+                     activation_sharding=None):
+    """step(state, *args) -> (state, metrics) of an update above: jitted once per shape, the state donated.
+    arg_shardings: one per argument (a batch's, or the state's params' for Lisa's anchor), or () without a mesh."""
+    def step(state, *args):
+        def model_of(params):
+            return nnx.merge(state.graphdef, params, state.frozen)
+
+        loss, metrics, grads = update(model_of, state.params, state.step, *args)
+        return apply_gradients(state, tx, grads, loss, metrics)
+
+    return jit_step(step, (state_sharding, *arg_shardings), (state_sharding, None), activation_sharding)
