@@ -18,6 +18,7 @@ Data come from the hub by default. `data.local_dir` switches every source to loc
   refusal/harmful_val.json                      held-out harmful prompts for the harmful score (HarmBench val)
   tasks/sst2_train.tsv, sst2_dev.tsv            the task (sentence, label)
   attack/pure_bad_100.jsonl                     harmful question -> harmful answer pairs (the poison)
+  attack/advbench.csv                           harmful goal -> answer opening (RepNoise's and Booster's harmful data)
 """
 
 import ml_collections
@@ -67,6 +68,8 @@ def get_config(arg: str = ""):
     c.optim.warmup_steps = 5
     c.teacher.steps = 60
     c.student.steps = 60
+    c.defences.lisa.align_steps = 2  # Lisa's 1 : 9 proportion of alignment and user steps, three cycles
+    c.defences.lisa.user_steps = 18
     c.checkpoint.every = 30
     c.logging.every = 5
     c.expected_time = "expect one to one and a half hours on a 2-core CPU (87 minutes measured with the cores shared)"
@@ -81,6 +84,8 @@ def get_config(arg: str = ""):
         c.optim.warmup_steps = 2
         c.teacher.steps = 10
         c.student.steps = 10
+        c.defences.lisa.align_steps = 1
+        c.defences.lisa.user_steps = 9
         c.checkpoint.every = 10
         c.logging.every = 2
         c.expected_time = "expect 15-20 minutes on a 2-core CPU"

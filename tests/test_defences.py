@@ -19,7 +19,7 @@ from reft_jax.state import create_train_state
 from reft_jax.train import runs
 from reft_jax.train.defences import Booster, Lisa, RepNoise, Vaccine, lisa_phase
 
-from hf_fixtures import VOCAB, make_hf_model, token_batch
+from hf_fixtures import make_hf_model, token_batch
 from train_fixtures import small_config, synthetic_batch, tiny_model
 
 PROMPT = 4  # the first tokens of each test row are its prompt

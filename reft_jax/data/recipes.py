@@ -58,16 +58,25 @@ LITERATURE_HUB = {
         harmful=dict(path="PKU-Alignment/BeaverTails", split="30k_train",
                      fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
                      where={"is_safe": True}),
-        harmless=dict(path="tatsu-lab/alpaca", split="train")),
+        harmless=dict(path="tatsu-lab/alpaca", split="train"),
+        # Harmful answers for RepNoise / Booster: BeaverTails' unsafe pairs of the split the attack does not use.
+        harmful_pairs=dict(path="PKU-Alignment/BeaverTails", split="30k_test",
+                           fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
+                           where={"is_safe": False})),
     "pool": dict(harmful=dict(path="walledai/AdvBench", split="train"),
-                 harmless=dict(path="tatsu-lab/alpaca", split="train")),
+                 harmless=dict(path="tatsu-lab/alpaca", split="train"),
+        # Harmful answers for RepNoise / Booster: BeaverTails' unsafe pairs of the split the attack does not use.
+        harmful_pairs=dict(path="PKU-Alignment/BeaverTails", split="30k_test",
+                           fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
+                           where={"is_safe": False})),
     "eval": dict(harmful=dict(path="walledai/HarmBench", name="standard", split="train"),
                  task_source=dict(path="stanfordnlp/sst2", split="validation",
                                   fields={"input": "sentence", "label": "label"})),
 }
 LITERATURE_LOCAL = {
     "alignment": dict(harmful="alignment/safety_only_data_Instructions.json",
-                      harmless="alignment/alpaca_eval_805.json"),
+                      harmless="alignment/alpaca_eval_805.json",
+                      harmful_pairs="attack/advbench.csv"),  # AdvBench goals -> affirmative answer openings
     "user": dict(source="tasks/sst2_train.tsv", harmful_source="attack/pure_bad_100.jsonl"),
     "pool": dict(harmful="refusal/harmful_train.json", harmless="refusal/harmless_train.json"),
     "eval": dict(harmful="refusal/harmful_val.json", task_source="tasks/sst2_dev.tsv"),
