@@ -64,11 +64,7 @@ LITERATURE_HUB = {
                            fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
                            where={"is_safe": False})),
     "pool": dict(harmful=dict(path="walledai/AdvBench", split="train"),
-                 harmless=dict(path="tatsu-lab/alpaca", split="train"),
-        # Harmful answers for RepNoise / Booster: BeaverTails' unsafe pairs of the split the attack does not use.
-        harmful_pairs=dict(path="PKU-Alignment/BeaverTails", split="30k_test",
-                           fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
-                           where={"is_safe": False})),
+                 harmless=dict(path="tatsu-lab/alpaca", split="train")),
     "eval": dict(harmful=dict(path="walledai/HarmBench", name="standard", split="train"),
                  task_source=dict(path="stanfordnlp/sst2", split="validation",
                                   fields={"input": "sentence", "label": "label"})),
