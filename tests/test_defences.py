@@ -273,3 +273,17 @@ def test_lisa_needs_user_steps_within_the_budget(tmp_path):
     cfg = small_config(**{"defences.lisa.align_steps": 10})
     with pytest.raises(Exception, match="defences.lisa.align_steps: 10 alignment steps leave none"):
         runs.train_lisa(cfg, tiny_model(), tmp_path, synthetic_batch, synthetic_batch, steps=10)
+
+
+def test_vaccine_and_repnoise_read_the_same_layers_when_they_are_scanned(models, tmp_path):
+    """The attention offsets and MLP outputs thread through lax.scan (model.scan_layers) as through the loop."""
+    torch_model, state = models
+    torch_model.save_pretrained(tmp_path)
+    scanned = create_train_state(from_pretrained(tmp_path, scan_layers=True), optax.sgd(0.0))
+    align, harmful = batch(8), batch(9)
+    for update, args in ((Vaccine(rho=0.5), (align,)), (RepNoise(beta=1.0), (align, harmful))):
+        loss, metrics, grads = run_update(state, update, *args)
+        scan_loss, scan_metrics, scan_grads = run_update(scanned, update, *args)
+        assert scan_loss == pytest.approx(loss, rel=1e-5) and scan_metrics.keys() == metrics.keys()
+        for name, g in grads.items():
+            np.testing.assert_allclose(scan_grads[name], g, rtol=1e-5, atol=1e-6, err_msg=name)
