@@ -23,6 +23,8 @@ def get_config():
     c.refusal.update_every = 25
     c.teacher.steps = 150
     c.student.steps = 150
+    c.defences.lisa.align_steps = 5  # Lisa's 1 : 9 proportion, three cycles in 150 steps
+    c.defences.lisa.user_steps = 45
     c.checkpoint.every = 50
     c.eval.max_new_tokens = 24
     return c
