@@ -104,7 +104,7 @@ def torch_vaccine(model, b, rho):
     return clean, loss.item(), grads
 
 
-@pytest.mark.parametrize("block", [0, 4])
+@pytest.mark.parametrize("block", [4])  # blockwise CE; the whole-sequence one in the scanned-layers test
 def test_vaccine_matches_the_pytorch_reference(models, block):
     torch_model, state = models
     b = batch(0)
