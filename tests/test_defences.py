@@ -149,7 +149,7 @@ def torch_booster(model, align, harmful, lam, alpha):
     f = ce(params, align)
     g_f = dict(zip(params, torch.autograd.grad(f, list(params.values()))))
     grads = {n: (g_f[n] + lam * (g_h[n] - g_after[n])).numpy() for n in params}
-    return float(f + lam * (h - h_after)), grads
+    return (f + lam * (h - h_after)).item(), grads
 
 
 def test_booster_matches_the_pytorch_reference(models):
