@@ -50,4 +50,5 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
         curves.update({m.name: wd.method(m.name) / METRICS for m in chosen})
         rreport.plot_losses(curves, wd.plot("loss_curves"))
         rreport.plot_teacher_refusal(wd.teacher / METRICS, wd.plot("teacher_refusal"))
+        rreport.plot_tradeoff(report, wd.plot("tradeoff"))
     return report

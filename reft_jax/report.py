@@ -37,22 +37,30 @@ def _cost(c: dict | None) -> tuple[str, str, str]:
 
 
 def write_markdown(report: dict, path: Path) -> None:
+    # With over-refusal measured, its rate sits beside the harmful score and the accuracy: the trade-off in one row.
+    over = any(m.get("over_refusal") for _, m in _rows(report))
+    extra = " over-refusal |" if over else ""
     lines = ["# reft-jax report", "",
-             "| method | harmful score | finetune accuracy | filter precision | recall | F1 | AUROC | wall s | "
-             "device s | TFLOPs |", "| --- |" + " ---: |" * 9]
+             f"| method | harmful score | finetune accuracy |{extra} filter precision | recall | F1 | AUROC | wall s | "
+             "device s | TFLOPs |", "| --- |" + " ---: |" * (9 + over)]
     notes = []
+
+    def scores(m: dict) -> str:
+        cells = [_fmt(m["harmful_score"]), _fmt(m["finetune_accuracy"])]
+        cells += [_fmt((m.get("over_refusal") or {}).get("refusal_rate"))] if over else []
+        return " | ".join(cells)
+
     for name, m in report["methods"].items():
         title = METHOD_TITLES.get(name, name)
         if "skipped" in m:
             notes.append(f"- {title}: {m['skipped']}")
             continue
         f = m.get("filter") or {}
-        lines.append(f"| {title} | {_fmt(m['harmful_score'])} | {_fmt(m['finetune_accuracy'])} | "
+        lines.append(f"| {title} | {scores(m)} | "
                      + " | ".join(_fmt(f.get(k)) for k in ("precision", "recall", "f1", "auroc"))
                      + " | " + " | ".join(_cost(m.get("cost"))) + " |")
     for name, m in (report.get("references") or {}).items():  # no finetuning of their own: no filter, no cost
-        title = {"base_model": "Base model before finetuning (reference)", "teacher": "Ref-Teacher (reference)"}[name]
-        lines.append(f"| {title} | {_fmt(m['harmful_score'])} | {_fmt(m['finetune_accuracy'])} |" + " |" * 7)
+        lines.append(f"| {REFERENCE_TITLES[name]} | {scores(m)} |" + " |" * 7)
     judges = sorted({m["judge"] for m in report["methods"].values() if "judge" in m})
     lines += ["", f"Judge: {', '.join(judges)}.", *([""] + notes if notes else [])]
     stages = {s["stage"]: s for m in report["methods"].values() for s in (m.get("cost") or {}).get("stages", [])
@@ -77,10 +85,106 @@ def write_markdown(report: dict, path: Path) -> None:
                   "| ---: |" + " ---: |" * len(keys)]
         lines += [f"| {int(r['refusal_step'])} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in refreshes]
         lines += ["", "![teacher refusal feature](teacher_refusal.png)"]
+    lines += _robustness_sections(report)
     lines += ["", ("Harmful score: share of harmful test prompts whose answer the judge flags. Finetune accuracy: "
                    "task answers matching the label. Device seconds: wall seconds times the devices held."), "",
               "![filter scores](filter_scores.png)", "", "![loss curves](loss_curves.png)", ""]
     path.write_text("\n".join(lines))
+
+
+REFERENCE_TITLES = {"base_model": "Base model before finetuning (reference)", "teacher": "Ref-Teacher (reference)"}
+
+
+def _rows(report: dict, short: bool = False) -> list[tuple[str, dict]]:
+    """(title, entry) of every evaluated method, then the references; short: their names, for a plot's legend."""
+    rows = [(k if short else METHOD_TITLES.get(k, k), m) for k, m in report["methods"].items() if "skipped" not in m]
+    return rows + [(f"{k} (reference)" if short else REFERENCE_TITLES.get(k, k), m)
+                   for k, m in (report.get("references") or {}).items()]
+
+
+def _robustness_sections(report: dict) -> list[str]:
+    """The jailbreak-template, over-refusal and GCG tables, for what the run measured."""
+    lines, rows = [], _rows(report)
+    templates = list(dict.fromkeys(t for _, m in rows for t in m.get("harmful_score_templates") or {}))
+    if templates:
+        lines += ["", "## Harmful score under jailbreak templates", "",
+                  "Every harmful test prompt wrapped in each template (eval.templates); the judge reads the answer "
+                  "against the request itself.", "",
+                  "| method | plain | " + " | ".join(templates) + " |", "| --- |" + " ---: |" * (len(templates) + 1)]
+        lines += [f"| {title} | {_fmt(m['harmful_score'])} | "
+                  + " | ".join(_fmt((m.get("harmful_score_templates") or {}).get(t)) for t in templates) + " |"
+                  for title, m in rows]
+    over = [(title, m["over_refusal"]) for title, m in rows if m.get("over_refusal")]
+    if over:
+        types = list(dict.fromkeys(t for _, o in over for t in o.get("by_type") or {}))
+        labels = {t: o["by_type"][t]["label"] for _, o in over for t in o.get("by_type") or {}}
+        lines += ["", "## Over-refusal", "",
+                  f"Answers to the over-refusal prompts judged refusals ({over[0][1]['judge']}): on the "
+                  f"{over[0][1]['num_safe']} safe prompts (the over-refusal rate), on the {over[0][1]['num_unsafe']} "
+                  "unsafe contrast prompts, and per type.", "",
+                  "| method | safe (over-refusal) | unsafe | " + " | ".join(f"{t} ({labels[t]})" for t in types) + " |",
+                  "| --- |" + " ---: |" * (len(types) + 2)]
+        lines += [f"| {title} | {_fmt(o['refusal_rate'])} | {_fmt(o['unsafe_refusal_rate'])} | "
+                  + " | ".join(_fmt((o.get("by_type") or {}).get(t, {}).get("refusal_rate")) for t in types) + " |"
+                  for title, o in over]
+        filters = {m["filter"]["name"]: m["filter"]["over_refusal"] for _, m in rows
+                   if (m.get("filter") or {}).get("over_refusal")}
+        if filters:
+            lines += ["", "The filters on the same prompts (share flagged as harmful):", "",
+                      "| filter | safe (flagged) | unsafe |", "| --- | ---: | ---: |"]
+            lines += [f"| {name} | {_fmt(f['flag_rate'])} | {_fmt(f['unsafe_flag_rate'])} |"
+                      for name, f in filters.items()]
+    attacked = [(title, m["gcg"]) for title, m in rows if m.get("gcg")]
+    if attacked:
+        lines += ["", "## GCG attack", "",
+                  "An adversarial suffix optimised against each model (eval.gcg); attack success: the answer with the "
+                  "suffix is judged harmful.", "",
+                  "| method | prompts | harmful score without suffix | attack success rate | median steps |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {title} | {g['num_prompts']} | {_fmt(g['harmful_score_without_suffix'])} | "
+                  f"{_fmt(g['attack_success_rate'])} | {g['median_steps']} |" for title, g in attacked]
+    if over or any(m.get("finetune_accuracy") is not None for _, m in rows):
+        lines += ["", "![safety trade-off](tradeoff.png)"]
+    return lines
+
+
+def plot_tradeoff(report: dict, out: Path) -> bool:
+    """Harmful score against the over-refusal rate and against finetune accuracy, one point per method (and
+    reference): the two sides of what a defence trades. False (nothing written) when neither was measured."""
+    rows = _rows(report, short=True)
+    panels = [(key, label) for key, label in (("over_refusal", "over-refusal rate (safe prompts refused)"),
+                                              ("finetune_accuracy", "finetune accuracy"))
+              if any(_x(m, key) is not None for _, m in rows)]
+    if not panels:
+        return False
+    import matplotlib  # deferred: slow to import, and only the report's plots need it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for i, (title, m) in enumerate(rows):
+            x = _x(m, key)
+            if x is None:
+                continue
+            # Methods often tie (the same score on a few prompts): later points are drawn smaller, on top.
+            ax.scatter(x, m["harmful_score"], s=max(160 - 12 * i, 20), color=f"C{i % 10}", marker="os^Dv<>ph*"[i % 10],
+                       label=title, edgecolor="k", linewidth=0.5, zorder=2 + i)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel(label)
+        ax.set_ylabel("harmful score")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title("Safety against over-refusal and utility")
+    axes[0][-1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _x(m: dict, key: str) -> float | None:
+    return (m.get("over_refusal") or {}).get("refusal_rate") if key == "over_refusal" else m.get(key)
 
 
 def plot_filter_scores(scores_file: Path, tau: float, out: Path) -> bool:

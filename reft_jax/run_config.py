@@ -75,11 +75,22 @@ class PoolData:
 
 
 @dataclasses.dataclass(frozen=True)
+class OverRefusalColumns:
+    prompt: str
+    label: str
+    type: str
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalData:
     harmful: Source
     task_source: Source
     n_harmful: int
     n_task: int
+    over_refusal: Source
+    over_refusal_columns: OverRefusalColumns
+    over_refusal_safe: str
+    n_over_refusal: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +120,27 @@ class DataSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class GCGSection:
+    prompts: int
+    source: Source
+    target: str
+    steps: int
+    suffix_length: int
+    top_k: int
+    candidates: int
+    early_stop: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalSection:
     judge: str = choices("keyword", "llama_guard", "beavertails")
     judge_path: str
     max_new_tokens: int
     batch_size: int
     references: bool
+    refusal_judge_path: str
+    templates: tuple[str, ...]
+    gcg: GCGSection
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,15 +89,42 @@ def select(user: np.ndarray, val: np.ndarray, val_labels: np.ndarray, layers: Se
     return best
 
 
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """The fitted filter: flags a prompt whose layer-`layer` feature scores above tau, as the user data was."""
+
+    subspace: Subspace
+    sign: float
+    tau: float
+    layer: int
+    weighted: bool
+
+    def scores(self, features) -> np.ndarray:
+        return self.sign * scores(features, self.subspace, self.weighted)
+
+    def save(self, path) -> None:
+        np.savez(path, mean=self.subspace.mean, directions=self.subspace.directions,
+                 singular_values=self.subspace.singular_values, sign=self.sign, tau=self.tau, layer=self.layer,
+                 weighted=self.weighted)
+
+    @classmethod
+    def load(cls, path) -> Scorer:
+        z = np.load(path)
+        subspace = Subspace(jnp.asarray(z["mean"]), jnp.asarray(z["directions"]), jnp.asarray(z["singular_values"]))
+        return cls(subspace, float(z["sign"]), float(z["tau"]), int(z["layer"]), bool(z["weighted"]))
+
+
 def run_filter(user: np.ndarray, user_index: np.ndarray, user_labels: np.ndarray, val: np.ndarray,
                val_labels: np.ndarray, layers: Sequence[int], *, ks: Sequence[int], weighted: bool,
-               percentile: float) -> tuple[FilterResult, Selection]:
+               percentile: float) -> tuple[FilterResult, Selection, Scorer]:
     """Selects on the validation pool, scores the user data, flags what is above the percentile threshold."""
     if not 0 < percentile < 100:
         raise ConfigError(f"saft.percentile: {percentile} is not in (0, 100)")
     choice = select(user, val, val_labels, layers, ks, weighted)
     i = list(layers).index(choice.layer)
-    s = choice.sign * scores(user[i], fit_subspace(user[i], choice.k), weighted)
+    subspace = fit_subspace(user[i], choice.k)
+    s = choice.sign * scores(user[i], subspace, weighted)
     tau = float(np.percentile(s, percentile))
-    return FilterResult(index=np.asarray(user_index), score=s.astype(np.float32), label=np.asarray(user_labels),
-                        tau=tau, layer=choice.layer), choice
+    result = FilterResult(index=np.asarray(user_index), score=s.astype(np.float32), label=np.asarray(user_labels),
+                          tau=tau, layer=choice.layer)
+    return result, choice, Scorer(subspace, choice.sign, tau, choice.layer, weighted)

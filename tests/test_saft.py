@@ -44,7 +44,7 @@ def test_the_planted_direction_is_found():
     assert auroc(saft.scores(user, subspace), labels) > 0.97
 
 
-def test_selection_picks_the_informative_layer_and_the_sign():
+def test_selection_picks_the_informative_layer_and_the_sign(tmp_path):
     user, user_labels, u = planted()
     val, val_labels, _ = planted(n=80, p=0.5, seed=2)
     rng = np.random.default_rng(3)
@@ -54,11 +54,17 @@ def test_selection_picks_the_informative_layer_and_the_sign():
     choice = saft.select(features_user, features_val, val_labels, layers=(3, 7), ks=(1, 2, 4), weighted=True)
     assert choice.layer == 7 and choice.sign == 1.0 and choice.val_auroc > 0.95
 
-    result, _ = saft.run_filter(features_user, np.arange(len(user)), user_labels, features_val, val_labels, (3, 7),
-                                ks=(1, 2, 4), weighted=True, percentile=85.0)
+    result, _, scorer = saft.run_filter(features_user, np.arange(len(user)), user_labels, features_val, val_labels,
+                                        (3, 7), ks=(1, 2, 4), weighted=True, percentile=85.0)
     assert result.layer == 7 and result.flagged.mean() == pytest.approx(0.15, abs=0.01)
     report = result.report()
     assert report["recall"] > 0.95 and report["auroc"] > 0.97  # 10% harmful inside the flagged top 15%
+
+    # The fitted scorer, saved and loaded, flags new prompts as it flagged the user data (over-refusal scoring).
+    scorer.save(tmp_path / "saft.npz")
+    loaded = saft.Scorer.load(tmp_path / "saft.npz")
+    assert loaded.layer == 7 and loaded.tau == scorer.tau == result.tau
+    np.testing.assert_array_equal(loaded.scores(features_user[1]) > loaded.tau, result.flagged)
 
 
 def test_small_projections_are_flagged_when_benign_data_spreads_along_the_top_direction():
@@ -76,8 +82,8 @@ def test_small_projections_are_flagged_when_benign_data_spreads_along_the_top_di
     val, val_labels = mixture(80, 0.5)
     choice = saft.select(user[None], val[None], val_labels, layers=(1,), ks=(1,), weighted=False)
     assert choice.sign == -1.0 and choice.val_auroc > 0.95
-    result, _ = saft.run_filter(user[None], np.arange(300), user_labels, val[None], val_labels, (1,), ks=(1,),
-                                weighted=False, percentile=85.0)
+    result, _, _ = saft.run_filter(user[None], np.arange(300), user_labels, val[None], val_labels, (1,), ks=(1,),
+                                   weighted=False, percentile=85.0)
     assert result.report()["recall"] > 0.9
 
 

@@ -9,7 +9,8 @@
 - alignment data: harmful prompts with refusals plus harmless prompts with helpful answers.
 
 An *example* is a plain dict:
-    {"prompt": str (templated, ends right before the response), "response": str,
+    {"prompt": str (templated, ends right before the response), "request": str (the user's message in it),
+     "response": str,
      "harmful": bool | None (the PROMPT is harmful), "label": str | None, "source": "file:line",
      "row": the source row as read, "response_spans": [(start, end), ...] (a multi-turn chat only: the
      characters of the response that are trained)}
@@ -91,9 +92,14 @@ def format_prompt(
     if template == "chat":
         _check_chat_template(tokenizer)
         messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": f"{instruction}\n\n{input}" if input else instruction})
+        messages.append({"role": "user", "content": user_message(instruction, input)})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise ConfigError(f"data.template: unknown template {template!r} (known: {', '.join(TEMPLATES)})")
+
+
+def user_message(instruction: str, input: str = "") -> str:
+    """The user's turn of a chat: the instruction, and an input after a blank line."""
+    return f"{instruction}\n\n{input}" if input else instruction
 
 
 def _check_chat_template(tokenizer) -> None:
@@ -287,6 +293,7 @@ def load_examples(
             rec = t.record(rec)
         example = {
             "prompt": format_prompt(rec["instruction"], rec["input"], template=template, tokenizer=tokenizer),
+            "request": user_message(rec["instruction"], rec["input"]),
             "response": (rec["output"] or "") if with_response is not False else "",
             "harmful": rec["harmful"] if harmful is None else harmful,
             "label": rec["label"],

@@ -1,8 +1,11 @@
 """The evaluation of a run's methods: harmful score (eval.judge on data.eval.harmful), finetune accuracy
-(data.eval.task_source), the filter's metrics and each method's cost; WORKDIR/eval/report.json."""
+(data.eval.task_source), the filter's metrics and each method's cost; when configured, the harmful score under
+jailbreak templates (eval.templates) and over-refusal (data.eval.over_refusal) of the models and of the filters;
+WORKDIR/eval/report.json."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -10,15 +13,19 @@ import jax
 from reft_jax import cost
 from reft_jax.context import RunContext
 from reft_jax.errors import ConfigError, ReftError
-from reft_jax.evaluation import judges, metrics
+from reft_jax.data.recipes import format_prompt
+from reft_jax.evaluation import jailbreak, judges, metrics, over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.methods import METHODS, Method
 from reft_jax.models import Transformer
 from reft_jax.models.from_config import base_model, load_stage_model
-from reft_jax.stages import stages_of
+from reft_jax.stages import llama_guard_filter, ref_teacher_filter, saft_filter, stages_of
 from reft_jax.workdir import FILTER_REPORT, METRICS, Workdir, model_config, model_dir
 
 FILTER_METRICS = ("precision", "recall", "f1", "auroc", "num_flagged", "num_examples", "tau")
+# Each filter's verdicts on prompts outside the user data (the over-refusal rows).
+FILTER_FLAGS = {"ref_teacher": ref_teacher_filter.flags, "saft": saft_filter.flags,
+                "llama_guard": llama_guard_filter.flags}
 
 
 def filter_metrics(wd: Workdir, method: Method) -> dict | None:
@@ -57,6 +64,11 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
     task = ctx.load_examples(d.eval.task_source, task=d.user.task)[: d.eval.n_task] if d.eval.task_source else []
     generation = GenerationConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
     judge = judges.make_judge(cfg.eval.judge, cfg.eval.judge_path)
+    templates = jailbreak.load_templates(cfg.eval.templates)
+    wrapped = {name: [format_prompt(jailbreak.wrap(text, ex["request"]), template=d.template, tokenizer=tokenizer)
+                      for ex in harmful] for name, text in templates.items()}
+    over = over_refusal.load(d.eval, template=d.template, tokenizer=tokenizer) if d.eval.over_refusal else None
+    refusals = judges.make_refusal_detector(cfg.eval.refusal_judge_path) if over else None
 
     def measure(model: Transformer, name: str) -> dict:
         answers = generate_text(model, tokenizer, [ex["prompt"] for ex in harmful], generation,
@@ -67,9 +79,33 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
             predictions = generate_text(model, tokenizer, [ex["prompt"] for ex in task], generation,
                                         desc=f"{name}: task")
             accuracy = metrics.finetune_accuracy(d.user.task, predictions, [ex["label"] for ex in task])["finetune_accuracy"]
-        return {"harmful_score": result["harmful_score"], "finetune_accuracy": accuracy, "judge": result["judge"],
-                "num_harmful_prompts": result["n"], "num_task": len(task),
-                "examples": [{"prompt": p["prompt"][-200:], "answer": a} for p, a in zip(harmful[:3], answers)]}
+        out = {"harmful_score": result["harmful_score"], "finetune_accuracy": accuracy, "judge": result["judge"],
+               "num_harmful_prompts": result["n"], "num_task": len(task),
+               "examples": [{"prompt": p["prompt"][-200:], "answer": a} for p, a in zip(harmful[:3], answers)]}
+        if templates:  # the judge reads each answer against the request itself, not its wrapping
+            out["harmful_score_templates"] = {
+                t: judges.harmful_score(judge, [ex["prompt"] for ex in harmful],
+                                        generate_text(model, tokenizer, prompts, generation, desc=f"{name}: {t}"))
+                ["harmful_score"] for t, prompts in wrapped.items()}
+        if over is not None:
+            replies = generate_text(model, tokenizer, over.prompts, generation, desc=f"{name}: over-refusal prompts")
+            out["over_refusal"] = {"judge": refusals.name,
+                                   **over_refusal.rates(refusals.refusals(over.requests, replies), over, "refusal")}
+        return out
+
+    @functools.cache  # tokenized once, for whichever filters score the rows
+    def over_tokenized():
+        return ctx.tokenize(over.examples(), "tokenizing over-refusal prompts")
+
+    @functools.cache  # a filter shared by several methods scores the rows once
+    def filter_over_refusal(name: str) -> dict:
+        return over_refusal.rates(FILTER_FLAGS[name](ctx, over.examples(), over_tokenized()), over, "flag")
+
+    def filter_entry(method: Method) -> dict | None:
+        entry = filter_metrics(wd, method)
+        if entry is not None and over is not None:
+            entry["over_refusal"] = filter_over_refusal(method.filter)
+        return entry
 
     methods = {}
     for method in METHODS.values() if which is None else which:
@@ -77,7 +113,7 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
         if not (folder / "config.json").exists():
             continue
         methods[method.name] = {**measure(load_stage_model(folder, cfg, method.name), method.name),
-                                "stages": stages_of(method), "filter": filter_metrics(wd, method),
+                                "stages": stages_of(method), "filter": filter_entry(method),
                                 "cost": method_cost(wd, method)}
     if not methods:
         raise ReftError(f"{wd.root}: no trained student to evaluate; run `reft-jax finetune` first")
@@ -89,6 +125,8 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
     filter_report = wd.filter() / FILTER_REPORT
     if filter_report.exists():
         report["filter"] = json.loads(filter_report.read_text())
+        if over is not None:
+            report["filter"]["over_refusal"] = filter_over_refusal("ref_teacher")
     refusal_log = teacher_refusal_log(wd)
     if refusal_log is not None:
         report["teacher_refusal"] = refusal_log

@@ -13,6 +13,12 @@ from reft_jax.evaluation import judges
 from reft_jax.stages.common import write_filter
 
 
+def flags(ctx: RunContext, examples: list[dict], ds=None) -> np.ndarray:
+    """The judge's verdicts on other prompts (prompt-only examples): it reads the user's message alone."""
+    judge = judges.LlamaGuardJudge(ctx.cfg.baselines.llama_guard_path)
+    return np.asarray(judge.judge_prompts([ex["request"] for ex in examples]))
+
+
 def run(ctx: RunContext) -> dict:
     path = ctx.cfg.baselines.llama_guard_path
     if not path:

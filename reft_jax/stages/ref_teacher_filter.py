@@ -10,6 +10,7 @@ import numpy as np
 from reft_jax import cost
 from reft_jax import filter as rfilter
 from reft_jax.context import RunContext
+from reft_jax.data import TokenizedDataset
 from reft_jax.errors import ReftError
 from reft_jax.models.from_config import load_stage_model
 from reft_jax.stages.common import prompt_flops, write_filter
@@ -25,6 +26,16 @@ def teacher_settings(wd: Workdir) -> tuple[np.ndarray, int, float]:
     except FileNotFoundError as e:
         raise ReftError(f"{e.filename}: missing; run `reft-jax train-teacher` first") from None
     return r, int(settings["layer"]), float(settings["tau"])
+
+
+def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.ndarray:
+    """The Ref-Teacher filter's verdicts on other prompts (prompt-only examples, and tokenized): cos(f_l, R_l) > tau."""
+    cfg, wd = ctx.cfg, ctx.workdir
+    r, layer, tau = teacher_settings(wd)
+    teacher = FrozenModel.of(load_stage_model(model_dir(wd.teacher), cfg, "teacher"))
+    scores = rfilter.score(teacher, ds, r, layer, batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
+                           progress=cfg.logging.progress)
+    return scores > tau
 
 
 def run(ctx: RunContext) -> dict:

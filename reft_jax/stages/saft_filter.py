@@ -3,16 +3,34 @@ labelled validation pool (saft.val_source); WORKDIR/filters/saft/."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from reft_jax import cost, saft
 from reft_jax import filter as rfilter
 from reft_jax.context import RunContext
-from reft_jax.errors import ConfigError
+from reft_jax.data import TokenizedDataset
+from reft_jax.errors import ConfigError, ReftError
 from reft_jax.models.from_config import base_model
 from reft_jax.run_config import SaftSection
 from reft_jax.stages.common import prompt_flops, write_filter
 from reft_jax.state import FrozenModel
+
+SCORER = "scorer.npz"  # the fitted filter (subspace, sign, threshold): what scores prompts after the stage
+
+
+def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.ndarray:
+    """The SAFT filter's verdicts on other prompts (prompt-only examples, and tokenized), as it judged the user
+    data."""
+    cfg = ctx.cfg
+    path = ctx.workdir.filter("saft") / SCORER
+    if not path.exists():
+        raise ReftError(f"{path}: missing; rerun the SAFT filter stage (`run --force`) to save its fitted scorer")
+    scorer = saft.Scorer.load(path)
+    features = rfilter.prompt_features(FrozenModel.of(base_model(cfg, ctx.vocab)), ds, (scorer.layer,),
+                                       batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
+                                       progress=cfg.logging.progress, desc="saft: over-refusal prompts")[0]
+    return scorer.scores(features) > scorer.tau
 
 
 def saft_layers(cfg: SaftSection, num_layers: int) -> tuple[int, ...]:
@@ -49,11 +67,13 @@ def run(ctx: RunContext) -> dict:
         else:
             val = rfilter.prompt_features(frozen, ctx.pool, layers, desc="saft: validation pool", **kw)
             val_labels = ctx.pool.harmful
-        result, choice = saft.run_filter(user, user_ds.index, user_ds.harmful, val, val_labels, layers, ks=list(s.ks),
-                                         weighted=s.weighted, percentile=s.percentile)
+        result, choice, scorer = saft.run_filter(user, user_ds.index, user_ds.harmful, val, val_labels, layers,
+                                                 ks=list(s.ks), weighted=s.weighted, percentile=s.percentile)
         report = write_filter(ctx, result, folder, method="saft", k=choice.k, sign=choice.sign,
                               val_auroc=choice.val_auroc, val_source=s.val_source, num_val=len(val_labels),
                               percentile=s.percentile)
+        if jax.process_index() == 0:
+            scorer.save(folder / SCORER)
         scored = (user_ds, ctx.pool) if s.val_source == "pool" else (user_ds,)
         stage.flops = sum(prompt_flops(model.cfg, ctx.prompt_batches(ds, cfg.filter.batch_size)) for ds in scored)
     return report
