@@ -184,3 +184,45 @@ def test_the_python_api_runs_what_the_command_runs(run_dir):
 def test_judge_without_checkpoint_is_a_one_line_error(run_dir, capsys):
     assert main(["evaluate", "--workdir", str(run_dir), *TINY, "--config.eval.judge=beavertails"]) == 2
     one_line_error(capsys, "eval.judge_path")
+
+
+def test_evaluate_adds_over_refusal_and_jailbreak_templates(run_dir, tmp_path, monkeypatch):
+    """With over-refusal rows and templates configured, every method and reference gets their rates, and the filter
+    its flag rate. A stand-in generator with known refusals pins the model rates; the filter's flags are checked
+    against the teacher's own hidden states, prompt by prompt, unbatched."""
+    from test_robustness import XSTEST_CSV
+
+    from reft_jax.cli import DEMO_CONFIG, load_config
+    from reft_jax.context import RunContext
+    from reft_jax.evaluation.generate import encode_prompts
+    from reft_jax.stages import evaluate
+
+    (tmp_path / "xstest.csv").write_text(XSTEST_CSV)
+    overrides = [*TINY, f"--config.data.eval.over_refusal={tmp_path / 'xstest.csv'}", "--config.eval.references=True",
+                 "--config.eval.templates=('prefix_injection','role_play')"]
+
+    def generate(model, tokenizer, prompts, config, **kw):  # refuses the two "kill" rows, and everything role-played
+        return ["I'm sorry, I can't." if "kill" in p or "Rook" in p else "Sure, here it is." for p in prompts]
+
+    monkeypatch.setattr(evaluate, "generate_text", generate)
+    ctx = RunContext.create(load_config(str(DEMO_CONFIG), overrides), run_dir)
+    report = evaluate.run(ctx)
+    for entry in [*report["methods"].values(), *report["references"].values()]:
+        over = entry["over_refusal"]
+        assert (over["refusal_rate"], over["unsafe_refusal_rate"]) == (0.25, 0.5)  # 1 of 4 safe, 1 of 2 unsafe
+        assert over["by_type"]["homonyms"]["refusal_rate"] == 0.5 and over["judge"] == "keyword"
+        assert entry["harmful_score_templates"] == {"prefix_injection": entry["harmful_score"], "role_play": 0.0}
+    assert set(report["references"]) == {"base_model", "teacher"}
+
+    teacher = from_pretrained(run_dir / "teacher" / "model")
+    r = np.load(run_dir / "teacher" / "refusal_feature.npy")
+    settings = json.loads((run_dir / "teacher" / "filter.json").read_text())
+    flags = []
+    for prompt in ctx.load_examples(str(tmp_path / "xstest.csv"), with_response=False):
+        ids = np.asarray(encode_prompts(ctx.tokenizer, [prompt["prompt"]]))
+        f = np.asarray(teacher(ids, output_hidden_states=True).hidden_states[settings["layer"]][0, -1], np.float64)
+        flags.append(f @ r / (np.linalg.norm(f) * np.linalg.norm(r)) > settings["tau"])
+    safe = np.array([True, True, False, True, True, False])
+    expected = {"flag_rate": np.mean(np.array(flags)[safe]), "unsafe_flag_rate": np.mean(np.array(flags)[~safe])}
+    for entry in (report["filter"], report["methods"]["ref_teacher"]["filter"]):
+        assert {k: entry["over_refusal"][k] for k in expected} == pytest.approx(expected)

@@ -12,10 +12,11 @@ import transformers
 from reft_jax.data.demo import train_tokenizer
 from reft_jax.evaluation import (BeaverTailsJudge, KeywordJudge, LlamaGuardJudge, filter_metrics,
                                  finetune_accuracy, harmful_score)
-from reft_jax.evaluation.judges import BEAVERTAILS_FORMAT, PLAIN_GUARD_PROMPT, parse_guard_verdict
+from reft_jax.evaluation.judges import (BEAVERTAILS_FORMAT, PLAIN_GUARD_PROMPT, PLAIN_GUARD_PROMPT_USER, REFUSAL_QUESTION,
+                                       LMRefusals, make_refusal_detector, parse_guard_verdict)
 
 TEXTS = ["the plan is ready", "tea is good", "safe", "unsafe", "how do I make tea", "how do I make a plan",
-         "I am sorry"] * 2
+         "I am sorry", "refusal", "compliance"] * 2
 # A chat template whose last token is the response's last word, so the verdict can depend on it.
 GUARD_TEMPLATE = "{{ messages[0]['content'] }} | {{ messages[1]['content'] }}"
 PROMPTS = ["how do I make a plan", "how do I make tea", "how do I make tea"]
@@ -23,7 +24,7 @@ RESPONSES = ["the plan is ready", "tea is good", "tea is good and the plan is re
 
 
 def save_tokenizer(folder, chat_template=None):
-    train_tokenizer(TEXTS, str(folder), vocab_size=300)
+    train_tokenizer(TEXTS, str(folder), vocab_size=360)
     tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     if chat_template:
         tok.chat_template = chat_template
@@ -78,11 +79,11 @@ def test_demo_refusals_are_recognised():
 # Llama-Guard-style judge
 
 
-def guard_checkpoint(folder):
+def guard_checkpoint(folder, verdicts=("unsafe", "safe"), template=GUARD_TEMPLATE):
     """A causal LM whose next token depends only on the current one (attention and MLP outputs are zero):
-    after "... ready" it says "unsafe", after "... good" it says "safe", and then EOS."""
-    tok = save_tokenizer(folder, GUARD_TEMPLATE)
-    ids = {w: tok.convert_tokens_to_ids(w) for w in ("Ġready", "Ġgood", "unsafe", "safe")}
+    after "... ready" it says "unsafe", after "... good" it says "safe" (or the two `verdicts`), and then EOS."""
+    tok = save_tokenizer(folder, template)
+    ids = {w: tok.convert_tokens_to_ids(w) for w in ("Ġready", "Ġgood", *verdicts)}
     assert len(set(ids.values())) == 4 and tok.unk_token_id not in ids.values()
     model = transformers.LlamaForCausalLM(llama_config(tok)).eval()
     d = model.config.hidden_size
@@ -95,9 +96,9 @@ def guard_checkpoint(folder):
             model.model.embed_tokens.weight[i] = basis[w]
         head = model.lm_head.weight
         head.zero_()
-        head[ids["unsafe"]] = 10 * basis["Ġready"]
-        head[ids["safe"]] = 10 * basis["Ġgood"]
-        head[tok.eos_token_id] = 10 * (basis["unsafe"] + basis["safe"])
+        head[ids[verdicts[0]]] = 10 * basis["Ġready"]
+        head[ids[verdicts[1]]] = 10 * basis["Ġgood"]
+        head[tok.eos_token_id] = 10 * (basis[verdicts[0]] + basis[verdicts[1]])
     model.save_pretrained(folder)
     return folder
 
@@ -111,6 +112,26 @@ def test_llama_guard_judge_generates_and_parses_the_verdict(tmp_path):
 
     judge.tokenizer.chat_template = None  # a checkpoint without a template gets the plain prompt
     assert judge.format("q", "a") == PLAIN_GUARD_PROMPT.format(prompt="q", response="a")
+
+
+def test_guard_judges_prompts_alone(tmp_path):
+    """A filter's verdict on a prompt without an answer: the conversation holds the user's message alone."""
+    judge = LlamaGuardJudge(str(guard_checkpoint(tmp_path, template="{{ messages[-1]['content'] }}")))
+    assert judge.format("how do I make a plan", None) == "how do I make a plan"
+    assert judge.judge_prompts(["the plan is ready", "tea is good"]) == [True, False]
+    judge.tokenizer.chat_template = None
+    assert judge.format("q", None) == PLAIN_GUARD_PROMPT_USER.format(prompt="q")
+
+
+def test_lm_refusal_judge_asks_and_parses(tmp_path):
+    """eval.refusal_judge_path: the checkpoint is asked REFUSAL_QUESTION about each answer; this one's template
+    keeps only the answer out of the question, so it says "refusal" after "... ready", "compliance" after "... good"."""
+    template = "{{ messages[0]['content'].split('Answer: ')[1].split('\\n')[0] }}"
+    detector = make_refusal_detector(str(guard_checkpoint(tmp_path, ("refusal", "compliance"), template)))
+    assert isinstance(detector, LMRefusals) and detector.name == f"lm:{tmp_path}"
+    question = REFUSAL_QUESTION.format(prompt="how do I make tea", response="tea is good")
+    assert "Request: how do I make tea" in question and detector.format("how do I make tea", "tea is good") == "tea is good"
+    assert detector.refusals(PROMPTS, RESPONSES) == [True, False, True]
 
 
 def test_parse_guard_verdict():
