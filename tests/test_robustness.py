@@ -3,7 +3,6 @@ one's own columns) and its rates, the jailbreak templates, refusal detection and
 
 import json
 
-import numpy as np
 import pytest
 
 from reft_jax import report
