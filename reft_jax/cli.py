@@ -33,6 +33,7 @@ SUBCOMMANDS = {
     "evaluate": "harmful score and finetune accuracy of the trained methods, filter metrics (WORKDIR/eval/)",
     "export": "write the student (LoRA merged) as a Hugging Face folder, or its LoRA adapter as a PEFT folder "
               "(--adapter), to --out DIR",
+    "attack": "GCG adversarial suffixes against a method's model (eval.gcg; writes WORKDIR/attack/METHOD/)",
     "bench": "time the student and teacher steps in JAX and PyTorch (writes WORKDIR/bench.json)",
 }
 
@@ -61,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="output folder")
             p.add_argument("--adapter", action="store_true",
                            help="write the LoRA adapter as a PEFT folder instead of the merged model")
-            p.add_argument("--method", default="ref_teacher", help="which method's model (default: ref_teacher)")
+        if name in ("export", "attack"):
+            p.add_argument("--method", default="ref_teacher",
+                           help="which method's model (default: ref_teacher)"
+                                + ("; or base_model / teacher" if name == "attack" else ""))
     return parser
 
 
@@ -128,7 +132,7 @@ def _run(args, overrides) -> int:
     from reft_jax.context import RunContext
     from reft_jax.export import export
     from reft_jax.methods import METHODS
-    from reft_jax.stages import evaluate, ref_teacher_filter
+    from reft_jax.stages import attack, evaluate, ref_teacher_filter
 
     if jax.process_index() == 0:
         print(f"reft-jax {args.command}: {jax.process_count()} process(es), {jax.device_count()} "
@@ -145,6 +149,10 @@ def _run(args, overrides) -> int:
     elif args.command == "run":
         print(json.dumps(_summary(pipeline.run(ctx, force=args.force)), indent=2))
         print(f"report written to {ctx.workdir.root / 'report.md'}")
+    elif args.command == "attack":
+        report = attack.run(ctx, args.method)
+        print(json.dumps({k: v for k, v in report.items() if k != "prompts"}, indent=2))
+        print(f"attack report written to {ctx.workdir.attack(args.method) / 'report.json'}")
     elif args.command == "export":
         print(f"exported to {export(ctx, Path(args.out), args.method, adapter=args.adapter)}")
     return 0

@@ -16,7 +16,7 @@ from reft_jax import report as rreport
 from reft_jax import preflight, stages
 from reft_jax.context import RunContext
 from reft_jax.methods import selected
-from reft_jax.stages import evaluate
+from reft_jax.stages import attack, evaluate
 from reft_jax.workdir import FILTER_SCORES, METRICS
 
 
@@ -39,6 +39,9 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
         if force or not wd.done(stage).exists():
             stages.run_stage(stage, ctx)
     report = evaluate.run(ctx, chosen)
+    if cfg.eval.gcg.prompts > 0:  # GCG against every method's model
+        for m in chosen:
+            report["methods"][m.name]["gcg"] = attack.summary(attack.run(ctx, m.name))
     report["methods"] = {m.name: {"skipped": skipped[m.name]} if m.name in skipped else report["methods"][m.name]
                          for m in requested}
     if jax.process_index() == 0:

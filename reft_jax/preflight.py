@@ -7,6 +7,9 @@ from pathlib import Path
 
 from reft_jax.context import RunContext
 from reft_jax.errors import ConfigError, ReftError
+from reft_jax.evaluation import over_refusal
+from reft_jax.evaluation.jailbreak import load_templates
+from reft_jax.stages.attack import attack_prompts, gcg_config
 from reft_jax.train.runs import check_lisa_budget
 
 
@@ -34,6 +37,14 @@ def check(ctx: RunContext, plan: list[str]) -> None:
         if model_ok and {"alignment:repnoise", "alignment:booster"} & set(plan):
             attempt(lambda: ctx.harmful_pairs)
         attempt(lambda: _eval_data(ctx))
+        if cfg.data.eval.over_refusal:
+            attempt(lambda: over_refusal.load(cfg.data.eval, template=cfg.data.template, tokenizer=ctx.tokenizer))
+        if cfg.eval.gcg.prompts > 0:
+            attempt(lambda: attack_prompts(ctx))
+            attempt(lambda: gcg_config(cfg))
+    attempt(lambda: load_templates(cfg.eval.templates))
+    if cfg.eval.refusal_judge_path and not (Path(cfg.eval.refusal_judge_path).expanduser() / "config.json").exists():
+        problems.append(f"eval.refusal_judge_path: {cfg.eval.refusal_judge_path} is not a model folder (no config.json)")
     if "finetune:lisa" in plan:
         attempt(lambda: check_lisa_budget(cfg))
     if cfg.eval.judge != "keyword" and not (Path(cfg.eval.judge_path).expanduser() / "config.json").exists():

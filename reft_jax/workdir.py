@@ -12,6 +12,7 @@
   student/model/               Ref-Teacher's student; every other method's in METHOD/model/
   student/adapter/             its LoRA adapter as a PEFT folder (model.lora.rank > 0); METHOD/adapter/ likewise
   eval/report.json, report.json, report.md and the plots
+  attack/NAME/report.json      the GCG attack on a method's (or reference's) model
 
 Every trained stage folder also holds metrics.jsonl and checkpoints/ (the loop), and every stage folder
 cost.json (reft_jax.cost).
@@ -66,6 +67,10 @@ class Workdir:
     def method(self, name: str) -> Path:
         """Where a method's finetuned model and logs live (Ref-Teacher's is the contract's student/)."""
         return self.root / ("student" if name == "ref_teacher" else name)
+
+    def attack(self, name: str) -> Path:
+        """Where the GCG attack on method (or reference) `name` writes its report."""
+        return self.root / "attack" / name
 
     def stage(self, stage: str) -> Path:
         """The folder of a stage (reft_jax.stages.STAGES): teacher, safety_alignment, alignment:DEFENCE,

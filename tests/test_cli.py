@@ -226,3 +226,36 @@ def test_evaluate_adds_over_refusal_and_jailbreak_templates(run_dir, tmp_path, m
     expected = {"flag_rate": np.mean(np.array(flags)[safe]), "unsafe_flag_rate": np.mean(np.array(flags)[~safe])}
     for entry in (report["filter"], report["methods"]["ref_teacher"]["filter"]):
         assert {k: entry["over_refusal"][k] for k in expected} == pytest.approx(expected)
+
+
+GCG = ["--config.eval.gcg.prompts=2", "--config.eval.gcg.steps=3", "--config.eval.gcg.candidates=8",
+       "--config.eval.gcg.suffix_length=4", "--config.eval.gcg.top_k=16"]
+
+
+def test_attack_writes_suffixes_and_goes_on_where_it_stopped(run_dir, capsys):
+    from reft_jax.evaluation import KeywordJudge
+
+    assert main(["attack", "--workdir", str(run_dir), "--method", "ref_teacher", *TINY, *GCG]) == 0
+    path = run_dir / "attack" / "ref_teacher" / "report.json"
+    report = json.loads(path.read_text())
+    assert report["complete"] and report["num_prompts"] == 2 and report["judge"] == "keyword"
+    prompts = report["prompts"]
+    for p in prompts:
+        assert len(p["suffix_ids"]) == 4 and 1 <= p["steps"] <= 3 and len(p["losses"]) == p["steps"]
+        assert all(b <= a for a, b in zip(p["losses"], p["losses"][1:])) and p["loss"] <= p["initial_loss"]
+        assert p["success"] == KeywordJudge().judge([p["request"]], [p["answer"]])[0]
+        assert p["target"] == "Sure, here is"  # the demo's harmful prompts have no target column
+    assert report["attack_success_rate"] == np.mean([p["success"] for p in prompts])
+    assert report["harmful_score_without_suffix"] == np.mean([p["harmful_without_suffix"] for p in prompts])
+
+    # Cut short after the first prompt: a rerun keeps it and attacks the second one again, to the same result.
+    path.write_text(json.dumps({**report, "complete": False, "num_prompts": 1, "prompts": prompts[:1]}))
+    assert main(["attack", "--workdir", str(run_dir), "--method", "ref_teacher", *TINY, *GCG]) == 0
+    again = json.loads(path.read_text())
+    assert again["complete"] and [p["suffix_ids"] for p in again["prompts"]] == [p["suffix_ids"] for p in prompts]
+    assert again["prompts"][0]["step_s"] == prompts[0]["step_s"]  # kept, not recomputed
+
+    assert main(["attack", "--workdir", str(run_dir), "--method", "vaccine", *TINY, *GCG]) == 2
+    one_line_error(capsys, "no trained model of vaccine to attack")
+    assert main(["attack", "--workdir", str(run_dir), "--method", "nope", *TINY, *GCG]) == 2
+    one_line_error(capsys, "'nope' is not a method")

@@ -224,11 +224,11 @@ class Transformer(nnx.Module):
         if opts.lora:
             add_lora(self, opts.lora, rngs)
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+    def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array | None = None, *,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  output_hidden_states: bool | int | Sequence[int] = False,
                  cache: KVCache | None = None, logits: bool = True, attention_offsets: jax.Array | None = None,
-                 output_mlp: bool = False) -> ModelOutput:
+                 output_mlp: bool = False, inputs_embeds: jax.Array | None = None) -> ModelOutput:
         """input_ids [B, T]; attention_mask [B, T] (1 = real token); positions [B, T] (default 0..T-1, as in
         transformers; pass cumsum(mask) - 1 for left padding); segment_ids [B, T] for packed sequences.
         `output_hidden_states`: True for all, or the indices to keep (others are None), HF convention:
@@ -239,9 +239,14 @@ class Transformer(nnx.Module):
         `logits=False` skips the vocabulary projection (ModelOutput.logits is None): the blockwise losses
         project the last hidden state (`output_hidden_states=[-1]`) a block of tokens at a time (`unembed`).
         `attention_offsets` [L, B, T, D]: added to each block's attention output (Vaccine perturbs them);
-        `output_mlp`: ModelOutput.mlp_outputs holds each block's MLP output (RepNoise reads them)."""
+        `output_mlp`: ModelOutput.mlp_outputs holds each block's MLP output (RepNoise reads them).
+        `inputs_embeds` [B, T, D]: token embeddings (rows of embed_tokens, or mixtures of them) used instead of
+        looking up input_ids, which may then be None (the shape is inputs_embeds'); scaled by sqrt(D) for Gemma
+        like looked-up rows (as transformers 4.x did; 5.x scales inside its embedding module, so takes them
+        scaled). A GCG attack differentiates through one_hot @ embed_tokens this way. A classifier still needs
+        input_ids to pool."""
         cfg = self.cfg
-        b, t = input_ids.shape
+        b, t = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
         if positions is None:
@@ -255,7 +260,7 @@ class Transformer(nnx.Module):
         if segment_ids is not None:
             mask &= (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
-        x = self._embed(input_ids)
+        x = self._embed(input_ids, inputs_embeds)
         keep = _hidden_state_selection(output_hidden_states, cfg.num_layers)
         x, layer_outputs, new_kv, mlps = self._run_blocks(x, positions, mask, collect=bool(keep), cache=cache,
                                                           offsets=attention_offsets, collect_mlp=output_mlp)
@@ -271,13 +276,17 @@ class Transformer(nnx.Module):
             return ModelOutput(self._pool(x, input_ids, attention_mask), hidden_states, mlp_outputs=mlps)
         return ModelOutput(self.unembed(x) if logits else None, hidden_states, cache, mlps)
 
-    def _embed(self, input_ids: jax.Array) -> jax.Array:
-        """Token embeddings [B, T, D] in the compute dtype (times sqrt(D) for Gemma, in that dtype as Gemma does).
+    def _embed(self, input_ids: jax.Array, inputs_embeds: jax.Array | None = None) -> jax.Array:
+        """Token embeddings [B, T, D] in the compute dtype (times sqrt(D) for Gemma, in that dtype as Gemma does),
+        looked up or given (inputs_embeds).
         On a mesh the table is gathered whole first, as FSDP gathers every weight before its use: a lookup into
         a table split over the model dimension would come out split that way, and XLA could only move it to
         the batch split of the residual stream by replicating it ("Involuntary full rematerialization")."""
-        table = constrain(self.embed_tokens[...], (None, None))
-        x = jnp.take(table, input_ids, axis=0).astype(self.opts.dtype)
+        if inputs_embeds is not None:
+            x = inputs_embeds.astype(self.opts.dtype)
+        else:
+            table = constrain(self.embed_tokens[...], (None, None))
+            x = jnp.take(table, input_ids, axis=0).astype(self.opts.dtype)
         if self.cfg.embed_scale:
             x = x * jnp.asarray(self.cfg.hidden_size ** 0.5, self.opts.dtype)
         return constrain(x, RESIDUAL)
