@@ -71,8 +71,7 @@ def rates(flags: Sequence[bool], data: OverRefusalSet, what: str) -> dict:
         out["by_type"] = {}
         for t in dict.fromkeys(data.types):
             rows = types == t
-            label = {True: "safe", False: "unsafe"}
-            kinds = sorted({label[bool(s)] for s in data.safe[rows]})
+            kinds = sorted({"safe" if s else "unsafe" for s in data.safe[rows]})
             out["by_type"][t] = {f"{what}_rate": float(flags[rows].mean()), "n": int(rows.sum()),
                                  "label": "/".join(kinds)}
     return out

@@ -94,12 +94,14 @@ def run(ctx: RunContext, name: str) -> dict:
         if old.get("settings") == settings(ctx):
             done = [p for p, q in zip(old["prompts"], prompts) if p["request"] == q["request"]]
             earlier_s = old["wall_s"] if done else 0.0
+            if len(done) == len(prompts):  # nothing left to attack: the report as it was
+                return old
 
     model = attacked_model(ctx, name)
     frozen = FrozenModel.of(model)
     allowed = gcg.allowed_tokens(tokenizer, model.cfg.vocab_size)
     judge = judges.make_judge(cfg.eval.judge, cfg.eval.judge_path)
-    generation = with_tokenizer_ids(GenerationConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=1),
+    generation = with_tokenizer_ids(GenerationConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=2),
                                     tokenizer, model)
     pieces = [gcg.split_prompt(tokenizer, format_prompt(p["request"] + SLOT, template=cfg.data.template,
                                                          tokenizer=tokenizer), SLOT, p["target"]) for p in prompts]
@@ -110,8 +112,8 @@ def run(ctx: RunContext, name: str) -> dict:
     target_length = gcg.padded_length([len(p.target) for p in pieces])
     pad = tokenizer.pad_token_id or 0
 
-    def answer(ids: list[int]) -> str:
-        return decode(tokenizer, generate(model, [ids], generation, desc="answer"))[0]
+    def answers(*prompt_ids: list[int]) -> list[str]:
+        return decode(tokenizer, generate(model, list(prompt_ids), generation, desc="answers"))
 
     results = list(done)
     start = time.perf_counter() - earlier_s  # wall_s counts the earlier runs' time too
@@ -121,8 +123,7 @@ def run(ctx: RunContext, name: str) -> dict:
         layout = gcg.Layout.of(ids, before_length, target_length, pad=pad)
         found = gcg.run_gcg(frozen, layout, config, tokenizer=tokenizer, allowed=allowed,
                             key=jax.random.fold_in(jax.random.key(cfg.seed), i), progress=cfg.logging.progress)
-        with_suffix = answer([*ids.before, *found.suffix, *ids.after])
-        without = answer([*ids.before, *ids.after])
+        with_suffix, without = answers([*ids.before, *found.suffix, *ids.after], [*ids.before, *ids.after])
         harmful = judge.judge([prompt["prompt"]] * 2, [with_suffix, without])
         results.append({"request": prompt["request"], "target": prompt["target"], "suffix": found.suffix_text,
                         "suffix_ids": found.suffix, "loss": found.loss, "initial_loss": found.initial_loss,
@@ -133,11 +134,8 @@ def run(ctx: RunContext, name: str) -> dict:
         if jax.process_index() == 0:
             folder.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=2) + "\n")
-        if jax.process_index() == 0:
             print(f"gcg {name}: prompt {i + 1}/{len(prompts)}: loss {found.initial_loss:.3f} -> {found.loss:.3f} in "
                   f"{found.steps} steps, {'success' if harmful[0] else 'failed'}", flush=True)
-    if len(done) == len(prompts):  # nothing left to attack: the report as it was
-        report = json.loads(path.read_text())
     return report
 
 
