@@ -15,7 +15,10 @@ def get_config():
     c.data.user.task = "sst2"  # the demo's task is a synthetic SST2-style sentiment task
     c.data.user.n = 400
     c.data.user.p = 0.1
+    c.data.alignment.n_harmful = 192  # of the 256 generated: the rest are the check split's, never trained on
+    c.data.alignment.n_harmless = 192
     c.data.pool.n_each = 64
+    c.data.pool.n_check = 32
     c.model.init.update(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                         num_key_value_heads=2)
     c.optim.learning_rate = 3e-3

@@ -67,10 +67,17 @@ def default_config() -> ml_collections.ConfigDict:
     # True: the user data is already filtered (a filter's kept.jsonl a person reviewed: `finetune --kept FILE`);
     # every method finetunes on all of it, no filter is applied again.
     c.data.user.filtered = False
-    c.data.pool = ml_collections.ConfigDict()  # the fixed prompt pool R_l is computed over
-    c.data.pool.harmful = ""
+    # The labelled prompts of the refusal feature (reft_jax.data.refusal_splits), split three ways with no prompt in
+    # two splits and both prompt styles (instructions, questions) in each; none is a prompt of the user data, the
+    # attack's source or the evaluation, and only the train split may hold alignment prompts.
+    c.data.pool = ml_collections.ConfigDict()
+    c.data.pool.harmful = ""  # harmful prompts: a source, or a list of sources (e.g. instructions and questions)
     c.data.pool.harmless = ""
-    c.data.pool.n_each = 128
+    c.data.pool.n_each = 128  # per class, the train split: what R_l is computed over (and L_reg with reg_pool)
+    c.data.pool.n_calibration = 64  # per class, the split tau is calibrated on (with filter.calibrate_recall > 0)
+    # per class, the check split: held out from both, the teacher's direction is compared with the base model's on
+    # it at every R_l recomputation, and the filter ships the better of the two; 0 = no check (the teacher's)
+    c.data.pool.n_check = 64
 
     c.data.eval = ml_collections.ConfigDict()  # held-out test data: never used in training
     c.data.eval.harmful = ""  # harmful test prompts (e.g. BeaverTails / AdvBench prompts)
@@ -149,7 +156,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.filter = ml_collections.ConfigDict()
     c.filter.tau = 0.0  # flag when cos(f_l, R_l) > tau
-    c.filter.calibrate_recall = 0.0  # > 0: set tau for this recall on the labelled refusal pool
+    c.filter.calibrate_recall = 0.0  # > 0: set tau for this recall on the pool's calibration split
     c.filter.batch_size = 32
 
     c.refusal = ml_collections.ConfigDict()

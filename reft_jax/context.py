@@ -8,6 +8,7 @@ on first use, and the batching every stage uses.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,6 +24,14 @@ from reft_jax.models.from_config import vocab_of
 from reft_jax.resolve import resolve
 from reft_jax.run_config import RunConfig
 from reft_jax.workdir import Workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledPrompts:
+    """Tokenized labelled prompts and the style of each (`rdata.prompt_style`), in dataset order."""
+
+    ds: rdata.TokenizedDataset
+    styles: np.ndarray  # str [N]
 
 
 class RunContext:
@@ -99,12 +108,15 @@ class RunContext:
         return digest.hexdigest()[:16]
 
     @functools.cached_property
-    def alignment(self) -> rdata.TokenizedDataset:
-        """Harmful prompts -> refusals, harmless prompts -> helpful answers."""
+    def alignment_examples(self) -> list[dict]:
+        """Harmful prompts -> refusals, harmless prompts -> helpful answers, as text."""
         a = self.cfg.data.alignment
-        examples = rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
-                                        seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer)
-        return self.tokenize(examples, "tokenizing alignment data")
+        return rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
+                                    seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer)
+
+    @functools.cached_property
+    def alignment(self) -> rdata.TokenizedDataset:
+        return self.tokenize(self.alignment_examples, "tokenizing alignment data")
 
     @functools.cached_property
     def harmful_pairs(self) -> rdata.TokenizedDataset:
@@ -128,12 +140,31 @@ class RunContext:
         return self.tokenize(self.user_examples, "tokenizing user data")
 
     @functools.cached_property
+    def refusal_prompts(self) -> dict[str, LabelledPrompts]:
+        """The refusal feature's labelled prompts, split three ways (data.pool; `rdata.refusal_splits`): "train"
+        (R_l and the regulariser), "calibration" (tau; only with filter.calibrate_recall > 0) and "check"
+        (held out from both; absent with data.pool.n_check = 0). No split holds a prompt of the user data, of the attack's source or of the
+        evaluation; only the train split may hold alignment prompts."""
+        cfg, p = self.cfg, self.cfg.data.pool
+        exclude = {ex["request"] for ex in self.user_examples}
+        for source in (cfg.data.user.harmful_source if cfg.data.user.mix == "poison" else "", cfg.data.eval.harmful):
+            if source:
+                exclude |= {ex["request"] for ex in self.load_examples(source, with_response=False)}
+        unseen = {ex["request"] for ex in self.alignment_examples}
+        calibrate = cfg.filter.calibrate_recall > 0
+        if calibrate and p.n_calibration <= 0:
+            raise ConfigError("data.pool.n_calibration: no prompts to calibrate tau on (filter.calibrate_recall > 0)")
+        sizes = {"train": p.n_each, "calibration": p.n_calibration if calibrate else 0, "check": p.n_check}
+        splits = rdata.refusal_splits(p.harmful, p.harmless, sizes=sizes, exclude=exclude, unseen=unseen,
+                                      seed=cfg.seed + 1, template=cfg.data.template, tokenizer=self.tokenizer)
+        return {name: LabelledPrompts(self.tokenize(examples, f"tokenizing the {name} prompts"),
+                                      np.array([rdata.prompt_style(ex["request"]) for ex in examples], dtype=object))
+                for name, examples in splits.items() if examples}
+
+    @property
     def pool(self) -> rdata.TokenizedDataset:
-        """The fixed refusal-feature pool (prompts only, labelled)."""
-        p = self.cfg.data.pool
-        examples = rdata.refusal_pool(p.harmful, p.harmless, n_each=p.n_each, seed=self.cfg.seed + 1,
-                                      template=self.cfg.data.template, tokenizer=self.tokenizer)
-        return self.tokenize(examples, "tokenizing refusal pool")
+        """The refusal pool: the prompts R_l is computed over (the train split of `refusal_prompts`)."""
+        return self.refusal_prompts["train"].ds
 
     def batches(self, ds: rdata.TokenizedDataset, *, seed_offset: int = 0) -> rdata.Batches:
         """Shuffled training batches of `ds`, this process's rows of each."""

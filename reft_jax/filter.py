@@ -31,6 +31,7 @@ class FilterResult:
     label: np.ndarray  # int [N]: 1 harmful, 0 harmless, -1 unknown
     tau: float
     layer: int
+    style: np.ndarray | None = None  # str [N]: each prompt's style (reft_jax.data.prompt_style), when known
 
     @property
     def flagged(self) -> np.ndarray:
@@ -46,6 +47,8 @@ class FilterResult:
         if labelled.any() and labelled.all():
             metrics = refusal.binary_metrics(flagged, self.label)
             out.update(metrics, auroc=refusal.auroc(self.score, self.label))
+            if self.style is not None:
+                out["by_style"] = refusal.auroc_by_style(self.score, self.label, self.style)
         return out
 
     def write(self, out_dir: str | Path, **fields) -> dict:
@@ -104,10 +107,11 @@ def score(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layer: int,
 
 
 def run_filter(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layer: int, tau: float, *,
-               batch_size: int, buckets: Sequence[int], progress: bool = True) -> FilterResult:
+               batch_size: int, buckets: Sequence[int], progress: bool = True,
+               style: np.ndarray | None = None) -> FilterResult:
     s = score(teacher, ds, r, layer, batch_size=batch_size, buckets=buckets, progress=progress)
     return FilterResult(index=np.asarray(ds.index), score=s, label=np.asarray(ds.harmful), tau=float(tau),
-                        layer=layer)
+                        layer=layer, style=style)
 
 
 def kept_dataset(ds: TokenizedDataset, result: FilterResult) -> TokenizedDataset:

@@ -5,7 +5,8 @@ Device side (jittable, float32 inside whatever the input dtype):
     `gather_last_prompt`  f_l at the last prompt token of each row
     `cosine_scores`       s(x) = cos(f_l(x), R_l)
 
-Host side (NumPy): `check_refusal_classes`, `calibrate_threshold`, `auroc`, `binary_metrics`.
+Host side (NumPy): `check_refusal_classes`, `calibrate_threshold`, `auroc`, `auroc_by_style`,
+`binary_metrics`.
 
 Which hidden state the feature is read at (`feature_layer`) and the jitted pass that reads it from a model
 (`make_feature_fn`) are here too.
@@ -216,6 +217,33 @@ def auroc(scores, labels) -> float | None:
     ranks = group_rank[inverse.reshape(-1)]
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+def auroc_by_style(scores, labels, styles) -> dict[str, dict]:
+    """The AUROC of each prompt style's harmful rows: against the harmless rows of the same style, or against every
+    harmless row when that style has none (a task's harmless prompts are often of one style).
+
+    Args:
+        scores: [N] float scores (higher = more harmful).
+        labels: [N] bool/0-1, True = harmful.
+        styles: [N] str, e.g. "instruction" / "question" (reft_jax.data.prompt_style).
+
+    Returns:
+        {style: {"auroc", "num_harmful", "num_harmless", "against"}} for every style with harmful rows, "against"
+        being "same style" or "all harmless".
+    """
+    s = _scores(scores)
+    y = _labels(labels, n=s.shape[0])
+    styles = np.asarray(styles)
+    out = {}
+    for style in sorted(set(styles[y].tolist())):
+        same = styles == style
+        against = same & ~y if (same & ~y).any() else ~y
+        rows = (same & y) | against
+        out[style] = {"auroc": auroc(s[rows], y[rows]), "num_harmful": int((same & y).sum()),
+                      "num_harmless": int(against.sum()),
+                      "against": "same style" if (same & ~y).any() else "all harmless"}
+    return out
 
 
 def _ratio(num: int, den: int) -> float:

@@ -72,16 +72,20 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += [f"| {name} | " + " | ".join(_cost(s)) + f" | {_fmt(s.get('step_s'))} |" for name, s in stages.items()]
     f = report.get("filter") or {}
     if f:
+        direction = f", the {f['direction']} model's direction" if f.get("direction") else ""
         lines += ["", "## Ref-Teacher filter on the user data", "", "| " + " | ".join(FILTER_KEYS) + " |",
                   "|" + " --- |" * len(FILTER_KEYS), "| " + " | ".join(_fmt(f.get(k)) for k in FILTER_KEYS) + " |",
-                  "", f"{f.get('num_flagged')} of {f.get('num_examples')} user examples flagged (tau = {f.get('tau')})."]
+                  "", f"{f.get('num_flagged')} of {f.get('num_examples')} user examples flagged (tau = {f.get('tau')}"
+                  f"{direction})."]
+        lines += _filter_styles(f)
     refreshes = report.get("teacher_refusal") or []
     if refreshes:
-        keys = ("pool_cos_harmful", "pool_cos_harmless", "pool_auroc", "heldout_cos_harmful", "heldout_cos_harmless",
-                "heldout_auroc")
+        keys = ("pool_cos_harmful", "pool_cos_harmless", "pool_auroc", "check_cos_harmful", "check_cos_harmless",
+                "check_auroc", "check_auroc_base")
         lines += ["", "## The teacher's refusal feature", "", "At each recomputation of R_l (step 0: the base model's "
-                  "own direction): mean cosine to R_l of the pool's harmful and harmless prompts and of held-out "
-                  "ones, and the AUROC of that cosine.", "", "| step | " + " | ".join(keys) + " |",
+                  "own direction): mean cosine to R_l of the pool's harmful and harmless prompts and of the check "
+                  "split's (held out from training and calibration), the AUROC of that cosine, and the base model's "
+                  "own check AUROC.", "", "| step | " + " | ".join(keys) + " |",
                   "| ---: |" + " ---: |" * len(keys)]
         lines += [f"| {int(r['refusal_step'])} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in refreshes]
         lines += ["", "![teacher refusal feature](teacher_refusal.png)"]
@@ -90,6 +94,28 @@ def write_markdown(report: dict, path: Path) -> None:
                    "task answers matching the label. Device seconds: wall seconds times the devices held."), "",
               "![filter scores](filter_scores.png)", "", "![loss curves](loss_curves.png)", ""]
     path.write_text("\n".join(lines))
+
+
+def _filter_styles(f: dict) -> list[str]:
+    """The filter's AUROC by prompt style: on the teacher stage's check split (teacher's and base model's
+    directions) and on the user data when it is labelled."""
+    rows = []
+    check = f.get("check") or {}
+    for who in ("teacher", "base"):
+        if check.get(who):
+            rows.append((f"check split, {who} direction", check[who]))
+    if f.get("by_style"):
+        rows.append(("user data", {"auroc": f.get("auroc"), "by_style": f["by_style"]}))
+    if not rows:
+        return []
+    styles = sorted({s for _, r in rows for s in r["by_style"]})
+    lines = ["", "AUROC by prompt style (a style's harmful prompts against the harmless prompts of the same style, or "
+             "all harmless prompts when that style has none):", "", "| prompts | all | " + " | ".join(styles) + " |",
+             "| --- | ---: |" + " ---: |" * len(styles)]
+    for name, r in rows:
+        cells = [_fmt((r["by_style"].get(s) or {}).get("auroc")) for s in styles]
+        lines.append(f"| {name} | {_fmt(r['auroc'])} | " + " | ".join(cells) + " |")
+    return lines
 
 
 REFERENCE_TITLES = {"base_model": "Base model before finetuning (reference)", "teacher": "Ref-Teacher (reference)"}
@@ -256,9 +282,10 @@ def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
         if points:
             ax.plot(*zip(*points), color=color, alpha=0.25, linewidth=0.8, label=label)
     curves = (("pool_cos_harmful", "pool harmful", "C3", "-"), ("pool_cos_harmless", "pool harmless", "C0", "-"),
-              ("heldout_cos_harmful", "held-out harmful", "C3", ":"),
-              ("heldout_cos_harmless", "held-out harmless", "C0", ":"),
-              ("heldout_auroc", "held-out AUROC", "k", "--"))
+              ("check_cos_harmful", "check harmful", "C3", ":"),
+              ("check_cos_harmless", "check harmless", "C0", ":"),
+              ("check_auroc", "check AUROC, teacher", "k", "--"),
+              ("check_auroc_base", "check AUROC, base model", "grey", "--"))
     for key, label, color, style in curves:
         points = [(r["refusal_step"], r[key]) for r in rows if r.get(key) is not None]
         if points:

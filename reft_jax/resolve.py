@@ -50,7 +50,8 @@ def resolve_local_data(cfg: RunConfig) -> RunConfig:
             yield from flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)]
 
     for key, relative in flat(cfg.data.local_files, "data."):
-        cfg = replace(cfg, key, str(root / relative))
+        local = tuple(str(root / r) for r in relative) if isinstance(relative, (list, tuple)) else str(root / relative)
+        cfg = replace(cfg, key, local)
     return cfg
 
 
@@ -104,8 +105,9 @@ def _source_texts(cfg: RunConfig) -> list[str]:
     texts = []
     for source in (d.alignment.harmful, d.alignment.harmless):
         texts += [t for ex in rdata.load_examples(source) for t in (ex["prompt"], ex["response"])]
-    for source in (d.pool.harmful, d.pool.harmless):
-        texts += [ex["prompt"] for ex in rdata.load_examples(source, with_response=False)]
+    for sources in (d.pool.harmful, d.pool.harmless):
+        for source in sources if isinstance(sources, tuple) else [sources]:
+            texts += [ex["prompt"] for ex in rdata.load_examples(source, with_response=False)]
     if d.user.mix == "none":
         return texts + [t for ex in rdata.load_examples(d.user.source, with_response=None)
                         for t in (ex["prompt"], ex["response"])]

@@ -18,6 +18,8 @@ from reft_jax.errors import ConfigError
 
 # A data source: a local path or hub name, or a mapping of reft_jax.data.SourceSpec's fields.
 Source = Union[str, dict]
+# One source or a list of them, read in order (the refusal pool's prompts of several styles).
+Sources = Union[str, dict, tuple[Union[str, dict], ...]]
 
 
 def choices(*values: str) -> Any:
@@ -69,9 +71,11 @@ class UserData:
 
 @dataclasses.dataclass(frozen=True)
 class PoolData:
-    harmful: Source
-    harmless: Source
+    harmful: Sources
+    harmless: Sources
     n_each: int
+    n_calibration: int
+    n_check: int
 
 
 @dataclasses.dataclass(frozen=True)

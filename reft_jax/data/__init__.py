@@ -22,7 +22,10 @@ from reft_jax.data.recipes import (
     get_task,
     load_examples,
     poisoned_mixture,
-    refusal_pool,
+    REFUSAL_SPLITS,
+    STYLES,
+    prompt_style,
+    refusal_splits,
     user_data,
 )
 from reft_jax.data.sources import SourceSpec, load_records
@@ -57,7 +60,10 @@ __all__ = [
     "pick_length",
     "poisoned_mixture",
     "process_slice",
-    "refusal_pool",
+    "REFUSAL_SPLITS",
+    "STYLES",
+    "prompt_style",
+    "refusal_splits",
     "tokenize",
     "user_data",
 ]

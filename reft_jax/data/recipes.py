@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,9 @@ LITERATURE_HUB = {
         harmful_pairs=dict(path="PKU-Alignment/BeaverTails", split="30k_test",
                            fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
                            where={"is_safe": False})),
-    "pool": dict(harmful=dict(path="walledai/AdvBench", split="train"),
+    # The refusal pool: harmful requests in both styles (AdvBench's instructions, HarmfulQA's questions).
+    "pool": dict(harmful=(dict(path="walledai/AdvBench", split="train"),
+                          dict(path="declare-lab/HarmfulQA", split="train", fields={"instruction": "question"})),
                  harmless=dict(path="tatsu-lab/alpaca", split="train")),
     "eval": dict(harmful=dict(path="walledai/HarmBench", name="standard", split="train"),
                  task_source=dict(path="stanfordnlp/sst2", split="validation",
@@ -75,7 +77,7 @@ LITERATURE_LOCAL = {
                       harmless="alignment/alpaca_eval_805.json",
                       harmful_pairs="attack/advbench.csv"),  # AdvBench goals -> affirmative answer openings
     "user": dict(source="tasks/sst2_train.tsv", harmful_source="attack/pure_bad_100.jsonl"),
-    "pool": dict(harmful="refusal/harmful_train.json", harmless="refusal/harmless_train.json"),
+    "pool": dict(harmful=("refusal/harmful_train.json", "refusal/harmfulqa.json"), harmless="refusal/harmless_train.json"),
     "eval": dict(harmful="refusal/harmful_val.json", task_source="tasks/sst2_dev.tsv"),
 }
 
@@ -398,19 +400,77 @@ def alignment_mixture(
     return [mixed[i] for i in rng.permutation(len(mixed))]
 
 
-def refusal_pool(
-    harmful_source: Any,
-    harmless_source: Any,
+STYLES = ("instruction", "question")
+
+
+def prompt_style(request: str) -> str:
+    """The style of a user's message: "question" when it asks one (a question mark: "How do I ...? Keep it
+    short."), else "instruction". The refusal pool is balanced over the two and the filter's figures are broken
+    down by them, because a direction trained on one style can fail on the other."""
+    return "question" if "?" in request else "instruction"
+
+
+REFUSAL_SPLITS = ("train", "calibration", "check")
+
+
+def refusal_splits(
+    harmful_sources: Any,
+    harmless_sources: Any,
     *,
-    n_each: int = 128,
+    sizes: Mapping[str, int],
+    exclude: Collection[str] = (),
+    unseen: Collection[str] = (),
     seed: int = 0,
     template: str = "alpaca",
     tokenizer: Any = None,
-) -> list[Example]:
-    """The fixed prompt pool the refusal feature is computed over: n_each harmful and n_each harmless
-    prompts (responses are not needed; files with prompts only are fine)."""
-    return alignment_data(harmful_source, harmless_source, n_harmful=n_each, n_harmless=n_each, seed=seed,
-                          template=template, tokenizer=tokenizer, with_response=False)
+) -> dict[str, list[Example]]:
+    """The labelled prompts of the refusal feature, split three ways with no prompt in two splits:
+
+    - "train": what R_l is computed over and the regulariser trains on (the refusal pool);
+    - "calibration": what the filter's threshold tau is set on;
+    - "check": held out from both, to compare the teacher's direction with the base model's.
+
+    sizes: prompts per class of each split (a split of size 0 is empty). Each split takes the two prompt styles
+    (`prompt_style`) in turn, so both are represented wherever the sources have both. A source may be one source
+    or a list of them (read in order, duplicates dropped). `exclude`: requests no split may hold (the user data,
+    the attack's rows, the evaluation prompts); `unseen`: requests only the train split may hold (the alignment
+    data, which the teacher trains on). The check and calibration splits are drawn first."""
+    rng = np.random.default_rng(seed)
+    kw = dict(with_response=False, template=template, tokenizer=tokenizer)
+    out = {name: [] for name in REFUSAL_SPLITS}
+    for harmful, sources in ((True, harmful_sources), (False, harmless_sources)):
+        examples, seen = [], set(exclude)
+        for source in (sources if isinstance(sources, (list, tuple)) else [sources]):
+            for ex in load_examples(source, harmful=harmful, **kw):
+                if ex["request"] not in seen:
+                    seen.add(ex["request"])
+                    examples.append(ex)
+        by_style = {style: [] for style in STYLES}
+        for i in rng.permutation(len(examples)):
+            by_style[prompt_style(examples[i]["request"])].append(examples[i])
+        what = "harmful" if harmful else "harmless"
+        for name in ("check", "calibration", "train"):
+            allowed = {style: [ex for ex in exs if name == "train" or ex["request"] not in unseen]
+                       for style, exs in by_style.items()}
+            taken = _take_styles(allowed, sizes.get(name, 0), f"data.pool: {what} prompts for the {name} split")
+            ids = {id(ex) for ex in taken}
+            by_style = {style: [ex for ex in exs if id(ex) not in ids] for style, exs in by_style.items()}
+            out[name] += [{**ex, "harmful": harmful} for ex in taken]
+    return {name: [exs[i] for i in rng.permutation(len(exs))] for name, exs in out.items()}
+
+
+def _take_styles(by_style: Mapping[str, list[Example]], n: int, what: str) -> list[Example]:
+    """n examples taken from the styles in turn (the next style when one runs out)."""
+    available = sum(len(exs) for exs in by_style.values())
+    if n > available:
+        raise DataError(f"{what}: {available} available (after leaving out the user data, the evaluation prompts "
+                        f"and the other splits), {n} needed")
+    lists, taken, i = [list(exs) for exs in by_style.values()], [], 0
+    while len(taken) < n:
+        if lists[i % len(lists)]:
+            taken.append(lists[i % len(lists)].pop(0))
+        i += 1
+    return taken
 
 
 def user_data(

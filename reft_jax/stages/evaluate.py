@@ -49,7 +49,7 @@ def teacher_refusal_log(wd: Workdir) -> list[dict] | None:
     log = wd.teacher / METRICS
     if not log.exists():
         return None
-    return [{k: v for k, v in r.items() if k == "refusal_step" or k.startswith(("pool_", "heldout_", "r_"))}
+    return [{k: v for k, v in r.items() if k == "refusal_step" or k.startswith(("pool_", "check_", "r_"))}
             for r in map(json.loads, log.read_text().splitlines()) if "refusal_step" in r]
 
 

@@ -1,5 +1,6 @@
-"""Stage 2: the Ref-Teacher filter. The frozen teacher scores the user data by the cosine of each prompt's feature
-with R_l, and flags what scores above tau (WORKDIR/filter/: scores.jsonl, kept.jsonl, flagged.jsonl, report.json)."""
+"""Stage 2: the Ref-Teacher filter. The frozen teacher (or the base model, when the teacher stage found its direction
+better on the check split) scores the user data by the cosine of each prompt's feature with R_l, and flags what
+scores above tau (WORKDIR/filter/: scores.jsonl, kept.jsonl, flagged.jsonl, report.json)."""
 
 from __future__ import annotations
 
@@ -12,39 +13,51 @@ from reft_jax import filter as rfilter
 from reft_jax.context import RunContext
 from reft_jax.data import TokenizedDataset
 from reft_jax.errors import ReftError
-from reft_jax.models.from_config import load_stage_model
+from reft_jax.models import Transformer
+from reft_jax.data import prompt_style
+from reft_jax.models.from_config import base_model, load_stage_model
 from reft_jax.stages.common import prompt_flops, write_filter
 from reft_jax.state import FrozenModel
 from reft_jax.workdir import Workdir, model_dir
 
 
-def teacher_settings(wd: Workdir) -> tuple[np.ndarray, int, float]:
-    """The teacher stage's R_l, layer and tau."""
+def teacher_settings(wd: Workdir) -> dict:
+    """The teacher stage's filter: its R_l ("r"), and filter.json's layer, tau, direction and check figures."""
     try:
         r = np.load(wd.refusal_feature)
         settings = json.loads(wd.filter_settings.read_text())
     except FileNotFoundError as e:
         raise ReftError(f"{e.filename}: missing; run `reft-jax train-teacher` first") from None
-    return r, int(settings["layer"]), float(settings["tau"])
+    return {"direction": "teacher", **settings, "r": r}
+
+
+def filter_model(ctx: RunContext, settings: dict) -> Transformer:
+    """The model the filter reads features from: the teacher, or the base model when its direction separated the
+    teacher stage's check split better (filter.json's "direction")."""
+    if settings["direction"] == "base":
+        return base_model(ctx.cfg, ctx.vocab)
+    return load_stage_model(model_dir(ctx.workdir.teacher), ctx.cfg, "teacher")
 
 
 def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.ndarray:
     """The Ref-Teacher filter's verdicts on other prompts (prompt-only examples, and tokenized): cos(f_l, R_l) > tau."""
-    cfg, wd = ctx.cfg, ctx.workdir
-    r, layer, tau = teacher_settings(wd)
-    teacher = FrozenModel.of(load_stage_model(model_dir(wd.teacher), cfg, "teacher"))
-    scores = rfilter.score(teacher, ds, r, layer, batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
+    cfg, settings = ctx.cfg, teacher_settings(ctx.workdir)
+    scores = rfilter.score(FrozenModel.of(filter_model(ctx, settings)), ds, settings["r"], settings["layer"],
+                           batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                            progress=cfg.logging.progress)
-    return scores > tau
+    return scores > settings["tau"]
 
 
 def run(ctx: RunContext) -> dict:
     cfg, wd = ctx.cfg, ctx.workdir
     with cost.Stage(wd.filter(), "filter") as stage:
-        teacher = load_stage_model(model_dir(wd.teacher), cfg, "teacher")
-        r, layer, tau = teacher_settings(wd)
-        result = rfilter.run_filter(FrozenModel.of(teacher), ctx.user, r, layer, tau, batch_size=cfg.filter.batch_size,
-                                    buckets=list(cfg.data.buckets), progress=cfg.logging.progress)
-        report = write_filter(ctx, result, wd.filter())
-        stage.flops = prompt_flops(teacher.cfg, ctx.prompt_batches(ctx.user, cfg.filter.batch_size))
+        settings = teacher_settings(wd)
+        model = filter_model(ctx, settings)
+        styles = np.array([prompt_style(ex["request"]) for ex in ctx.user_examples], dtype=object)
+        result = rfilter.run_filter(FrozenModel.of(model), ctx.user, settings["r"], settings["layer"], settings["tau"],
+                                    batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
+                                    progress=cfg.logging.progress, style=styles)
+        report = write_filter(ctx, result, wd.filter(), direction=settings["direction"],
+                              check=settings.get("check"))
+        stage.flops = prompt_flops(model.cfg, ctx.prompt_batches(ctx.user, cfg.filter.batch_size))
     return report

@@ -1,13 +1,15 @@
 """Stage 1: the Ref-Teacher, trained from the base model with the refusal-feature regulariser.
 
-Writes the teacher (WORKDIR/teacher/model), its final refusal feature R_l (refusal_feature.npy) and the
-filter's settings (filter.json: the layer R_l is read at and the threshold tau, calibrated on the labelled pool
-when filter.calibrate_recall > 0)."""
+Writes the teacher (WORKDIR/teacher/model), the filter's direction R_l (refusal_feature.npy) and the filter's
+settings (filter.json). The labelled prompts are split three ways (RunContext.refusal_prompts): R_l and the
+regulariser train on one split, tau is calibrated on another (filter.calibrate_recall > 0), and the third, the
+check split, is held out from both. On the check split the teacher's final direction is compared with the base
+model's own (R_l of M0, before any training); the filter ships the better of the two, so training the teacher can
+never leave the filter worse than the base model on prompts nobody trained or calibrated on."""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import jax
@@ -15,61 +17,90 @@ import numpy as np
 
 from reft_jax import cost, refusal
 from reft_jax import filter as rfilter
-from reft_jax.context import RunContext
-from reft_jax.errors import ReftError
+from reft_jax.context import LabelledPrompts, RunContext
 from reft_jax.models.from_config import base_model, lora_config, trainable
 from reft_jax.stages.common import save_model
 from reft_jax.state import FrozenModel
 from reft_jax.train import runs
 from reft_jax.workdir import model_dir
 
-logger = logging.getLogger(__name__)
+DIRECTIONS = ("teacher", "base")  # which model (and its R_l) the filter reads: filter.json's "direction"
 
 
-def held_out_prompts(ctx: RunContext) -> list[dict]:
-    """Batches of prompts the teacher never trains on, whose separation is logged at each R_l refresh: the eval
-    harmful prompts and as many harmless ones from the pool's source that neither the pool nor the alignment
-    data holds. Empty (with a warning) when they are not configured or cannot be read."""
-    d = ctx.cfg.data
-    if not (d.eval.harmful and d.pool.harmless):
-        return []
-    try:
-        harmful = ctx.load_examples(d.eval.harmful, with_response=False, harmful=True)[: d.eval.n_harmful]
-        seen = {tuple(ids) for ids in ctx.pool.prompt_ids + ctx.alignment.prompt_ids}
-        candidates = ctx.load_examples(d.pool.harmless, with_response=False, harmful=False)[: len(harmful) + len(seen)]
-        ds = ctx.tokenize(harmful + candidates, "tokenizing held-out prompts")
-    except (ReftError, OSError) as e:
-        logger.warning("teacher: no held-out refusal metrics (%s)", e)
-        return []
-    unseen = [i for i in range(len(harmful), len(ds)) if tuple(ds.prompt_ids[i]) not in seen]
-    return list(ctx.prompt_batches(ds.select(list(range(len(harmful))) + unseen[: len(harmful)])))
+def check_report(scores: np.ndarray | None, prompts: LabelledPrompts | None) -> dict | None:
+    """A direction's AUROC on a labelled split, overall and by prompt style (None without the split)."""
+    if prompts is None:
+        return None
+    labels = prompts.ds.harmful == 1
+    return {"auroc": refusal.auroc(scores, labels), "by_style": refusal.auroc_by_style(scores, labels, prompts.styles)}
+
+
+def choose_direction(teacher: dict | None, base: dict | None) -> str:
+    """"teacher" unless the base model's direction separates the check split better (no check split: "teacher")."""
+    if teacher is None or base is None:
+        return "teacher"
+    return "base" if base["auroc"] > teacher["auroc"] else "teacher"
 
 
 def run(ctx: RunContext) -> Path:
     cfg, wd = ctx.cfg, ctx.workdir
     out = wd.teacher
     with cost.Stage(out, "teacher") as stage:
-        model = trainable(cfg, base_model(cfg, ctx.vocab), salt=1)
+        model = trainable(cfg, base_model(cfg, ctx.vocab), salt=1)  # fresh adapters: still M0's function
+        layer = refusal.feature_layer(cfg.refusal.layer, model.cfg.num_layers)
+        prompts = ctx.refusal_prompts
+        pool, check, calibration = (_prompt_batches(ctx, prompts.get(split)) for split in ("train", "check", "calibration"))
+
+        def scores(frozen: FrozenModel, r, split: str) -> np.ndarray | None:
+            if split not in prompts:
+                return None
+            return rfilter.score(frozen, prompts[split].ds, r, layer, batch_size=cfg.filter.batch_size,
+                                 buckets=list(cfg.data.buckets), progress=False)
+
+        # The base model's own direction, read before training (which donates the weights it starts from).
+        m0 = FrozenModel.of(model)
+        base_r = np.asarray(runs.compute_refusal_feature(refusal.make_feature_fn(layer), m0, pool))
+        base = {split: scores(m0, base_r, split) for split in ("check", "calibration")}
+        base_check = check_report(base["check"], prompts.get("check"))
         align = ctx.batches(ctx.alignment)
-        pool = list(ctx.prompt_batches(ctx.pool))
-        held_out = held_out_prompts(ctx)
-        teacher, r = runs.train_teacher(cfg, model, out, align.batch, pool, held_out)
-        layer = refusal.feature_layer(cfg.refusal.layer, teacher.cfg.num_layers)
+        teacher, r = runs.train_teacher(cfg, model, out, align.batch, pool, check,
+                                        base_check["auroc"] if base_check else None)
+        trained = FrozenModel.of(teacher)
+        teacher_check = check_report(scores(trained, r, "check"), prompts.get("check"))
+        direction = choose_direction(teacher_check, base_check)
+        if base_check and jax.process_index() == 0:
+            print(f"teacher: check split AUROC {teacher_check['auroc']:.3f} for the teacher's direction, "
+                  f"{base_check['auroc']:.3f} for the base model's: the filter uses the {direction}'s", flush=True)
+        r_filter = r if direction == "teacher" else base_r
         tau = cfg.filter.tau
         if cfg.filter.calibrate_recall > 0:
-            pool_scores = rfilter.score(FrozenModel.of(teacher), ctx.pool, r, layer, batch_size=cfg.data.batch_size,
-                                        buckets=list(cfg.data.buckets), progress=cfg.logging.progress)
-            tau = refusal.calibrate_threshold(pool_scores, ctx.pool.harmful, cfg.filter.calibrate_recall)
+            calibration = scores(trained, r, "calibration") if direction == "teacher" else base["calibration"]
+            tau = refusal.calibrate_threshold(calibration, prompts["calibration"].ds.harmful == 1,
+                                              cfg.filter.calibrate_recall)
         save_model(teacher, ctx.tokenizer, model_dir(out))
         if jax.process_index() == 0:
-            np.save(wd.refusal_feature, np.asarray(r))
-            wd.filter_settings.write_text(json.dumps({"layer": layer, "tau": tau}, indent=2) + "\n")
-        steps, lora = cfg.teacher.steps, lora_config(cfg)
-        refreshes = -(-steps // cfg.refusal.update_every) + 1  # R_l every update_every steps, and at the end
-        scored = pool + held_out  # what each refresh runs forward
-        stage.flops = (cost.train_flops(model.cfg, lora, align.batch, steps)
-                       + refreshes * cost.forward_flops(model.cfg, scored.__getitem__, len(scored)))
-        if cfg.refusal.reg_pool:  # a pool batch per step through blocks <= layer: that share of a train step
-            stage.flops += layer * cost.train_flops(model.cfg, lora, lambda i: pool[i % len(pool)],
-                                                    steps) // model.cfg.num_layers
+            np.save(wd.refusal_feature, np.asarray(r_filter))
+            settings = {"layer": layer, "tau": tau, "direction": direction,
+                        "check": {"teacher": teacher_check, "base": base_check}}
+            wd.filter_settings.write_text(json.dumps(settings, indent=2) + "\n")
+        stage.flops = _flops(cfg, model.cfg, pool, check, calibration, align, layer)
     return out
+
+
+def _prompt_batches(ctx: RunContext, prompts: LabelledPrompts | None) -> list:
+    return [] if prompts is None else list(ctx.prompt_batches(prompts.ds))
+
+
+def _flops(cfg, model_cfg, pool, check, calibration, align, layer: int) -> int:
+    """The training steps, every R_l recomputation (pool and check split), the base model's and the final
+    teacher's scoring passes, and the regulariser's pool batch per step when reg_pool."""
+    steps, lora = cfg.teacher.steps, lora_config(cfg)
+    refreshes = -(-steps // cfg.refusal.update_every) + 1  # R_l every update_every steps, and at the end
+    scored = pool + check  # what each refresh runs forward
+    extra = pool + 2 * check + 2 * calibration  # the base model's pass; the final teacher's check and calibration
+    flops = (cost.train_flops(model_cfg, lora, align.batch, steps)
+             + refreshes * cost.forward_flops(model_cfg, scored.__getitem__, len(scored))
+             + cost.forward_flops(model_cfg, extra.__getitem__, len(extra)))
+    if cfg.refusal.reg_pool:  # a pool batch per step through blocks <= layer: that share of a train step
+        flops += layer * cost.train_flops(model_cfg, lora, lambda i: pool[i % len(pool)], steps) // model_cfg.num_layers
+    return flops

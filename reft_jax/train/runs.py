@@ -5,7 +5,7 @@ the refusal feature R_l is recomputed by the current teacher over a fixed prompt
 `refusal.update_every` steps, the first time from the base model, and is checkpointed with the state. With
 `refusal.reg_pool` the regulariser also covers one pool batch per step (pool[step % len(pool)]), so that the
 direction the teacher learns is the one R_l measures on the pool; each recomputation logs the pool's (and
-held-out prompts') mean cosines and AUROC in metrics.jsonl.
+the check split's) mean cosines and AUROC in metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -93,11 +93,13 @@ def separation_metrics(feats, harmful, weight, r, prefix: str) -> dict[str, floa
 
 class RefusalRefresh(loop.Hook):
     """The teacher's every-N hook: R_l recomputed by the current teacher over the fixed pool (its carry, which
-    the step reads), with the pool's and held-out prompts' separation and how far R_l turned since the last
-    recomputation as metrics."""
+    the step reads), with the pool's and the check split's separation, the base model's check AUROC beside it,
+    and how far R_l turned since the last recomputation as metrics."""
 
-    def __init__(self, features_fn, pool: Sequence[Batch], held_out: Sequence[Batch], every: int, initial):
-        self.features_fn, self.pool, self.held_out, self.every = features_fn, pool, held_out, every
+    def __init__(self, features_fn, pool: Sequence[Batch], check: Sequence[Batch], every: int, initial,
+                 base_check_auroc: float | None = None):
+        self.features_fn, self.pool, self.check, self.every = features_fn, pool, check, every
+        self.base_check_auroc = base_check_auroc
         self.carry = initial
 
     def __call__(self, state, step: int) -> dict[str, float]:
@@ -110,18 +112,21 @@ class RefusalRefresh(loop.Hook):
                    **separation_metrics(feats, harmful, weight, r, "pool")}
         if np.linalg.norm(previous) > 0:  # how far R_l turned since its last recomputation (-1: it flipped)
             metrics["r_cos_prev"] = float(refusal.cosine_scores(np.asarray(r, np.float64), previous))
-        if self.held_out:
-            metrics.update(separation_metrics(*prompt_features(self.features_fn, frozen, self.held_out), r, "heldout"))
+        if self.check:
+            metrics.update(separation_metrics(*prompt_features(self.features_fn, frozen, self.check), r, "check"))
+        if self.base_check_auroc is not None:
+            metrics["check_auroc_base"] = self.base_check_auroc
         self.carry = r
         return metrics
 
 
 def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, batch_at: Callable[[int], Batch],
-                  pool: Sequence[Batch], held_out: Sequence[Batch] = ()) -> tuple[Transformer, np.ndarray]:
+                  pool: Sequence[Batch], check: Sequence[Batch] = (),
+                  base_check_auroc: float | None = None) -> tuple[Transformer, np.ndarray]:
     """Trains the Ref-Teacher from `model` (the base); returns the teacher and its final R_l.
 
-    held_out: labelled prompt batches never trained on (e.g. the eval harmful prompts and harmless prompts
-    outside the pool); at each recomputation of R_l their mean cosines and AUROC are logged (heldout_*).
+    check: labelled prompt batches never trained on (the pool's check split); at each recomputation of R_l their
+    mean cosines and AUROC are logged (check_*), beside base_check_auroc (the base model's, check_auroc_base).
     """
     layer = refusal.feature_layer(cfg.refusal.layer, model.cfg.num_layers)
     steps = cfg.teacher.steps
@@ -134,7 +139,7 @@ def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, batch
                              activation_sharding=place.activation_sharding, with_pool=reg_pool)
     features = make_feature_fn(layer)
     zero = jax.device_put(jnp.zeros((model.cfg.hidden_size,), jnp.float32), parallel.replicated(place.mesh))
-    refresh = RefusalRefresh(features, pool, held_out, cfg.refusal.update_every, zero)
+    refresh = RefusalRefresh(features, pool, check, cfg.refusal.update_every, zero, base_check_auroc)
 
     def pool_batch(i):
         return (place.batch(pool[i % len(pool)]),) if reg_pool else ()
