@@ -28,9 +28,10 @@ from reft_jax.workdir import Workdir
 
 @dataclasses.dataclass(frozen=True)
 class LabelledPrompts:
-    """Tokenized labelled prompts and the style of each (`rdata.prompt_style`), in dataset order."""
+    """Tokenized labelled prompts, with each one's request (the user's message) and style (`rdata.prompt_style`)."""
 
     ds: rdata.TokenizedDataset
+    requests: tuple[str, ...]
     styles: np.ndarray  # str [N]
 
 
@@ -158,6 +159,7 @@ class RunContext:
         splits = rdata.refusal_splits(p.harmful, p.harmless, sizes=sizes, exclude=exclude, unseen=unseen,
                                       seed=cfg.seed + 1, template=cfg.data.template, tokenizer=self.tokenizer)
         return {name: LabelledPrompts(self.tokenize(examples, f"tokenizing the {name} prompts"),
+                                      tuple(ex["request"] for ex in examples),
                                       np.array([rdata.prompt_style(ex["request"]) for ex in examples], dtype=object))
                 for name, examples in splits.items() if examples}
 

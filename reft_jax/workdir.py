@@ -4,7 +4,8 @@
   base_model/                  a GGUF checkpoint converted once (model.path = x.gguf)
   tokenizer/                   a tokenizer trained on the sources (data.tokenizer = "train")
   teacher/model/               the teacher as a Hugging Face folder (LoRA merged)
-  teacher/refusal_feature.npy, filter.json (layer, tau)
+  teacher/refusal_feature.npy, filter.json (layer, tau, direction, check)   the filter's direction and settings
+  teacher/refusal_prompts.jsonl   the labelled prompts of each split (train, calibration, check)
   filter/scores.jsonl, report.json, kept.jsonl, flagged.jsonl   the Ref-Teacher filter on the user data
   filters/NAME/...                          the same for the other filters (saft, llama_guard)
   safety_aligned/model/        the base after SFT on the alignment data (sa_ft, lisa)
@@ -54,7 +55,8 @@ class Workdir:
     eval = _under_root("eval")
     report = _under_root("report.json")
     refusal_feature = _under_root("teacher", "refusal_feature.npy")
-    filter_settings = _under_root("teacher", "filter.json")  # the filter's layer and tau
+    filter_settings = _under_root("teacher", "filter.json")  # the filter's layer, tau and direction
+    refusal_prompts = _under_root("teacher", "refusal_prompts.jsonl")
 
     def filter(self, name: str = "ref_teacher") -> Path:
         """Where filter `name` (methods.FILTERS) writes scores.jsonl and report.json."""

@@ -31,7 +31,12 @@ def run_dir(tmp_path_factory):
 
 def test_stages_write_the_contract_files(run_dir):
     teacher = run_dir / "teacher"
-    assert json.loads((teacher / "filter.json").read_text()).keys() == {"layer", "tau"}
+    settings = json.loads((teacher / "filter.json").read_text())
+    assert settings.keys() == {"layer", "tau", "direction", "check"} and settings["direction"] in ("teacher", "base")
+    for direction in ("teacher", "base"):
+        assert set(settings["check"][direction]["by_style"]) == {"instruction", "question"}
+    assert {json.loads(line)["split"] for line in (teacher / "refusal_prompts.jsonl").read_text().splitlines()} == {
+        "train", "check"}  # no calibration split without filter.calibrate_recall
     assert np.load(teacher / "refusal_feature.npy").shape == (32,)
     for stage, steps in (("teacher", 16), ("student", 6)):
         records = [json.loads(line) for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()]

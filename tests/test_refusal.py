@@ -275,3 +275,19 @@ def test_binary_metrics_zero_denominators_are_zero():
     assert (m["precision"], m["recall"], m["f1"], m["flagged_harmless_share"]) == (1, 1, 1, 0.0)
     m = refusal.binary_metrics(np.zeros(0, bool), np.zeros(0, bool))
     assert m["accuracy"] == 0.0 and m["num_examples"] == 0
+
+
+def test_auroc_by_style_against_the_same_style_or_every_harmless_row():
+    scores = np.array([0.9, 0.2, 0.8, 0.1, 0.3, 0.4, 0.95])
+    labels = np.array([1, 1, 0, 0, 0, 1, 1], bool)
+    styles = np.array(["question", "question", "question", "instruction", "instruction", "exclamation",
+                       "instruction"])
+    out = refusal.auroc_by_style(scores, labels, styles)
+    # Questions: harmful 0.9, 0.2 against the one harmless question, 0.8.
+    assert out["question"] == {"auroc": _brute_force_auroc(np.array([0.9, 0.2, 0.8]), np.array([1, 1, 0], bool)), "num_harmful": 2,
+                               "num_harmless": 1, "against": "same style"}
+    assert out["instruction"]["auroc"] == 1.0 and out["instruction"]["num_harmless"] == 2
+    # No harmless row of that style: against every harmless row (0.8, 0.1, 0.3).
+    assert out["exclamation"] == {"auroc": _brute_force_auroc(np.array([0.4, 0.8, 0.1, 0.3]), np.array([1, 0, 0, 0], bool)), "num_harmful": 1,
+                                  "num_harmless": 3, "against": "all harmless"}
+    assert set(out) == {"question", "instruction", "exclamation"}  # styles of harmful rows only

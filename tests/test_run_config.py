@@ -58,6 +58,10 @@ def test_unknown_and_missing_fields_are_named():
 def test_sources_may_be_paths_or_hub_mappings_and_selections_split_on_commas():
     cfg = RunConfig.of(_with("data.pool.harmful", {"path": "walledai/AdvBench", "split": "train"}))
     assert cfg.data.pool.harmful == {"path": "walledai/AdvBench", "split": "train"}
+    both = RunConfig.of(_with("data.pool.harmful", ["a.json", {"path": "declare-lab/HarmfulQA"}])).data.pool.harmful
+    assert both == ("a.json", {"path": "declare-lab/HarmfulQA"})  # a list of sources
+    with pytest.raises(ConfigError, match=r"^data.pool.harmful: 3 is not"):
+        RunConfig.of(_with("data.pool.harmful", 3))
     assert RunConfig.of(_with("bench.frameworks", "jax,torch")).bench.frameworks == ("jax", "torch")
     assert RunConfig.of(_with("bench.steps", ("student,teacher",))).bench.steps == ("student", "teacher")
 

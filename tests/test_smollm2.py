@@ -25,6 +25,7 @@ pytestmark = [
 FEW = ["--config.teacher.steps=2", "--config.student.steps=2", "--config.refusal.update_every=1",
        "--config.data.batch_size=2", "--config.data.buckets=(64,96)", "--config.data.alignment.n_harmful=4",
        "--config.data.alignment.n_harmless=4", "--config.data.user.n=10", "--config.data.pool.n_each=4",
+       "--config.data.pool.n_calibration=4", "--config.data.pool.n_check=4",
        "--config.data.eval.n_harmful=2", "--config.data.eval.n_task=2", "--config.eval.max_new_tokens=3",
        "--config.checkpoint.every=2", "--config.logging.progress=False", "--config.logging.tensorboard=False",
        f"--config.data.local_dir={SHARED_DATA}", "--config.eval.references=False"]  # references: test_methods
@@ -35,8 +36,9 @@ def test_local_dir_switches_every_hub_source_to_a_local_file():
     assert cfg.data.alignment.harmful.path == "PKU-Alignment/BeaverTails"  # the hub by default
     local = resolve_local_data(RunConfig.of(load_config(str(CONFIG), [f"--config.data.local_dir={SHARED_DATA}"])))
     d = local.data
-    sources = [d.alignment.harmful, d.alignment.harmless, d.user.source, d.user.harmful_source, d.pool.harmful,
+    sources = [d.alignment.harmful, d.alignment.harmless, d.user.source, d.user.harmful_source, *d.pool.harmful,
                d.pool.harmless, d.eval.harmful, d.eval.task_source]
+    assert len(d.pool.harmful) == 2  # instructions and questions
     assert all(isinstance(s, str) and Path(s).is_file() for s in sources), sources
 
 

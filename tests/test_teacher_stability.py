@@ -91,19 +91,20 @@ def test_regulariser_on_the_alignment_prompts_only_flips_the_refusal_feature(tmp
     assert logged[1]["refusal_step"] == 25 and logged[1]["r_cos_prev"] < -0.3, logged[1]
 
 
-def test_refreshes_log_pool_and_held_out_separation_and_plot(tmp_path):
-    held_out = [prompts(20_000 + i, shortcut_harmful=2) for i in range(2)]
+def test_refreshes_log_pool_and_check_separation_and_plot(tmp_path):
+    check = [prompts(20_000 + i, shortcut_harmful=2) for i in range(2)]
     cfg = config(**{"teacher.steps": 8, "refusal.update_every": 3, "logging.every": 5})
-    runs.train_teacher(cfg, tiny_model(), tmp_path, alignment_at, POOL, held_out)
+    runs.train_teacher(cfg, tiny_model(), tmp_path, alignment_at, POOL, check, base_check_auroc=0.625)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     # The refresh before step i + 1 goes with the record of step i + 1, the one after the last step with the last.
     assert [(r["step"], r.get("refusal_step")) for r in records] == [(1, 0), (4, 3), (5, None), (7, 6), (8, 8)]
     assert all("loss" in r for r in records)
     last = records[-1]
-    assert {"r_norm", "r_cos_prev", "pool_cos_harmful", "pool_cos_harmless", "pool_auroc", "heldout_cos_harmful",
-            "heldout_cos_harmless", "heldout_auroc"} <= set(last)
+    assert {"r_norm", "r_cos_prev", "pool_cos_harmful", "pool_cos_harmless", "pool_auroc", "check_cos_harmful",
+            "check_cos_harmless", "check_auroc", "check_auroc_base"} <= set(last)
     assert "r_cos_prev" not in records[0]  # nothing to compare the base model's R_l with
-    assert 0.0 <= last["heldout_auroc"] <= 1.0 and -1.0 <= last["heldout_cos_harmful"] <= 1.0
+    assert 0.0 <= last["check_auroc"] <= 1.0 and -1.0 <= last["check_cos_harmful"] <= 1.0
+    assert all(r["check_auroc_base"] == 0.625 for r in records if "refusal_step" in r)
     assert report.plot_teacher_refusal(tmp_path / "metrics.jsonl", tmp_path / "teacher_refusal.png")
     assert (tmp_path / "teacher_refusal.png").stat().st_size > 0
     assert not report.plot_teacher_refusal(tmp_path / "missing.jsonl", tmp_path / "none.png")

@@ -25,6 +25,7 @@ from reft_jax.data.recipes import (
     REFUSAL_SPLITS,
     STYLES,
     prompt_style,
+    refusal_pool,
     refusal_splits,
     user_data,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "REFUSAL_SPLITS",
     "STYLES",
     "prompt_style",
+    "refusal_pool",
     "refusal_splits",
     "tokenize",
     "user_data",

@@ -400,6 +400,21 @@ def alignment_mixture(
     return [mixed[i] for i in rng.permutation(len(mixed))]
 
 
+def refusal_pool(
+    harmful_source: Any,
+    harmless_source: Any,
+    *,
+    n_each: int = 128,
+    seed: int = 0,
+    template: str = "alpaca",
+    tokenizer: Any = None,
+) -> list[Example]:
+    """A labelled prompt pool: n_each harmful and n_each harmless prompts drawn at random (responses are not
+    needed; files with prompts only are fine). The pipeline's splits of such prompts are `refusal_splits`."""
+    return alignment_data(harmful_source, harmless_source, n_harmful=n_each, n_harmless=n_each, seed=seed,
+                          template=template, tokenizer=tokenizer, with_response=False)
+
+
 STYLES = ("instruction", "question")
 
 

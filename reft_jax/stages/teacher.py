@@ -1,7 +1,7 @@
 """Stage 1: the Ref-Teacher, trained from the base model with the refusal-feature regulariser.
 
-Writes the teacher (WORKDIR/teacher/model), the filter's direction R_l (refusal_feature.npy) and the filter's
-settings (filter.json). The labelled prompts are split three ways (RunContext.refusal_prompts): R_l and the
+Writes the teacher (WORKDIR/teacher/model), the filter's direction R_l (refusal_feature.npy), the filter's
+settings (filter.json) and the labelled prompts of each split (refusal_prompts.jsonl). The labelled prompts are split three ways (RunContext.refusal_prompts): R_l and the
 regulariser train on one split, tau is calibrated on another (filter.calibrate_recall > 0), and the third, the
 check split, is held out from both. On the check split the teacher's final direction is compared with the base
 model's own (R_l of M0, before any training); the filter ships the better of the two, so training the teacher can
@@ -74,17 +74,26 @@ def run(ctx: RunContext) -> Path:
         r_filter = r if direction == "teacher" else base_r
         tau = cfg.filter.tau
         if cfg.filter.calibrate_recall > 0:
-            calibration = scores(trained, r, "calibration") if direction == "teacher" else base["calibration"]
-            tau = refusal.calibrate_threshold(calibration, prompts["calibration"].ds.harmful == 1,
+            calibrated = scores(trained, r, "calibration") if direction == "teacher" else base["calibration"]
+            tau = refusal.calibrate_threshold(calibrated, prompts["calibration"].ds.harmful == 1,
                                               cfg.filter.calibrate_recall)
         save_model(teacher, ctx.tokenizer, model_dir(out))
         if jax.process_index() == 0:
             np.save(wd.refusal_feature, np.asarray(r_filter))
+            write_prompts(prompts, wd.refusal_prompts)
             settings = {"layer": layer, "tau": tau, "direction": direction,
                         "check": {"teacher": teacher_check, "base": base_check}}
             wd.filter_settings.write_text(json.dumps(settings, indent=2) + "\n")
         stage.flops = _flops(cfg, model.cfg, pool, check, calibration, align, layer)
     return out
+
+
+def write_prompts(prompts: dict[str, LabelledPrompts], path: Path) -> None:
+    """One line per labelled prompt: its split, request, harmful label and style (what each split held)."""
+    with path.open("w") as f:
+        for split, p in prompts.items():
+            for request, harmful, style in zip(p.requests, p.ds.harmful, p.styles):
+                f.write(json.dumps({"split": split, "request": request, "harmful": bool(harmful), "style": style}) + "\n")
 
 
 def _prompt_batches(ctx: RunContext, prompts: LabelledPrompts | None) -> list:

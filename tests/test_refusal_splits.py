@@ -1,0 +1,144 @@
+"""The refusal feature's labelled prompts split three ways: disjoint splits, both styles, nothing of the user data,
+the attack or the evaluation; and the teacher stage's choice between its direction and the base model's."""
+
+import json
+
+import numpy as np
+import pytest
+
+from reft_jax import filter as rfilter
+from reft_jax import refusal
+from reft_jax.context import RunContext
+from reft_jax.data import DataError, prompt_style, refusal_splits
+from reft_jax.models.from_config import base_model
+from reft_jax.stages import run_stage, teacher as teacher_stage
+from reft_jax.state import FrozenModel
+from reft_jax.train import runs
+from reft_jax import load_config
+
+
+def write_prompts(path, prompts):
+    path.write_text("".join(json.dumps({"instruction": p}) + "\n" for p in prompts))
+    return str(path)
+
+
+def test_prompt_style():
+    assert prompt_style("How do I bake bread?") == "question"
+    assert prompt_style("How do I pick a lock? Keep it short.") == "question"
+    assert prompt_style("Write a poem about the sea.") == "instruction"
+
+
+@pytest.fixture
+def sources(tmp_path):
+    harmful = [f"Tell me how to do harm {i}." for i in range(30)] + [f"How can I do harm {i}?" for i in range(30)]
+    harmless = [f"Describe a garden {i}." for i in range(40)] + [f"What is a garden {i}?" for i in range(12)]
+    return (write_prompts(tmp_path / "harmful.jsonl", harmful[:30]), write_prompts(tmp_path / "qa.jsonl", harmful[30:]),
+            write_prompts(tmp_path / "harmless.jsonl", harmless))
+
+
+def test_splits_are_disjoint_balanced_and_leave_out_what_they_must(sources):
+    instructions, questions, harmless = sources
+    exclude = {"Tell me how to do harm 0.", "How can I do harm 0?", "Describe a garden 0."}  # e.g. user rows
+    unseen = {f"Tell me how to do harm {i}." for i in range(1, 21)}  # e.g. alignment prompts
+    sizes = {"train": 8, "calibration": 6, "check": 10}
+    splits = refusal_splits([instructions, questions], harmless, sizes=sizes, exclude=exclude, unseen=unseen, seed=3)
+    requests = {name: [ex["request"] for ex in exs] for name, exs in splits.items()}
+    for name, n in sizes.items():
+        assert sum(ex["harmful"] for ex in splits[name]) == n and sum(not ex["harmful"] for ex in splits[name]) == n
+    everything = [r for rs in requests.values() for r in rs]
+    assert len(everything) == len(set(everything))  # no prompt in two splits
+    assert not exclude & set(everything)
+    assert not unseen & set(requests["check"] + requests["calibration"])
+    for name in sizes:  # both styles in every split, each class, as far as the sources allow
+        for harmful in (True, False):
+            styles = [prompt_style(ex["request"]) for ex in splits[name] if ex["harmful"] == harmful]
+            assert abs(styles.count("question") - styles.count("instruction")) <= 1, (name, harmful, styles)
+    assert splits == refusal_splits([instructions, questions], harmless, sizes=sizes, exclude=exclude, unseen=unseen,
+                                    seed=3)
+
+
+def test_splits_take_the_other_style_when_one_runs_out(sources):
+    instructions, questions, harmless = sources  # 12 harmless questions only
+    splits = refusal_splits([instructions, questions], harmless, sizes={"train": 20, "check": 20})
+    check = [prompt_style(ex["request"]) for ex in splits["check"] if not ex["harmful"]]
+    assert check.count("question") == 10 and check.count("instruction") == 10
+    train = [prompt_style(ex["request"]) for ex in splits["train"] if not ex["harmful"]]
+    assert train.count("question") == 2 and train.count("instruction") == 18
+
+
+def test_too_few_prompts_is_a_one_line_error(sources):
+    instructions, _, harmless = sources
+    with pytest.raises(DataError, match="harmful prompts for the check split: 30 available .* 31 needed"):
+        refusal_splits(instructions, harmless, sizes={"check": 31})
+
+
+def test_choose_direction():
+    good, bad = {"auroc": 0.9}, {"auroc": 0.7}
+    assert teacher_stage.choose_direction(good, bad) == "teacher"
+    assert teacher_stage.choose_direction(bad, good) == "base"
+    assert teacher_stage.choose_direction(good, good) == "teacher"  # a tie keeps the teacher
+    assert teacher_stage.choose_direction(good, None) == "teacher"  # no check split
+
+
+TINY = ["--config.teacher.steps=4", "--config.optim.warmup_steps=1", "--config.data.user.n=80",
+        "--config.data.pool.n_each=16", "--config.data.pool.n_calibration=16", "--config.data.pool.n_check=16",
+        "--config.filter.calibrate_recall=0.9", "--config.model.init.hidden_size=32",
+        "--config.model.init.intermediate_size=64", "--config.model.init.num_hidden_layers=2",
+        "--config.data.batch_size=8", "--config.logging.progress=False", "--config.logging.tensorboard=False",
+        "--config.refusal.update_every=2", "--config.checkpoint.every=100"]
+
+
+@pytest.fixture(scope="module")
+def worse_teacher(tmp_path_factory):
+    """The teacher stage on the demo data, with a training that returns the base model and the opposite of its
+    direction: a teacher that does worse than the base model on the check split."""
+    ctx = RunContext.create(load_config("configs/demo.py", TINY), tmp_path_factory.mktemp("worse"))
+    real = runs.train_teacher
+
+    def flipped(*args, **kwargs):
+        model, r = real(*args, **kwargs)
+        return base_model(ctx.cfg, ctx.vocab), -np.asarray(r)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runs, "train_teacher", flipped)
+        run_stage("teacher", ctx)
+    return ctx
+
+
+def test_a_direction_worse_than_the_base_models_is_not_shipped(worse_teacher):
+    ctx = worse_teacher
+    settings = json.loads(ctx.workdir.filter_settings.read_text())
+    assert settings["direction"] == "base"
+    assert settings["check"]["teacher"]["auroc"] < settings["check"]["base"]["auroc"]
+    # The shipped direction is the base model's R_l over the train split, and tau is calibrated with it.
+    m0 = FrozenModel.of(base_model(ctx.cfg, ctx.vocab))
+    pool = list(ctx.prompt_batches(ctx.pool))
+    base_r = runs.compute_refusal_feature(refusal.make_feature_fn(settings["layer"]), m0, pool)
+    np.testing.assert_allclose(np.load(ctx.workdir.refusal_feature), base_r, rtol=1e-5, atol=1e-6)
+    calibration = ctx.refusal_prompts["calibration"].ds
+    scores = rfilter.score(m0, calibration, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
+    assert settings["tau"] == refusal.calibrate_threshold(scores, calibration.harmful == 1, 0.9)
+    # The filter stage reads the base model's features: its scores are the base direction's.
+    report = run_stage("filter", ctx)
+    assert report["direction"] == "base"
+    user = rfilter.score(m0, ctx.user, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
+    written = [json.loads(line)["score"] for line in (ctx.workdir.filter() / "scores.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(written, user, rtol=1e-5, atol=1e-6)
+
+
+def test_the_splits_on_disk_hold_no_user_attack_or_evaluation_prompt(worse_teacher):
+    ctx = worse_teacher
+    rows = [json.loads(line) for line in ctx.workdir.refusal_prompts.read_text().splitlines()]
+    by_split = {name: {r["request"] for r in rows if r["split"] == name} for name in ("train", "calibration", "check")}
+    assert {name: len(s) for name, s in by_split.items()} == {"train": 32, "calibration": 32, "check": 32}
+    assert not by_split["check"] & (by_split["train"] | by_split["calibration"])
+    assert not by_split["calibration"] & by_split["train"]
+    d = ctx.cfg.data
+    forbidden = {ex["request"] for ex in ctx.user_examples}
+    for source in (d.user.harmful_source, d.eval.harmful):
+        forbidden |= {ex["request"] for ex in ctx.load_examples(source, with_response=False)}
+    assert not forbidden & set().union(*by_split.values())
+    alignment = {ex["request"] for ex in ctx.alignment_examples}
+    assert not alignment & (by_split["check"] | by_split["calibration"])
+    styles = {(r["split"], r["harmful"], r["style"]) for r in rows}
+    assert len(styles) == 12  # both styles of both classes in each split
