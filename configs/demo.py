@@ -18,6 +18,7 @@ def get_config():
     c.data.alignment.n_harmful = 192  # of the 256 generated: the rest are the check split's, never trained on
     c.data.alignment.n_harmless = 192
     c.data.pool.n_each = 64
+    c.data.pool.n_calibration = 32
     c.data.pool.n_check = 32
     c.model.init.update(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                         num_key_value_heads=2)

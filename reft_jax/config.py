@@ -155,8 +155,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.saft.percentile = 85.0  # flag the user samples scoring above this percentile
 
     c.filter = ml_collections.ConfigDict()
-    c.filter.tau = 0.0  # flag when cos(f_l, R_l) > tau
-    c.filter.calibrate_recall = 0.0  # > 0: set tau for this recall on the pool's calibration split
+    # Flag when cos(f_l, R_l) > tau, tau set for this recall of the harmful prompts of the pool's calibration split
+    # (held out from training). Near the harmful cluster rather than midway between the +-1 targets: prompts unlike
+    # the pool's harmless ones (a task's) drift toward 0 and above, harmful ones of any style stay high.
+    c.filter.calibrate_recall = 0.99
+    c.filter.tau = 0.0  # the threshold itself when calibrate_recall = 0
     c.filter.batch_size = 32
 
     c.refusal = ml_collections.ConfigDict()

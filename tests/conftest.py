@@ -20,8 +20,8 @@ import pytest  # noqa: E402
 
 # The longest files first (measured, longest first): the two workers (pyproject's `-n 2 --dist loadfile`) take
 # whole files in this order, so the end-to-end runs start early instead of leaving one worker busy at the end.
-LONGEST_FIRST = ("test_smollm2.py", "test_method_real_data.py", "test_methods.py", "test_multihost.py",
-                 "test_parallel.py", "test_gguf.py", "test_defences.py", "test_cli.py", "test_own_data.py",
+LONGEST_FIRST = ("test_smollm2.py", "test_method_real_data.py", "test_methods.py", "test_demo_quality.py",
+                 "test_multihost.py", "test_parallel.py", "test_gguf.py", "test_defences.py", "test_cli.py", "test_own_data.py",
                  "test_train.py", "test_bench.py", "test_blockwise_losses.py")
 
 
