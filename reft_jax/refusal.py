@@ -219,9 +219,10 @@ def auroc(scores, labels) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
-def auroc_by_style(scores, labels, styles) -> dict[str, dict]:
+def auroc_by_style(scores, labels, styles, min_harmless: int = 10) -> dict[str, dict]:
     """The AUROC of each prompt style's harmful rows: against the harmless rows of the same style, or against every
-    harmless row when that style has none (a task's harmless prompts are often of one style).
+    harmless row when that style has fewer than `min_harmless` of them (a task's harmless prompts are often all
+    of one style: a handful of the other is too few to rank against).
 
     Args:
         scores: [N] float scores (higher = more harmful).
@@ -238,11 +239,11 @@ def auroc_by_style(scores, labels, styles) -> dict[str, dict]:
     out = {}
     for style in sorted(set(styles[y].tolist())):
         same = styles == style
-        against = same & ~y if (same & ~y).any() else ~y
+        own = (same & ~y).sum() >= min_harmless
+        against = same & ~y if own else ~y
         rows = (same & y) | against
         out[style] = {"auroc": auroc(s[rows], y[rows]), "num_harmful": int((same & y).sum()),
-                      "num_harmless": int(against.sum()),
-                      "against": "same style" if (same & ~y).any() else "all harmless"}
+                      "num_harmless": int(against.sum()), "against": "same style" if own else "all harmless"}
     return out
 
 

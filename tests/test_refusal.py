@@ -282,7 +282,7 @@ def test_auroc_by_style_against_the_same_style_or_every_harmless_row():
     labels = np.array([1, 1, 0, 0, 0, 1, 1], bool)
     styles = np.array(["question", "question", "question", "instruction", "instruction", "exclamation",
                        "instruction"])
-    out = refusal.auroc_by_style(scores, labels, styles)
+    out = refusal.auroc_by_style(scores, labels, styles, min_harmless=1)
     # Questions: harmful 0.9, 0.2 against the one harmless question, 0.8.
     assert out["question"] == {"auroc": _brute_force_auroc(np.array([0.9, 0.2, 0.8]), np.array([1, 1, 0], bool)), "num_harmful": 2,
                                "num_harmless": 1, "against": "same style"}
@@ -291,3 +291,5 @@ def test_auroc_by_style_against_the_same_style_or_every_harmless_row():
     assert out["exclamation"] == {"auroc": _brute_force_auroc(np.array([0.4, 0.8, 0.1, 0.3]), np.array([1, 0, 0, 0], bool)), "num_harmful": 1,
                                   "num_harmless": 3, "against": "all harmless"}
     assert set(out) == {"question", "instruction", "exclamation"}  # styles of harmful rows only
+    # Fewer than min_harmless rows of its own style: against every harmless row.
+    assert refusal.auroc_by_style(scores, labels, styles, min_harmless=2)["question"]["against"] == "all harmless"
