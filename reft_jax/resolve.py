@@ -49,7 +49,10 @@ def resolve_local_data(cfg: RunConfig) -> RunConfig:
         for key, value in tree.items():
             yield from flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)]
 
+    own = cfg.data.user.mix == "none"  # the user's own data (--data FILE) stays theirs
     for key, relative in flat(cfg.data.local_files, "data."):
+        if own and key.startswith("data.user."):
+            continue
         local = tuple(str(root / r) for r in relative) if isinstance(relative, (list, tuple)) else str(root / relative)
         cfg = replace(cfg, key, local)
     return cfg

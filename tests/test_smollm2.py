@@ -42,6 +42,14 @@ def test_local_dir_switches_every_hub_source_to_a_local_file():
     assert all(isinstance(s, str) and Path(s).is_file() for s in sources), sources
 
 
+def test_a_users_own_data_wins_over_local_dir(tmp_path):
+    own = ["--config.data.user.mix=none", f"--config.data.user.source={tmp_path / 'mine.jsonl'}"]
+    cfg = RunConfig.of(load_config(str(CONFIG), [f"--config.data.local_dir={SHARED_DATA}", *own]))
+    local = resolve_local_data(cfg)
+    assert local.data.user.source == str(tmp_path / "mine.jsonl")
+    assert local.data.pool.harmless == str(SHARED_DATA / "refusal/harmless_train.json")  # the rest still local
+
+
 def test_every_stage_runs_on_the_real_model(tmp_path, smollm2_converted):
     workdir = tmp_path / "smol"
     # The session's conversion, linked where the run converts to: the run finds it done (the same file).
