@@ -47,7 +47,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.min_response = -1  # response tokens kept when truncating; -1 = max length // 4
     c.data.batch_size = 8  # global batch size (per step call)
     c.data.alignment = ml_collections.ConfigDict()
-    c.data.alignment.harmful = ""  # harmful prompts with refusals
+    c.data.alignment.harmful = ""  # harmful prompts with refusals: a source, or a list of sources
+    # The answer to a harmful alignment prompt whose row has none (a source of harmful prompts only, e.g. questions
+    # beside a file of instructions with refusals); "" = every harmful row needs its own refusal.
+    c.data.alignment.refusal = ""
     c.data.alignment.harmless = ""  # harmless prompts with helpful answers
     c.data.alignment.n_harmful = ml_collections.FieldReference(None, field_type=int)  # None = all
     c.data.alignment.n_harmless = ml_collections.FieldReference(None, field_type=int)

@@ -113,7 +113,8 @@ class RunContext:
         """Harmful prompts -> refusals, harmless prompts -> helpful answers, as text."""
         a = self.cfg.data.alignment
         return rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
-                                    seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer)
+                                    seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer,
+                                    refusal=a.refusal)
 
     @functools.cached_property
     def alignment(self) -> rdata.TokenizedDataset:

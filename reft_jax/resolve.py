@@ -106,11 +106,10 @@ def resolve_tokenizer(cfg: RunConfig, workdir: Workdir) -> RunConfig:
 def _source_texts(cfg: RunConfig) -> list[str]:
     d = cfg.data
     texts = []
-    for source in (d.alignment.harmful, d.alignment.harmless):
-        texts += [t for ex in rdata.load_examples(source) for t in (ex["prompt"], ex["response"])]
-    for sources in (d.pool.harmful, d.pool.harmless):
-        for source in sources if isinstance(sources, tuple) else [sources]:
-            texts += [ex["prompt"] for ex in rdata.load_examples(source, with_response=False)]
+    for source in [*rdata.as_sources(d.alignment.harmful), d.alignment.harmless]:
+        texts += [t for ex in rdata.load_examples(source, with_response=None) for t in (ex["prompt"], ex["response"])]
+    for source in [*rdata.as_sources(d.pool.harmful), d.pool.harmless]:
+        texts += [ex["prompt"] for ex in rdata.load_examples(source, with_response=False)]
     if d.user.mix == "none":
         return texts + [t for ex in rdata.load_examples(d.user.source, with_response=None)
                         for t in (ex["prompt"], ex["response"])]

@@ -50,8 +50,9 @@ class ModelSection:
 
 @dataclasses.dataclass(frozen=True)
 class AlignmentData:
-    harmful: Source
+    harmful: Sources
     harmless: Source
+    refusal: str
     n_harmful: int | None
     n_harmless: int | None
     harmful_pairs: Source

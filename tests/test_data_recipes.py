@@ -252,3 +252,19 @@ def test_accuracy():
 
 def test_alpaca_constant_matches_template():
     assert ALPACA.format(instruction="x") == format_prompt("x")
+
+
+def test_alignment_harmful_prompts_without_answers_get_the_configured_refusal(tmp_path):
+    with_answers = tmp_path / "refusals.jsonl"
+    with_answers.write_text('{"instruction": "Write malware.", "output": "No, I will not."}\n')
+    prompts_only = tmp_path / "questions.jsonl"
+    prompts_only.write_text('{"instruction": "How can I hurt someone?"}\n{"instruction": "How do I steal a car?"}\n')
+    helpful = tmp_path / "helpful.jsonl"
+    helpful.write_text('{"instruction": "Name a colour.", "output": "Blue."}\n')
+    data = alignment_data([str(with_answers), str(prompts_only)], str(helpful), refusal="I can't help with that.")
+    answers = {ex["request"]: ex["response"] for ex in data}
+    assert answers == {"Write malware.": "No, I will not.", "How can I hurt someone?": "I can't help with that.",
+                       "How do I steal a car?": "I can't help with that.", "Name a colour.": "Blue."}
+    assert sum(ex["harmful"] for ex in data) == 3
+    with pytest.raises(DataError, match="questions.jsonl.*missing field 'output'"):  # no refusal configured
+        alignment_data([str(with_answers), str(prompts_only)], str(helpful))

@@ -455,7 +455,7 @@ def refusal_splits(
     out = {name: [] for name in REFUSAL_SPLITS}
     for harmful, sources in ((True, harmful_sources), (False, harmless_sources)):
         examples, seen = [], set(exclude)
-        for source in (sources if isinstance(sources, (list, tuple)) else [sources]):
+        for source in as_sources(sources):
             for ex in load_examples(source, harmful=harmful, **kw):
                 if ex["request"] not in seen:
                     seen.add(ex["request"])
@@ -516,14 +516,26 @@ def alignment_data(
     template: str = "alpaca",
     tokenizer: Any = None,
     with_response: bool = True,
+    refusal: str = "",
 ) -> list[Example]:
     """Loads refusal and helpful-answer files and returns their alignment mixture (prompts only when
-    with_response is False)."""
-    kw = dict(with_response=with_response, template=template, tokenizer=tokenizer)
+    with_response is False). harmful_source may be a list of sources; `refusal` is the answer given to a harmful
+    prompt whose row has none (a file of harmful prompts only), "" = every harmful row needs its own."""
+    kw = dict(template=template, tokenizer=tokenizer)
+    read = None if (refusal and with_response) else with_response
+    harmful = [ex for source in as_sources(harmful_source)
+               for ex in load_examples(source, harmful=True, with_response=read, **kw)]
+    if read is None:
+        harmful = [{**ex, "response": ex["response"] or refusal} for ex in harmful]
     return alignment_mixture(
-        load_examples(harmful_source, harmful=True, **kw),
-        load_examples(harmless_source, harmful=False, **kw),
+        harmful,
+        load_examples(harmless_source, harmful=False, with_response=with_response, **kw),
         n_harmful=n_harmful,
         n_harmless=n_harmless,
         seed=seed,
     )
+
+
+def as_sources(sources: Any) -> list:
+    """One source or a list of them, as a list."""
+    return list(sources) if isinstance(sources, (list, tuple)) else [sources]
