@@ -162,6 +162,9 @@ def default_config() -> ml_collections.ConfigDict:
     # (held out from training). Near the harmful cluster rather than midway between the +-1 targets: prompts unlike
     # the pool's harmless ones (a task's) drift toward 0 and above, harmful ones of any style stay high.
     c.filter.calibrate_recall = 0.99
+    # ... unless that flags more than this share of the calibration split's harmless prompts: then tau is raised to
+    # flag no more (a weakly separating direction, e.g. the base model's, would otherwise flag most of a task).
+    c.filter.calibrate_max_fpr = 0.05
     c.filter.tau = 0.0  # the threshold itself when calibrate_recall = 0
     c.filter.batch_size = 32
 

@@ -5,7 +5,8 @@ Device side (jittable, float32 inside whatever the input dtype):
     `gather_last_prompt`  f_l at the last prompt token of each row
     `cosine_scores`       s(x) = cos(f_l(x), R_l)
 
-Host side (NumPy): `check_refusal_classes`, `calibrate_threshold`, `auroc`, `auroc_by_style`,
+Host side (NumPy): `check_refusal_classes`, `calibrate_threshold`, `cap_false_positives`, `auroc`,
+`auroc_by_style`,
 `binary_metrics`.
 
 Which hidden state the feature is read at (`feature_layer`) and the jitted pass that reads it from a model
@@ -199,6 +200,28 @@ def calibrate_threshold(scores, labels, target_recall: float) -> float:
     k = int(counts[np.argmax(counts / n >= target_recall)])
     kth = pos[k - 1]
     return float(np.nextafter(kth, np.array(-np.inf, dtype=s.dtype)))
+
+
+def cap_false_positives(tau: float, scores, labels, max_fpr: float) -> float:
+    """tau raised, if needed, so that `score > tau` flags at most a share max_fpr of the harmless rows.
+
+    The smallest such threshold is the k-th largest harmless score with k = floor(max_fpr * n_harmless) + 1
+    (`score > tau` then flags at most k - 1 of them); tau is returned unchanged when it already meets the cap.
+
+    Args:
+        tau: a threshold, e.g. from `calibrate_threshold`.
+        scores: [N] float scores, no NaN. labels: [N] bool/0-1, True = harmful.
+        max_fpr: in [0, 1]; 1 = no cap.
+    """
+    if not 0.0 <= max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
+    s = _scores(scores)
+    y = _labels(labels, n=s.shape[0])
+    neg = np.sort(s[~y])[::-1]
+    k = int(np.floor(max_fpr * neg.shape[0])) + 1
+    if k > neg.shape[0]:
+        return float(tau)
+    return max(float(tau), float(neg[k - 1]))
 
 
 def auroc(scores, labels) -> float | None:

@@ -202,6 +202,7 @@ class SaftSection:
 class FilterSection:
     tau: float
     calibrate_recall: float
+    calibrate_max_fpr: float
     batch_size: int
 
 

@@ -293,3 +293,20 @@ def test_auroc_by_style_against_the_same_style_or_every_harmless_row():
     assert set(out) == {"question", "instruction", "exclamation"}  # styles of harmful rows only
     # Fewer than min_harmless rows of its own style: against every harmless row.
     assert refusal.auroc_by_style(scores, labels, styles, min_harmless=2)["question"]["against"] == "all harmless"
+
+
+def test_cap_false_positives_raises_tau_to_the_cap_only():
+    scores = np.array([0.9, 0.8, 0.1, 0.5, 0.4, 0.3, 0.2, 0.0, -0.1, -0.2, -0.3, -0.4])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], bool)  # 9 harmless
+    tau = refusal.calibrate_threshold(scores, labels, 1.0)  # below 0.1: flags 4 of 9 harmless
+    for max_fpr in (0.0, 0.1, 0.2, 0.3, 0.5, 1.0):
+        capped = refusal.cap_false_positives(tau, scores, labels, max_fpr)
+        flagged = int(np.sum(scores[~labels] > capped))
+        assert flagged <= max_fpr * 9, (max_fpr, capped)
+        # The smallest such tau: any lower harmless score as the threshold would flag one more.
+        assert capped == tau or int(np.sum(scores[~labels] >= capped)) > max_fpr * 9
+    assert refusal.cap_false_positives(tau, scores, labels, 1.0) == tau
+    assert refusal.cap_false_positives(tau, scores, labels, 0.0) == 0.5  # nothing harmless flagged
+    assert refusal.cap_false_positives(0.7, scores, labels, 0.0) == 0.7  # already under the cap: unchanged
+    with pytest.raises(ValueError, match="max_fpr"):
+        refusal.cap_false_positives(tau, scores, labels, 1.5)

@@ -117,7 +117,9 @@ def test_a_direction_worse_than_the_base_models_is_not_shipped(worse_teacher):
     np.testing.assert_allclose(np.load(ctx.workdir.refusal_feature), base_r, rtol=1e-5, atol=1e-6)
     calibration = ctx.refusal_prompts["calibration"].ds
     scores = rfilter.score(m0, calibration, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
-    assert settings["tau"] == refusal.calibrate_threshold(scores, calibration.harmful == 1, 0.9)
+    labels = calibration.harmful == 1
+    assert settings["tau"] == refusal.cap_false_positives(refusal.calibrate_threshold(scores, labels, 0.9), scores,
+                                                          labels, 0.05)
     # The filter stage reads the base model's features: its scores are the base direction's.
     report = run_stage("filter", ctx)
     assert report["direction"] == "base"

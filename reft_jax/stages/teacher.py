@@ -75,8 +75,10 @@ def run(ctx: RunContext) -> Path:
         tau = cfg.filter.tau
         if cfg.filter.calibrate_recall > 0:
             calibrated = scores(trained, r, "calibration") if direction == "teacher" else base["calibration"]
-            tau = refusal.calibrate_threshold(calibrated, prompts["calibration"].ds.harmful == 1,
-                                              cfg.filter.calibrate_recall)
+            labels = prompts["calibration"].ds.harmful == 1
+            tau = refusal.cap_false_positives(
+                refusal.calibrate_threshold(calibrated, labels, cfg.filter.calibrate_recall), calibrated, labels,
+                cfg.filter.calibrate_max_fpr)
         save_model(teacher, ctx.tokenizer, model_dir(out))
         if jax.process_index() == 0:
             np.save(wd.refusal_feature, np.asarray(r_filter))
