@@ -78,8 +78,9 @@ def all_methods(tmp_path_factory):
 
 def test_run_fills_the_whole_table(all_methods):
     # Eleven stages, one run context: each dataset is read and tokenized once.
-    assert sorted(TOKENIZED) == sorted(["tokenizing alignment data", "tokenizing user data", "tokenizing refusal pool",
-                                        "tokenizing held-out prompts", "tokenizing harmful pairs"])
+    assert sorted(TOKENIZED) == sorted(["tokenizing alignment data", "tokenizing user data", "tokenizing harmful pairs",
+                                        *(f"tokenizing the {split} prompts" for split in ("train", "calibration",
+                                                                                          "check"))])
     report = json.loads((all_methods / "report.json").read_text())
     methods = report["methods"]
     assert list(methods) == list(METHODS)
