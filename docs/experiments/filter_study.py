@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from reft_jax import filter as rfilter
 from reft_jax import load_config, refusal
