@@ -14,7 +14,7 @@ generated with the model's chat template; finetune accuracy on SST-2 validation.
 Data come from the hub by default. `data.local_dir` switches every source to local files laid out as
   alignment/safety_only_data_Instructions.json  harmful instruction -> refusal (safety-tuned-llamas)
   alignment/alpaca_eval_805.json                harmless instruction -> helpful answer (AlpacaEval)
-  refusal/harmful_train.json, harmless_train.json   the refusal-feature pool (prompts)
+  refusal/harmful_train.json, harmfulqa.json, harmless_train.json   the refusal feature's labelled prompts
   refusal/harmful_val.json                      held-out harmful prompts for the harmful score (HarmBench val)
   tasks/sst2_train.tsv, sst2_dev.tsv            the task (sentence, label)
   attack/pure_bad_100.jsonl                     harmful question -> harmful answer pairs (the poison)
@@ -60,9 +60,8 @@ def get_config(arg: str = ""):
     c.methods = "ref_teacher,no_defense,sa_ft"
 
     c.refusal.update_every = 20
-    # A pretrained model's middle-layer states share a large common component: after a short teacher run the
-    # cosines to R_l separate harmful from harmless (AUROC ~0.99) around a centre far from 0, where tau = 0
-    # flags nothing. Set tau on the labelled refusal pool instead.
+    # 0.95 rather than the default 0.99: on this model 0.99 put tau below a quarter of the held-out harmless
+    # instructions (docs/results.md, "The filter, one variable at a time").
     c.filter.calibrate_recall = 0.95
     c.optim.learning_rate = 1e-3  # LoRA, few steps: 40 teacher steps at this rate already refuse 11 of 12
     c.optim.warmup_steps = 5
