@@ -7,7 +7,8 @@ HELDOUT_DIR: labelled JSONL files ({"prompt", "harmful"}) to score, e.g. imperat
 against Alpaca instructions), questions.jsonl (HarmfulQA questions outside every split against Alpaca questions),
 lookalikes.jsonl (safe prompts that look harmful, with unsafe contrast rows). Prints one JSON object: for the
 shipped direction (filter.json) and for tau calibrated to recall targets on the calibration split and on the
-train split (the prompts the regulariser trained on), the AUROC, recall, precision and flag rate on the user data
+train split (the prompts the regulariser trained on), and for the default rule (0.99 recall, harmless flagged
+capped at filter.calibrate_max_fpr), the AUROC, recall, precision and flag rate on the user data
 and on each held-out file.
 """
 
@@ -41,9 +42,11 @@ def main(workdir: str, heldout: str, *overrides: str) -> dict:
     for split in ("calibration", "train"):
         if split in ctx.refusal_prompts:
             s = score(ctx.refusal_prompts[split].ds)
+            labels = ctx.refusal_prompts[split].ds.harmful == 1
             for target in (0.9, 0.95, 0.99):
-                taus[f"{split}@{target}"] = refusal.calibrate_threshold(s, ctx.refusal_prompts[split].ds.harmful == 1,
-                                                                        target)
+                taus[f"{split}@{target}"] = refusal.calibrate_threshold(s, labels, target)
+            cap = ctx.cfg.filter.calibrate_max_fpr  # the default rule: 0.99 recall, harmless flagged capped
+            taus[f"{split}@0.99,fpr<={cap}"] = refusal.cap_false_positives(taus[f"{split}@0.99"], s, labels, cap)
     out = {"direction": settings["direction"], "check": settings.get("check"), "taus": taus, "sets": {}}
     for name, (s, y, styles) in sets.items():
         entry = {"auroc": refusal.auroc(s, y), "by_style": refusal.auroc_by_style(s, y, styles)}
