@@ -145,8 +145,8 @@ class RunContext:
     def refusal_prompts(self) -> dict[str, LabelledPrompts]:
         """The refusal feature's labelled prompts, split three ways (data.pool; `rdata.refusal_splits`): "train"
         (R_l and the regulariser), "calibration" (tau; only with filter.calibrate_recall > 0) and "check"
-        (held out from both; absent with data.pool.n_check = 0). No split holds a prompt of the user data, of the attack's source or of the
-        evaluation; only the train split may hold alignment prompts."""
+        (held out from both; absent with data.pool.n_check = 0). No split holds a prompt of the user data, of the
+        attack's source or of the evaluation; only the train split may hold alignment prompts."""
         cfg, p = self.cfg, self.cfg.data.pool
         exclude = {ex["request"] for ex in self.user_examples}
         for source in (cfg.data.user.harmful_source if cfg.data.user.mix == "poison" else "", cfg.data.eval.harmful):

@@ -1,9 +1,9 @@
 """Stage 1: the Ref-Teacher, trained from the base model with the refusal-feature regulariser.
 
 Writes the teacher (WORKDIR/teacher/model), the filter's direction R_l (refusal_feature.npy), the filter's
-settings (filter.json) and the labelled prompts of each split (refusal_prompts.jsonl). The labelled prompts are split three ways (RunContext.refusal_prompts): R_l and the
-regulariser train on one split, tau is calibrated on another (filter.calibrate_recall > 0), and the third, the
-check split, is held out from both. On the check split the teacher's final direction is compared with the base
+settings (filter.json) and the labelled prompts of each split (refusal_prompts.jsonl). The labelled prompts are
+split three ways (RunContext.refusal_prompts): R_l and the regulariser train on one split, tau is calibrated on
+another (filter.calibrate_recall > 0), and the third, the check split, is held out from both. On the check split the teacher's final direction is compared with the base
 model's own (R_l of M0, before any training); the filter ships the better of the two, so training the teacher can
 never leave the filter worse than the base model on prompts nobody trained or calibrated on."""
 
@@ -23,9 +23,6 @@ from reft_jax.stages.common import save_model
 from reft_jax.state import FrozenModel
 from reft_jax.train import runs
 from reft_jax.workdir import model_dir
-
-DIRECTIONS = ("teacher", "base")  # which model (and its R_l) the filter reads: filter.json's "direction"
-
 
 def check_report(scores: np.ndarray | None, prompts: LabelledPrompts | None) -> dict | None:
     """A direction's AUROC on a labelled split, overall and by prompt style (None without the split)."""
