@@ -125,6 +125,9 @@ def default_config() -> ml_collections.ConfigDict:
     # sa_ft+filter, sa_plus_ft+filter, vaccine, repnoise, booster, lisa. ref_teacher and no_defense always run.
     c.methods = "ref_teacher,no_defense"
     c.expected_time = ""  # printed when `run` starts: how long this config took where it was measured
+    # JAX's persistent compilation cache (reft_jax.compile_cache): a folder, "" = $REFT_JAX_CACHE or else
+    # ~/.cache/reft-jax/jax, "off" = compile every program in every process
+    c.compile_cache = ""
     c.baselines = ml_collections.ConfigDict()
     c.baselines.sa_steps = 0  # SFT steps of the safety alignment (sa_ft); 0 = teacher.steps
     c.baselines.joint_weight = 1.0  # weight of the alignment CE in the joint baselines (sa_plus_ft)

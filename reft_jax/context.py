@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from reft_jax import compile_cache
 from reft_jax import data as rdata
 from reft_jax.errors import ConfigError, DataError
 from reft_jax.models import hub
@@ -45,6 +46,7 @@ class RunContext:
         """The context of a run of `cfg` in `workdir`: the config typed and resolved (demo data generated, a GGUF
         checkpoint converted, ... once, under the workdir)."""
         workdir, cfg = Workdir(workdir), RunConfig.of(cfg)
+        compile_cache.enable(cfg.compile_cache)  # before the run's first compilation
         workdir.root.mkdir(parents=True, exist_ok=True)
         return cls(resolve(cfg, workdir), workdir, model_source=cfg.model.path)
 

@@ -295,6 +295,7 @@ class RunConfig:
     eval: EvalSection
     methods: str
     expected_time: str
+    compile_cache: str
     baselines: BaselinesSection
     defences: DefencesSection
     saft: SaftSection

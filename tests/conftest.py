@@ -14,8 +14,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 SHARED_DATA = Path(os.environ.get("REFT_JAX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+# One persistent compilation cache for the whole suite: its worker processes and the runs they start compile
+# a program once between them (kept across local runs; CI starts it empty).
+os.environ.setdefault("REFT_JAX_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+
 import jax  # noqa: E402  (after JAX_PLATFORMS)
 import pytest  # noqa: E402
+
+from reft_jax import compile_cache  # noqa: E402
+
+compile_cache.enable(log=False)
 
 
 # The longest files first (measured, longest first): the two workers (pyproject's `-n 2 --dist loadfile`) take
