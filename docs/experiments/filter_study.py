@@ -7,8 +7,8 @@ HELDOUT_DIR: labelled JSONL files ({"prompt", "harmful"}) to score, e.g. imperat
 against Alpaca instructions), questions.jsonl (HarmfulQA questions outside every split against Alpaca questions),
 lookalikes.jsonl (safe prompts that look harmful, with unsafe contrast rows). Prints one JSON object: for the
 shipped direction (filter.json) and for tau calibrated to recall targets on the calibration split and on the
-train split (the prompts the regulariser trained on), and for the default rule (0.99 recall, harmless flagged
-capped at filter.calibrate_max_fpr), the AUROC, recall, precision and flag rate on the user data
+train split (the prompts the regulariser trained on), and for the default rule (a recall target, then harmless
+flagged capped at filter.calibrate_max_fpr, at several caps), the AUROC, recall, precision and flag rate on the user data
 and on each held-out file.
 """
 
@@ -45,8 +45,11 @@ def main(workdir: str, heldout: str, *overrides: str) -> dict:
             labels = ctx.refusal_prompts[split].ds.harmful == 1
             for target in (0.9, 0.95, 0.99):
                 taus[f"{split}@{target}"] = refusal.calibrate_threshold(s, labels, target)
-            cap = ctx.cfg.filter.calibrate_max_fpr  # the default rule: 0.99 recall, harmless flagged capped
-            taus[f"{split}@0.99,fpr<={cap}"] = refusal.cap_false_positives(taus[f"{split}@0.99"], s, labels, cap)
+            # the default rule: a recall target, then harmless flagged capped (filter.calibrate_max_fpr)
+            for target in (0.95, 0.99):
+                for cap in sorted({ctx.cfg.filter.calibrate_max_fpr, 0.05, 0.1, 0.2}):
+                    taus[f"{split}@{target},fpr<={cap}"] = refusal.cap_false_positives(
+                        taus[f"{split}@{target}"], s, labels, cap)
     out = {"direction": settings["direction"], "check": settings.get("check"), "taus": taus, "sets": {}}
     for name, (s, y, styles) in sets.items():
         entry = {"auroc": refusal.auroc(s, y), "by_style": refusal.auroc_by_style(s, y, styles)}
