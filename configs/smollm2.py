@@ -60,9 +60,6 @@ def get_config(arg: str = ""):
     c.methods = "ref_teacher,no_defense,sa_ft"
 
     c.refusal.update_every = 20
-    # 0.95 rather than the default 0.99: on this model 0.99 put tau below a quarter of the held-out harmless
-    # instructions (docs/results.md, "The filter, one variable at a time").
-    c.filter.calibrate_recall = 0.95
     c.optim.learning_rate = 1e-3  # LoRA, few steps: 40 teacher steps at this rate already refuse 11 of 12
     c.optim.warmup_steps = 5
     c.teacher.steps = 60

@@ -12,6 +12,7 @@ back to no cache with one warning.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -72,5 +73,5 @@ def enable(setting: str = "", *, log: bool = True) -> Path | None:
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     _enabled = folder
     if log and jax.process_index() == 0:
-        print(f"compilation cache: {folder} ({ENV}=off disables it)", flush=True)
+        print(f"compilation cache: {folder} ({ENV}=off disables it)", file=sys.stderr, flush=True)
     return folder

@@ -167,13 +167,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.filter.calibrate_recall = 0.99
     # ... unless that flags more than this share of the calibration split's harmless prompts: then tau is raised to
     # flag no more (a weakly separating direction, e.g. the base model's, would otherwise flag most of a task).
-    c.filter.calibrate_max_fpr = 0.05
+    # 0.2, not less: the calibration split's harmless prompts are instructions and questions like the harmful ones,
+    # and on SmolLM2 a 5 % cap cut the attack's recall from 0.86 to 0.23 (docs/results.md).
+    c.filter.calibrate_max_fpr = 0.2
     c.filter.tau = 0.0  # the threshold itself when calibrate_recall = 0
     c.filter.batch_size = 32
 
     c.refusal = ml_collections.ConfigDict()
     c.refusal.layer = -1  # hidden_states index the feature is read at; -1 = num_layers // 2
-    c.refusal.lam = 1.0  # lambda, weight of the regularizer in the teacher loss
+    # lambda, weight of the regularizer in the teacher loss. 0.1: at 1.0 the teacher's direction fits the pool's
+    # prompts (cosines near +-1) and ranks prompts unlike them below the base model's own direction (SmolLM2: the
+    # attack's prompts at AUROC 0.35 against 0.97 at 0.1; docs/results.md); the demo separates at either.
+    c.refusal.lam = 0.1
     c.refusal.kind = "squared"  # "squared": (cos - y)^2, "linear": 1 - y cos
     c.refusal.update_every = 50  # teacher steps between recomputations of R_l
     # L_reg also covers one batch of the refusal pool's prompts per teacher step (besides the alignment batch's),

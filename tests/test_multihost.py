@@ -35,12 +35,12 @@ def finetune(workdir, devices, extra=(), process=None):
 
 
 def wait(*procs) -> str:
-    """Waits for the processes; returns the first one's output."""
+    """Waits for the processes; returns the first one's output (stdout, then stderr)."""
     outputs = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
-        outputs.append(out)
+        outputs.append(out + err)
     return outputs[0]
 
 
