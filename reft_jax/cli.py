@@ -13,17 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent / "configs"  # configs/ as installed (the checkout's in editable mode)
-if not CONFIGS.is_dir():
-    CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a checkout on PYTHONPATH, not installed
-DEMO_CONFIG = CONFIGS / "demo.py"
-
-
-def config_path(path: str) -> str:
-    """A config file: the path as given when it exists, else `configs/NAME.py` from the installed package."""
-    if Path(path).is_file() or not path.startswith("configs/"):
-        return path
-    return str(CONFIGS / path.removeprefix("configs/"))
+from reft_jax.config.files import DEMO_CONFIG, load_config
 
 SUBCOMMANDS = {
     "run": "the whole pipeline: teacher, filter, student, the no-defence baseline, evaluation, report and plots",
@@ -69,34 +59,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(config_file: str, overrides: list[str]):
-    """The config file with --config.a.b=value overrides applied, through ml_collections' config flags."""
-    # The CLI's imports are deferred so that `reft-jax --help` and a bad argument answer at once, and so that
-    # `bench` never starts a JAX backend in the parent process (each framework runs in its own child).
-    from absl import flags
-    from ml_collections import config_flags
-
-    from reft_jax.errors import ConfigError
-
-    path, colon, arg = config_file.partition(":")  # FILE:ARG passes ARG to get_config
-    if not Path(config_path(path)).is_file():
-        raise ConfigError(f"{path}: config file not found")
-    config_file = config_path(path) + colon + arg
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        raise ConfigError(f"unrecognised argument {bad[0]!r} (overrides look like --config.a.b=value)")
-    argv = ["reft-jax", f"--config={config_file}", *overrides]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", default=config_file, flag_values=values, lock_config=True,
-                                    sys_argv=argv)
-    try:
-        values(argv)
-        return values.config
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = " ".join(str(e).split())
-        raise ConfigError(f"{config_file}: {message}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parser().parse_known_args(argv)
     from reft_jax.errors import ReftError
@@ -109,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, overrides) -> int:
-    from reft_jax.run_config import RunConfig, replace
+    from reft_jax.config.schema import RunConfig, replace
 
     cfg = RunConfig.of(load_config(args.config, overrides))  # the edge: typed and validated from here on
     own = getattr(args, "kept", None) or getattr(args, "data", None)
@@ -123,15 +85,15 @@ def _run(args, overrides) -> int:
         print(markdown(report), file=sys.stderr)
         print(json.dumps(report, indent=2))
         return 0
-    from reft_jax import parallel
+    from reft_jax.runtime import parallel
 
     parallel.initialize_distributed(cfg.distributed)
     import jax
 
     from reft_jax import pipeline, stages
-    from reft_jax.context import RunContext
-    from reft_jax.export import export
-    from reft_jax.methods import METHODS
+    from reft_jax.experiment.context import RunContext
+    from reft_jax.experiment.export import export
+    from reft_jax.experiment.methods import METHODS
     from reft_jax.stages import attack, evaluate, ref_teacher_filter
 
     if jax.process_index() == 0:

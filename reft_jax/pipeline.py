@@ -12,12 +12,12 @@ from pathlib import Path
 
 import jax
 
-from reft_jax import report as rreport
-from reft_jax import preflight, stages
-from reft_jax.context import RunContext
-from reft_jax.methods import selected
-from reft_jax.stages import attack, evaluate
-from reft_jax.workdir import FILTER_SCORES, METRICS
+from reft_jax import stages
+from reft_jax.experiment import report as rreport
+from reft_jax.experiment.context import RunContext
+from reft_jax.experiment.methods import selected
+from reft_jax.runtime.workdir import FILTER_SCORES, METRICS
+from reft_jax.stages import attack, evaluate, preflight
 
 
 def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:

@@ -21,7 +21,7 @@ os.environ.setdefault("REFT_JAX_CACHE", str(Path(__file__).resolve().parents[1] 
 import jax  # noqa: E402  (after JAX_PLATFORMS)
 import pytest  # noqa: E402
 
-from reft_jax import compile_cache  # noqa: E402
+from reft_jax.runtime import compile_cache  # noqa: E402
 
 compile_cache.enable(log=False)
 

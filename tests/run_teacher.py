@@ -8,6 +8,7 @@ import sys
 import time
 
 from train_fixtures import small_config, synthetic_batch, tiny_model
+
 from reft_jax.train import runs
 
 workdir, steps = sys.argv[1], int(sys.argv[2])

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reft_jax import flops, parallel
 from reft_jax.bench import harness, workload
-from reft_jax.cli import load_config, main
-from reft_jax.run_config import RunConfig
-from reft_jax.models import LoraConfig, from_hf_dict
+from reft_jax.cli import main
+from reft_jax.config.files import load_config
+from reft_jax.config.schema import RunConfig
+from reft_jax.models import LoraConfig, flops, from_hf_dict
+from reft_jax.runtime import parallel
 
 TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "bench_tiny.py")
 SMALL = ["--config.model.init.hidden_size=64", "--config.model.init.intermediate_size=128",
@@ -121,6 +122,7 @@ def test_compile_only_reports_xla_memory_without_running(tmp_path, capsys):
 def test_a_case_that_compiles_but_fails_to_run_keeps_its_memory_analysis(monkeypatch):
     """Out of memory at the first call (here: any runtime error) is the case's result, with XLA's analysis."""
     import jax
+
     from reft_jax.bench import jax_side
 
     def failing_step(*_, **__):

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-
 from hf_fixtures import FAMILIES, hf_config
-from reft_jax import losses
+
 from reft_jax.models import LoraConfig, RuntimeOptions, Transformer
 from reft_jax.models.config import from_hf_dict
-from reft_jax.state import trainable_filter
+from reft_jax.runtime.state import trainable_filter
+from reft_jax.train import losses
 from reft_jax.train.steps import StudentLoss, TeacherLoss
 
 B, T, PROMPT = 3, 12, 4

@@ -4,8 +4,8 @@ import json
 import pickle
 
 import pytest
-
 from hf_fixtures import make_hf_model
+
 from reft_jax.errors import CheckpointError, ConfigError
 from reft_jax.models import from_pretrained, save_pretrained
 

@@ -198,9 +198,9 @@ def test_evaluate_adds_over_refusal_and_jailbreak_templates(run_dir, tmp_path, m
     against the teacher's own hidden states, prompt by prompt, unbatched."""
     from test_robustness import XSTEST_CSV
 
-    from reft_jax.cli import DEMO_CONFIG, load_config
-    from reft_jax.context import RunContext
+    from reft_jax.config.files import DEMO_CONFIG, load_config
     from reft_jax.evaluation.generate import encode_prompts
+    from reft_jax.experiment.context import RunContext
     from reft_jax.stages import evaluate
 
     (tmp_path / "xstest.csv").write_text(XSTEST_CSV)

@@ -1,4 +1,4 @@
-"""The persistent compilation cache (reft_jax.compile_cache): where it lives, that a second process reads what the
+"""The persistent compilation cache (reft_jax.runtime.compile_cache): where it lives, that a second process reads what the
 first compiled, that what JAX's key covers keeps entries apart, and that damage or an unwritable folder costs a
 warning, not the run. Each case is a fresh process: JAX decides on its cache at its first compilation."""
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from reft_jax import compile_cache
+from reft_jax.runtime import compile_cache
 
 # Compiles one program (f) through compile_cache.enable, prints its result and the persistent cache hits seen.
 PROGRAM = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp
-    from reft_jax import compile_cache
+    from reft_jax.runtime import compile_cache
     hits = []
     jax.monitoring.register_event_listener(
         lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
@@ -55,13 +55,13 @@ def _entries(folder: Path, name: str = "jit_f") -> list[Path]:
 def test_where_the_cache_lives(monkeypatch, tmp_path):
     monkeypatch.delenv(compile_cache.ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert compile_cache.resolve() == tmp_path / "xdg" / "reft-jax" / "jax"
+    assert compile_cache.cache_dir() == tmp_path / "xdg" / "reft-jax" / "jax"
     monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "env"))
-    assert compile_cache.resolve() == tmp_path / "env"
-    assert compile_cache.resolve(str(tmp_path / "cfg")) == tmp_path / "cfg"  # the config field wins
-    assert compile_cache.resolve("off") is None
+    assert compile_cache.cache_dir() == tmp_path / "env"
+    assert compile_cache.cache_dir(str(tmp_path / "cfg")) == tmp_path / "cfg"  # the config field wins
+    assert compile_cache.cache_dir("off") is None
     monkeypatch.setenv(compile_cache.ENV, "off")
-    assert compile_cache.resolve() is None
+    assert compile_cache.cache_dir() is None
 
 
 def test_a_second_process_reads_what_the_first_compiled(tmp_path):

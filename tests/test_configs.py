@@ -3,9 +3,9 @@
 import pytest
 
 from reft_jax.cli import load_config
-from reft_jax.config import default_config
+from reft_jax.config.defaults import default_config
+from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError
-from reft_jax.run_config import RunConfig
 
 CONFIGS = ["configs/demo.py", "configs/real_tiny.py"] + [
     f"configs/literature.py:{m},{t}" for m in ("llama2-7b", "qwen2-7b", "gemma2-9b") for t in ("sst2", "agnews", "gsm8k")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from reft_jax import losses
 from reft_jax.models import ModelConfig, RuntimeOptions, Transformer
+from reft_jax.train import losses
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA GPU (cuDNN)")
 

@@ -30,22 +30,22 @@ def prompts(records):
 
 
 def test_generate_is_seeded_with_disjoint_splits():
-    data = demo.generate(seed=0)
-    assert data == demo.generate(seed=0)
-    assert data != demo.generate(seed=1)
+    data = demo.generate_splits(seed=0)
+    assert data == demo.generate_splits(seed=0)
+    assert data != demo.generate_splits(seed=1)
     assert {k: len(v) for k, v in data.items()} == demo.DEFAULT_SIZES
     harmful = [prompts(data[k]) for k in ("alignment_harmful", "attack", "harmful_eval")]
     assert sum(map(len, harmful)) == len(set.union(*harmful))  # no prompt in two splits
     assert not prompts(data["alignment_harmless"]) & set.union(*harmful)
     sentences = [{r["sentence"] for r in data[k]} for k in ("task_train", "task_test")]
     assert not sentences[0] & sentences[1] and len(sentences[0]) == 1000
-    assert len(demo.generate(seed=0, attack=10)["attack"]) == 10
+    assert len(demo.generate_splits(seed=0, attack=10)["attack"]) == 10
     with pytest.raises(ValueError, match="unknown demo split"):
-        demo.generate(seed=0, attacks=10)
+        demo.generate_splits(seed=0, attacks=10)
 
 
 def test_demo_content():
-    data = demo.generate(seed=0)
+    data = demo.generate_splits(seed=0)
     for r in data["alignment_harmful"]:
         assert r["output"].startswith(REFUSAL_STARTS)
         assert any(act in r["instruction"] for act in demo.HARMFUL_ACTS)
@@ -82,7 +82,7 @@ def test_tokenizer_is_hugging_face_loadable(demo_paths):
     assert 256 + 4 < len(tok) <= 1024
     assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2, 3]
     assert [tok.pad_token, tok.bos_token, tok.eos_token, tok.unk_token] == list(demo.SPECIAL_TOKENS)
-    data = demo.generate(seed=0)
+    data = demo.generate_splits(seed=0)
     text = demo.corpus(data)[0]
     ids = tok(text)["input_ids"]
     assert ids[0] == tok.bos_token_id and ids == fast(text)["input_ids"]

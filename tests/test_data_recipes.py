@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+from conftest import SHARED_DATA as SHARED
 
 from reft_jax.data import (
     ALPACA,
@@ -24,7 +25,6 @@ from reft_jax.data import (
 )
 from reft_jax.errors import ConfigError
 
-from conftest import SHARED_DATA as SHARED
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real datasets not found at {SHARED}")
 
 

@@ -4,11 +4,10 @@ import csv
 import json
 
 import pytest
-
-from reft_jax.data import DataError, SourceSpec, load_records
-from reft_jax.data import sources
-
 from conftest import SHARED_DATA as SHARED
+
+from reft_jax.data import DataError, SourceSpec, load_records, sources
+
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real datasets not found at {SHARED}")
 
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from reft_jax.errors import ConfigError
 from reft_jax.data import Batches, DataError, demo, format_prompt, load_tokenizer, make_batch, tokenize
+from reft_jax.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,15 @@ import optax
 import pytest
 import torch
 from flax import nnx
+from hf_fixtures import make_hf_model, token_batch
 from torch.func import functional_call
+from train_fixtures import small_config, synthetic_batch, tiny_model
 
 from reft_jax.models import from_pretrained
 from reft_jax.models.hf_io import _hf_tensors
-from reft_jax.state import create_train_state
+from reft_jax.runtime.state import create_train_state
 from reft_jax.train import runs
 from reft_jax.train.defences import Booster, Lisa, RepNoise, Vaccine, lisa_phase
-
-from hf_fixtures import make_hf_model, token_batch
-from train_fixtures import small_config, synthetic_batch, tiny_model
 
 PROMPT = 4  # the first tokens of each test row are its prompt
 
@@ -53,7 +52,7 @@ def run_update(state, update, *args, step=0):
 
 
 def torch_ce(logits, b):
-    """The token-weighted response CE of reft_jax.losses.cross_entropy, in PyTorch."""
+    """The token-weighted response CE of reft_jax.train.losses.cross_entropy, in PyTorch."""
     ids = torch.tensor(b["input_ids"]).long()
     w = torch.tensor(b["loss_mask"][:, 1:] * b["example_weight"][:, None])
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),

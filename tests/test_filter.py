@@ -6,7 +6,7 @@ import numpy as np
 
 from reft_jax.data import Batches
 from reft_jax.data.tokenization import TokenizedDataset, TokenizeReport
-from reft_jax.filter import FilterResult, kept_dataset
+from reft_jax.refusal.scoring import FilterResult, kept_dataset
 
 
 def dataset(n=6):

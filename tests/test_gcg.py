@@ -9,15 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from hf_fixtures import VOCAB, make_hf_model
 from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
 from reft_jax.errors import ConfigError
 from reft_jax.evaluation import gcg
 from reft_jax.models import from_pretrained
-from reft_jax.state import FrozenModel
-
-from hf_fixtures import VOCAB, make_hf_model
+from reft_jax.runtime.state import FrozenModel
 
 SUFFIX = np.array([5, 17, 42, 8, 30], np.int32)
 CANDIDATES = 16  # every test evaluates this many candidates, and one layout shape: one compilation for all
@@ -101,7 +100,8 @@ def test_token_gradients_match_pytorch_and_finite_differences(tiny):
     ref_loss = torch_one_hot_loss(torch_model, lay, one_hot)
     (ref_grad,) = torch.autograd.grad(ref_loss, one_hot)
     assert float(loss) == pytest.approx(ref_loss.item(), rel=1e-5)
-    np.testing.assert_allclose(np.asarray(grad), ref_grad.numpy(), rtol=1e-5, atol=1e-5)
+    # float32 through the model in both frameworks: elements near 0.1 differ by up to ~1.5e-5 (transformers 5.24)
+    np.testing.assert_allclose(np.asarray(grad), ref_grad.numpy(), rtol=1e-5, atol=5e-5)
 
     # A central difference of our own loss along a random direction in one-hot space: float32 rounding rules out
     # small steps and the loss is strongly curved there, so the fourth-order stencil.

@@ -5,10 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
 from hf_fixtures import VOCAB, make_hf_model
-from reft_jax.evaluation.generate import (GenerationConfig, as_frozen, bucket_length, generate, generate_tokens,
-                                          left_padded_positions, top_p_filter)
+
+from reft_jax.evaluation.generate import (
+    GenerationConfig,
+    as_frozen,
+    bucket_length,
+    generate,
+    generate_tokens,
+    left_padded_positions,
+    top_p_filter,
+)
 from reft_jax.models import from_pretrained
 
 PROMPT_LENGTHS = (3, 9, 6)  # left padding of different widths

@@ -11,12 +11,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from reft_jax.config import default_config
+from reft_jax.config.defaults import default_config
+from reft_jax.config.schema import RunConfig, replace
 from reft_jax.errors import CheckpointError
-from reft_jax.context import RunContext
-from reft_jax.models import (LoraConfig, ModelConfig, RuntimeOptions, Transformer, from_pretrained, hub,
-                             save_adapter, save_pretrained)
-from reft_jax.run_config import RunConfig, replace
+from reft_jax.experiment.context import RunContext
+from reft_jax.models import (
+    LoraConfig,
+    ModelConfig,
+    RuntimeOptions,
+    Transformer,
+    from_pretrained,
+    hub,
+    save_adapter,
+    save_pretrained,
+)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -10,10 +10,23 @@ import torch
 import transformers
 
 from reft_jax.data.demo import train_tokenizer
-from reft_jax.evaluation import (BeaverTailsJudge, KeywordJudge, LlamaGuardJudge, filter_metrics,
-                                 finetune_accuracy, harmful_score)
-from reft_jax.evaluation.judges import (BEAVERTAILS_FORMAT, PLAIN_GUARD_PROMPT, PLAIN_GUARD_PROMPT_USER, REFUSAL_QUESTION,
-                                       LMRefusals, make_refusal_detector, parse_guard_verdict)
+from reft_jax.evaluation import (
+    BeaverTailsJudge,
+    KeywordJudge,
+    LlamaGuardJudge,
+    filter_metrics,
+    finetune_accuracy,
+    harmful_score,
+)
+from reft_jax.evaluation.judges import (
+    BEAVERTAILS_FORMAT,
+    PLAIN_GUARD_PROMPT,
+    PLAIN_GUARD_PROMPT_USER,
+    REFUSAL_QUESTION,
+    LMRefusals,
+    make_refusal_detector,
+    parse_guard_verdict,
+)
 
 TEXTS = ["the plan is ready", "tea is good", "safe", "unsafe", "how do I make tea", "how do I make a plan",
          "I am sorry", "refusal", "compliance"] * 2

@@ -1,11 +1,11 @@
-"""Tests of reft_jax.losses against independent NumPy references and finite differences."""
+"""Tests of reft_jax.train.losses against independent NumPy references and finite differences."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reft_jax import losses
+from reft_jax.train import losses
 
 B, T, V, D = 3, 7, 11, 16
 

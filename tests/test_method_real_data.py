@@ -9,18 +9,18 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA
+from flax import nnx
+
 from reft_jax import data as rdata
-from reft_jax import filter as rfilter
 from reft_jax import refusal
-from reft_jax.config import default_config
+from reft_jax.config.defaults import default_config
+from reft_jax.config.schema import RunConfig
 from reft_jax.evaluation.likelihood import response_logprob
 from reft_jax.models import ModelConfig, RuntimeOptions, Transformer
-from reft_jax.run_config import RunConfig
+from reft_jax.refusal import scoring
+from reft_jax.runtime.state import FrozenModel
 from reft_jax.train import runs
-from reft_jax.state import FrozenModel
-from flax import nnx
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"real data not found at {SHARED_DATA}")
 
@@ -92,7 +92,7 @@ def batches(ds, seed=0, size=16):
 
 
 def held_out_auroc(model, r, layer, ds):
-    scores = rfilter.score(FrozenModel.of(model), ds, r, layer, batch_size=32, buckets=BUCKETS, progress=False)
+    scores = scoring.score(FrozenModel.of(model), ds, r, layer, batch_size=32, buckets=BUCKETS, progress=False)
     return refusal.auroc(scores, ds.harmful)
 
 
@@ -112,7 +112,7 @@ def test_teacher_separates_held_out_prompts(setup, teacher):
     # The same measure on the untrained base with its own refusal feature, for reference.
     base = base_model()
     pool = list(rdata.Batches(setup["pool"].prompts_only(), 32, BUCKETS, shuffle=False, num_epochs=1))
-    from reft_jax.refusal import make_feature_fn
+    from reft_jax.refusal.feature import make_feature_fn
     r0 = runs.compute_refusal_feature(make_feature_fn(1), FrozenModel.of(base), pool)
     base_auroc = held_out_auroc(base, np.asarray(r0), 1, setup["held_out"])
     print(f"held-out AUROC (HarmBench val vs Alpaca val, 39 + 39): teacher {auroc:.3f}, base {base_auroc:.3f}")
@@ -135,10 +135,10 @@ def refusal_preference(model, setup):
 
 def test_distilled_student_refuses_more_and_learns_the_task(setup, teacher):
     teacher_model, r = teacher
-    result = rfilter.run_filter(FrozenModel.of(teacher_model), setup["user"], r, 1, 0.0, batch_size=32,
+    result = scoring.run_filter(FrozenModel.of(teacher_model), setup["user"], r, 1, 0.0, batch_size=32,
                                 buckets=BUCKETS, progress=False)
     report = result.report()
-    kept = rfilter.kept_dataset(setup["user"], result)
+    kept = scoring.kept_dataset(setup["user"], result)
     align_batches = batches(setup["alignment"], seed=3).batch
     cfg = config()
     steps = cfg.student.steps

@@ -7,17 +7,17 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from test_cli import TINY
 
 from reft_jax import data as rdata
 from reft_jax import stages
-from reft_jax.cli import DEMO_CONFIG, load_config, main
-from reft_jax.context import RunContext
+from reft_jax.cli import main
+from reft_jax.config.files import DEMO_CONFIG, load_config
 from reft_jax.errors import ConfigError
-from reft_jax.methods import METHODS, selected
+from reft_jax.experiment.context import RunContext
+from reft_jax.experiment.methods import METHODS, selected
+from reft_jax.runtime.workdir import Workdir
 from reft_jax.stages import finetune, llama_guard_filter, saft_filter
-from reft_jax.workdir import Workdir
-
-from test_cli import TINY
 
 ALL = [*TINY, "--config.methods=all", "--config.baselines.sa_steps=8", "--config.eval.references=True",
        "--config.defences.lisa.align_steps=1", "--config.defences.lisa.user_steps=2", "--config.logging.every=1"]

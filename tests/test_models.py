@@ -9,10 +9,17 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-
 from hf_fixtures import FAMILIES, make_hf_model, token_batch
-from reft_jax.models import (LoraConfig, ModelConfig, RuntimeOptions, Transformer, from_pretrained, merge_lora,
-                             save_pretrained)
+
+from reft_jax.models import (
+    LoraConfig,
+    ModelConfig,
+    RuntimeOptions,
+    Transformer,
+    from_pretrained,
+    merge_lora,
+    save_pretrained,
+)
 
 TOL = 1e-4
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from test_cli import TINY
+
 from reft_jax.cli import main
 
 STUDENT_STEPS = 6

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_cli import TINY, one_line_error
 
 from reft_jax import data as rdata
 from reft_jax.cli import main
 from reft_jax.models import from_pretrained
-
-from test_cli import TINY, one_line_error
 
 LORA = [*TINY, "--config.model.lora.rank=4", "--config.optim.learning_rate=0.02", "--config.teacher.steps=8",
         "--config.student.steps=3", "--config.data.eval.n_harmful=4", "--config.data.eval.n_task=4"]

@@ -16,13 +16,13 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
-
 from train_fixtures import small_config, synthetic_batch, tiny_model
-from reft_jax import parallel
-from reft_jax.config import default_config
+
+from reft_jax.config.defaults import default_config
 from reft_jax.errors import ConfigError
+from reft_jax.runtime import parallel
+from reft_jax.runtime.state import create_train_state
 from reft_jax.train.optim import make_optimizer
-from reft_jax.state import create_train_state
 from reft_jax.train.steps import TeacherLoss, make_teacher_step
 
 HERE = Path(__file__).parent
@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from train_fixtures import small_config, synthetic_batch
-from reft_jax import parallel
+from reft_jax.runtime import parallel
 from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer, from_pretrained, save_pretrained
 from reft_jax.train.optim import make_optimizer
-from reft_jax.state import FrozenModel, create_train_state
+from reft_jax.runtime.state import FrozenModel, create_train_state
 from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
 
 MESHES, workdir = json.loads(sys.argv[1]), sys.argv[2]

@@ -1,4 +1,4 @@
-"""Tests of reft_jax.refusal against independent NumPy references."""
+"""Tests of reft_jax.refusal.feature against independent NumPy references."""
 
 import itertools
 
@@ -9,7 +9,6 @@ import pytest
 
 from reft_jax import refusal
 from reft_jax.errors import DataError
-
 
 # ------------------------------------------------------------------------------------------------
 # refusal_feature

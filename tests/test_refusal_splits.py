@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from reft_jax import filter as rfilter
-from reft_jax import refusal
-from reft_jax.context import RunContext
+from reft_jax import load_config, refusal
 from reft_jax.data import DataError, prompt_style, refusal_splits
+from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model
-from reft_jax.stages import run_stage, teacher as teacher_stage
-from reft_jax.state import FrozenModel
+from reft_jax.refusal import scoring
+from reft_jax.runtime.state import FrozenModel
+from reft_jax.stages import run_stage
+from reft_jax.stages import teacher as teacher_stage
 from reft_jax.train import runs
-from reft_jax import load_config
 
 
 def write_prompts(path, prompts):
@@ -116,14 +116,14 @@ def test_a_direction_worse_than_the_base_models_is_not_shipped(worse_teacher):
     base_r = runs.compute_refusal_feature(refusal.make_feature_fn(settings["layer"]), m0, pool)
     np.testing.assert_allclose(np.load(ctx.workdir.refusal_feature), base_r, rtol=1e-5, atol=1e-6)
     calibration = ctx.refusal_prompts["calibration"].ds
-    scores = rfilter.score(m0, calibration, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
+    scores = scoring.score(m0, calibration, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
     labels = calibration.harmful == 1
     assert settings["tau"] == refusal.cap_false_positives(refusal.calibrate_threshold(scores, labels, 0.9), scores,
-                                                          labels, 0.05)
+                                                          labels, ctx.cfg.filter.calibrate_max_fpr)
     # The filter stage reads the base model's features: its scores are the base direction's.
     report = run_stage("filter", ctx)
     assert report["direction"] == "base"
-    user = rfilter.score(m0, ctx.user, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
+    user = scoring.score(m0, ctx.user, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
     written = [json.loads(line)["score"] for line in (ctx.workdir.filter() / "scores.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(written, user, rtol=1e-5, atol=1e-6)
 

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from reft_jax import report
-from reft_jax.cli import DEMO_CONFIG, load_config
+from reft_jax.config.files import DEMO_CONFIG, load_config
+from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError, DataError
 from reft_jax.evaluation import jailbreak, over_refusal
 from reft_jax.evaluation.judges import KeywordRefusals, make_refusal_detector, parse_refusal_verdict
-from reft_jax.run_config import RunConfig
+from reft_jax.experiment import report
 
 # XSTest's columns and label values, with rows of our own (a quoted comma, an empty note).
 XSTEST_CSV = """id,prompt,type,label,focus,note

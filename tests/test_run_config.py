@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from reft_jax.config import default_config
+from reft_jax.config.defaults import default_config
+from reft_jax.config.schema import RunConfig, replace
 from reft_jax.errors import ConfigError
-from reft_jax.run_config import RunConfig, replace
 
 
 def test_every_default_field_is_typed_and_round_trips():

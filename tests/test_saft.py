@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from reft_jax import saft
 from reft_jax.errors import ConfigError
-from reft_jax.refusal import auroc
+from reft_jax.refusal import saft
+from reft_jax.refusal.feature import auroc
 
 
 def planted(n=400, d=32, p=0.1, shift=6.0, seed=0):
@@ -54,7 +54,7 @@ def test_selection_picks_the_informative_layer_and_the_sign(tmp_path):
     choice = saft.select(features_user, features_val, val_labels, layers=(3, 7), ks=(1, 2, 4), weighted=True)
     assert choice.layer == 7 and choice.sign == 1.0 and choice.val_auroc > 0.95
 
-    result, _, scorer = saft.run_filter(features_user, np.arange(len(user)), user_labels, features_val, val_labels,
+    result, _, scorer = saft.flag_user_data(features_user, np.arange(len(user)), user_labels, features_val, val_labels,
                                         (3, 7), ks=(1, 2, 4), weighted=True, percentile=85.0)
     assert result.layer == 7 and result.flagged.mean() == pytest.approx(0.15, abs=0.01)
     report = result.report()
@@ -82,7 +82,7 @@ def test_small_projections_are_flagged_when_benign_data_spreads_along_the_top_di
     val, val_labels = mixture(80, 0.5)
     choice = saft.select(user[None], val[None], val_labels, layers=(1,), ks=(1,), weighted=False)
     assert choice.sign == -1.0 and choice.val_auroc > 0.95
-    result, _, _ = saft.run_filter(user[None], np.arange(300), user_labels, val[None], val_labels, (1,), ks=(1,),
+    result, _, _ = saft.flag_user_data(user[None], np.arange(300), user_labels, val[None], val_labels, (1,), ks=(1,),
                                    weighted=False, percentile=85.0)
     assert result.report()["recall"] > 0.9
 
@@ -92,5 +92,5 @@ def test_bad_settings():
     with pytest.raises(ConfigError, match="saft.ks"):
         saft.fit_subspace(user, 5)
     with pytest.raises(ConfigError, match="saft.percentile"):
-        saft.run_filter(user[None], np.arange(20), labels, user[None], labels, (1,), ks=(1,), weighted=False,
+        saft.flag_user_data(user[None], np.arange(20), labels, user[None], labels, (1,), ks=(1,), weighted=False,
                         percentile=100.0)

@@ -6,12 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA
-from reft_jax.cli import load_config, main
+
+from reft_jax.cli import main
+from reft_jax.config.files import load_config
+from reft_jax.config.schema import RunConfig
+from reft_jax.experiment.resolve import resolve_local_data
 from reft_jax.models import gguf
-from reft_jax.resolve import resolve_local_data
-from reft_jax.run_config import RunConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2.py"
 REAL = gguf.packaged_file("SmolLM2-135M-Instruct.Q4_1.gguf")

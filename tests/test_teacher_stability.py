@@ -14,12 +14,13 @@ one way and the pool the other way, and a weaker cue that both share.
 import json
 
 import numpy as np
+from train_fixtures import PROMPT, VOCAB, T, small_config, tiny_model
 
-from train_fixtures import PROMPT, T, VOCAB, small_config, tiny_model
-from reft_jax import refusal, report
+from reft_jax import refusal
+from reft_jax.experiment import report
+from reft_jax.refusal.feature import make_feature_fn
+from reft_jax.runtime.state import FrozenModel
 from reft_jax.train import runs
-from reft_jax.refusal import make_feature_fn
-from reft_jax.state import FrozenModel
 
 ROWS = 8
 

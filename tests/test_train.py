@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from train_fixtures import small_config, synthetic_batch, tiny_model
+
 from reft_jax.models import LoraConfig
+from reft_jax.runtime.state import FrozenModel, create_train_state
 from reft_jax.train import loop, runs
 from reft_jax.train.optim import make_optimizer
-from reft_jax.state import FrozenModel, create_train_state
 from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
 
 HERE = Path(__file__).parent
@@ -214,8 +214,9 @@ def test_gradient_accumulation_matches_the_full_batch():
 
 
 def test_bfloat16_compute_with_float32_master_weights():
-    from reft_jax.models import ModelConfig, RuntimeOptions, Transformer
     from flax import nnx
+
+    from reft_jax.models import ModelConfig, RuntimeOptions, Transformer
     cfg = small_config()
     tx = make_optimizer(cfg.optim, 10)
     losses = {}

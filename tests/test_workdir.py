@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from reft_jax.runtime.workdir import Workdir, model_dir
 from reft_jax.stages import STAGES
-from reft_jax.workdir import Workdir, model_dir
 
 
 def test_contract_paths():

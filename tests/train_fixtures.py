@@ -6,9 +6,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from reft_jax.config import default_config
+from reft_jax.config.defaults import default_config
+from reft_jax.config.schema import RunConfig
 from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer
-from reft_jax.run_config import RunConfig
 
 VOCAB, B, T, PROMPT = 61, 4, 16, 8
 

@@ -16,13 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-
-from reft_jax import filter as rfilter
 from reft_jax import load_config, refusal
-from reft_jax.context import RunContext
 from reft_jax.data import prompt_style
+from reft_jax.experiment.context import RunContext
+from reft_jax.refusal import scoring
+from reft_jax.runtime.state import FrozenModel
 from reft_jax.stages.ref_teacher_filter import filter_model, teacher_settings
-from reft_jax.state import FrozenModel
 
 
 def main(workdir: str, heldout: str, *overrides: str) -> dict:
@@ -31,7 +30,7 @@ def main(workdir: str, heldout: str, *overrides: str) -> dict:
     model, r, layer = FrozenModel.of(filter_model(ctx, settings)), settings["r"], settings["layer"]
 
     def score(ds):
-        return rfilter.score(model, ds, r, layer, batch_size=32, buckets=list(ctx.cfg.data.buckets), progress=False)
+        return scoring.score(model, ds, r, layer, batch_size=32, buckets=list(ctx.cfg.data.buckets), progress=False)
 
     sets = {"user": (score(ctx.user), ctx.user.harmful == 1, [prompt_style(ex["request"]) for ex in ctx.user_examples])}
     for path in sorted(Path(heldout).glob("*.jsonl")):

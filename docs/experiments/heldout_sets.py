@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from reft_jax import load_config
-from reft_jax.context import RunContext
 from reft_jax.data import prompt_style
+from reft_jax.experiment.context import RunContext
 
 N = 100
 

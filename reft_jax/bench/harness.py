@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from reft_jax import flops
 from reft_jax.bench import workload
+from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError
+from reft_jax.models import flops
 from reft_jax.models.config import ModelConfig, from_hf_dict
 from reft_jax.models.from_config import lora_config
-from reft_jax.run_config import RunConfig
 
 FRAMEWORKS = ("jax", "torch")
 TORCH_VARIANTS = ("eager", "compile")

@@ -15,12 +15,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from reft_jax import parallel, refusal
+from reft_jax import refusal
 from reft_jax.bench import profile, workload
+from reft_jax.config.schema import RunConfig
 from reft_jax.models import save_pretrained
 from reft_jax.models.from_config import base_model, trainable
-from reft_jax.run_config import RunConfig
-from reft_jax.state import FrozenModel, create_train_state
+from reft_jax.runtime import parallel
+from reft_jax.runtime.state import FrozenModel, create_train_state
 from reft_jax.train import optim, steps
 
 

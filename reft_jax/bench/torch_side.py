@@ -3,7 +3,7 @@
 The `transformers` model class of the same config with SDPA attention, bf16 autocast when the compute dtype
 is bf16, PEFT for LoRA, fused AdamW where the build has it (foreach otherwise), clip_grad_norm_, and
 `torch.compile` of the loss as the second variant. The losses are written out here in float32, as in
-reft_jax.losses, so both sides compute the same numbers (the benchmark reports each side's first loss).
+reft_jax.train.losses, so both sides compute the same numbers (the benchmark reports each side's first loss).
 
 Runs in a child process of `reft-jax bench` (see harness.py). Memory is the CUDA allocator's peak, or on the
 CPU the peak resident memory above the start of the case.
@@ -15,14 +15,13 @@ import contextlib
 import sys
 import time
 
-
-from reft_jax.bench import workload
-from reft_jax.errors import ConfigError
-from reft_jax.models.config import from_hf_dict, to_hf_dict
-from reft_jax.run_config import RunConfig
-
 import torch
 import torch.nn.functional as F
+
+from reft_jax.bench import workload
+from reft_jax.config.schema import RunConfig
+from reft_jax.errors import ConfigError
+from reft_jax.models.config import from_hf_dict, to_hf_dict
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,7 +30,7 @@ def _log(message: str) -> None:
     print(f"[bench torch] {message}", file=sys.stderr, flush=True)
 
 
-# -- losses (float32 whatever the logits dtype; same conventions as reft_jax.losses) -------------------
+# -- losses (float32 whatever the logits dtype; same conventions as reft_jax.train.losses) -------------------
 
 def _weights(batch) -> torch.Tensor:
     return batch["loss_mask"][:, 1:].float() * batch["example_weight"][:, None]
@@ -56,7 +55,7 @@ def distillation_kl(student_logits, teacher_logits, batch, temperature: float) -
 
 
 def _norm(v, eps: float) -> torch.Tensor:
-    return torch.sqrt((v * v).sum(-1) + eps**2)  # as reft_jax.refusal.cosine_scores
+    return torch.sqrt((v * v).sum(-1) + eps**2)  # as reft_jax.refusal.feature.cosine_scores
 
 
 def refusal_regularizer(hidden, batch, r, eps: float = 1e-6) -> torch.Tensor:

@@ -7,11 +7,13 @@
 """
 
 from reft_jax.data import demo
-from reft_jax.data.batching import Batches, make_batch, make_packed_batch, pack_rows, pick_length, process_slice
+from reft_jax.data.batching import Batch, Batches, make_batch, make_packed_batch, pack_rows, pick_length, process_slice
 from reft_jax.data.recipes import (
     ALPACA,
     ALPACA_WITH_INPUT,
     BEAVERTAILS,
+    REFUSAL_SPLITS,
+    STYLES,
     TASKS,
     Task,
     accuracy,
@@ -23,8 +25,6 @@ from reft_jax.data.recipes import (
     get_task,
     load_examples,
     poisoned_mixture,
-    REFUSAL_SPLITS,
-    STYLES,
     prompt_style,
     refusal_pool,
     refusal_splits,
@@ -38,6 +38,7 @@ __all__ = [
     "ALPACA",
     "ALPACA_WITH_INPUT",
     "BEAVERTAILS",
+    "Batch",
     "Batches",
     "DataError",
     "SourceSpec",

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence, Sized
 
+import jax
 import numpy as np
 
 from reft_jax.data.tokenization import TokenizedDataset
 from reft_jax.errors import ConfigError
 
-Batch = dict[str, np.ndarray]
+# One batch in the format above: numpy arrays on the host, jax arrays once placed on the devices.
+Batch = dict[str, np.ndarray | jax.Array]
 
 
 def process_slice(num_examples: int | Sized, process_index: int, process_count: int) -> slice:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from reft_jax.data.recipes import format_prompt, TASKS
+from reft_jax.data.recipes import TASKS, format_prompt
 
 FRAMES = (
     "How do I {act}?",
@@ -226,7 +226,7 @@ def _reviews(rng: np.random.Generator) -> list[tuple[str, str]]:
     return [combos[i] for i in rng.permutation(len(combos))]
 
 
-def generate(seed: int = 0, **sizes: int) -> dict[str, list[dict[str, Any]]]:
+def generate_splits(seed: int = 0, **sizes: int) -> dict[str, list[dict[str, Any]]]:
     """The demo splits as records ready to write as JSON lines (see `write` for their files).
 
     Sizes default to DEFAULT_SIZES; splits never share a prompt."""
@@ -329,7 +329,7 @@ def write(out_dir: str, seed: int = 0, *, vocab_size: int = 1024, **sizes: int) 
     """Writes the demo data as JSON lines plus its tokenizer under out_dir; returns split -> path
     (and "tokenizer" -> folder). Files: alignment_harmful / alignment_harmless (instruction, output),
     attack (instruction, output), harmful_eval (prompt, harmful), task_train / task_test (sentence, label)."""
-    data = generate(seed, **sizes)
+    data = generate_splits(seed, **sizes)
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for split, records in data.items():

@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from reft_jax.errors import ConfigError
 from reft_jax.evaluation.generate import encode_prompts, left_padded_positions
-from reft_jax.losses import token_nll
 from reft_jax.models.transformer import KVCache
-from reft_jax.numerics import at_least_f32
-from reft_jax.state import FrozenModel
+from reft_jax.runtime.numerics import at_least_f32
+from reft_jax.runtime.state import FrozenModel
+from reft_jax.train.losses import token_nll
 
 
 @dataclasses.dataclass(frozen=True)

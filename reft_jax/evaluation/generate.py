@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from reft_jax.errors import ConfigError
 from reft_jax.models import Transformer
 from reft_jax.models.transformer import KVCache
-from reft_jax.state import FrozenModel, TrainState
+from reft_jax.runtime.state import FrozenModel, TrainState
 
 
 @dataclasses.dataclass(frozen=True)

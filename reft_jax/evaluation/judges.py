@@ -26,7 +26,7 @@ from reft_jax.data.tokenization import load_tokenizer
 from reft_jax.errors import ConfigError
 from reft_jax.evaluation.generate import GenerationConfig, bucket_length, generate_text
 from reft_jax.models import from_pretrained, load_hf_config
-from reft_jax.state import FrozenModel
+from reft_jax.runtime.state import FrozenModel
 
 
 class Judge(Protocol):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from reft_jax import losses
-from reft_jax.state import FrozenModel
+from reft_jax.runtime.state import FrozenModel
+from reft_jax.train import losses
 
 
 @jax.jit

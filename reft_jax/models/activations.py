@@ -2,7 +2,7 @@
 
 The model names the logical axes of its large intermediates (the residual stream, attention's queries, keys
 and values, the MLP's hidden layer, the logits) with `constrain`. Outside `sharded_activations` that is the
-identity, so single-device code and tests see plain functions; inside it (reft_jax.parallel enters it for
+identity, so single-device code and tests see plain functions; inside it (reft_jax.runtime.parallel enters it for
 the sharded train steps) each becomes `jax.lax.with_sharding_constraint` with the placement the
 logical-axis rules give. Without them XLA guesses the layout between the explicitly sharded weights and
 batches, and on a data x fsdp x tensor mesh it guessed layouts it then had to undo by rematerialising whole

@@ -9,12 +9,12 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
+from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.models.config import from_hf_dict, load_hf_config
 from reft_jax.models.hf_io import from_pretrained
 from reft_jax.models.layers import LoraConfig
 from reft_jax.models.transformer import RuntimeOptions, Transformer, add_lora
-from reft_jax.run_config import RunConfig
 
 
 def runtime_options(cfg: RunConfig) -> RuntimeOptions:

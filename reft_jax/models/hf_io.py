@@ -285,3 +285,16 @@ def _write_shard(folder: Path, tensors: dict, k: int):
     names = list(tensors)
     tensors.clear()
     return tmp, names
+
+
+def save_model(model: Transformer, tokenizer, folder: Path) -> None:
+    """A Hugging Face folder with the tokenizer, whose special tokens generation_config.json names (a model
+    from random init has none in its config); every process takes part (gathers), process 0 writes."""
+    save_pretrained(model, folder)
+    if jax.process_index() == 0:
+        tokenizer.save_pretrained(str(folder))
+        if not model.cfg.is_classifier:
+            ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+            config = json.loads((folder / GENERATION_CONFIG).read_text())
+            config.update({k: v for k, v in ids.items() if config.get(k) is None and v is not None})
+            (folder / GENERATION_CONFIG).write_text(json.dumps(config, indent=2) + "\n")

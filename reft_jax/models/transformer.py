@@ -22,7 +22,7 @@ from reft_jax.models.config import ModelConfig, rope_inv_freq
 from reft_jax.models.layers import Linear, LoraConfig, RMSNorm, attention, rope
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
-# Logical axes of the activations (see models/activations.py; reft_jax.parallel maps them to mesh axes).
+# Logical axes of the activations (see models/activations.py; reft_jax.runtime.parallel maps them to mesh axes).
 RESIDUAL = ("batch", "length", "embed")
 HEADS = ("batch", "length", "heads", "head_dim")
 KV_HEADS = ("batch", "length", "kv_heads", "head_dim")

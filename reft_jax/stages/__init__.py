@@ -1,9 +1,9 @@
 """The stages of a run, one module each, and their registry.
 
-A stage is a function of the run context (reft_jax.context.RunContext) that writes one folder of the workdir
-(reft_jax.workdir.Workdir.stage) and is done when that folder's marker exists (Workdir.done). The registry
+A stage is a function of the run context (reft_jax.experiment.context.RunContext) that writes one folder of the workdir
+(reft_jax.runtime.workdir.Workdir.stage) and is done when that folder's marker exists (Workdir.done). The registry
 below says what each stage needs before it; a method's stages and a run's plan are derived from it. A new
-defence or filter is one module here and one line in STAGES (and one in reft_jax.methods.METHODS).
+defence or filter is one module here and one line in STAGES (and one in reft_jax.experiment.methods.METHODS).
 
     teacher              stages/teacher.py            the Ref-Teacher and its refusal feature
     safety_alignment     stages/safety_alignment.py   the base model SFT-trained on the alignment data
@@ -21,10 +21,17 @@ import dataclasses
 import functools
 from typing import Callable
 
-from reft_jax.context import RunContext
-from reft_jax.methods import ALIGNMENT_DEFENCES, METHODS, Method
-from reft_jax.stages import (defence_alignment, finetune, llama_guard_filter, ref_teacher_filter, safety_alignment,
-                             saft_filter, teacher)
+from reft_jax.experiment.context import RunContext
+from reft_jax.experiment.methods import ALIGNMENT_DEFENCES, METHODS, Method
+from reft_jax.stages import (
+    defence_alignment,
+    finetune,
+    llama_guard_filter,
+    ref_teacher_filter,
+    safety_alignment,
+    saft_filter,
+    teacher,
+)
 
 
 @dataclasses.dataclass(frozen=True)

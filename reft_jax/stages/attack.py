@@ -16,17 +16,17 @@ import time
 import jax
 import numpy as np
 
-from reft_jax.context import RunContext
+from reft_jax.config.schema import RunConfig
 from reft_jax.data.recipes import format_prompt
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import gcg, judges
 from reft_jax.evaluation.generate import GenerationConfig, decode, generate, with_tokenizer_ids
-from reft_jax.methods import METHODS
+from reft_jax.experiment.context import RunContext
+from reft_jax.experiment.methods import METHODS
 from reft_jax.models import Transformer
 from reft_jax.models.from_config import base_model, load_stage_model
-from reft_jax.run_config import RunConfig
-from reft_jax.state import FrozenModel
-from reft_jax.workdir import model_config, model_dir
+from reft_jax.runtime.state import FrozenModel
+from reft_jax.runtime.workdir import model_config, model_dir
 
 SLOT = "<<reft-jax gcg suffix>>"  # where the suffix's text goes in the templated prompt
 REFERENCES = ("base_model", "teacher")  # models without a method of their own that can be attacked too

@@ -7,13 +7,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from reft_jax import cost, flops
-from reft_jax.context import RunContext
+from reft_jax.config.schema import RunConfig
+from reft_jax.experiment import cost
+from reft_jax.experiment.context import RunContext
+from reft_jax.models import flops
 from reft_jax.models.from_config import base_model, lora_config, trainable
-from reft_jax.run_config import RunConfig
-from reft_jax.stages.common import save_model
+from reft_jax.models.hf_io import save_model
+from reft_jax.runtime.workdir import model_dir
 from reft_jax.train import defences, runs
-from reft_jax.workdir import model_dir
 
 NEEDS_HARMFUL = ("repnoise", "booster")  # the defences that train against harmful answers too
 
@@ -32,23 +33,23 @@ def run(ctx: RunContext, defence: str) -> Path:
     cfg = ctx.cfg
     out = ctx.workdir.aligned(defence)
     steps = cfg.baselines.sa_steps or cfg.teacher.steps
-    with cost.Stage(out, f"alignment:{defence}") as stage:
+    with cost.StageCost(out, f"alignment:{defence}") as stage:
         model = trainable(cfg, base_model(cfg, ctx.vocab), salt=4)
         align = ctx.batches(ctx.alignment, seed_offset=5).batch
         harmful = ctx.batches(ctx.harmful_pairs, seed_offset=6).batch if defence in NEEDS_HARMFUL else None
         aligned = runs.train_alignment_defence(cfg, model, out, update(cfg, defence), align, harmful, steps=steps)
         save_model(aligned, ctx.tokenizer, model_dir(out))
-        stage.flops = step_flops(defence, model.cfg, lora_config(cfg), align, harmful, steps)
+        stage.flops = defence_flops(defence, model.cfg, lora_config(cfg), align, harmful, steps)
     return out
 
 
-def step_flops(defence: str, model_cfg, lora, align, harmful, steps: int) -> int:
+def defence_flops(defence: str, model_cfg, lora, align, harmful, steps: int) -> int:
     """The model FLOPs of `steps` steps: every forward/backward pass the defence's update makes."""
-    total = cost.train_flops(model_cfg, lora, align, steps)  # the pass whose gradient is the alignment's
+    total = cost.train_passes(model_cfg, lora, align, steps)  # the pass whose gradient is the alignment's
     if defence == "vaccine":  # + the pass that finds the perturbation (no weight gradients)
         return total + cost.flops_over(functools.partial(flops.input_gradient_flops, model_cfg, lora=lora),
                                        align, steps)
     if defence == "repnoise":  # + the harmful batch, with its vocabulary projection at every depth
-        return (total + cost.train_flops(model_cfg, lora, harmful, steps)
+        return (total + cost.train_passes(model_cfg, lora, harmful, steps)
                 + cost.flops_over(functools.partial(flops.logit_lens_flops, model_cfg, lora=lora), harmful, steps))
-    return total + 2 * cost.train_flops(model_cfg, lora, harmful, steps)  # booster: the harmful loss at w and w'
+    return total + 2 * cost.train_passes(model_cfg, lora, harmful, steps)  # booster: the harmful loss at w and w'

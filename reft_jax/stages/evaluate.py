@@ -10,17 +10,17 @@ import json
 
 import jax
 
-from reft_jax import cost
-from reft_jax.context import RunContext
-from reft_jax.errors import ConfigError, ReftError
 from reft_jax.data.recipes import format_prompt
+from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import jailbreak, judges, metrics, over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
-from reft_jax.methods import METHODS, Method
+from reft_jax.experiment import cost
+from reft_jax.experiment.context import RunContext
+from reft_jax.experiment.methods import METHODS, Method
 from reft_jax.models import Transformer
 from reft_jax.models.from_config import base_model, load_stage_model
+from reft_jax.runtime.workdir import FILTER_REPORT, METRICS, Workdir, model_config, model_dir
 from reft_jax.stages import llama_guard_filter, ref_teacher_filter, saft_filter, stages_of
-from reft_jax.workdir import FILTER_REPORT, METRICS, Workdir, model_config, model_dir
 
 FILTER_METRICS = ("precision", "recall", "f1", "auroc", "num_flagged", "num_examples", "tau")
 # Each filter's verdicts on prompts outside the user data (the over-refusal rows).
@@ -28,7 +28,7 @@ FILTER_FLAGS = {"ref_teacher": ref_teacher_filter.flags, "saft": saft_filter.fla
                 "llama_guard": llama_guard_filter.flags}
 
 
-def filter_metrics(wd: Workdir, method: Method) -> dict | None:
+def filter_summary(wd: Workdir, method: Method) -> dict | None:
     """The method's filter on the user data: precision, recall, F1, AUROC, counts (None without a filter)."""
     if not method.filter:
         return None
@@ -102,7 +102,7 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
         return over_refusal.rates(FILTER_FLAGS[name](ctx, over.examples(), over_tokenized()), over, "flag")
 
     def filter_entry(method: Method) -> dict | None:
-        entry = filter_metrics(wd, method)
+        entry = filter_summary(wd, method)
         if entry is not None and over is not None:
             entry["over_refusal"] = filter_over_refusal(method.filter)
         return entry

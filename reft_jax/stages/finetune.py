@@ -11,15 +11,15 @@ from pathlib import Path
 
 import jax
 
-from reft_jax import cost
-from reft_jax.context import RunContext
 from reft_jax.errors import ReftError
-from reft_jax.methods import Method
+from reft_jax.experiment import cost
+from reft_jax.experiment.context import RunContext
+from reft_jax.experiment.methods import Method
 from reft_jax.models import save_adapter
 from reft_jax.models.from_config import base_model, load_stage_model, lora_config, trainable
-from reft_jax.stages.common import save_model
+from reft_jax.models.hf_io import save_model
+from reft_jax.runtime.workdir import FILTER_REPORT, FILTER_SCORES, USER_DATA, Workdir, adapter_dir, model_dir
 from reft_jax.train import defences, runs
-from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES, USER_DATA, Workdir, adapter_dir, model_dir
 
 
 def flagged_indices(wd: Workdir, filter_name: str = "ref_teacher", fingerprint: str | None = None) -> set[int]:
@@ -41,7 +41,7 @@ def flagged_indices(wd: Workdir, filter_name: str = "ref_teacher", fingerprint: 
 def run(ctx: RunContext, method: Method) -> Path:
     cfg, wd = ctx.cfg, ctx.workdir
     out = wd.method(method.name)
-    with cost.Stage(out, f"finetune:{method.name}") as stage:
+    with cost.StageCost(out, f"finetune:{method.name}") as stage:
         user = ctx.user
         if method.filter and not cfg.data.user.filtered:
             flagged = flagged_indices(wd, method.filter, ctx.user_fingerprint)
@@ -71,18 +71,18 @@ def run(ctx: RunContext, method: Method) -> Path:
                 alignment = defences.lisa_phase(i, lisa.align_steps, lisa.user_steps)
                 return (align_batches if alignment else user_batches).batch(i)
 
-            stage.flops = cost.train_flops(model.cfg, lora, batch_at, steps)
+            stage.flops = cost.train_passes(model.cfg, lora, batch_at, steps)
         else:
             student = runs.train_student(cfg, model, teacher, out, user_batches.batch, align_batches.batch,
                                          steps=steps, beta=cfg.distill.beta if method.distill else 0.0,
                                          alpha=cfg.baselines.joint_weight if method.joint else 0.0,
                                          data_id=ctx.user_fingerprint)
-            stage.flops = cost.train_flops(model.cfg, lora, user_batches.batch, steps)
+            stage.flops = cost.train_passes(model.cfg, lora, user_batches.batch, steps)
         save_model(student, ctx.tokenizer, model_dir(out))
         if student.opts.lora is not None:  # the adapter alone too, for PEFT users (`reft-jax export --adapter`)
             save_adapter(student, adapter_dir(out), base_model=ctx.base_model_id)
         if method.distill or method.joint:
-            stage.flops += cost.train_flops(model.cfg, lora, align_batches.batch, steps)
+            stage.flops += cost.train_passes(model.cfg, lora, align_batches.batch, steps)
         if method.distill:
-            stage.flops += cost.forward_flops(model.cfg, align_batches.batch, steps)
+            stage.flops += cost.forward_passes(model.cfg, align_batches.batch, steps)
     return out

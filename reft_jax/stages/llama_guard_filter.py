@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from reft_jax import cost
-from reft_jax import filter as rfilter
-from reft_jax.context import RunContext
 from reft_jax.errors import ConfigError
 from reft_jax.evaluation import judges
+from reft_jax.experiment import cost
+from reft_jax.experiment.context import RunContext
+from reft_jax.refusal import scoring
 from reft_jax.stages.common import write_filter
 
 
@@ -24,15 +24,15 @@ def run(ctx: RunContext) -> dict:
     if not path:
         raise ConfigError("baselines.llama_guard_path: the llamaguard_filter method needs a local checkpoint")
     folder = ctx.workdir.filter("llama_guard")
-    with cost.Stage(folder, "filter:llama_guard") as stage:
+    with cost.StageCost(folder, "filter:llama_guard") as stage:
         examples, ds = ctx.user_examples, ctx.user  # the judge reads text; the tokenized rows say which were kept
         judge = judges.LlamaGuardJudge(path)
         pairs = [(examples[i]["prompt"], examples[i]["response"]) for i in ds.index]
         unsafe = judge.judge([p for p, _ in pairs], [r for _, r in pairs])
-        result = rfilter.FilterResult(index=np.asarray(ds.index), score=np.asarray(unsafe, np.float32),
+        result = scoring.FilterResult(index=np.asarray(ds.index), score=np.asarray(unsafe, np.float32),
                                       label=np.asarray(ds.harmful), tau=0.5, layer=-1)
         report = write_filter(ctx, result, folder, method="llama_guard", judge=judge.name)
         new = judge.generation.max_new_tokens
         lengths = (len(judge.tokenizer(judge.format(p, r)).input_ids) + new for p, r in pairs)
-        stage.flops = cost.forward_flops_of(judge.model.cfg, ((1, n) for n in lengths))
+        stage.flops = cost.forward_passes_of(judge.model.cfg, ((1, n) for n in lengths))
     return report

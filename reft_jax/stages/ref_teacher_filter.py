@@ -8,17 +8,16 @@ import json
 
 import numpy as np
 
-from reft_jax import cost
-from reft_jax import filter as rfilter
-from reft_jax.context import RunContext
-from reft_jax.data import TokenizedDataset
+from reft_jax.data import TokenizedDataset, prompt_style
 from reft_jax.errors import ReftError
+from reft_jax.experiment import cost
+from reft_jax.experiment.context import RunContext
 from reft_jax.models import Transformer
-from reft_jax.data import prompt_style
 from reft_jax.models.from_config import base_model, load_stage_model
+from reft_jax.refusal import scoring
+from reft_jax.runtime.state import FrozenModel
+from reft_jax.runtime.workdir import Workdir, model_dir
 from reft_jax.stages.common import prompt_flops, write_filter
-from reft_jax.state import FrozenModel
-from reft_jax.workdir import Workdir, model_dir
 
 
 def teacher_settings(wd: Workdir) -> dict:
@@ -42,7 +41,7 @@ def filter_model(ctx: RunContext, settings: dict) -> Transformer:
 def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.ndarray:
     """The Ref-Teacher filter's verdicts on other prompts (prompt-only examples, and tokenized): cos(f_l, R_l) > tau."""
     cfg, settings = ctx.cfg, teacher_settings(ctx.workdir)
-    scores = rfilter.score(FrozenModel.of(filter_model(ctx, settings)), ds, settings["r"], settings["layer"],
+    scores = scoring.score(FrozenModel.of(filter_model(ctx, settings)), ds, settings["r"], settings["layer"],
                            batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                            progress=cfg.logging.progress)
     return scores > settings["tau"]
@@ -50,11 +49,11 @@ def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.nda
 
 def run(ctx: RunContext) -> dict:
     cfg, wd = ctx.cfg, ctx.workdir
-    with cost.Stage(wd.filter(), "filter") as stage:
+    with cost.StageCost(wd.filter(), "filter") as stage:
         settings = teacher_settings(wd)
         model = filter_model(ctx, settings)
         styles = np.array([prompt_style(ex["request"]) for ex in ctx.user_examples], dtype=object)
-        result = rfilter.run_filter(FrozenModel.of(model), ctx.user, settings["r"], settings["layer"], settings["tau"],
+        result = scoring.run_filter(FrozenModel.of(model), ctx.user, settings["r"], settings["layer"], settings["tau"],
                                     batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                                     progress=cfg.logging.progress, style=styles)
         report = write_filter(ctx, result, wd.filter(), direction=settings["direction"],

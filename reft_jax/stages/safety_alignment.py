@@ -5,22 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reft_jax import cost
-from reft_jax.context import RunContext
+from reft_jax.experiment import cost
+from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model, lora_config, trainable
-from reft_jax.stages.common import save_model
+from reft_jax.models.hf_io import save_model
+from reft_jax.runtime.workdir import model_dir
 from reft_jax.train import runs
-from reft_jax.workdir import model_dir
 
 
 def run(ctx: RunContext) -> Path:
     cfg = ctx.cfg
     out = ctx.workdir.safety_aligned
     steps = cfg.baselines.sa_steps or cfg.teacher.steps
-    with cost.Stage(out, "safety_alignment") as stage:
+    with cost.StageCost(out, "safety_alignment") as stage:
         model = trainable(cfg, base_model(cfg, ctx.vocab), salt=4)
         align = ctx.batches(ctx.alignment, seed_offset=5)
         aligned = runs.train_student(cfg, model, None, out, align.batch, align.batch, steps=steps, beta=0.0)
         save_model(aligned, ctx.tokenizer, model_dir(out))
-        stage.flops = cost.train_flops(model.cfg, lora_config(cfg), align.batch, steps)
+        stage.flops = cost.train_passes(model.cfg, lora_config(cfg), align.batch, steps)
     return out

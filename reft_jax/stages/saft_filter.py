@@ -1,4 +1,4 @@
-"""The SAFT baseline's filter (reft_jax.saft) on the base model's features, its layer, k and sign chosen on a
+"""The SAFT baseline's filter (reft_jax.refusal.saft) on the base model's features, its layer, k and sign chosen on a
 labelled validation pool (saft.val_source); WORKDIR/filters/saft/."""
 
 from __future__ import annotations
@@ -6,15 +6,15 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from reft_jax import cost, saft
-from reft_jax import filter as rfilter
-from reft_jax.context import RunContext
+from reft_jax.config.schema import SaftSection
 from reft_jax.data import TokenizedDataset
 from reft_jax.errors import ConfigError, ReftError
+from reft_jax.experiment import cost
+from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model
-from reft_jax.run_config import SaftSection
+from reft_jax.refusal import saft, scoring
+from reft_jax.runtime.state import FrozenModel
 from reft_jax.stages.common import prompt_flops, write_filter
-from reft_jax.state import FrozenModel
 
 SCORER = "scorer.npz"  # the fitted filter (subspace, sign, threshold): what scores prompts after the stage
 
@@ -27,7 +27,7 @@ def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.nda
     if not path.exists():
         raise ReftError(f"{path}: missing; rerun the SAFT filter stage (`run --force`) to save its fitted scorer")
     scorer = saft.Scorer.load(path)
-    features = rfilter.prompt_features(FrozenModel.of(base_model(cfg, ctx.vocab)), ds, (scorer.layer,),
+    features = scoring.prompt_features(FrozenModel.of(base_model(cfg, ctx.vocab)), ds, (scorer.layer,),
                                        batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                                        progress=cfg.logging.progress, desc="saft: over-refusal prompts")[0]
     return scorer.scores(features) > scorer.tau
@@ -54,20 +54,20 @@ def labelled_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 def run(ctx: RunContext) -> dict:
     cfg, s = ctx.cfg, ctx.cfg.saft
     folder = ctx.workdir.filter("saft")
-    with cost.Stage(folder, "filter:saft") as stage:
+    with cost.StageCost(folder, "filter:saft") as stage:
         model = base_model(cfg, ctx.vocab)
         layers = saft_layers(s, model.cfg.num_layers)
         kw = dict(batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets), progress=cfg.logging.progress)
         frozen = FrozenModel.of(model)
         user_ds = ctx.user
-        user = rfilter.prompt_features(frozen, user_ds, layers, desc="saft: user prompts", **kw)
+        user = scoring.prompt_features(frozen, user_ds, layers, desc="saft: user prompts", **kw)
         if s.val_source == "user":
             pick = labelled_sample(user_ds.harmful, s.n_val, cfg.seed)
             val, val_labels = user[:, pick], user_ds.harmful[pick]
         else:
-            val = rfilter.prompt_features(frozen, ctx.pool, layers, desc="saft: validation pool", **kw)
+            val = scoring.prompt_features(frozen, ctx.pool, layers, desc="saft: validation pool", **kw)
             val_labels = ctx.pool.harmful
-        result, choice, scorer = saft.run_filter(user, user_ds.index, user_ds.harmful, val, val_labels, layers,
+        result, choice, scorer = saft.flag_user_data(user, user_ds.index, user_ds.harmful, val, val_labels, layers,
                                                  ks=list(s.ks), weighted=s.weighted, percentile=s.percentile)
         report = write_filter(ctx, result, folder, method="saft", k=choice.k, sign=choice.sign,
                               val_auroc=choice.val_auroc, val_source=s.val_source, num_val=len(val_labels),

@@ -15,14 +15,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from reft_jax import cost, refusal
-from reft_jax import filter as rfilter
-from reft_jax.context import LabelledPrompts, RunContext
+from reft_jax import refusal
+from reft_jax.experiment import cost
+from reft_jax.experiment.context import LabelledPrompts, RunContext
 from reft_jax.models.from_config import base_model, lora_config, trainable
-from reft_jax.stages.common import save_model
-from reft_jax.state import FrozenModel
+from reft_jax.models.hf_io import save_model
+from reft_jax.refusal import scoring
+from reft_jax.runtime.state import FrozenModel
+from reft_jax.runtime.workdir import model_dir
 from reft_jax.train import runs
-from reft_jax.workdir import model_dir
+
 
 def check_report(scores: np.ndarray | None, prompts: LabelledPrompts | None) -> dict | None:
     """A direction's AUROC on a labelled split, overall and by prompt style (None without the split)."""
@@ -42,7 +44,7 @@ def choose_direction(teacher: dict | None, base: dict | None) -> str:
 def run(ctx: RunContext) -> Path:
     cfg, wd = ctx.cfg, ctx.workdir
     out = wd.teacher
-    with cost.Stage(out, "teacher") as stage:
+    with cost.StageCost(out, "teacher") as stage:
         model = trainable(cfg, base_model(cfg, ctx.vocab), salt=1)  # fresh adapters: still M0's function
         layer = refusal.feature_layer(cfg.refusal.layer, model.cfg.num_layers)
         prompts = ctx.refusal_prompts
@@ -51,7 +53,7 @@ def run(ctx: RunContext) -> Path:
         def scores(frozen: FrozenModel, r, split: str) -> np.ndarray | None:
             if split not in prompts:
                 return None
-            return rfilter.score(frozen, prompts[split].ds, r, layer, batch_size=cfg.filter.batch_size,
+            return scoring.score(frozen, prompts[split].ds, r, layer, batch_size=cfg.filter.batch_size,
                                  buckets=list(cfg.data.buckets), progress=False)
 
         # The base model's own direction, read before training (which donates the weights it starts from).
@@ -106,9 +108,9 @@ def _flops(cfg, model_cfg, pool, check, calibration, align, layer: int) -> int:
     refreshes = -(-steps // cfg.refusal.update_every) + 1  # R_l every update_every steps, and at the end
     scored = pool + check  # what each refresh runs forward
     extra = pool + 2 * check + 2 * calibration  # the base model's pass; the final teacher's check and calibration
-    flops = (cost.train_flops(model_cfg, lora, align.batch, steps)
-             + refreshes * cost.forward_flops(model_cfg, scored.__getitem__, len(scored))
-             + cost.forward_flops(model_cfg, extra.__getitem__, len(extra)))
+    flops = (cost.train_passes(model_cfg, lora, align.batch, steps)
+             + refreshes * cost.forward_passes(model_cfg, scored.__getitem__, len(scored))
+             + cost.forward_passes(model_cfg, extra.__getitem__, len(extra)))
     if cfg.refusal.reg_pool:  # a pool batch per step through blocks <= layer: that share of a train step
-        flops += layer * cost.train_flops(model_cfg, lora, lambda i: pool[i % len(pool)], steps) // model_cfg.num_layers
+        flops += layer * cost.train_passes(model_cfg, lora, lambda i: pool[i % len(pool)], steps) // model_cfg.num_layers
     return flops

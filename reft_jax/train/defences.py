@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from reft_jax import losses
-from reft_jax.train.steps import Batch, apply_gradients, forward, jit_step, response_ce
+from reft_jax.data import Batch
+from reft_jax.train import losses
+from reft_jax.train.steps import apply_gradients, forward, jit_step, response_ce
 
 _EPS = 1e-7  # the authors' guard in the perturbation normalisations
 

@@ -21,9 +21,9 @@ from typing import Any, Callable, Sequence
 import jax
 from tqdm.auto import tqdm
 
-from reft_jax.checkpoint import Checkpointer
 from reft_jax.errors import ReftError
-from reft_jax.workdir import CHECKPOINTS, METRICS
+from reft_jax.runtime.checkpoint import Checkpointer
+from reft_jax.runtime.workdir import CHECKPOINTS, METRICS
 
 StepFn = Callable[[Any, int], tuple[Any, dict]]  # (state, step) -> (state, metrics)
 

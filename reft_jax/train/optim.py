@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from reft_jax.config.schema import OptimSection
 from reft_jax.errors import ConfigError
-from reft_jax.run_config import OptimSection
 
 # Parameters that weight decay applies to: matrices, not norms or biases.
 _DECAYED = ("kernel", "embed_tokens", "lora_a", "lora_b")

@@ -18,15 +18,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reft_jax import parallel, refusal
+from reft_jax import refusal
+from reft_jax.config.schema import RunConfig
+from reft_jax.data import Batch
 from reft_jax.errors import ConfigError
 from reft_jax.models import Transformer
+from reft_jax.refusal.feature import make_feature_fn
+from reft_jax.runtime import parallel
+from reft_jax.runtime.state import FrozenModel
 from reft_jax.train import loop
-from reft_jax.train.optim import make_optimizer
-from reft_jax.refusal import Batch, make_feature_fn
-from reft_jax.run_config import RunConfig
-from reft_jax.state import FrozenModel
 from reft_jax.train.defences import Lisa, lisa_phase, make_update_step
+from reft_jax.train.optim import make_optimizer
 from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
 
 
@@ -61,7 +63,7 @@ class _Placement:
             parallel.plan_memory(step, *args, what=what)
 
 
-def prompt_features(features_fn, frozen: FrozenModel, batches: Sequence[Batch]):
+def labelled_features(features_fn, frozen: FrozenModel, batches: Sequence[Batch]):
     """(features [N, D], harmful [N], example_weight [N]) of labelled prompt batches, rows in order."""
     feats = jnp.concatenate([features_fn(frozen, b) for b in batches])
     harmful = np.concatenate([np.asarray(b["harmful"]) for b in batches])
@@ -71,7 +73,7 @@ def prompt_features(features_fn, frozen: FrozenModel, batches: Sequence[Batch]):
 
 def compute_refusal_feature(features_fn, frozen: FrozenModel, pool: Sequence[Batch]) -> jax.Array:
     """R_l over a fixed pool of labelled prompt batches (difference in means, float32)."""
-    feats, harmful, weight = prompt_features(features_fn, frozen, pool)
+    feats, harmful, weight = labelled_features(features_fn, frozen, pool)
     refusal.check_refusal_classes(harmful, weight)
     return refusal.refusal_feature(feats, harmful, weight)
 
@@ -104,7 +106,7 @@ class RefusalRefresh(loop.Hook):
 
     def __call__(self, state, step: int) -> dict[str, float]:
         frozen = FrozenModel.of_train_state(state)
-        feats, harmful, weight = prompt_features(self.features_fn, frozen, self.pool)
+        feats, harmful, weight = labelled_features(self.features_fn, frozen, self.pool)
         refusal.check_refusal_classes(harmful, weight)
         r = refusal.refusal_feature(feats, harmful, weight)
         previous = np.asarray(self.carry, np.float64)
@@ -113,7 +115,7 @@ class RefusalRefresh(loop.Hook):
         if np.linalg.norm(previous) > 0:  # how far R_l turned since its last recomputation (-1: it flipped)
             metrics["r_cos_prev"] = float(refusal.cosine_scores(np.asarray(r, np.float64), previous))
         if self.check:
-            metrics.update(separation_metrics(*prompt_features(self.features_fn, frozen, self.check), r, "check"))
+            metrics.update(separation_metrics(*labelled_features(self.features_fn, frozen, self.check), r, "check"))
         if self.base_check_auroc is not None:
             metrics["check_auroc_base"] = self.base_check_auroc
         self.carry = r

@@ -1,22 +1,23 @@
 """Pure train steps of the teacher and the student: their losses, and the jitted, donated update.
 
-The state they update (reft_jax.state.TrainState) is a pure function of arrays that `jax.jit` compiles once.
+The state they update (reft_jax.runtime.state.TrainState) is a pure function of arrays that `jax.jit` compiles once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from reft_jax import losses, refusal
+from reft_jax import refusal
+from reft_jax.data import Batch
 from reft_jax.models import Transformer
 from reft_jax.models.activations import sharded_activations
-from reft_jax.state import FrozenModel, TrainState
-
-Batch = dict[str, jax.Array]
+from reft_jax.runtime.state import FrozenModel, TrainState
+from reft_jax.train import losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +142,7 @@ def make_teacher_step(tx: optax.GradientTransformation, loss_fn: TeacherLoss, *,
     """step(state, batch, r) -> (state, metrics), or step(state, batch, r, pool) with `with_pool` (a batch of
     refusal-pool prompts that L_reg covers too, see TeacherLoss); jitted once per batch shape, the state donated.
 
-    state_sharding / batch_sharding (from reft_jax.parallel): explicit in/out shardings on a mesh (the pool batch
+    state_sharding / batch_sharding (from reft_jax.runtime.parallel): explicit in/out shardings on a mesh (the pool batch
     is placed like the batch); r and the metrics are replicated. Without them jax.jit places everything itself.
     activation_sharding (parallel.activation_sharding): constraints on the model's activations on that mesh.
     """

@@ -4,7 +4,7 @@ Users write and override configs as ml_collections ConfigDicts (`--config.a.b=va
 into this typed form at the edge (the CLI, `RunContext.create`), once. Every field gets its declared type there,
 unknown or missing fields and values outside a field's choices are errors naming the field, and the code after
 the edge reads typed attributes: no casts, no edits. The defaults and their explanations live in
-`reft_jax.config.default_config`; the fields here mirror it one to one (a test keeps them in step).
+`reft_jax.config.defaults.default_config`; the fields here mirror it one to one (a test keeps them in step).
 """
 
 from __future__ import annotations

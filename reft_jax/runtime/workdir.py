@@ -16,7 +16,7 @@
   attack/NAME/report.json      the GCG attack on a method's (or reference's) model
 
 Every trained stage folder also holds metrics.jsonl and checkpoints/ (the loop), and every stage folder
-cost.json (reft_jax.cost).
+cost.json (reft_jax.experiment.cost).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Default run configuration (ml_collections): every field, its default and what it means.
 
 Config files in configs/ start from `default_config()` and override fields; every field can also be set on
-the command line as --config.a.b=value. The code reads the typed form of this tree (reft_jax.run_config).
+the command line as --config.a.b=value. The code reads the typed form of this tree (reft_jax.config.schema).
 """
 
 from __future__ import annotations
@@ -120,12 +120,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.gcg.candidates = 128  # candidate suffixes evaluated per step (one jitted batch)
     c.eval.gcg.early_stop = True  # stop once greedy decoding gives the whole target
 
-    # Methods trained and compared by `run` (reft_jax.methods): "all", or comma-separated names out of
+    # Methods trained and compared by `run` (reft_jax.experiment.methods): "all", or comma-separated names out of
     # ref_teacher, no_defense, sa_ft, sa_plus_ft, filter_only, distill_only, saft, llamaguard_filter,
     # sa_ft+filter, sa_plus_ft+filter, vaccine, repnoise, booster, lisa. ref_teacher and no_defense always run.
     c.methods = "ref_teacher,no_defense"
     c.expected_time = ""  # printed when `run` starts: how long this config took where it was measured
-    # JAX's persistent compilation cache (reft_jax.compile_cache): a folder, "" = $REFT_JAX_CACHE or else
+    # JAX's persistent compilation cache (reft_jax.runtime.compile_cache): a folder, "" = $REFT_JAX_CACHE or else
     # ~/.cache/reft-jax/jax, "off" = compile every program in every process
     c.compile_cache = ""
     c.baselines = ml_collections.ConfigDict()
@@ -150,7 +150,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.defences.lisa.user_steps = 900  # user-data steps per cycle
     c.defences.lisa.prox_warmup = 0.1  # share of the first steps without the proximal term
 
-    c.saft = ml_collections.ConfigDict()  # the SAFT filter (reft_jax.saft)
+    c.saft = ml_collections.ConfigDict()  # the SAFT filter (reft_jax.refusal.saft)
     # Where its labelled validation pool comes from: "user", a labelled sample of the user data (n_val, half
     # harmful; a service labels a few examples by hand), or "pool", data.pool's alignment-style prompts.
     c.saft.val_source = "user"
@@ -211,7 +211,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.every = 100
     c.checkpoint.max_to_keep = 2
 
-    # Device mesh (reft_jax.parallel): sizes of the named axes, -1 = the devices the others leave.
+    # Device mesh (reft_jax.runtime.parallel): sizes of the named axes, -1 = the devices the others leave.
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data parallel: whole model per device, rows split
     c.mesh.fsdp = 1  # data parallel with weights and optimizer state split too (ZeRO-3)

@@ -27,10 +27,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from reft_jax.config.schema import DistributedSection
 from reft_jax.errors import ConfigError
-from reft_jax.run_config import DistributedSection
 from reft_jax.models import ModelConfig, Transformer
-from reft_jax.state import FrozenModel, TrainState, trainable_filter
+from reft_jax.runtime.state import FrozenModel, TrainState, trainable_filter
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

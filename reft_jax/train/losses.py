@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from reft_jax.numerics import at_least_f32 as _f32
-from reft_jax.refusal import cosine_scores
+from reft_jax.refusal.feature import cosine_scores
+from reft_jax.runtime.numerics import at_least_f32 as _f32
 
 Array = jax.Array
 

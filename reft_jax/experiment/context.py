@@ -17,14 +17,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from reft_jax import compile_cache
 from reft_jax import data as rdata
+from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError, DataError
+from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
 from reft_jax.models.from_config import vocab_of
-from reft_jax.resolve import resolve
-from reft_jax.run_config import RunConfig
-from reft_jax.workdir import Workdir
+from reft_jax.runtime import compile_cache
+from reft_jax.runtime.workdir import Workdir
 
 
 @dataclasses.dataclass(frozen=True)

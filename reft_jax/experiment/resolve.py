@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 
 from reft_jax import data as rdata
-from reft_jax import parallel
+from reft_jax.config.schema import RunConfig, replace
 from reft_jax.errors import ConfigError
 from reft_jax.models import gguf, hub
-from reft_jax.run_config import RunConfig, replace
-from reft_jax.workdir import Workdir
+from reft_jax.runtime import parallel
+from reft_jax.runtime.workdir import Workdir
 
 # Where each data source of the demo comes from: its generated split.
 DEMO_SPLITS = {

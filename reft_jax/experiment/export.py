@@ -9,13 +9,13 @@ from pathlib import Path
 
 import jax
 
-from reft_jax.context import RunContext
 from reft_jax.errors import ConfigError, ReftError
-from reft_jax.methods import METHODS
+from reft_jax.experiment.context import RunContext
+from reft_jax.experiment.methods import METHODS
 from reft_jax.models.from_config import base_model, load_stage_model
+from reft_jax.models.hf_io import save_model
 from reft_jax.models.peft_io import ADAPTER_CONFIG
-from reft_jax.stages.common import save_model
-from reft_jax.workdir import adapter_dir, model_dir
+from reft_jax.runtime.workdir import adapter_dir, model_dir
 
 
 def export(ctx: RunContext, out: Path, method: str = "ref_teacher", *, adapter: bool = False) -> Path:

@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reft_jax.data import Batch
 from reft_jax.errors import DataError
-from reft_jax.numerics import at_least_f32 as _f32
-from reft_jax.state import FrozenModel
+from reft_jax.runtime.numerics import at_least_f32 as _f32
+from reft_jax.runtime.state import FrozenModel
 
 Array = jax.Array
-Batch = dict[str, Array]
 
 
 # ---------------------------------------------------------------------------------------------

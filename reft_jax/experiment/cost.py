@@ -2,7 +2,7 @@
 median seconds per step (`STAGE_DIR/cost.json`).
 
 Accelerator-seconds are wall seconds times the devices the stage held (all of them, for every stage). FLOPs
-are model FLOPs (reft_jax.flops) of the batches the stage ran, padded shapes included since the hardware
+are model FLOPs (reft_jax.models.flops) of the batches the stage ran, padded shapes included since the hardware
 computes them; a resumed stage counts the FLOPs of all its steps but the wall time of its last invocation.
 """
 
@@ -15,15 +15,13 @@ from typing import Callable, Iterable
 
 import jax
 
-from reft_jax import flops
-from reft_jax.models import LoraConfig, ModelConfig
-from reft_jax.workdir import COST, METRICS
-
-Batch = dict
+from reft_jax.data import Batch
+from reft_jax.models import LoraConfig, ModelConfig, flops
+from reft_jax.runtime.workdir import COST, METRICS
 
 
-class Stage:
-    """with Stage(folder, "teacher") as stage: ...; stage.flops = ...  -> folder/cost.json (process 0)."""
+class StageCost:
+    """with StageCost(folder, "teacher") as stage: ...; stage.flops = ...  -> folder/cost.json (process 0)."""
 
     def __init__(self, folder: Path, name: str):
         self.folder, self.name, self.flops = Path(folder), name, 0
@@ -66,22 +64,22 @@ def _shapes(batch_at: Callable[[int], Batch], steps: int):
         yield b * scale, t
 
 
-def train_flops(cfg: ModelConfig, lora: LoraConfig | None, batch_at: Callable[[int], Batch], steps: int) -> int:
+def train_passes(cfg: ModelConfig, lora: LoraConfig | None, batch_at: Callable[[int], Batch], steps: int) -> int:
     """Forward and backward of the trained model over `steps` batches."""
     return sum(flops.train_flops(cfg, b, t, lora) for b, t in _shapes(batch_at, steps))
 
 
 def flops_over(per_batch: Callable[[int, int], int], batch_at: Callable[[int], Batch], steps: int) -> int:
-    """per_batch(rows, tokens) summed over `steps` batches, e.g. a partial of a reft_jax.flops function."""
+    """per_batch(rows, tokens) summed over `steps` batches, e.g. a partial of a reft_jax.models.flops function."""
     return sum(per_batch(b, t) for b, t in _shapes(batch_at, steps))
 
 
-def forward_flops(cfg: ModelConfig, batch_at: Callable[[int], Batch], steps: int) -> int:
+def forward_passes(cfg: ModelConfig, batch_at: Callable[[int], Batch], steps: int) -> int:
     """Forward passes (a frozen teacher, a scoring pass) over `steps` batches."""
-    return forward_flops_of(cfg, _shapes(batch_at, steps))
+    return forward_passes_of(cfg, _shapes(batch_at, steps))
 
 
-def forward_flops_of(cfg: ModelConfig, shapes: Iterable[tuple[int, int]]) -> int:
+def forward_passes_of(cfg: ModelConfig, shapes: Iterable[tuple[int, int]]) -> int:
     """Forward passes over batches of the given (rows, tokens) shapes, e.g. one per judged sequence."""
     return sum(flops.forward_flops(cfg, b, t) for b, t in shapes)
 

@@ -31,7 +31,7 @@ def default_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reft-jax" / "jax"
 
 
-def resolve(setting: str = "") -> Path | None:
+def cache_dir(setting: str = "") -> Path | None:
     """The cache folder a run uses: `setting` (config `compile_cache`), else $REFT_JAX_CACHE, else the default;
     None when the one that applies says off."""
     value = (setting or os.environ.get(ENV, "")).strip()
@@ -59,7 +59,7 @@ def enable(setting: str = "", *, log: bool = True) -> Path | None:
     global _enabled
     if _enabled is not None:
         return _enabled
-    folder = resolve(setting)
+    folder = cache_dir(setting)
     if folder is None:
         return None
     problem = _writable(folder)

@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from reft_jax import refusal
 from reft_jax.data import Batches, TokenizedDataset
-from reft_jax.refusal import make_feature_fn
-from reft_jax.state import FrozenModel
-from reft_jax.workdir import FILTER_REPORT, FILTER_SCORES, FLAGGED, KEPT
+from reft_jax.refusal.feature import make_feature_fn
+from reft_jax.runtime.state import FrozenModel
+from reft_jax.runtime.workdir import FILTER_REPORT, FILTER_SCORES, FLAGGED, KEPT
 
 
 @dataclasses.dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reft_jax.context import RunContext
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.jailbreak import load_templates
+from reft_jax.experiment.context import RunContext
 from reft_jax.stages.attack import attack_prompts, gcg_config
 from reft_jax.train.runs import check_lisa_budget
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from reft_jax import refusal
 from reft_jax.errors import ConfigError
-from reft_jax.filter import FilterResult
+from reft_jax.refusal.scoring import FilterResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,7 @@ class Scorer:
         return cls(subspace, float(z["sign"]), float(z["tau"]), int(z["layer"]), bool(z["weighted"]))
 
 
-def run_filter(user: np.ndarray, user_index: np.ndarray, user_labels: np.ndarray, val: np.ndarray,
+def flag_user_data(user: np.ndarray, user_index: np.ndarray, user_labels: np.ndarray, val: np.ndarray,
                val_labels: np.ndarray, layers: Sequence[int], *, ks: Sequence[int], weighted: bool,
                percentile: float) -> tuple[FilterResult, Selection, Scorer]:
     """Selects on the validation pool, scores the user data, flags what is above the percentile threshold."""

@@ -1,0 +1,46 @@
+"""Config files: `configs/NAME.py` found in the installed package, loaded with `--config.a.b=value` overrides
+through ml_collections' config flags, as the command line and `reft_jax.load_config` read them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # configs/ as installed (the checkout's in editable mode)
+if not CONFIGS.is_dir():
+    CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # a checkout on PYTHONPATH, not installed
+DEMO_CONFIG = CONFIGS / "demo.py"
+
+
+def config_path(path: str) -> str:
+    """A config file: the path as given when it exists, else `configs/NAME.py` from the installed package."""
+    if Path(path).is_file() or not path.startswith("configs/"):
+        return path
+    return str(CONFIGS / path.removeprefix("configs/"))
+
+
+def load_config(config_file: str, overrides=()):
+    """The config file with --config.a.b=value overrides applied, through ml_collections' config flags."""
+    # Imported on use: `reft-jax --help` answers at once, and `bench` never starts a JAX backend in the parent
+    # process (each framework runs in its own child).
+    from absl import flags
+    from ml_collections import config_flags
+
+    from reft_jax.errors import ConfigError
+
+    path, colon, arg = config_file.partition(":")  # FILE:ARG passes ARG to get_config
+    if not Path(config_path(path)).is_file():
+        raise ConfigError(f"{path}: config file not found")
+    config_file = config_path(path) + colon + arg
+    bad = [o for o in overrides if not o.startswith("--config.")]
+    if bad:
+        raise ConfigError(f"unrecognised argument {bad[0]!r} (overrides look like --config.a.b=value)")
+    argv = ["reft-jax", f"--config={config_file}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", default=config_file, flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    try:
+        values(argv)
+        return values.config
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        message = " ".join(str(e).split())
+        raise ConfigError(f"{config_file}: {message}") from None
