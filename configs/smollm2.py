@@ -68,7 +68,8 @@ def get_config(arg: str = ""):
     c.defences.lisa.user_steps = 18
     c.checkpoint.every = 30
     c.logging.every = 5
-    c.expected_time = "expect one to one and a half hours on a 2-core CPU (87 minutes measured with the cores shared)"
+    c.expected_time = ("expect one to one and a half hours on a 2-core CPU (its stages took 64 minutes in the "
+                       "last measured run, docs/results.md, plus the evaluation)")
     if arg == "quick":
         c.data.alignment.n_harmful = c.data.alignment.n_harmless = 64
         c.data.user.n = 200
