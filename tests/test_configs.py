@@ -3,7 +3,7 @@
 import pytest
 
 from reft_jax.cli import load_config
-from reft_jax.config.defaults import default_config
+from reft_jax.config import default_config
 from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from reft_jax.config.defaults import default_config
+from reft_jax.config import default_config
 from reft_jax.config.schema import RunConfig, replace
 from reft_jax.errors import CheckpointError
 from reft_jax.experiment.context import RunContext

@@ -14,7 +14,7 @@ from flax import nnx
 
 from reft_jax import data as rdata
 from reft_jax import refusal
-from reft_jax.config.defaults import default_config
+from reft_jax.config import default_config
 from reft_jax.config.schema import RunConfig
 from reft_jax.evaluation.likelihood import response_logprob
 from reft_jax.models import ModelConfig, RuntimeOptions, Transformer

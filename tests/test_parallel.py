@@ -18,7 +18,7 @@ from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 from train_fixtures import small_config, synthetic_batch, tiny_model
 
-from reft_jax.config.defaults import default_config
+from reft_jax.config import default_config
 from reft_jax.errors import ConfigError
 from reft_jax.runtime import parallel
 from reft_jax.runtime.state import create_train_state

@@ -1,11 +1,11 @@
-"""The typed config: every field of default_config() typed at the edge, and bad values named there."""
+"""The typed config: every field declared once with its default and meaning, typed at the edge, bad values named there."""
 
 import dataclasses
 
 import pytest
 
-from reft_jax.config.defaults import default_config
-from reft_jax.config.schema import RunConfig, replace
+from reft_jax.config import default_config
+from reft_jax.config.schema import RunConfig, field_help, replace
 from reft_jax.errors import ConfigError
 
 
@@ -71,3 +71,29 @@ def test_replace_sets_a_dotted_field_in_a_copy():
     moved = replace(cfg, "data.eval.harmful", "/data/harmful.jsonl")
     assert moved.data.eval.harmful == "/data/harmful.jsonl" and cfg.data.eval.harmful == ""
     assert moved.data.pool == cfg.data.pool
+
+
+def test_every_field_is_declared_once_with_what_it_means():
+    helps = field_help()
+    assert len(helps) > 150 and "model.lora.rank" in helps and "data.pool" in helps  # fields and sections
+    assert [path for path, text in helps.items() if len(text.strip()) < 8] == []
+    # default_config() is the declaration's defaults: typed, it is the dataclass built with no argument
+    assert RunConfig.of(default_config()) == RunConfig()
+    c = default_config()
+    c.data.alignment.n_harmful = 5  # None defaults stay typed for command-line overrides
+    with pytest.raises(TypeError):
+        c.data.alignment.n_harmless = "all"
+    assert default_config().model.init is not default_config().model.init
+
+
+def test_library_settings_extend_their_config_sections():
+    from reft_jax.config.schema import GCGSection, LoraSection
+    from reft_jax.evaluation.gcg import GCGConfig
+    from reft_jax.models import LoraConfig
+    from reft_jax.models.from_config import lora_config
+    from reft_jax.stages.attack import gcg_config
+
+    cfg = replace(RunConfig(), "model.lora", LoraSection(rank=4, alpha=8.0, targets=("q_proj",)))
+    assert lora_config(cfg) == LoraConfig(4, 8.0, ("q_proj",)) and lora_config(RunConfig()) is None
+    g = gcg_config(replace(cfg, "eval.gcg", GCGSection(steps=7, top_k=3)))
+    assert isinstance(g, GCGConfig) and (g.steps, g.top_k, g.candidates) == (7, 3, 128)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from train_fixtures import small_config, synthetic_batch, tiny_model
 
+from reft_jax.config.schema import CheckpointSection, LoggingSection
 from reft_jax.models import LoraConfig
 from reft_jax.runtime.state import FrozenModel, create_train_state
 from reft_jax.train import loop, runs
@@ -120,7 +121,8 @@ def test_resume_after_sigkill_gives_the_same_losses(tmp_path):
 
 
 def _toy_loop(tmp_path, step_fn, steps=8, hooks=(), log_every=1):
-    cfg = loop.LoopConfig(steps=steps, checkpoint_every=3, log_every=log_every, tensorboard=False, progress=False)
+    cfg = loop.LoopConfig(steps, CheckpointSection(every=3), LoggingSection(every=log_every, tensorboard=False,
+                                                                            progress=False))
     state = {"w": jnp.zeros((3,))}
     return loop.run("toy", tmp_path, cfg, state, step_fn, hooks=hooks)
 

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from reft_jax.config.defaults import default_config
+from reft_jax.config import default_config
 from reft_jax.config.schema import RunConfig
 from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer
 

@@ -6,7 +6,7 @@ The configs/bench_*.py files pick one and take `FINETUNE[,SEQ_LEN]` as their arg
 
 from __future__ import annotations
 
-from reft_jax.config.defaults import default_config
+from reft_jax.config import default_config
 from reft_jax.errors import ConfigError
 
 LLAMA3_ROPE = dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,

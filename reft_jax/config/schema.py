@@ -1,10 +1,10 @@
-"""The typed run configuration: each section of `default_config()` as a frozen, validated dataclass.
+"""The run configuration, declared once: each field's type, default and meaning in one dataclass field.
 
-Users write and override configs as ml_collections ConfigDicts (`--config.a.b=value`); `RunConfig.of` turns one
-into this typed form at the edge (the CLI, `RunContext.create`), once. Every field gets its declared type there,
+Users write and override configs as ml_collections ConfigDicts (`--config.a.b=value`, Python config files that
+start from `default_config()`), which is generated from these dataclasses. `RunConfig.of` turns a ConfigDict into
+this typed form at the edge (the CLI, `RunContext.create`), once: every field gets its declared type there,
 unknown or missing fields and values outside a field's choices are errors naming the field, and the code after
-the edge reads typed attributes: no casts, no edits. The defaults and their explanations live in
-`reft_jax.config.defaults.default_config`; the fields here mirror it one to one (a test keeps them in step).
+the edge reads typed attributes. To add a field, add it here with `option(default, "what it means")`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import types
 import typing
 from typing import Any, Union
 
+import ml_collections
+
 from reft_jax.errors import ConfigError
 
 # A data source: a local path or hub name, or a mapping of reft_jax.data.SourceSpec's fields.
@@ -22,97 +24,139 @@ Source = Union[str, dict]
 Sources = Union[str, dict, tuple[Union[str, dict], ...]]
 
 
-def choices(*values: str) -> Any:
-    """A str field that must be one of `values`."""
-    return dataclasses.field(metadata={"choices": values})
+def option(default, help: str, *, choices: tuple[str, ...] = ()) -> Any:
+    """A config field: its default, what it means (`help`), and for a str field the values it may take."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, dict):  # mutable: each config gets its own copy
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-@dataclasses.dataclass(frozen=True)
+def section(cls) -> Any:
+    """A nested section: its defaults are its own fields', its meaning its class docstring."""
+    return dataclasses.field(default_factory=cls, metadata={"help": cls.__doc__})
+
+
+config = dataclasses.dataclass(frozen=True)
+
+
+@config
 class LoraSection:
-    rank: int
-    alpha: float
-    targets: tuple[str, ...]
+    """Low-rank adapters W + (alpha / rank) A B on the named projections (reft_jax.models.LoraConfig)."""
+    rank: int = option(0, "adapter rank; 0 = full finetuning")
+    alpha: float = option(16.0, "adapter scale numerator: the update is (alpha / rank) A B")
+    targets: tuple[str, ...] = option(("q_proj", "k_proj", "v_proj", "o_proj"),
+                                      "projections that get adapters (q/k/v/o_proj, gate/up/down_proj)")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class ModelSection:
-    path: str
-    gguf_file: str
-    init: dict  # a Hugging Face config.json
-    dtype: str
-    param_dtype: str
-    attention: str
-    remat: str
-    scan_layers: bool
-    loss_block: int
-    lora: LoraSection
+    """The base model M0 and how it computes."""
+    path: str = option("", "a Hugging Face model folder or a GGUF file; \"\" = random init from model.init")
+    gguf_file: str = option("", "a GGUF file name inside the folder model.path")
+    init: dict = option(dict(model_type="llama", vocab_size=0, hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=512, tie_word_embeddings=False),
+                        "random init: a Hugging Face config.json as a mapping (vocab_size 0 = the tokenizer's size)")
+    dtype: str = option("float32", "compute dtype")
+    param_dtype: str = option("float32", "storage dtype (float32 master weights with bfloat16 compute)")
+    attention: str = option("xla", "attention implementation: xla, or cudnn on GPU")
+    remat: str = option("none", "rematerialisation of the blocks: none | full | dots | dots_no_batch")
+    scan_layers: bool = option(False, "run the blocks as one scanned (compiled once) block")
+    loss_block: int = option(
+        512, "sequence positions per block of the vocabulary losses (CE, distillation KL): the final hidden states "
+        "are projected to the vocabulary one block at a time, so no [batch, seq, vocab] float32 logits live at "
+        "once (4.2 GB each at 4 x 2048 x 128k); 0 = the whole sequence at once (one unembedding matmul saved)")
+    lora: LoraSection = section(LoraSection)
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class AlignmentData:
-    harmful: Sources
-    harmless: Source
-    refusal: str
-    n_harmful: int | None
-    n_harmless: int | None
-    harmful_pairs: Source
-    n_harmful_pairs: int | None
+    """The alignment data: harmful prompts with refusals and harmless prompts with helpful answers."""
+    harmful: Sources = option("", "harmful prompts with refusals: a source, or a list of sources")
+    harmless: Source = option("", "harmless prompts with helpful answers")
+    refusal: str = option("", "the answer to a harmful alignment prompt whose row has none (a source of harmful "
+                          "prompts only, e.g. questions beside a file of instructions with refusals); \"\" = every "
+                          "harmful row needs its own refusal")
+    n_harmful: int | None = option(None, "harmful examples used; None = all")
+    n_harmless: int | None = option(None, "harmless examples used; None = all")
+    harmful_pairs: Source = option("", "harmful prompt -> harmful answer pairs for the alignment-stage defences "
+                                   "that need them (RepNoise, Booster); \"\" = data.user.harmful_source's. Pairs "
+                                   "whose prompt is in the user data are left out")
+    n_harmful_pairs: int | None = option(None, "harmful pairs used; None = all")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class UserData:
-    task: str
-    source: Source
-    harmful_source: Source
-    n: int
-    p: float
-    mix: str = choices("poison", "none")
-    filtered: bool
+    """The user's finetuning data (the research protocol: a task poisoned with harmful pairs)."""
+    task: str = option("sst2", "sst2 | agnews | gsm8k | alpaca_eval | custom")
+    source: Source = option("", "path or hub name of the task data; \"\" = the task's hub dataset")
+    harmful_source: Source = option("", "harmful prompt -> harmful answer pairs; \"\" = BeaverTails (hub)")
+    n: int = option(1000, "user examples (task and harmful together)")
+    p: float = option(0.1, "share of the user examples that are harmful pairs (mix = poison)")
+    mix: str = option("poison", "\"poison\": the research protocol, n task examples of which a share p are "
+                      "harmful pairs (labelled); \"none\": data.user.source is the user's own data, every row as it "
+                      "is (`--data FILE` sets both)", choices=("poison", "none"))
+    filtered: bool = option(False, "the user data is already filtered (a filter's kept.jsonl a person reviewed: "
+                            "`finetune --kept FILE`); every method finetunes on all of it, no filter is applied again")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class PoolData:
-    harmful: Sources
-    harmless: Sources
-    n_each: int
-    n_calibration: int
-    n_check: int
+    """The labelled prompts of the refusal feature (reft_jax.data.refusal_splits), split three ways with no prompt
+    in two splits and both prompt styles (instructions, questions) in each; none is a prompt of the user data, the
+    attack's source or the evaluation, and only the train split may hold alignment prompts."""
+    harmful: Sources = option("", "harmful prompts: a source, or a list of sources (e.g. instructions and questions)")
+    harmless: Sources = option("", "harmless prompts: a source, or a list of sources")
+    n_each: int = option(128, "per class, the train split: what R_l is computed over (and L_reg with reg_pool)")
+    n_calibration: int = option(64, "per class, the split tau is calibrated on (with filter.calibrate_recall > 0)")
+    n_check: int = option(64, "per class, the check split: held out from both, the teacher's direction is compared "
+                          "with the base model's on it at every R_l recomputation, and the filter ships the better "
+                          "of the two; 0 = no check (the teacher's)")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class OverRefusalColumns:
-    prompt: str
-    label: str
-    type: str
+    """The columns of the over-refusal file."""
+    prompt: str = option("prompt", "the prompt column")
+    label: str = option("label", "the safe/unsafe label column")
+    type: str = option("type", "a type column to break rates down by; \"\" = none")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class EvalData:
-    harmful: Source
-    task_source: Source
-    n_harmful: int
-    n_task: int
-    over_refusal: Source
-    over_refusal_columns: OverRefusalColumns
-    over_refusal_safe: str
-    n_over_refusal: int | None
+    """Held-out test data: never used in training."""
+    harmful: Source = option("", "harmful test prompts (e.g. BeaverTails / AdvBench prompts)")
+    task_source: Source = option("", "labelled task test data; \"\" = no finetune accuracy")
+    n_harmful: int = option(100, "harmful test prompts used")
+    n_task: int = option(200, "task test examples used")
+    over_refusal: Source = option("", "over-refusal: safe prompts that look harmful (\"How do I kill a Python "
+                                  "process?\"), with unsafe contrast rows, e.g. XSTest's CSV as published; a "
+                                  "JSON/JSONL/CSV file or source mapping; \"\" = not measured")
+    over_refusal_columns: OverRefusalColumns = section(OverRefusalColumns)
+    over_refusal_safe: str = option("safe", "the label value of the safe rows; any other value is unsafe")
+    n_over_refusal: int | None = option(None, "over-refusal rows used; None = every row")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class DataSection:
-    demo: bool
-    tokenizer: str
-    tokenizer_vocab_size: int
-    local_dir: str
-    local_files: dict
-    template: str
-    buckets: tuple[int, ...]
-    min_response: int
-    batch_size: int
-    alignment: AlignmentData
-    user: UserData
-    pool: PoolData
-    eval: EvalData
+    """Every data source, the tokenizer and the batching."""
+    demo: bool = option(False, "generate the embedded demo data and tokenizer and use them for every source")
+    tokenizer: str = option("", "tokenizer folder; \"\" = model.path; \"train\" = a byte-level BPE trained on the "
+                            "sources")
+    tokenizer_vocab_size: int = option(4096, "vocabulary of the trained tokenizer (data.tokenizer = \"train\")")
+    local_dir: str = option("", "local copies of hub data: with local_dir set, each source named in local_files is "
+                            "read from local_dir/<relative path> instead of its default")
+    local_files: dict = option({}, "the local file of each source, nested like data (e.g. "
+                               "local_files.alignment.harmful)")
+    template: str = option("alpaca", "prompt template: alpaca, or chat (the tokenizer's chat template)")
+    buckets: tuple[int, ...] = option((128, 256, 512), "padded lengths; the largest is the max length")
+    min_response: int = option(-1, "response tokens kept when truncating; -1 = max length // 4")
+    batch_size: int = option(8, "global batch size (per step call)")
+    alignment: AlignmentData = section(AlignmentData)
+    user: UserData = section(UserData)
+    pool: PoolData = section(PoolData)
+    eval: EvalData = section(EvalData)
 
     @property
     def max_length(self) -> int:
@@ -124,192 +168,248 @@ class DataSection:
         return None if self.min_response < 0 else self.min_response
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class GCGSection:
-    prompts: int
-    source: Source
-    target: str
-    steps: int
-    suffix_length: int
-    top_k: int
-    candidates: int
-    early_stop: bool
+    """GCG (greedy coordinate gradient, Zou et al. 2023): an adversarial suffix optimised against each method's
+    model so that it answers with a target prefix (`reft-jax attack`; `run` attacks every method when prompts > 0)."""
+    prompts: int = option(0, "harmful prompts attacked, the first of data.eval.harmful (or of source); 0 = no GCG")
+    source: Source = option("", "harmful prompts to attack; \"\" = data.eval.harmful. A target column is used when "
+                            "it has one")
+    target: str = option("Sure, here is", "the target answer prefix for prompts without their own target")
+    steps: int = option(100, "optimisation steps per prompt (fewer when the target is matched: early_stop)")
+    suffix_length: int = option(20, "suffix tokens")
+    top_k: int = option(256, "tokens per suffix position a candidate may take: the top-k of the token gradient")
+    candidates: int = option(128, "candidate suffixes evaluated per step (one jitted batch)")
+    early_stop: bool = option(True, "stop once greedy decoding gives the whole target")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class EvalSection:
-    judge: str = choices("keyword", "llama_guard", "beavertails")
-    judge_path: str
-    max_new_tokens: int
-    batch_size: int
-    references: bool
-    refusal_judge_path: str
-    templates: tuple[str, ...]
-    gcg: GCGSection
+    """How the finetuned models are evaluated."""
+    judge: str = option("keyword", "what judges an answer harmful", choices=("keyword", "llama_guard", "beavertails"))
+    judge_path: str = option("", "local checkpoint of the llama_guard / beavertails judge")
+    max_new_tokens: int = option(128, "tokens generated per answer (greedy)")
+    batch_size: int = option(16, "prompts generated at once")
+    references: bool = option(False, "also evaluate the base model before finetuning and the teacher "
+                              "(report: references)")
+    refusal_judge_path: str = option("", "how an answer to an over-refusal prompt is judged a refusal: \"\" = the "
+                                     "refusal phrases of the keyword judge; a local causal-LM checkpoint = that model "
+                                     "is asked whether the answer refuses (reft_jax.evaluation.judges)")
+    templates: tuple[str, ...] = option((), "jailbreak templates: the harmful score again with every harmful test "
+                                        "prompt wrapped in each. Built-in names (prefix_injection, "
+                                        "refusal_suppression, role_play, few_shot; \"all\" = the four) or text files "
+                                        "with a {prompt} slot; () = none")
+    gcg: GCGSection = section(GCGSection)
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class BaselinesSection:
-    sa_steps: int
-    joint_weight: float
-    llama_guard_path: str
+    """The paper's baselines."""
+    sa_steps: int = option(0, "SFT steps of the safety alignment (sa_ft); 0 = teacher.steps")
+    joint_weight: float = option(1.0, "weight of the alignment CE in the joint baselines (sa_plus_ft)")
+    llama_guard_path: str = option("", "local Llama-Guard-style checkpoint; \"\" = llamaguard_filter is skipped")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class VaccineSection:
-    rho: float
+    """Vaccine (Huang et al. 2024): alignment with perturbed attention outputs."""
+    rho: float = option(2.0, "norm of the perturbation of the attention outputs, over all layers")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class RepNoiseSection:
-    alpha: float
-    beta: float
+    """RepNoise (Rosati et al. 2024): harmful representations pushed toward noise."""
+    alpha: float = option(1.0, "weight of the gradient ascent on harmful answers: - alpha log(1 + CE)")
+    beta: float = option(0.001, "weight of the MMD between harmful MLP outputs and Gaussian noise")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class BoosterSection:
-    lam: float
-    alpha: float
+    """Booster (Huang et al. 2025): alignment that attenuates the harmful loss's reduction by a harmful step."""
+    lam: float = option(5.0, "lambda, weight of the harmful-loss reduction term")
+    alpha: float = option(0.1, "size of the normalised harmful gradient step the term simulates")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class LisaSection:
-    rho: float
-    align_steps: int
-    user_steps: int
-    prox_warmup: float
+    """Lisa (Huang et al. 2024): finetuning that alternates alignment and user steps with a proximal term."""
+    rho: float = option(1.0, "weight of the proximal term rho / 2 ||w - w_switch||^2")
+    align_steps: int = option(100, "alignment-data steps per cycle (a cycle starts with them)")
+    user_steps: int = option(900, "user-data steps per cycle")
+    prox_warmup: float = option(0.1, "share of the first steps without the proximal term")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class DefencesSection:
-    vaccine: VaccineSection
-    repnoise: RepNoiseSection
-    booster: BoosterSection
-    lisa: LisaSection
+    """The harmful-finetuning defences of the literature (reft_jax.train.defences), with their authors' defaults.
+    Vaccine, RepNoise and Booster are alignment stages (baselines.sa_steps steps from the base model, then plain
+    finetuning); Lisa is a finetuning that starts from the safety-aligned model (sa_ft's)."""
+    vaccine: VaccineSection = section(VaccineSection)
+    repnoise: RepNoiseSection = section(RepNoiseSection)
+    booster: BoosterSection = section(BoosterSection)
+    lisa: LisaSection = section(LisaSection)
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class SaftSection:
-    val_source: str = choices("user", "pool")
-    n_val: int
-    layers: tuple[int, ...]
-    ks: tuple[int, ...]
-    weighted: bool
-    percentile: float
+    """The SAFT filter (reft_jax.refusal.saft)."""
+    val_source: str = option("user", "where its labelled validation pool comes from: \"user\", a labelled sample of "
+                             "the user data (n_val, half harmful; a service labels a few examples by hand), or "
+                             "\"pool\", data.pool's alignment-style prompts", choices=("user", "pool"))
+    n_val: int = option(32, "labelled user examples (val_source = user)")
+    layers: tuple[int, ...] = option((), "hidden_states indices to choose from; () = num_layers // 4, // 2 and "
+                                     "3 // 4")
+    ks: tuple[int, ...] = option((1, 2, 4, 8), "subspace sizes to choose from")
+    weighted: bool = option(True, "weight each direction by its singular value over the first")
+    percentile: float = option(85.0, "flag the user samples scoring above this percentile")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class FilterSection:
-    tau: float
-    calibrate_recall: float
-    calibrate_max_fpr: float
-    batch_size: int
+    """The Ref-Teacher filter: flag a user prompt when cos(f_l, R_l) > tau."""
+    tau: float = option(0.0, "the threshold itself when calibrate_recall = 0")
+    calibrate_recall: float = option(
+        0.99, "tau is set for this recall of the harmful prompts of the pool's calibration split (held out from "
+        "training): near the harmful cluster rather than midway between the +-1 targets, since prompts unlike the "
+        "pool's harmless ones (a task's) drift toward 0 and above while harmful ones of any style stay high")
+    calibrate_max_fpr: float = option(
+        0.2, "... unless that flags more than this share of the calibration split's harmless prompts: then tau is "
+        "raised to flag no more (a weakly separating direction, e.g. the base model's, would otherwise flag most of "
+        "a task). 0.2, not less: those harmless prompts are instructions and questions like the harmful ones, and "
+        "on SmolLM2 a 5 % cap cut the attack's recall from 0.86 to 0.23 (docs/results.md)")
+    batch_size: int = option(32, "prompts scored at once")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class RefusalSection:
-    layer: int
-    lam: float
-    kind: str = choices("squared", "linear")
-    update_every: int
-    reg_pool: bool
+    """The teacher's refusal feature R_l and its regularizer."""
+    layer: int = option(-1, "hidden_states index the feature is read at; -1 = num_layers // 2")
+    lam: float = option(
+        0.1, "lambda, weight of the regularizer in the teacher loss. 0.1: at 1.0 the teacher's direction fits the "
+        "pool's prompts (cosines near +-1) and ranks prompts unlike them below the base model's own direction "
+        "(SmolLM2: the attack's prompts at AUROC 0.35 against 0.97 at 0.1; docs/results.md)")
+    kind: str = option("squared", "\"squared\": (cos - y)^2, \"linear\": 1 - y cos", choices=("squared", "linear"))
+    update_every: int = option(50, "teacher steps between recomputations of R_l")
+    reg_pool: bool = option(
+        True, "L_reg also covers one batch of the refusal pool's prompts per teacher step (besides the alignment "
+        "batch's), so the direction the teacher learns is the one R_l is measured on. False: alignment prompts "
+        "only, which on a pool unlike them lets each recomputation flip R_l (real_tiny's teacher collapsed so)")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class DistillSection:
-    beta: float
-    temperature: float
+    """The student's distillation of the teacher on the alignment data."""
+    beta: float = option(1.0, "weight of the distillation KL in the student loss")
+    temperature: float = option(1.0, "softmax temperature T of both models in the KL (scaled by T^2)")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class OptimSection:
-    learning_rate: float
-    warmup_steps: int
-    schedule: str = choices("cosine", "constant")
-    end_lr_ratio: float
-    weight_decay: float
-    b1: float
-    b2: float
-    eps: float
-    clip_norm: float
-    grad_accum: int
+    """AdamW with warmup and a schedule (reft_jax.train.optim), the same for every stage."""
+    learning_rate: float = option(2e-5, "peak learning rate")
+    warmup_steps: int = option(10, "linear warmup updates")
+    schedule: str = option("cosine", "decay after the warmup", choices=("cosine", "constant"))
+    end_lr_ratio: float = option(0.1, "cosine: final learning rate / peak")
+    weight_decay: float = option(0.0, "AdamW's decoupled weight decay")
+    b1: float = option(0.9, "Adam's first-moment decay")
+    b2: float = option(0.999, "Adam's second-moment decay")
+    eps: float = option(1e-8, "Adam's epsilon")
+    clip_norm: float = option(1.0, "global gradient norm clip; 0 disables clipping")
+    grad_accum: int = option(1, "step calls (micro-batches) per optimizer update")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class StepsSection:
-    steps: int
+    """A training stage's length."""
+    steps: int = option(200, "step calls, i.e. micro-batches")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class CheckpointSection:
-    every: int
-    max_to_keep: int
+    """The training loop's checkpoints (a stage resumes from its latest)."""
+    every: int = option(100, "steps between checkpoints (one is also written at the end and on SIGTERM)")
+    max_to_keep: int = option(2, "checkpoints kept per stage")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class MeshSection:
-    data: int
-    fsdp: int
-    tensor: int
-    plan_memory: bool
+    """Device mesh (reft_jax.runtime.parallel): sizes of the named axes, -1 = the devices the others leave."""
+    data: int = option(-1, "data parallel: whole model per device, rows split")
+    fsdp: int = option(1, "data parallel with weights and optimizer state split too (ZeRO-3)")
+    tensor: int = option(1, "tensor parallel: heads, MLP columns and vocabulary split")
+    plan_memory: bool = option(False, "before training, print each compiled step's memory per device; fail if "
+                               "too big")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class DistributedSection:
-    coordinator_address: str
-    num_processes: int
-    process_id: int
-    auto_detect: bool
+    """Multi-host runs (jax.distributed): one process per host, all running the same command."""
+    coordinator_address: str = option("", "host:port of process 0; \"\" = single process or auto-detected")
+    num_processes: int = option(1, "processes in the run")
+    process_id: int = option(0, "this process's index")
+    auto_detect: bool = option(True, "initialise from the environment on TPU pods and under Slurm")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class LoggingSection:
-    every: int
-    tensorboard: bool
-    wandb: bool
-    progress: bool
+    """What the training loop reports."""
+    every: int = option(10, "steps between metrics records")
+    tensorboard: bool = option(True, "write TensorBoard events")
+    wandb: bool = option(False, "log to Weights & Biases")
+    progress: bool = option(True, "show progress bars")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class BenchSection:
-    frameworks: tuple[str, ...]
-    torch_variants: tuple[str, ...]
-    steps: tuple[str, ...]
-    finetune: tuple[str, ...]
-    batch_size: int
-    seq_len: int
-    warmup: int
-    iters: int
-    rounds: int
-    compile_only: bool
-    profile_dir: str
-    peak_flops: float
-    same_weights: bool
+    """`reft-jax bench` (reft_jax.bench): the same steps timed in JAX and PyTorch on random-init model.init."""
+    frameworks: tuple[str, ...] = option(("jax", "torch"), "frameworks timed")
+    torch_variants: tuple[str, ...] = option(("eager", "compile"), "PyTorch eager and torch.compile of the loss")
+    steps: tuple[str, ...] = option(("student", "teacher"), "train steps timed")
+    finetune: tuple[str, ...] = option(("full", "lora"), "\"full\" and/or \"lora\" (model.lora, rank > 0)")
+    batch_size: int = option(4, "rows of each batch (the student step runs a user and an alignment batch)")
+    seq_len: int = option(512, "tokens per row")
+    warmup: int = option(2, "untimed calls, the first of which compiles")
+    iters: int = option(5, "timed calls per round: median and spread are reported")
+    rounds: int = option(1, "rounds of every case, the frameworks interleaved (each in its own warm process): the "
+                         "JAX/PyTorch ratio gets a confidence interval over rounds. 1 = each framework alone, one "
+                         "case at a time (a GPU: two warm frameworks would share its memory)")
+    compile_only: bool = option(False, "compile the JAX steps for the shapes and report XLA's memory analysis only: "
+                                "nothing is allocated or run, so an 8B step's memory can be read on a laptop")
+    profile_dir: str = option("", "a folder: each JAX case's first round ends with a profile of 2 steps there")
+    peak_flops: float = option(0.0, "device peak FLOP/s for MFU; 0 = the measured matmul throughput")
+    same_weights: bool = option(False, "both frameworks load one random init (costs a checkpoint write)")
 
 
-@dataclasses.dataclass(frozen=True)
+@config
 class RunConfig:
-    seed: int
-    model: ModelSection
-    data: DataSection
-    eval: EvalSection
-    methods: str
-    expected_time: str
-    compile_cache: str
-    baselines: BaselinesSection
-    defences: DefencesSection
-    saft: SaftSection
-    filter: FilterSection
-    refusal: RefusalSection
-    distill: DistillSection
-    optim: OptimSection
-    teacher: StepsSection
-    student: StepsSection
-    checkpoint: CheckpointSection
-    mesh: MeshSection
-    distributed: DistributedSection
-    logging: LoggingSection
-    bench: BenchSection
+    """A run: the model, the data, the method's settings, the methods compared and the machinery."""
+    seed: int = option(0, "seed of the initialisations, the data's shuffles and the generations")
+    model: ModelSection = section(ModelSection)
+    data: DataSection = section(DataSection)
+    eval: EvalSection = section(EvalSection)
+    methods: str = option("ref_teacher,no_defense", "methods trained and compared by `run` "
+                          "(reft_jax.experiment.methods): \"all\", or comma-separated names out of ref_teacher, "
+                          "no_defense, sa_ft, sa_plus_ft, filter_only, distill_only, saft, llamaguard_filter, "
+                          "sa_ft+filter, sa_plus_ft+filter, vaccine, repnoise, booster, lisa. ref_teacher and "
+                          "no_defense always run")
+    expected_time: str = option("", "printed when `run` starts: how long this config took where it was measured")
+    compile_cache: str = option("", "JAX's persistent compilation cache (reft_jax.runtime.compile_cache): a folder, "
+                                "\"\" = $REFT_JAX_CACHE or else ~/.cache/reft-jax/jax, \"off\" = compile every "
+                                "program in every process")
+    baselines: BaselinesSection = section(BaselinesSection)
+    defences: DefencesSection = section(DefencesSection)
+    saft: SaftSection = section(SaftSection)
+    filter: FilterSection = section(FilterSection)
+    refusal: RefusalSection = section(RefusalSection)
+    distill: DistillSection = section(DistillSection)
+    optim: OptimSection = section(OptimSection)
+    teacher: StepsSection = section(StepsSection)
+    student: StepsSection = section(StepsSection)
+    checkpoint: CheckpointSection = section(CheckpointSection)
+    mesh: MeshSection = section(MeshSection)
+    distributed: DistributedSection = section(DistributedSection)
+    logging: LoggingSection = section(LoggingSection)
+    bench: BenchSection = section(BenchSection)
 
     @classmethod
     def of(cls, cfg) -> RunConfig:
@@ -320,6 +420,40 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field at its default, as the ConfigDict users override (config files, `--config.a.b=value`)."""
+    return _config_dict(RunConfig)
+
+
+def _config_dict(cls) -> ml_collections.ConfigDict:
+    tree = ml_collections.ConfigDict()
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        tp = hints[field.name]
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        if dataclasses.is_dataclass(tp):
+            tree[field.name] = _config_dict(tp)
+        elif tp == int | None:  # typed, so that `--config.x=5` on a None default is parsed as an int
+            tree[field.name] = ml_collections.FieldReference(default, field_type=int)
+        elif isinstance(default, dict):
+            tree[field.name] = ml_collections.ConfigDict(default)
+        else:
+            tree[field.name] = default
+    return tree
+
+
+def field_help(cls=None, prefix: str = "") -> dict[str, str]:
+    """Every field's dotted path -> its help text (sections included: their docstrings)."""
+    cls = cls or RunConfig
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        out[prefix + field.name] = field.metadata.get("help") or ""
+        if dataclasses.is_dataclass(hints[field.name]):
+            out.update(field_help(hints[field.name], f"{prefix}{field.name}."))
+    return out
 
 
 def replace(cfg, path: str, value):

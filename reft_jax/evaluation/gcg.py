@@ -27,6 +27,7 @@ import numpy as np
 from flax import struct
 from tqdm.auto import tqdm
 
+from reft_jax.config.schema import GCGSection
 from reft_jax.errors import ConfigError
 from reft_jax.evaluation.generate import encode_prompts, left_padded_positions
 from reft_jax.models.transformer import KVCache
@@ -36,14 +37,12 @@ from reft_jax.train.losses import token_nll
 
 
 @dataclasses.dataclass(frozen=True)
-class GCGConfig:
-    steps: int = 100
-    suffix_length: int = 20
-    top_k: int = 256  # tokens per suffix position to sample from (the top of -gradient)
-    candidates: int = 128  # candidate suffixes evaluated per step
+class GCGConfig(GCGSection):
+    """The attack's settings: eval.gcg's fields (reft_jax.config.schema.GCGSection; the optimisation reads steps,
+    suffix_length, top_k, candidates and early_stop), and the algorithm's own below."""
+
     init_token: str = " !"  # the initial suffix is this (single) token repeated
     seed: int = 0
-    early_stop: bool = True  # stop once greedy decoding gives every target token
     # Candidates run in this many blocks, each from its first swapped position on (candidate_losses' `groups`):
     # fewer tokens per step (SmolLM2-135M on 2 CPU cores: 4 blocks took 30% off the candidate call, 10 and 20
     # no more), one more compiled forward per block.

@@ -4,6 +4,8 @@ benchmark build through these, as a user's script would."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -25,7 +27,7 @@ def runtime_options(cfg: RunConfig) -> RuntimeOptions:
 
 def lora_config(cfg: RunConfig) -> LoraConfig | None:
     lora = cfg.model.lora
-    return LoraConfig(lora.rank, lora.alpha, lora.targets) if lora.rank > 0 else None
+    return LoraConfig(**dataclasses.asdict(lora)) if lora.rank > 0 else None
 
 
 def base_model(cfg: RunConfig, vocab_size: int | None = None) -> Transformer:

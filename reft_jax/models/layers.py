@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reft_jax.config.schema import LoraSection
 from reft_jax.errors import ConfigError
 
 _init = nnx.initializers.normal(stddev=0.02)  # transformers' default initializer_range
@@ -21,12 +22,9 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """Low-rank adapters W + (alpha / rank) * A @ B on the named projections; A random, B zero at init."""
-
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+class LoraConfig(LoraSection):
+    """Low-rank adapters W + (alpha / rank) * A @ B on the named projections; A random, B zero at init. The
+    fields are model.lora's (reft_jax.config.schema.LoraSection), validated, with rank > 0."""
 
     def __post_init__(self):
         object.__setattr__(self, "targets", tuple(self.targets))

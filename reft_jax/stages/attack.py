@@ -69,8 +69,7 @@ def gcg_config(cfg: RunConfig, tokenizer=None) -> gcg.GCGConfig:
     if tokenizer is not None:
         init = next((t for t in (" !", "!", " x", "x") if len(tokenizer(t, add_special_tokens=False)["input_ids"]) == 1),
                     init)
-    return gcg.GCGConfig(steps=g.steps, suffix_length=g.suffix_length, top_k=g.top_k, candidates=g.candidates,
-                         init_token=init, seed=cfg.seed, early_stop=g.early_stop)
+    return gcg.GCGConfig(**dataclasses.asdict(g), init_token=init, seed=cfg.seed)
 
 
 def settings(ctx: RunContext) -> dict:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import jax
 from tqdm.auto import tqdm
 
+from reft_jax.config.schema import CheckpointSection, LoggingSection
 from reft_jax.errors import ReftError
 from reft_jax.runtime.checkpoint import Checkpointer
 from reft_jax.runtime.workdir import CHECKPOINTS, METRICS
@@ -56,13 +57,11 @@ class Preempted(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
+    """A stage's length, and the run's checkpoint and logging sections."""
+
     steps: int
-    checkpoint_every: int = 100
-    log_every: int = 10
-    max_to_keep: int = 2
-    tensorboard: bool = True
-    wandb: bool = False
-    progress: bool = True
+    checkpoint: CheckpointSection = CheckpointSection()
+    logging: LoggingSection = LoggingSection()
 
 
 class MetricsLog:
@@ -76,10 +75,10 @@ class MetricsLog:
             return
         workdir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
-        if cfg.tensorboard:
+        if cfg.logging.tensorboard:
             from tensorboardX import SummaryWriter  # deferred: only runs that log to TensorBoard need it
             self.tb = SummaryWriter(str(workdir / "tensorboard"))
-        if cfg.wandb:
+        if cfg.logging.wandb:
             try:
                 import wandb  # an optional dependency (reft-jax[wandb])
             except ImportError:
@@ -141,15 +140,15 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
         hooks: Sequence[Hook] = (), meta: dict | None = None, run_config: dict | None = None) -> Any:
     """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (or from `state`) up to cfg.steps,
     calling `hooks` (see Hook) between steps. Around the steps it owns the progress bar, the metrics log (every
-    cfg.log_every steps; the last record has `step_s`, the median seconds of a step of this invocation after its
-    first), checkpoints (every cfg.checkpoint_every steps, at the end and on SIGTERM) and the stop on a
+    cfg.logging.every steps; the last record has `step_s`, the median seconds of a step of this invocation after its
+    first), checkpoints (every cfg.checkpoint.every steps, at the end and on SIGTERM) and the stop on a
     non-finite loss.
     meta: JSON facts the run must agree with on resume (e.g. the seed).
     Returns the final state.
     """
     workdir = Path(workdir)
     meta = dict(meta or {})
-    checkpoints = Checkpointer(workdir / CHECKPOINTS, max_to_keep=cfg.max_to_keep)
+    checkpoints = Checkpointer(workdir / CHECKPOINTS, max_to_keep=cfg.checkpoint.max_to_keep)
     start = checkpoints.latest_step() or 0
     if start:
         state, carries, saved_meta = checkpoints.restore(start, state, [h.carry for h in hooks])
@@ -161,7 +160,7 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
             raise ReftError(f"{workdir}: cannot resume {name}: its checkpoint has {key}={old!r}, the config "
                             f"{key}={new!r} (use a new workdir)")
     log = MetricsLog(workdir, name, start, cfg, run_config)
-    bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not cfg.progress or jax.process_index() != 0,
+    bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not cfg.logging.progress or jax.process_index() != 0,
                dynamic_ncols=True)
     window_tokens, window_start = 0.0, time.perf_counter()
     step, step_times = start, []
@@ -190,13 +189,13 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
                 metrics.update({k: float(v) for k, v in hooked.items()})
                 window_tokens += metrics.get("tokens", 0.0)
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps or hooked:
+                if step % cfg.logging.every == 0 or step == cfg.steps or hooked:
                     elapsed = time.perf_counter() - window_start
                     metrics["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
                     log.write(step, metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                     window_tokens, window_start = 0.0, time.perf_counter()
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps or sigterm.raised:
+                if step % cfg.checkpoint.every == 0 or step == cfg.steps or sigterm.raised:
                     checkpoints.save(step, state, [h.carry for h in hooks], meta)
                 if sigterm.raised:
                     checkpoints.wait()

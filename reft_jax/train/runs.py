@@ -3,9 +3,8 @@
 `batch_at(step)` gives the batch of a step (a pure function of the step index, so that resuming is exact);
 the refusal feature R_l is recomputed by the current teacher over a fixed prompt pool every
 `refusal.update_every` steps, the first time from the base model, and is checkpointed with the state. With
-`refusal.reg_pool` the regulariser also covers one pool batch per step (pool[step % len(pool)]), so that the
-direction the teacher learns is the one R_l measures on the pool; each recomputation logs the pool's (and
-the check split's) mean cosines and AUROC in metrics.jsonl.
+`refusal.reg_pool` the regulariser also covers one pool batch per step (pool[step % len(pool)]); each
+recomputation logs the pool's (and the check split's) mean cosines and AUROC in metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -33,9 +32,7 @@ from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, ma
 
 
 def _loop_config(cfg: RunConfig, steps: int) -> loop.LoopConfig:
-    return loop.LoopConfig(steps=steps, checkpoint_every=cfg.checkpoint.every, max_to_keep=cfg.checkpoint.max_to_keep,
-                           log_every=cfg.logging.every, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
-                           progress=cfg.logging.progress)
+    return loop.LoopConfig(steps, cfg.checkpoint, cfg.logging)
 
 
 class _Placement:

@@ -25,9 +25,7 @@ class TeacherLoss:
     """L_teacher = CE(alignment responses) + lam * L_reg(features at `layer`, R_l).
 
     With a `pool` batch (prompts of the refusal pool R_l is computed over), L_reg is the mean over the rows of
-    both batches: the teacher is then trained to separate the very prompts its R_l is measured on. Without it,
-    on a pool unlike the alignment prompts the direction learned on the latter can point the other way on the
-    pool, and each recomputation of R_l flips the target (refusal.reg_pool in the config)."""
+    both batches (why: `refusal.reg_pool` in reft_jax.config.schema)."""
 
     layer: int
     lam: float = 1.0
