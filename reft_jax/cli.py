@@ -105,7 +105,7 @@ def _run(args, overrides) -> int:
     elif args.command == "filter":
         print(json.dumps(ref_teacher_filter.run(ctx), indent=2))
     elif args.command == "finetune":
-        print(f"student written to {stages.finetune.run(ctx, METHODS['ref_teacher'])}")
+        print(f"student written to {stages.run_stage(METHODS['ref_teacher'].stage, ctx)}")
     elif args.command == "evaluate":
         print(json.dumps(_summary(evaluate.run(ctx)), indent=2))
     elif args.command == "run":

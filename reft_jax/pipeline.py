@@ -15,7 +15,7 @@ import jax
 from reft_jax import stages
 from reft_jax.experiment import report as rreport
 from reft_jax.experiment.context import RunContext
-from reft_jax.experiment.methods import selected
+from reft_jax.experiment.methods import METHODS, selected
 from reft_jax.runtime.workdir import FILTER_SCORES, METRICS
 from reft_jax.stages import attack, evaluate, preflight
 
@@ -28,15 +28,13 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
     requested = selected(cfg.methods)
     if cfg.expected_time and jax.process_index() == 0:
         print(f"reft-jax run: {cfg.expected_time}", flush=True)
-    skipped = {}
-    if not cfg.baselines.llama_guard_path:
-        skipped = {m.name: "skipped: no Llama-Guard checkpoint configured (baselines.llama_guard_path)"
-                   for m in requested if m.filter == "llama_guard"}
+    unavailable = {m.name: m.filter and stages.FILTERS[m.filter].unavailable(cfg) for m in requested}
+    skipped = {name: f"skipped: {why}" for name, why in unavailable.items() if why}
     chosen = [m for m in requested if m.name not in skipped]
     plan = stages.plan(chosen)
-    preflight.check(ctx, [s for s in plan if force or not wd.done(s).exists()])
+    preflight.check(ctx, [s for s in plan if force or not stages.STAGES[s].marker(wd).exists()])
     for stage in plan:
-        if force or not wd.done(stage).exists():
+        if force or not stages.STAGES[stage].marker(wd).exists():
             stages.run_stage(stage, ctx)
     report = evaluate.run(ctx, chosen)
     if cfg.eval.gcg.prompts > 0:  # GCG against every method's model
@@ -48,9 +46,10 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
         wd.report.write_text(json.dumps(report, indent=2) + "\n")
         rreport.write_markdown(report, wd.root / "report.md")
         tau = json.loads(wd.filter_settings.read_text())["tau"]
-        rreport.plot_filter_scores(wd.filter() / FILTER_SCORES, tau, wd.plot("filter_scores"))
+        screen = stages.FILTERS[METHODS["ref_teacher"].filter]
+        rreport.plot_filter_scores(screen.path(wd) / FILTER_SCORES, tau, wd.plot("filter_scores"))
         curves = {"teacher": wd.teacher / METRICS}
-        curves.update({m.name: wd.method(m.name) / METRICS for m in chosen})
+        curves.update({m.name: m.path(wd) / METRICS for m in chosen})
         rreport.plot_losses(curves, wd.plot("loss_curves"))
         rreport.plot_teacher_refusal(wd.teacher / METRICS, wd.plot("teacher_refusal"))
         rreport.plot_tradeoff(report, wd.plot("tradeoff"))

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reft_jax.bench import harness, workload
+from reft_jax.bench import harness, jax_side, workload
 from reft_jax.cli import main
 from reft_jax.config.files import load_config
 from reft_jax.config.schema import RunConfig
 from reft_jax.models import LoraConfig, flops, from_hf_dict
+from reft_jax.models.from_config import lora_config
 from reft_jax.runtime import parallel
 
 TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "bench_tiny.py")
@@ -46,9 +47,8 @@ def test_matmul_params_of_a_llama_layout():
 def test_model_flops_match_xla_cost_analysis(step, finetune):
     """The oracle is XLA's count of the compiled step: it adds elementwise work (norms, softmax, AdamW) on top
     of the model FLOPs, and under LoRA it has no weight gradients of frozen weights, as flops.py assumes."""
-    from reft_jax.bench import jax_side
 
-    cfg = RunConfig.of(load_config(TINY_CONFIG, ["--config.bench.seq_len=64"]))
+    cfg = RunConfig.of(load_config(TINY_CONFIG, ["--config.bench.seq_len=64", "--config.bench.batch_size=2"]))
     b, t = 2, 64
     model = from_hf_dict(cfg.model.init)
     data = workload.batches(b, t, model.vocab_size, 0)
@@ -56,9 +56,9 @@ def test_model_flops_match_xla_cost_analysis(step, finetune):
                                         workload.refusal_direction(model.hidden_size, 0))
     cost = jitted.lower(*args).compile().cost_analysis()
     xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
-    lc = cfg.model.lora
-    lora = LoraConfig(lc.rank, lc.alpha, tuple(lc.targets)) if finetune == "lora" else None
-    ours = flops.step_flops(step, model, b, t, lora)
+    lora = lora_config(cfg) if finetune == "lora" else None
+    case = workload.Case(step, finetune)
+    ours = jax_side.step_loss(cfg, case).flops(model, lora, *jax_side.step_shapes(cfg, case))
     assert 1.0 <= xla / ours < 1.1, (xla, ours)
 
 
@@ -123,7 +123,6 @@ def test_a_case_that_compiles_but_fails_to_run_keeps_its_memory_analysis(monkeyp
     """Out of memory at the first call (here: any runtime error) is the case's result, with XLA's analysis."""
     import jax
 
-    from reft_jax.bench import jax_side
 
     def failing_step(*_, **__):
         def fail(x):
@@ -143,7 +142,6 @@ def test_a_case_that_compiles_but_fails_to_run_keeps_its_memory_analysis(monkeyp
 def test_blockwise_losses_cut_the_student_steps_peak_memory():
     """The compiled step's peak drops by at least the float32 [B, T, V] arrays the blocks avoid: the user,
     alignment and teacher logits (one each)."""
-    from reft_jax.bench import jax_side
 
     b, t, vocab = 2, 256, 32000
     peaks = {}

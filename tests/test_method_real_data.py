@@ -101,9 +101,9 @@ def teacher(setup):
     cfg = config()
     pool = [b for b in rdata.Batches(setup["pool"].prompts_only(), 32, BUCKETS, shuffle=False,
                                      num_epochs=1)]
-    model, r = runs.train_teacher(cfg, base_model(), setup["folder"] / "teacher", batches(setup["alignment"]).batch,
-                                  pool)
-    return model, r
+    trained = runs.train_teacher(cfg, base_model(), setup["folder"] / "teacher", batches(setup["alignment"]).batch,
+                                 pool)
+    return trained.model, trained.r
 
 
 def test_teacher_separates_held_out_prompts(setup, teacher):
@@ -143,9 +143,9 @@ def test_distilled_student_refuses_more_and_learns_the_task(setup, teacher):
     cfg = config()
     steps = cfg.student.steps
     defended = runs.train_student(cfg, base_model(), teacher_model, setup["folder"] / "defended",
-                                  batches(kept, seed=2).batch, align_batches, steps=steps, beta=cfg.distill.beta)
+                                  batches(kept, seed=2).batch, align_batches, steps=steps, beta=cfg.distill.beta).model
     undefended = runs.train_student(cfg, base_model(), teacher_model, setup["folder"] / "undefended",
-                                    batches(setup["user"], seed=2).batch, align_batches, steps=steps, beta=0.0)
+                                    batches(setup["user"], seed=2).batch, align_batches, steps=steps, beta=0.0).model
     rates = {name: refusal_preference(m, setup) for name, m in
              (("base", base_model()), ("no_defense", undefended), ("ref_teacher", defended))}
     ce = [json.loads(line)["ce"] for line in (setup["folder"] / "defended" / "metrics.jsonl").read_text().splitlines()]

@@ -130,7 +130,7 @@ def test_swapping_the_filter_leaves_the_rest_untouched(all_methods, tmp_path):
     shutil.rmtree(workdir / "saft")
     shutil.rmtree(workdir / "filters" / "saft")
     shutil.copytree(workdir / "filter", workdir / "filters" / "saft")
-    finetune.run(context(workdir), METHODS["saft"])
+    stages.run_stage(METHODS["saft"].stage, context(workdir))
 
     def losses(folder):
         return [json.loads(line)["loss"] for line in (workdir / folder / "metrics.jsonl").read_text().splitlines()]
@@ -176,7 +176,7 @@ def test_llama_guard_filter_drops_what_the_judge_calls_unsafe(all_methods, tmp_p
     scores = [json.loads(line) for line in (workdir / "filters" / "llama_guard" / "scores.jsonl").read_text().splitlines()]
     assert all(s["flagged"] == s["label"] for s in scores)
     assert json.loads((workdir / "filters" / "llama_guard" / "cost.json").read_text())["flops"] > 0
-    flagged = finetune.flagged_indices(Workdir(workdir), "llama_guard")
+    flagged = finetune.flagged_indices(Workdir(workdir), llama_guard_filter.FILTER)
     assert flagged == {s["index"] for s in scores if s["label"]} and len(flagged) > 0
 
 

@@ -12,7 +12,7 @@ from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model
 from reft_jax.refusal import scoring
 from reft_jax.runtime.state import FrozenModel
-from reft_jax.stages import run_stage
+from reft_jax.stages import FILTERS, run_stage
 from reft_jax.stages import teacher as teacher_stage
 from reft_jax.train import runs
 
@@ -96,8 +96,8 @@ def worse_teacher(tmp_path_factory):
     real = runs.train_teacher
 
     def flipped(*args, **kwargs):
-        model, r = real(*args, **kwargs)
-        return base_model(ctx.cfg, ctx.vocab), -np.asarray(r)
+        trained = real(*args, **kwargs)
+        return runs.Trained(base_model(ctx.cfg, ctx.vocab), trained.flops, -np.asarray(trained.r))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runs, "train_teacher", flipped)
@@ -124,7 +124,7 @@ def test_a_direction_worse_than_the_base_models_is_not_shipped(worse_teacher):
     report = run_stage("filter", ctx)
     assert report["direction"] == "base"
     user = scoring.score(m0, ctx.user, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
-    written = [json.loads(line)["score"] for line in (ctx.workdir.filter() / "scores.jsonl").read_text().splitlines()]
+    written = [json.loads(line)["score"] for line in (FILTERS["ref_teacher"].path(ctx.workdir) / "scores.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(written, user, rtol=1e-5, atol=1e-6)
 
 

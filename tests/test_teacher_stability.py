@@ -71,7 +71,8 @@ def config(**overrides):
 def test_teacher_keeps_harmful_and_harmless_apart_when_the_pool_differs(tmp_path):
     """With the default config the final teacher separates both prompt sets along its final R_l. Before the fix
     (the regulariser on the alignment prompts only) both classes ended on one side, e.g. -0.996 / -0.966."""
-    teacher, r = runs.train_teacher(config(), tiny_model(), tmp_path, alignment_at, POOL)
+    trained = runs.train_teacher(config(), tiny_model(), tmp_path, alignment_at, POOL)
+    teacher, r = trained.model, trained.r
     harmful, harmless = mean_cosines(teacher, r, [alignment_at(i) for i in range(4)])
     assert harmful > 0.3 and harmless < -0.3, (harmful, harmless)
     harmful, harmless = mean_cosines(teacher, r, POOL)

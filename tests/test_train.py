@@ -15,7 +15,9 @@ import pytest
 from train_fixtures import small_config, synthetic_batch, tiny_model
 
 from reft_jax.config.schema import CheckpointSection, LoggingSection
+from reft_jax.models import flops
 from reft_jax.models import LoraConfig
+from reft_jax.runtime import parallel
 from reft_jax.runtime.state import FrozenModel, create_train_state
 from reft_jax.train import loop, runs
 from reft_jax.train.optim import make_optimizer
@@ -80,7 +82,7 @@ def test_weight_zero_examples_do_not_change_the_update():
 def test_teacher_run_learns_and_logs(tmp_path):
     cfg = small_config(**{"teacher.steps": 12, "refusal.update_every": 4})
     pool = [synthetic_batch(10_000 + i) for i in range(2)]
-    teacher, r = runs.train_teacher(cfg, tiny_model(), tmp_path, synthetic_batch, pool)
+    r = runs.train_teacher(cfg, tiny_model(), tmp_path, synthetic_batch, pool).r
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r_["step"] for r_ in records] == list(range(1, 13))
     assert {"loss", "ce", "reg", "grad_norm", "tokens_per_s", "cos_harmful", "cos_harmless"} <= set(records[0])
@@ -234,3 +236,28 @@ def test_bfloat16_compute_with_float32_master_weights():
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
         losses[dtype] = values
     np.testing.assert_allclose(losses[jnp.bfloat16], losses[jnp.float32], rtol=0.03)
+
+
+def test_a_run_counts_the_flops_its_own_steps_report(tmp_path):
+    """The cost of a training run is its step's own count (the loss's `flops`) for every step call, and a
+    forward pass over the pool per R_l recomputation that the loop actually made (its metrics records)."""
+    shape = parallel.global_shape(synthetic_batch(0))
+    pool = [synthetic_batch(10_000 + i) for i in range(2)]
+    cfg = small_config(**{"teacher.steps": 6, "refusal.update_every": 4})
+    model = tiny_model(lora=LoraConfig(rank=2))
+    trained = runs.train_teacher(cfg, model, tmp_path / "teacher", synthetic_batch, pool)
+    records = [json.loads(line) for line in (tmp_path / "teacher" / "metrics.jsonl").read_text().splitlines()]
+    recomputations = sum("refusal_step" in r for r in records)
+    per_step = TeacherLoss(layer=1).flops(model.cfg, model.opts.lora, shape, shape)  # reg_pool: a pool batch
+    assert per_step > flops.train_flops(model.cfg, *shape, model.opts.lora)
+    assert trained.flops == 6 * per_step + recomputations * len(pool) * flops.forward_flops(model.cfg, *shape)
+
+    for beta in (1.0, 0.0):
+        cfg = small_config(**{"student.steps": 3})
+        student = runs.train_student(cfg, tiny_model(), tiny_model(seed=1) if beta else None,
+                                     tmp_path / f"student{beta}", synthetic_batch, synthetic_batch, steps=3, beta=beta)
+        own = StudentLoss(beta=beta).flops(student.model.cfg, None, shape, shape)
+        assert student.flops == 3 * own
+        # distilling: both batches trained and the teacher's forward; plain finetuning: the user batch alone
+        passes = 2 * flops.train_flops(student.model.cfg, *shape) + flops.forward_flops(student.model.cfg, *shape)
+        assert own == (passes if beta else flops.train_flops(student.model.cfg, *shape))

@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from reft_jax.bench import workload
+from reft_jax.bench import jax_side, workload
 from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError
-from reft_jax.models import flops
 from reft_jax.models.config import ModelConfig, from_hf_dict
 from reft_jax.models.from_config import lora_config
 
@@ -94,12 +93,12 @@ class _Worker:
 
 def _complete(result: dict, cfg: RunConfig, peak: float | None) -> dict:
     """Adds time statistics, tokens/s, model FLOPs and MFU to one case's rounds (None where it failed)."""
-    b = cfg.bench
     model = init_config(cfg)
     lora = lora_config(cfg) if result["finetune"] == "lora" else None
-    step_flops = flops.step_flops(result["step"], model, b.batch_size, b.seq_len, lora)
-    out = dict(result, tokens_per_step=flops.trained_tokens(result["step"], b.batch_size, b.seq_len),
-               model_flops_per_step=step_flops)
+    case = workload.Case(result["step"], result["finetune"])
+    shapes = jax_side.step_shapes(cfg, case)
+    step_flops = jax_side.step_loss(cfg, case).flops(model, lora, *shapes)
+    out = dict(result, tokens_per_step=sum(rows * tokens for rows, tokens in shapes), model_flops_per_step=step_flops)
     if result.get("times_ms"):
         out.update(workload.time_stats(np.asarray(result["times_ms"]) / 1e3))
     seconds = out.get("step_ms") and out["step_ms"] / 1e3

@@ -29,12 +29,27 @@ def _log(message: str) -> None:
     print(f"[bench jax] {message}", file=sys.stderr, flush=True)
 
 
+def step_loss(cfg: RunConfig, case: workload.Case) -> steps.TeacherLoss | steps.StudentLoss:
+    """The loss of the case's step, as the run configures it (it also counts the step's FLOPs)."""
+    block = cfg.model.loss_block
+    if case.step == "teacher":
+        layer = refusal.feature_layer(cfg.refusal.layer, cfg.model.init["num_hidden_layers"])
+        return steps.TeacherLoss(layer, cfg.refusal.lam, cfg.refusal.kind, block)
+    return steps.StudentLoss(cfg.distill.beta, cfg.distill.temperature, block=block)
+
+
+def step_shapes(cfg: RunConfig, case: workload.Case) -> list[tuple[int, int]]:
+    """(rows, tokens) of each batch the case's step takes: the teacher an alignment batch, the student a user and
+    an alignment batch."""
+    shape = (cfg.bench.batch_size, cfg.bench.seq_len)
+    return [shape] * (2 if case.step == "student" else 1)
+
+
 def _build_step(cfg: RunConfig, case: workload.Case, data: dict, r, abstract: bool = False):
     """(jitted step, its arguments): a fresh train state for `case` and, for the student, a frozen teacher.
     abstract: shapes and dtypes only (nothing allocated), enough to compile for the memory analysis."""
     tx = optim.make_optimizer(cfg.optim, total_steps=cfg.bench.warmup + cfg.bench.iters + 1)
-    layer = refusal.feature_layer(cfg.refusal.layer, cfg.model.init["num_hidden_layers"])
-    block = cfg.model.loss_block
+    loss = step_loss(cfg, case)
 
     def models():
         base = base_model(cfg)
@@ -48,10 +63,8 @@ def _build_step(cfg: RunConfig, case: workload.Case, data: dict, r, abstract: bo
         else jax.device_put
     align = put(data["align"])
     if case.step == "teacher":
-        step = steps.make_teacher_step(tx, steps.TeacherLoss(layer, cfg.refusal.lam, cfg.refusal.kind, block))
-        return step, (state, align, put(jnp.asarray(r)))
-    step = steps.make_student_step(tx, steps.StudentLoss(cfg.distill.beta, cfg.distill.temperature, block=block))
-    return step, (state, teacher, put(data["user"]), align)
+        return steps.make_teacher_step(tx, loss), (state, align, put(jnp.asarray(r)))
+    return steps.make_student_step(tx, loss), (state, teacher, put(data["user"]), align)
 
 
 def prepare(cfg: RunConfig, case: workload.Case) -> workload.Prepared:

@@ -16,7 +16,8 @@ from typing import Callable, Iterable
 import jax
 
 from reft_jax.data import Batch
-from reft_jax.models import LoraConfig, ModelConfig, flops
+from reft_jax.models import ModelConfig, flops
+from reft_jax.runtime import parallel
 from reft_jax.runtime.workdir import COST, METRICS
 
 
@@ -57,26 +58,9 @@ def read(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _shapes(batch_at: Callable[[int], Batch], steps: int):
-    scale = jax.process_count()  # batch_at gives this process's rows
-    for i in range(steps):
-        b, t = batch_at(i)["input_ids"].shape[:2]
-        yield b * scale, t
-
-
-def train_passes(cfg: ModelConfig, lora: LoraConfig | None, batch_at: Callable[[int], Batch], steps: int) -> int:
-    """Forward and backward of the trained model over `steps` batches."""
-    return sum(flops.train_flops(cfg, b, t, lora) for b, t in _shapes(batch_at, steps))
-
-
-def flops_over(per_batch: Callable[[int, int], int], batch_at: Callable[[int], Batch], steps: int) -> int:
-    """per_batch(rows, tokens) summed over `steps` batches, e.g. a partial of a reft_jax.models.flops function."""
-    return sum(per_batch(b, t) for b, t in _shapes(batch_at, steps))
-
-
 def forward_passes(cfg: ModelConfig, batch_at: Callable[[int], Batch], steps: int) -> int:
     """Forward passes (a frozen teacher, a scoring pass) over `steps` batches."""
-    return forward_passes_of(cfg, _shapes(batch_at, steps))
+    return forward_passes_of(cfg, (parallel.global_shape(batch_at(i)) for i in range(steps)))
 
 
 def forward_passes_of(cfg: ModelConfig, shapes: Iterable[tuple[int, int]]) -> int:

@@ -24,7 +24,7 @@ def export(ctx: RunContext, out: Path, method: str = "ref_teacher", *, adapter: 
     (model.init) has no folder of its own: it is written to OUT/base_model, and the adapter points there."""
     if method not in METHODS:
         raise ConfigError(f"export: unknown method {method!r} (available: {', '.join(METHODS)})")
-    folder = ctx.workdir.method(method)
+    folder = METHODS[method].path(ctx.workdir)
     out = Path(out)
     if not adapter:
         save_model(load_stage_model(model_dir(folder), ctx.cfg, method), ctx.tokenizer, out)

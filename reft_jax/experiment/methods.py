@@ -12,30 +12,41 @@ The stages that produce a method's model follow from its recipe (reft_jax.stages
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from reft_jax.errors import ConfigError
-
-FILTERS = ("ref_teacher", "saft", "llama_guard")
-ALIGNMENT_DEFENCES = ("vaccine", "repnoise", "booster")  # alignment stages (reft_jax.train.defences)
+from reft_jax.runtime.workdir import Workdir
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
-    start: str = "base"  # "base" (M0), "sa" (M0 after SFT on the alignment data) or one of ALIGNMENT_DEFENCES
-    filter: str | None = None  # one of FILTERS, or None: finetune on all user data
+    # "base" (M0), "sa" (M0 after SFT on the alignment data) or an alignment-stage defence of
+    # reft_jax.stages.defence_alignment.DEFENCES
+    start: str = "base"
+    filter: str | None = None  # a filter of reft_jax.stages.FILTERS, or None: finetune on all user data
     distill: bool = False  # + beta * KL(teacher || student) on alignment responses
     joint: bool = False  # + CE on alignment responses (SFT on alignment and user data together)
     lisa: bool = False  # Lisa's finetuning: alignment and user steps alternate, with a proximal term
+    folder: str = ""  # its folder in the workdir; "" = its name
+
+    @property
+    def stage(self) -> str:
+        """Its finetuning stage (reft_jax.stages.STAGES)."""
+        return f"finetune:{self.name}"
 
     @property
     def start_stage(self) -> str | None:
         """The stage that produces the starting model (reft_jax.stages.STAGES); None for the base itself."""
         return {"base": None, "sa": "safety_alignment"}.get(self.start, f"alignment:{self.start}")
 
+    def path(self, wd: Workdir) -> Path:
+        """Where its finetuned model and logs live."""
+        return wd.root / (self.folder or self.name)
+
 
 METHODS = {m.name: m for m in (
-    Method("ref_teacher", filter="ref_teacher", distill=True),
+    Method("ref_teacher", filter="ref_teacher", distill=True, folder="student"),  # the contract's student/
     Method("no_defense"),
     Method("sa_ft", start="sa"),
     Method("sa_plus_ft", joint=True),

@@ -74,22 +74,3 @@ def logit_lens_flops(cfg: ModelConfig, batch: int, seq_len: int, lora: LoraConfi
     """RepNoise's vocabulary projection of the embedding and of every block's output but the last (which the
     forward pass counts), forward and backward; the projection gets weight gradients unless under LoRA."""
     return cfg.num_layers * (4 if lora else 6) * cfg.hidden_size * cfg.vocab_size * batch * seq_len
-
-
-def step_flops(step: str, cfg: ModelConfig, batch: int, seq_len: int, lora: LoraConfig | None = None) -> int:
-    """Model FLOPs of one step on batches of `batch` rows of `seq_len` tokens.
-
-    teacher: the trained model on one alignment batch (CE and the regularizer share that forward).
-    student: the trained model on a user batch and on an alignment batch, plus the frozen teacher's forward
-    on the alignment batch (the teacher never has adapters: they are merged once it is trained).
-    """
-    if step == "teacher":
-        return train_flops(cfg, batch, seq_len, lora)
-    if step == "student":
-        return 2 * train_flops(cfg, batch, seq_len, lora) + forward_flops(cfg, batch, seq_len)
-    raise ValueError(f"step must be 'teacher' or 'student', got {step!r}")
-
-
-def trained_tokens(step: str, batch: int, seq_len: int) -> int:
-    """Token positions the trained model runs forward and backward per step (what tokens/s counts)."""
-    return (2 if step == "student" else 1) * batch * seq_len

@@ -269,6 +269,13 @@ def shard_frozen_model(frozen: FrozenModel, mesh: Mesh, rules: Rules = LOGICAL_R
     return jax.device_put(frozen, frozen_model_sharding(frozen, mesh, rules, units))
 
 
+def global_shape(batch: Mapping[str, Any]) -> tuple[int, int]:
+    """(rows, tokens) of a batch over every process (a process's batch function gives its own rows): what a step
+    computes on, for counting FLOPs."""
+    b, t = batch["input_ids"].shape[:2]
+    return b * jax.process_count(), t
+
+
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh, rules: Rules = LOGICAL_RULES) -> dict:
     """Global arrays from this process's rows (all rows when there is one process)."""
     shardings = batch_sharding(batch, mesh, rules)

@@ -1,4 +1,5 @@
-"""Every path and "done" marker of a run's workdir, in one place (stages, methods, cost and the loop use it).
+"""The paths of a run's workdir. The fixed ones are here; the folders and "done" markers of the registered stages
+(methods, filters, defences) are declared with them (reft_jax.stages.STAGES).
 
   demo/                        generated demo data and tokenizer (data.demo)
   base_model/                  a GGUF checkpoint converted once (model.path = x.gguf)
@@ -30,6 +31,7 @@ COST = "cost.json"
 MODEL = "model"
 ADAPTER = "adapter"
 FILTER_REPORT = "report.json"
+FILTER_SETTINGS = "filter.json"  # the teacher stage's filter: layer, tau, direction, check figures
 FILTER_SCORES = "scores.jsonl"
 KEPT = "kept.jsonl"  # a filter's kept and flagged user rows, as read, with their scores
 FLAGGED = "flagged.jsonl"
@@ -55,45 +57,12 @@ class Workdir:
     eval = _under_root("eval")
     report = _under_root("report.json")
     refusal_feature = _under_root("teacher", "refusal_feature.npy")
-    filter_settings = _under_root("teacher", "filter.json")  # the filter's layer, tau and direction
+    filter_settings = _under_root("teacher", FILTER_SETTINGS)
     refusal_prompts = _under_root("teacher", "refusal_prompts.jsonl")
-
-    def filter(self, name: str = "ref_teacher") -> Path:
-        """Where filter `name` (methods.FILTERS) writes scores.jsonl and report.json."""
-        return self.root / "filter" if name == "ref_teacher" else self.root / "filters" / name
-
-    def aligned(self, defence: str) -> Path:
-        """Where an alignment-stage defence (vaccine, repnoise, booster) writes the base model it aligned."""
-        return self.root / f"{defence}_aligned"
-
-    def method(self, name: str) -> Path:
-        """Where a method's finetuned model and logs live (Ref-Teacher's is the contract's student/)."""
-        return self.root / ("student" if name == "ref_teacher" else name)
 
     def attack(self, name: str) -> Path:
         """Where the GCG attack on method (or reference) `name` writes its report."""
         return self.root / "attack" / name
-
-    def stage(self, stage: str) -> Path:
-        """The folder of a stage (reft_jax.stages.STAGES): teacher, safety_alignment, alignment:DEFENCE,
-        filter[:NAME], finetune:METHOD."""
-        kind, _, name = stage.partition(":")
-        if kind == "filter":
-            return self.filter(name or "ref_teacher")
-        if kind == "finetune":
-            return self.method(name)
-        if kind == "alignment":
-            return self.aligned(name)
-        return {"teacher": self.teacher, "safety_alignment": self.safety_aligned}[stage]
-
-    def done(self, stage: str) -> Path:
-        """The file whose existence means `stage` is done (its last output)."""
-        folder = self.stage(stage)
-        if stage == "teacher":
-            return self.filter_settings
-        if stage.startswith("filter"):
-            return folder / FILTER_REPORT
-        return model_config(folder)
 
     def plot(self, name: str) -> Path:
         return self.root / f"{name}.png"

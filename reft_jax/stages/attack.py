@@ -41,7 +41,7 @@ def attacked_model(ctx: RunContext, name: str) -> Transformer:
     if name not in METHODS and name != "teacher":
         raise ConfigError(f"--method: {name!r} is not a method ({', '.join(METHODS)}) or a reference "
                           f"({', '.join(REFERENCES)})")
-    folder = wd.teacher if name == "teacher" else wd.method(name)
+    folder = wd.teacher if name == "teacher" else METHODS[name].path(wd)
     if not model_config(folder).exists():
         raise ReftError(f"{model_dir(folder)}: no trained model of {name} to attack; train it first (`reft-jax run`)")
     return load_stage_model(model_dir(folder), cfg, name)

@@ -1,16 +1,46 @@
-"""What several stages do the same way: write a filter's outputs, count scoring FLOPs."""
+"""What several stages share: the registration of a filter, writing its outputs, counting scoring FLOPs."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import jax
+import numpy as np
 
 from reft_jax.data import Batches
 from reft_jax.experiment import cost
 from reft_jax.experiment.context import RunContext
 from reft_jax.models import ModelConfig
 from reft_jax.refusal.scoring import FilterResult
+from reft_jax.runtime.workdir import Workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """A filter of the user data, as its module registers it (reft_jax.stages.FILTERS): the name methods use, its
+    stage (`run` scores the user data into `folder` of the workdir: scores.jsonl, report.json, ...; done when
+    report.json exists), the stages it reads, how a user produces it (for errors), and `flags`, its verdicts on
+    other prompts (flags(ctx, examples, tokenized) -> bool per prompt: the over-refusal rows), and when a run
+must skip it."""
+
+    name: str
+    run: Callable[[RunContext], dict]
+    flags: Callable[..., np.ndarray]
+    folder: str = ""  # "" = filters/NAME
+    stage: str = ""  # "" = filter:NAME
+    needs: tuple[str, ...] = ()
+    command: str = ""  # "" = a run of a method that uses it
+    unavailable: Callable[..., str | None] = lambda cfg: None  # why a run config cannot use it (its methods skip)
+
+    def __post_init__(self):
+        object.__setattr__(self, "folder", self.folder or f"filters/{self.name}")
+        object.__setattr__(self, "stage", self.stage or f"filter:{self.name}")
+        object.__setattr__(self, "command", self.command or f"reft-jax run with the {self.name} filter")
+
+    def path(self, wd: Workdir) -> Path:
+        return wd.root / self.folder
 
 
 def write_filter(ctx: RunContext, result: FilterResult, folder: Path, **fields) -> dict:

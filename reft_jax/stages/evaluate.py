@@ -20,19 +20,16 @@ from reft_jax.experiment.methods import METHODS, Method
 from reft_jax.models import Transformer
 from reft_jax.models.from_config import base_model, load_stage_model
 from reft_jax.runtime.workdir import FILTER_REPORT, METRICS, Workdir, model_config, model_dir
-from reft_jax.stages import llama_guard_filter, ref_teacher_filter, saft_filter, stages_of
+from reft_jax.stages import FILTERS, STAGES, stages_of
 
 FILTER_METRICS = ("precision", "recall", "f1", "auroc", "num_flagged", "num_examples", "tau")
-# Each filter's verdicts on prompts outside the user data (the over-refusal rows).
-FILTER_FLAGS = {"ref_teacher": ref_teacher_filter.flags, "saft": saft_filter.flags,
-                "llama_guard": llama_guard_filter.flags}
 
 
 def filter_summary(wd: Workdir, method: Method) -> dict | None:
     """The method's filter on the user data: precision, recall, F1, AUROC, counts (None without a filter)."""
     if not method.filter:
         return None
-    report = json.loads((wd.filter(method.filter) / FILTER_REPORT).read_text())
+    report = json.loads((FILTERS[method.filter].path(wd) / FILTER_REPORT).read_text())
     return {"name": method.filter, **{k: report.get(k) for k in FILTER_METRICS}}
 
 
@@ -40,7 +37,7 @@ def method_cost(wd: Workdir, method: Method) -> dict:
     """Each stage's wall time, accelerator-seconds and FLOPs (shared stages, like the teacher, count in full
     for every method that needs them: the price of that pipeline), and their totals."""
     names = stages_of(method)
-    records = [cost.read(wd.stage(s)) for s in names]
+    records = [cost.read(STAGES[s].path(wd)) for s in names]
     return {"stages": [r or {"stage": name} for r, name in zip(records, names)], **cost.total(records)}
 
 
@@ -99,7 +96,7 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
 
     @functools.cache  # a filter shared by several methods scores the rows once
     def filter_over_refusal(name: str) -> dict:
-        return over_refusal.rates(FILTER_FLAGS[name](ctx, over.examples(), over_tokenized()), over, "flag")
+        return over_refusal.rates(FILTERS[name].flags(ctx, over.examples(), over_tokenized()), over, "flag")
 
     def filter_entry(method: Method) -> dict | None:
         entry = filter_summary(wd, method)
@@ -109,7 +106,7 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
 
     methods = {}
     for method in METHODS.values() if which is None else which:
-        folder = model_dir(wd.method(method.name))
+        folder = model_dir(method.path(wd))
         if not (folder / "config.json").exists():
             continue
         methods[method.name] = {**measure(load_stage_model(folder, cfg, method.name), method.name),
@@ -122,11 +119,12 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
         report["references"] = {"base_model": measure(base_model(cfg, ctx.vocab), "base model")}
         if model_config(wd.teacher).exists():
             report["references"]["teacher"] = measure(load_stage_model(model_dir(wd.teacher), cfg, "teacher"), "teacher")
-    filter_report = wd.filter() / FILTER_REPORT
+    main_filter = METHODS["ref_teacher"].filter  # the report's own filter section: Ref-Teacher's
+    filter_report = FILTERS[main_filter].path(wd) / FILTER_REPORT
     if filter_report.exists():
         report["filter"] = json.loads(filter_report.read_text())
         if over is not None:
-            report["filter"]["over_refusal"] = filter_over_refusal("ref_teacher")
+            report["filter"]["over_refusal"] = filter_over_refusal(main_filter)
     refusal_log = teacher_refusal_log(wd)
     if refusal_log is not None:
         report["teacher_refusal"] = refusal_log

@@ -10,7 +10,7 @@ from reft_jax.evaluation import judges
 from reft_jax.experiment import cost
 from reft_jax.experiment.context import RunContext
 from reft_jax.refusal import scoring
-from reft_jax.stages.common import write_filter
+from reft_jax.stages.common import Filter, write_filter
 
 
 def flags(ctx: RunContext, examples: list[dict], ds=None) -> np.ndarray:
@@ -23,8 +23,8 @@ def run(ctx: RunContext) -> dict:
     path = ctx.cfg.baselines.llama_guard_path
     if not path:
         raise ConfigError("baselines.llama_guard_path: the llamaguard_filter method needs a local checkpoint")
-    folder = ctx.workdir.filter("llama_guard")
-    with cost.StageCost(folder, "filter:llama_guard") as stage:
+    folder = FILTER.path(ctx.workdir)
+    with cost.StageCost(folder, FILTER.stage) as stage:
         examples, ds = ctx.user_examples, ctx.user  # the judge reads text; the tokenized rows say which were kept
         judge = judges.LlamaGuardJudge(path)
         pairs = [(examples[i]["prompt"], examples[i]["response"]) for i in ds.index]
@@ -36,3 +36,10 @@ def run(ctx: RunContext) -> dict:
         lengths = (len(judge.tokenizer(judge.format(p, r)).input_ids) + new for p, r in pairs)
         stage.flops = cost.forward_passes_of(judge.model.cfg, ((1, n) for n in lengths))
     return report
+
+
+def unavailable(cfg) -> str | None:
+    return None if cfg.baselines.llama_guard_path else "no Llama-Guard checkpoint configured (baselines.llama_guard_path)"
+
+
+FILTER = Filter("llama_guard", run, flags, unavailable=unavailable)

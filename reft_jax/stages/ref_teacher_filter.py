@@ -17,7 +17,7 @@ from reft_jax.models.from_config import base_model, load_stage_model
 from reft_jax.refusal import scoring
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import Workdir, model_dir
-from reft_jax.stages.common import prompt_flops, write_filter
+from reft_jax.stages.common import Filter, prompt_flops, write_filter
 
 
 def teacher_settings(wd: Workdir) -> dict:
@@ -49,14 +49,19 @@ def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.nda
 
 def run(ctx: RunContext) -> dict:
     cfg, wd = ctx.cfg, ctx.workdir
-    with cost.StageCost(wd.filter(), "filter") as stage:
+    folder = FILTER.path(wd)
+    with cost.StageCost(folder, FILTER.stage) as stage:
         settings = teacher_settings(wd)
         model = filter_model(ctx, settings)
         styles = np.array([prompt_style(ex["request"]) for ex in ctx.user_examples], dtype=object)
         result = scoring.run_filter(FrozenModel.of(model), ctx.user, settings["r"], settings["layer"], settings["tau"],
                                     batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                                     progress=cfg.logging.progress, style=styles)
-        report = write_filter(ctx, result, wd.filter(), direction=settings["direction"],
+        report = write_filter(ctx, result, folder, direction=settings["direction"],
                               check=settings.get("check"))
         stage.flops = prompt_flops(model.cfg, ctx.prompt_batches(ctx.user, cfg.filter.batch_size))
     return report
+
+
+FILTER = Filter("ref_teacher", run, flags, folder="filter", stage="filter", needs=("teacher",),
+                command="reft-jax filter")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reft_jax.experiment import cost
 from reft_jax.experiment.context import RunContext
-from reft_jax.models.from_config import base_model, lora_config, trainable
+from reft_jax.models.from_config import base_model, trainable
 from reft_jax.models.hf_io import save_model
 from reft_jax.runtime.workdir import model_dir
 from reft_jax.train import runs
@@ -21,6 +21,6 @@ def run(ctx: RunContext) -> Path:
         model = trainable(cfg, base_model(cfg, ctx.vocab), salt=4)
         align = ctx.batches(ctx.alignment, seed_offset=5)
         aligned = runs.train_student(cfg, model, None, out, align.batch, align.batch, steps=steps, beta=0.0)
-        save_model(aligned, ctx.tokenizer, model_dir(out))
-        stage.flops = cost.train_passes(model.cfg, lora_config(cfg), align.batch, steps)
+        save_model(aligned.model, ctx.tokenizer, model_dir(out))
+        stage.flops = aligned.flops
     return out

@@ -14,7 +14,7 @@ from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model
 from reft_jax.refusal import saft, scoring
 from reft_jax.runtime.state import FrozenModel
-from reft_jax.stages.common import prompt_flops, write_filter
+from reft_jax.stages.common import Filter, prompt_flops, write_filter
 
 SCORER = "scorer.npz"  # the fitted filter (subspace, sign, threshold): what scores prompts after the stage
 
@@ -23,7 +23,7 @@ def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.nda
     """The SAFT filter's verdicts on other prompts (prompt-only examples, and tokenized), as it judged the user
     data."""
     cfg = ctx.cfg
-    path = ctx.workdir.filter("saft") / SCORER
+    path = FILTER.path(ctx.workdir) / SCORER
     if not path.exists():
         raise ReftError(f"{path}: missing; rerun the SAFT filter stage (`run --force`) to save its fitted scorer")
     scorer = saft.Scorer.load(path)
@@ -53,8 +53,8 @@ def labelled_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def run(ctx: RunContext) -> dict:
     cfg, s = ctx.cfg, ctx.cfg.saft
-    folder = ctx.workdir.filter("saft")
-    with cost.StageCost(folder, "filter:saft") as stage:
+    folder = FILTER.path(ctx.workdir)
+    with cost.StageCost(folder, FILTER.stage) as stage:
         model = base_model(cfg, ctx.vocab)
         layers = saft_layers(s, model.cfg.num_layers)
         kw = dict(batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets), progress=cfg.logging.progress)
@@ -77,3 +77,6 @@ def run(ctx: RunContext) -> dict:
         scored = (user_ds, ctx.pool) if s.val_source == "pool" else (user_ds,)
         stage.flops = sum(prompt_flops(model.cfg, ctx.prompt_batches(ds, cfg.filter.batch_size)) for ds in scored)
     return report
+
+
+FILTER = Filter("saft", run, flags)

@@ -18,11 +18,14 @@ import numpy as np
 from reft_jax import refusal
 from reft_jax.experiment import cost
 from reft_jax.experiment.context import LabelledPrompts, RunContext
-from reft_jax.models.from_config import base_model, lora_config, trainable
+from reft_jax.models import flops
+from reft_jax.models.from_config import base_model, trainable
 from reft_jax.models.hf_io import save_model
 from reft_jax.refusal import scoring
+from reft_jax.runtime import parallel
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import model_dir
+from reft_jax.stages.common import prompt_flops
 from reft_jax.train import runs
 
 
@@ -48,22 +51,27 @@ def run(ctx: RunContext) -> Path:
         model = trainable(cfg, base_model(cfg, ctx.vocab), salt=1)  # fresh adapters: still M0's function
         layer = refusal.feature_layer(cfg.refusal.layer, model.cfg.num_layers)
         prompts = ctx.refusal_prompts
-        pool, check, calibration = (_prompt_batches(ctx, prompts.get(split)) for split in ("train", "check", "calibration"))
+        pool, check = (_prompt_batches(ctx, prompts.get(split)) for split in ("train", "check"))
+
+        scoring_flops = []  # the stage's own passes besides the training run's: base R_l, the splits it scores
 
         def scores(frozen: FrozenModel, r, split: str) -> np.ndarray | None:
             if split not in prompts:
                 return None
+            scoring_flops.append(prompt_flops(model.cfg, ctx.prompt_batches(prompts[split].ds, cfg.filter.batch_size)))
             return scoring.score(frozen, prompts[split].ds, r, layer, batch_size=cfg.filter.batch_size,
                                  buckets=list(cfg.data.buckets), progress=False)
 
         # The base model's own direction, read before training (which donates the weights it starts from).
         m0 = FrozenModel.of(model)
         base_r = np.asarray(runs.compute_refusal_feature(refusal.make_feature_fn(layer), m0, pool))
+        scoring_flops.append(sum(flops.forward_flops(model.cfg, *parallel.global_shape(b)) for b in pool))
         base = {split: scores(m0, base_r, split) for split in ("check", "calibration")}
         base_check = check_report(base["check"], prompts.get("check"))
         align = ctx.batches(ctx.alignment)
-        teacher, r = runs.train_teacher(cfg, model, out, align.batch, pool, check,
-                                        base_check["auroc"] if base_check else None)
+        trained_run = runs.train_teacher(cfg, model, out, align.batch, pool, check,
+                                         base_check["auroc"] if base_check else None)
+        teacher, r = trained_run.model, trained_run.r
         trained = FrozenModel.of(teacher)
         teacher_check = check_report(scores(trained, r, "check"), prompts.get("check"))
         direction = choose_direction(teacher_check, base_check)
@@ -85,7 +93,7 @@ def run(ctx: RunContext) -> Path:
             settings = {"layer": layer, "tau": tau, "direction": direction,
                         "check": {"teacher": teacher_check, "base": base_check}}
             wd.filter_settings.write_text(json.dumps(settings, indent=2) + "\n")
-        stage.flops = _flops(cfg, model.cfg, pool, check, calibration, align, layer)
+        stage.flops = trained_run.flops + sum(scoring_flops)
     return out
 
 
@@ -99,18 +107,3 @@ def write_prompts(prompts: dict[str, LabelledPrompts], path: Path) -> None:
 
 def _prompt_batches(ctx: RunContext, prompts: LabelledPrompts | None) -> list:
     return [] if prompts is None else list(ctx.prompt_batches(prompts.ds))
-
-
-def _flops(cfg, model_cfg, pool, check, calibration, align, layer: int) -> int:
-    """The training steps, every R_l recomputation (pool and check split), the base model's and the final
-    teacher's scoring passes, and the regulariser's pool batch per step when reg_pool."""
-    steps, lora = cfg.teacher.steps, lora_config(cfg)
-    refreshes = -(-steps // cfg.refusal.update_every) + 1  # R_l every update_every steps, and at the end
-    scored = pool + check  # what each refresh runs forward
-    extra = pool + 2 * check + 2 * calibration  # the base model's pass; the final teacher's check and calibration
-    flops = (cost.train_passes(model_cfg, lora, align.batch, steps)
-             + refreshes * cost.forward_passes(model_cfg, scored.__getitem__, len(scored))
-             + cost.forward_passes(model_cfg, extra.__getitem__, len(extra)))
-    if cfg.refusal.reg_pool:  # a pool batch per step through blocks <= layer: that share of a train step
-        flops += layer * cost.train_passes(model_cfg, lora, lambda i: pool[i % len(pool)], steps) // model_cfg.num_layers
-    return flops

@@ -2,7 +2,8 @@
 
 Each is a frozen dataclass whose call `update(model_of, params, step, *args) -> (loss, metrics, grads)` computes
 one step's gradient (model_of(params) is the model at those parameters; step is the state's step counter), and
-`make_update_step` turns it into a jitted, donated step like the teacher's and the student's. Where a defence
+`make_update_step` turns it into a jitted, donated step like the teacher's and the student's; `flops(cfg, lora,
+*shapes)` counts one call's model FLOPs from the (rows, tokens) shapes of its batches. Where a defence
 needs more than one gradient per step (Vaccine, Booster) the update assembles them itself, as the authors' code
 does; the algorithms follow the papers and their public code (the differences are said where they are).
 
@@ -23,8 +24,9 @@ import optax
 from flax import nnx
 
 from reft_jax.data import Batch
+from reft_jax.models import LoraConfig, ModelConfig, flops
 from reft_jax.train import losses
-from reft_jax.train.steps import apply_gradients, forward, jit_step, response_ce
+from reft_jax.train.steps import Shape, apply_gradients, forward, jit_step, response_ce
 
 _EPS = 1e-7  # the authors' guard in the perturbation normalisations
 
@@ -79,6 +81,11 @@ class Vaccine:
         return ce, dict(ce=ce, ce_clean=clean, tokens=tokens), grads
 
 
+    def flops(self, cfg: ModelConfig, lora: LoraConfig | None, align: Shape) -> int:
+        """The pass that finds the perturbation (no weight gradients) and the perturbed train pass."""
+        return flops.input_gradient_flops(cfg, *align, lora=lora) + flops.train_flops(cfg, *align, lora)
+
+
 @dataclasses.dataclass(frozen=True)
 class Booster:
     """Alignment CE f plus lam x (h(w) - h(w')), h the CE of harmful answers and w' = w - alpha g_h / ||g_h||
@@ -102,6 +109,10 @@ class Booster:
         grads = jax.tree.map(lambda a, now, after: a + self.lam * (now - after), g_f, g_h, g_after)
         loss = f + self.lam * (h - h_after)
         return loss, dict(ce=f, harmful_ce=h, harmful_ce_after=h_after, harmful_grad_norm=norm, tokens=tokens), grads
+
+    def flops(self, cfg: ModelConfig, lora: LoraConfig | None, align: Shape, harmful: Shape) -> int:
+        """The harmful loss's train passes at w and at w', and the alignment's."""
+        return flops.train_flops(cfg, *align, lora) + 2 * flops.train_flops(cfg, *harmful, lora)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +162,11 @@ class RepNoise:
             lambda p: self.loss(model_of(p), align, harmful, noise), has_aux=True)(params)
         return loss, metrics, grads
 
+    def flops(self, cfg: ModelConfig, lora: LoraConfig | None, align: Shape, harmful: Shape) -> int:
+        """Train passes on both batches, and the harmful batch's vocabulary projection at every depth."""
+        return (flops.train_flops(cfg, *align, lora) + flops.train_flops(cfg, *harmful, lora)
+                + flops.logit_lens_flops(cfg, *harmful, lora=lora))
+
 
 @dataclasses.dataclass(frozen=True)
 class Lisa:
@@ -171,6 +187,10 @@ class Lisa:
 
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
         return value, metrics, grads
+
+    def flops(self, cfg: ModelConfig, lora: LoraConfig | None, batch: Shape) -> int:
+        """A train pass on the step's batch (the proximal term is elementwise)."""
+        return flops.train_flops(cfg, *batch, lora)
 
 
 def lisa_phase(step: int, align_steps: int, user_steps: int) -> bool:

@@ -46,6 +46,10 @@ class Hook:
     def __call__(self, state: Any, step: int) -> dict[str, float]:
         raise NotImplementedError
 
+    def calls(self, steps: int) -> int:
+        """How often a run of `steps` steps from the start calls the hook (a resumed run calls it once more)."""
+        return len(range(0, steps, self.every)) + (steps > 0)
+
 
 class TrainingDiverged(ReftError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""

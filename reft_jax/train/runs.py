@@ -9,6 +9,7 @@ recomputation logs the pool's (and the check split's) mean cosines and AUROC in 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,7 +22,7 @@ from reft_jax import refusal
 from reft_jax.config.schema import RunConfig
 from reft_jax.data import Batch
 from reft_jax.errors import ConfigError
-from reft_jax.models import Transformer
+from reft_jax.models import ModelConfig, Transformer, flops
 from reft_jax.refusal.feature import make_feature_fn
 from reft_jax.runtime import parallel
 from reft_jax.runtime.state import FrozenModel
@@ -33,6 +34,21 @@ from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, ma
 
 def _loop_config(cfg: RunConfig, steps: int) -> loop.LoopConfig:
     return loop.LoopConfig(steps, cfg.checkpoint, cfg.logging)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What a training run gives: the trained model, the model FLOPs of all its step calls (resumed ones
+    included) counted by the step itself (its loss's or update's `flops`), and the teacher's final R_l."""
+
+    model: Transformer
+    flops: int
+    r: np.ndarray | None = None
+
+
+def steps_flops(step, model: Transformer, batches_at: Callable[[int], tuple[Batch, ...]], steps: int) -> int:
+    """The model FLOPs of `steps` calls of a step (a loss or update with `flops`), each on batches_at(i)."""
+    return sum(step.flops(model.cfg, model.opts.lora, *map(parallel.global_shape, batches_at(i))) for i in range(steps))
 
 
 class _Placement:
@@ -118,11 +134,16 @@ class RefusalRefresh(loop.Hook):
         self.carry = r
         return metrics
 
+    def flops(self, cfg: ModelConfig) -> int:
+        """One recomputation: a forward pass over the pool and the check split."""
+        return sum(flops.forward_flops(cfg, *parallel.global_shape(b)) for b in (*self.pool, *self.check))
+
 
 def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, batch_at: Callable[[int], Batch],
                   pool: Sequence[Batch], check: Sequence[Batch] = (),
-                  base_check_auroc: float | None = None) -> tuple[Transformer, np.ndarray]:
-    """Trains the Ref-Teacher from `model` (the base); returns the teacher and its final R_l.
+                  base_check_auroc: float | None = None) -> Trained:
+    """Trains the Ref-Teacher from `model` (the base); returns the teacher, its final R_l and the FLOPs of its
+    steps and R_l recomputations.
 
     check: labelled prompt batches never trained on (the pool's check split); at each recomputation of R_l their
     mean cosines and AUROC are logged (check_*), beside base_check_auroc (the base model's, check_auroc_base).
@@ -131,33 +152,33 @@ def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, batch
     steps = cfg.teacher.steps
     tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
     place = _Placement(cfg, model, tx, batch_at(0))
-    reg_pool = cfg.refusal.reg_pool
-    step = make_teacher_step(tx, TeacherLoss(layer=layer, lam=cfg.refusal.lam, kind=cfg.refusal.kind,
-                                             block=cfg.model.loss_block),
-                             state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
-                             activation_sharding=place.activation_sharding, with_pool=reg_pool)
+    loss_fn = TeacherLoss(layer=layer, lam=cfg.refusal.lam, kind=cfg.refusal.kind, block=cfg.model.loss_block)
+    step = make_teacher_step(tx, loss_fn, state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
+                             activation_sharding=place.activation_sharding, with_pool=cfg.refusal.reg_pool)
     features = make_feature_fn(layer)
     zero = jax.device_put(jnp.zeros((model.cfg.hidden_size,), jnp.float32), parallel.replicated(place.mesh))
     refresh = RefusalRefresh(features, pool, check, cfg.refusal.update_every, zero, base_check_auroc)
 
-    def pool_batch(i):
-        return (place.batch(pool[i % len(pool)]),) if reg_pool else ()
+    def batches_at(i):  # the alignment batch, and the pool batch of the regulariser (refusal.reg_pool)
+        return (batch_at(i), pool[i % len(pool)]) if cfg.refusal.reg_pool else (batch_at(i),)
 
     def step_fn(state, i):
-        return step(state, place.batch(batch_at(i)), refresh.carry, *pool_batch(i))
+        batch, *pool_batch = map(place.batch, batches_at(i))
+        return step(state, batch, refresh.carry, *pool_batch)
 
-    place.check_memory(step, place.state, place.batch(batch_at(0)), refresh.carry, *pool_batch(0),
-                       what="teacher step")
+    place.check_memory(step, place.state, place.batch(batch_at(0)), refresh.carry,
+                       *map(place.batch, batches_at(0)[1:]), what="teacher step")
     state = loop.run("teacher", workdir, _loop_config(cfg, steps), place.state, step_fn, hooks=[refresh],
                      meta={"seed": cfg.seed, "layer": layer}, run_config=cfg.to_dict())
     # The feature the filter uses is the final teacher's own: the hook's last call, after the last step.
     r = refresh.carry if steps > 0 else compute_refusal_feature(features, FrozenModel.of(model), pool)
-    return state.model(), np.asarray(r)
+    cost = steps_flops(loss_fn, model, batches_at, steps) + refresh.calls(steps) * refresh.flops(model.cfg)
+    return Trained(state.model(), cost, np.asarray(r))
 
 
 def train_student(cfg: RunConfig, model: Transformer, teacher: Transformer | None, workdir: str | Path,
                   user_at: Callable[[int], Batch], align_at: Callable[[int], Batch], *, steps: int,
-                  beta: float, alpha: float = 0.0, data_id: str = "") -> Transformer:
+                  beta: float, alpha: float = 0.0, data_id: str = "") -> Trained:
     """Finetunes the student from `model` (the base) for `steps` step calls on kept user data, plus
     beta x KL(teacher || student) on alignment data (distill.temperature) and alpha x the CE of the alignment
     responses (joint SFT on both datasets). teacher None (beta = 0): plain finetuning, the no-defence baseline.
@@ -169,41 +190,45 @@ def train_student(cfg: RunConfig, model: Transformer, teacher: Transformer | Non
     frozen_teacher = place.frozen(teacher)
     teacher_sharding = None if teacher is None else parallel.frozen_model_sharding(frozen_teacher, place.mesh,
                                                                                    units=place.units)
-    step = make_student_step(tx, StudentLoss(beta=beta, temperature=cfg.distill.temperature, alpha=alpha,
-                                             block=cfg.model.loss_block),
-                             state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
+    loss_fn = StudentLoss(beta=beta, temperature=cfg.distill.temperature, alpha=alpha, block=cfg.model.loss_block)
+    step = make_student_step(tx, loss_fn, state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
                              activation_sharding=place.activation_sharding, teacher_sharding=teacher_sharding)
 
-    def step_fn(state, i):
-        return step(state, frozen_teacher, place.batch(user_at(i)), place.batch(align_at(i)))
+    def batches_at(i):
+        return user_at(i), align_at(i)
 
-    place.check_memory(step, place.state, frozen_teacher, place.batch(user_at(0)), place.batch(align_at(0)),
-                       what="student step")
+    def step_fn(state, i):
+        return step(state, frozen_teacher, *map(place.batch, batches_at(i)))
+
+    place.check_memory(step, place.state, frozen_teacher, *map(place.batch, batches_at(0)), what="student step")
     state = loop.run("student", workdir, _loop_config(cfg, steps), place.state, step_fn,
                      meta={"seed": cfg.seed, "user_data": data_id}, run_config=cfg.to_dict())
-    return state.model()
+    return Trained(state.model(), steps_flops(loss_fn, model, batches_at, steps))
 
 
 def train_alignment_defence(cfg: RunConfig, model: Transformer, workdir: str | Path, update,
                             align_at: Callable[[int], Batch], harmful_at: Callable[[int], Batch] | None = None, *,
-                            steps: int) -> Transformer:
+                            steps: int) -> Trained:
     """An alignment-stage defence (defences.Vaccine / Booster / RepNoise) trained from `model` for `steps` step
     calls on alignment batches, and harmful-answer batches where the defence takes them."""
     tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
     place = _Placement(cfg, model, tx, align_at(0))
-    batches = [align_at] + ([harmful_at] if harmful_at is not None else [])
+    sources = [align_at] + ([harmful_at] if harmful_at is not None else [])
     step = make_update_step(tx, update, state_sharding=place.state_sharding,
-                            arg_shardings=(place.batch_sharding,) * len(batches),
+                            arg_shardings=(place.batch_sharding,) * len(sources),
                             activation_sharding=place.activation_sharding)
 
-    def step_fn(state, i):
-        return step(state, *(place.batch(at(i)) for at in batches))
+    def batches_at(i):
+        return tuple(at(i) for at in sources)
 
-    place.check_memory(step, place.state, *(place.batch(at(0)) for at in batches), what="alignment step")
+    def step_fn(state, i):
+        return step(state, *map(place.batch, batches_at(i)))
+
+    place.check_memory(step, place.state, *map(place.batch, batches_at(0)), what="alignment step")
     name = type(update).__name__.lower()
     state = loop.run(name, workdir, _loop_config(cfg, steps), place.state, step_fn,
                      meta={"seed": cfg.seed, "defence": name}, run_config=cfg.to_dict())
-    return state.model()
+    return Trained(state.model(), steps_flops(update, model, batches_at, steps))
 
 
 class LisaAnchor(loop.Hook):
@@ -230,7 +255,7 @@ def check_lisa_budget(cfg: RunConfig, steps: int | None = None) -> None:
 
 
 def train_lisa(cfg: RunConfig, model: Transformer, workdir: str | Path, user_at: Callable[[int], Batch],
-               align_at: Callable[[int], Batch], *, steps: int, data_id: str = "") -> Transformer:
+               align_at: Callable[[int], Batch], *, steps: int, data_id: str = "") -> Trained:
     """Lisa's finetuning from `model` (the safety-aligned one): `steps` step calls, each cycle
     defences.lisa.align_steps on alignment batches then user_steps on user batches, with the proximal term
     toward the weights at the last switch (defences.Lisa)."""
@@ -244,13 +269,14 @@ def train_lisa(cfg: RunConfig, model: Transformer, workdir: str | Path, user_at:
                             activation_sharding=place.activation_sharding)
     anchor = LisaAnchor(place.state.params, c.align_steps, c.user_steps)
 
+    def batches_at(i):  # the user batch of an alignment step is skipped, as the authors' trainer discards it
+        return (align_at(i) if lisa_phase(i, c.align_steps, c.user_steps) else user_at(i),)
+
     def step_fn(state, i):
-        alignment = lisa_phase(i, c.align_steps, c.user_steps)
-        # The user batch of an alignment step is skipped, as the authors' trainer discards it.
-        state, metrics = step(state, place.batch(align_at(i) if alignment else user_at(i)), anchor.carry)
-        return state, {**metrics, "alignment_step": float(alignment)}
+        state, metrics = step(state, *map(place.batch, batches_at(i)), anchor.carry)
+        return state, {**metrics, "alignment_step": float(lisa_phase(i, c.align_steps, c.user_steps))}
 
     place.check_memory(step, place.state, place.batch(user_at(0)), anchor.carry, what="Lisa step")
     state = loop.run("lisa", workdir, _loop_config(cfg, steps), place.state, step_fn, hooks=[anchor],
                      meta={"seed": cfg.seed, "user_data": data_id}, run_config=cfg.to_dict())
-    return state.model()
+    return Trained(state.model(), steps_flops(lisa, model, batches_at, steps))

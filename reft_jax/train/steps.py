@@ -1,6 +1,8 @@
 """Pure train steps of the teacher and the student: their losses, and the jitted, donated update.
 
 The state they update (reft_jax.runtime.state.TrainState) is a pure function of arrays that `jax.jit` compiles once.
+Each loss also counts its step's model FLOPs (`flops`, from the (rows, tokens) shapes of the batches the step
+takes): the stages' cost.json and the benchmark's MFU ask it, so a change to a step changes its cost with it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from flax import nnx
 
 from reft_jax import refusal
 from reft_jax.data import Batch
-from reft_jax.models import Transformer
+from reft_jax.models import LoraConfig, ModelConfig, Transformer, flops
 from reft_jax.models.activations import sharded_activations
 from reft_jax.runtime.state import FrozenModel, TrainState
 from reft_jax.train import losses
+
+Shape = tuple[int, int]  # (rows, tokens) of a batch, every process's rows counted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +53,12 @@ class TeacherLoss:
             weights = jnp.concatenate([weights, pool["example_weight"].astype(weights.dtype)])
         reg = losses.refusal_regularizer(features, r, labels, weights, self.kind)
         return ce + self.lam * reg, dict(ce=ce, reg=reg, tokens=tokens, **metrics)
+
+    def flops(self, cfg: ModelConfig, lora: LoraConfig | None, batch: Shape, pool: Shape | None = None) -> int:
+        """One step: the trained model on the batch (CE and L_reg share its forward) and, with a pool batch, its
+        prompts through the blocks up to `layer`, that share of a train pass."""
+        total = flops.train_flops(cfg, *batch, lora)
+        return total + (self.layer * flops.train_flops(cfg, *pool, lora) // cfg.num_layers if pool else 0)
 
 
 def response_ce(model: Transformer, out, batch: Batch, block: int):
@@ -102,6 +112,14 @@ class StudentLoss:
                                                     teacher_out.hidden_states[-1], teacher.unembed, *args,
                                                     block=self.block)
         return losses.distillation_kl(student.logits, teacher_out.logits, *args)
+
+    def flops(self, cfg: ModelConfig, lora: LoraConfig | None, user: Shape, align: Shape) -> int:
+        """One step: the trained model on the user batch, on the alignment batch unless beta = alpha = 0, and the
+        frozen teacher's forward on it when distilling (the teacher has no adapters: they are merged)."""
+        total = flops.train_flops(cfg, *user, lora)
+        if self.beta or self.alpha:
+            total += flops.train_flops(cfg, *align, lora)
+        return total + (flops.forward_flops(cfg, *align) if self.beta else 0)
 
 
 def forward(model: Transformer, batch: Batch, block: int, **kw):
