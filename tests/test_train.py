@@ -100,7 +100,20 @@ def run_teacher(workdir, steps, pause_after=None):
                             env={**os.environ, "PYTHONPATH": str(HERE)})
 
 
-def test_resume_after_sigkill_gives_the_same_losses(tmp_path):
+def damage(checkpoint, how):
+    """What a disk or a person can do to a checkpoint: truncate its largest array file, or delete its metadata."""
+    if how == "truncate":
+        files = [f for f in (checkpoint / "state").rglob("*") if f.is_file()]
+        max(files, key=lambda f: f.stat().st_size).write_bytes(b"")
+    elif how == "metadata":
+        (checkpoint / "state" / "_METADATA").unlink()
+
+
+@pytest.mark.parametrize("damaged", [None, "truncate", "metadata"])
+def test_resume_after_sigkill_gives_the_same_losses(tmp_path, damaged):
+    """Killed after its checkpoint at step 6, the run resumes from it; with that checkpoint damaged, from the
+    one before (3), after moving the damaged one aside with a warning. Either way the losses equal a run that
+    was never interrupted."""
     steps = 10
     uninterrupted = run_teacher(tmp_path / "a", steps)
     interrupted = run_teacher(tmp_path / "b", steps, pause_after=6)
@@ -112,10 +125,18 @@ def test_resume_after_sigkill_gives_the_same_losses(tmp_path):
     interrupted.send_signal(signal.SIGKILL)
     interrupted.wait()
     assert read_losses(tmp_path / "b").keys() == set(range(1, 7))
+    checkpoints = tmp_path / "b" / "checkpoints"
+    damage(checkpoints / "6", damaged)
     resumed = run_teacher(tmp_path / "b", steps)
     for proc in (uninterrupted, resumed):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
+    if damaged:
+        assert (checkpoints / "corrupt-6" / "state").is_dir()  # kept for a person to look at
+        assert "checkpoints/6: cannot read this checkpoint (" in err and "moved to" in err, err[-2000:]
+        assert "resuming teacher from step 3" in err
+    else:
+        assert "resuming teacher from step 6" in err
     a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
     assert a.keys() == b.keys() == set(range(1, steps + 1))
     for step in a:
@@ -261,3 +282,21 @@ def test_a_run_counts_the_flops_its_own_steps_report(tmp_path):
         # distilling: both batches trained and the teacher's forward; plain finetuning: the user batch alone
         passes = 2 * flops.train_flops(student.model.cfg, *shape) + flops.forward_flops(student.model.cfg, *shape)
         assert own == (passes if beta else flops.train_flops(student.model.cfg, *shape))
+
+
+def test_with_no_readable_checkpoint_the_stage_starts_over(tmp_path, caplog):
+    from reft_jax.runtime.checkpoint import Checkpointer
+
+    state = {"w": jnp.arange(64.0)}
+    checkpoints = Checkpointer(tmp_path, max_to_keep=2)
+    checkpoints.save(4, state, {}, {"seed": 0})
+    checkpoints.close()
+    for f in (tmp_path / "4" / "state").rglob("*"):  # every file of it emptied
+        if f.is_file():
+            f.write_bytes(b"")
+    checkpoints = Checkpointer(tmp_path, max_to_keep=2)
+    with caplog.at_level("WARNING"):
+        assert checkpoints.restore_latest(state, {}) is None
+    assert "no readable checkpoint left; the stage starts over from step 0" in caplog.text
+    assert (tmp_path / "corrupt-4").is_dir() and checkpoints.latest_step() is None
+    checkpoints.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from reft_jax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+CORRUPT = "corrupt-"  # a checkpoint that could not be read is moved to corrupt-STEP/ beside the others
 
 
 class Checkpointer:
@@ -42,6 +46,35 @@ class Checkpointer:
             raise CheckpointError(f"{self.directory}/{step}: cannot restore ({first_line})") from None
         extras = restored["extras"] if "extras" in items else extras_like
         return restored["state"], extras, dict(restored["meta"])
+
+    def restore_latest(self, state_like: Any, extras_like: Any) -> tuple[int, Any, Any, dict] | None:
+        """(step, state, extras, meta) of the newest checkpoint that reads. One that does not (truncated or missing
+        files, bad metadata: any error from Orbax or TensorStore) is moved aside to corrupt-STEP/ (never deleted)
+        with a warning naming the step and the reason, and the one before it is tried; None when none is left
+        (the stage starts over, with a warning). A write that was cut off never shows here: Orbax writes into a
+        temporary folder and renames it when complete."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                return (step, *self.restore(step, state_like, extras_like))
+            except Exception as e:  # noqa: BLE001 -- whatever made it unreadable, an older checkpoint may do
+                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                aside = self._move_aside(step)
+                log.warning("%s/%d: cannot read this checkpoint (%s); moved to %s, trying the one before",
+                            self.directory, step, reason, aside)
+        if steps:
+            log.warning("%s: no readable checkpoint left; the stage starts over from step 0", self.directory)
+        return None
+
+    def _move_aside(self, step: int) -> Path:
+        aside = self.directory / f"{CORRUPT}{step}"
+        n = 1
+        while aside.exists():  # an earlier corrupt copy of the same step is kept too
+            aside, n = self.directory / f"{CORRUPT}{step}.{n}", n + 1
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(aside)
+        self.manager.reload()
+        return aside
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

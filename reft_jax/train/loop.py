@@ -14,6 +14,7 @@ import json
 import math
 import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -153,9 +154,12 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
     workdir = Path(workdir)
     meta = dict(meta or {})
     checkpoints = Checkpointer(workdir / CHECKPOINTS, max_to_keep=cfg.checkpoint.max_to_keep)
-    start = checkpoints.latest_step() or 0
-    if start:
-        state, carries, saved_meta = checkpoints.restore(start, state, [h.carry for h in hooks])
+    restored = checkpoints.restore_latest(state, [h.carry for h in hooks])
+    start = restored[0] if restored else 0
+    if restored:
+        _, state, carries, saved_meta = restored
+        if jax.process_index() == 0:
+            print(f"resuming {name} from step {start} ({checkpoints.directory})", file=sys.stderr, flush=True)
         for hook, carry in zip(hooks, carries):
             hook.carry = carry
         changed = {k: (saved_meta.get(k), v) for k, v in meta.items() if saved_meta.get(k) != v}
