@@ -46,8 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "finetune":
             p.add_argument("--kept", metavar="FILE",
                            help="finetune on every row of FILE as it is: a filter's kept.jsonl, reviewed by a person")
-        if name == "run":
-            p.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
+        if name in ("run", "train-teacher", "finetune"):
+            p.add_argument("--force", action="store_true",
+                           help="redo the stage(s) from scratch: their folders are removed first (without it, a stage "
+                                "done or begun from other inputs stops the run)")
         if name == "export":
             p.add_argument("--out", required=True, help="output folder")
             p.add_argument("--adapter", action="store_true",
@@ -94,18 +96,19 @@ def _run(args, overrides) -> int:
     from reft_jax.experiment.context import RunContext
     from reft_jax.experiment.export import export
     from reft_jax.experiment.methods import METHODS
-    from reft_jax.stages import attack, evaluate, ref_teacher_filter
+    from reft_jax.stages import attack, evaluate
 
     if jax.process_index() == 0:
         print(f"reft-jax {args.command}: {jax.process_count()} process(es), {jax.device_count()} "
               f"{jax.devices()[0].platform} device(s)", flush=True)
     ctx = RunContext.create(cfg, args.workdir)
+    method = METHODS["ref_teacher"]  # the stage commands are Ref-Teacher's
     if args.command == "train-teacher":
-        print(f"teacher written to {stages.run_stage('teacher', ctx)}")
-    elif args.command == "filter":
-        print(json.dumps(ref_teacher_filter.run(ctx), indent=2))
+        print(f"teacher written to {stages.run_stage('teacher', ctx, force=args.force)}")
+    elif args.command == "filter":  # scoring again is cheap: the command always rescores (e.g. another --data)
+        print(json.dumps(stages.run_stage(stages.FILTERS[method.filter].stage, ctx, force=True), indent=2))
     elif args.command == "finetune":
-        print(f"student written to {stages.run_stage(METHODS['ref_teacher'].stage, ctx)}")
+        print(f"student written to {stages.run_stage(method.stage, ctx, force=args.force)}")
     elif args.command == "evaluate":
         print(json.dumps(_summary(evaluate.run(ctx)), indent=2))
     elif args.command == "run":

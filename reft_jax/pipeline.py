@@ -32,10 +32,13 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
     skipped = {name: f"skipped: {why}" for name, why in unavailable.items() if why}
     chosen = [m for m in requested if m.name not in skipped]
     plan = stages.plan(chosen)
-    preflight.check(ctx, [s for s in plan if force or not stages.STAGES[s].marker(wd).exists()])
-    for stage in plan:
-        if force or not stages.STAGES[stage].marker(wd).exists():
-            stages.run_stage(stage, ctx)
+    todo = [s for s in plan if force or not stages.STAGES[s].marker(wd).exists()]
+    if not force:  # a stage done (or begun) from other inputs is never reused: one line, before any work
+        for stage in plan:
+            stages.check_inputs(ctx, stage)
+    preflight.check(ctx, todo)
+    for stage in todo:
+        stages.run_stage(stage, ctx, force=force)
     report = evaluate.run(ctx, chosen)
     if cfg.eval.gcg.prompts > 0:  # GCG against every method's model
         for m in chosen:

@@ -1,6 +1,7 @@
 """The reft-jax command: the stages chained on the demo data, exports transformers can load, bad input."""
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -63,8 +64,13 @@ def test_filter_scores_your_own_file(run_dir, tmp_path, capsys):
     # The student must not train on flags of another file; scoring the user data again restores them.
     assert main(["finetune", "--workdir", str(run_dir), *TINY]) == 2
     one_line_error(capsys, "not of this user data")
-    # Prompts alone can be filtered, not finetuned on.
+    # The student was trained on other user data: not reused for this file (a new workdir, or --force).
     assert main(["finetune", "--workdir", str(run_dir), "--data", str(prompts), *TINY]) == 2
+    one_line_error(capsys, "student: made from other inputs than this run's (user data: ")
+    # Prompts alone can be filtered, not finetuned on.
+    fresh = tmp_path / "fresh"
+    shutil.copytree(run_dir, fresh, ignore=shutil.ignore_patterns("student"))
+    assert main(["finetune", "--workdir", str(fresh), "--data", str(prompts), *TINY]) == 2
     one_line_error(capsys, "prompts.jsonl:1: no response to finetune on")
     assert main(["filter", "--workdir", str(run_dir), *TINY]) == 0
 
@@ -265,3 +271,31 @@ def test_attack_writes_suffixes_and_goes_on_where_it_stopped(run_dir, capsys):
     one_line_error(capsys, "no trained model of vaccine to attack")
     assert main(["attack", "--workdir", str(run_dir), "--method", "nope", *TINY, *GCG]) == 2
     one_line_error(capsys, "'nope' is not a method")
+
+
+def test_a_done_stage_is_not_reused_for_other_inputs(run_dir, tmp_path, capsys):
+    """A rerun with another setting or other data stops with one line naming what changed, before any work; the
+    same inputs skip the done stages; --force redoes them."""
+    workdir = tmp_path / "moved"  # a moved workdir is the same workdir
+    shutil.copytree(run_dir, workdir)
+    recorded = (workdir / "teacher" / "inputs.json").read_text()
+    assert main(["run", "--workdir", str(workdir), *TINY, "--config.refusal.lam=0.5"]) == 2
+    one_line_error(capsys, "teacher: made from other inputs than this run's (refusal.lam: 0.1 -> 0.5); use a new "
+                           "--workdir, or --force")
+    assert (workdir / "teacher" / "inputs.json").read_text() == recorded and not (workdir / "no_defense").exists()
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"prompt": f"Rate movie {i}", "response": "positive"}) + "\n" for i in range(12)))
+    assert main(["run", "--workdir", str(workdir), *TINY, "--data", str(other)]) == 2
+    one_line_error(capsys, "filter: made from other inputs than this run's (user data: ")
+    student = (workdir / "student" / "model" / "model.safetensors").read_bytes()
+    assert main(["train-teacher", "--workdir", str(workdir), *TINY, "--config.teacher.steps=8"]) == 2
+    one_line_error(capsys, "teacher: made from other inputs than this run's (teacher.steps: 16 -> 8)")
+    assert main(["train-teacher", "--workdir", str(workdir), *TINY, "--config.teacher.steps=8", "--force"]) == 0
+    capsys.readouterr()
+    records = [json.loads(line) for line in (workdir / "teacher" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 8 and records[0]["step"] == 1  # started over, not resumed from step 16
+    assert (workdir / "student" / "model" / "model.safetensors").read_bytes() == student  # other stages untouched
+    assert main(["finetune", "--workdir", str(workdir), *TINY]) == 2  # the teacher it needs is another now
+    one_line_error(capsys, "teacher: made from other inputs than this run's (teacher.steps: 8 -> 16)")
+    assert main(["finetune", "--workdir", str(workdir), *TINY, "--config.teacher.steps=8"]) == 2
+    one_line_error(capsys, "filter: made from other inputs than this run's (teacher.steps: 16 -> 8)")  # the old teacher's

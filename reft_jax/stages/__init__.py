@@ -2,7 +2,9 @@
 
 A stage is a function of the run context (reft_jax.experiment.context.RunContext) that writes one folder of the
 workdir and is done when that folder's marker (its last output) exists. The registry below says, for each stage,
-its folder, its marker and what it needs before it; a method's stages and a run's plan are derived from it.
+its folder, its marker, what it needs before it and what it is made from (config fields, the user data); a
+method's stages and a run's plan are derived from it. A stage records what it was made from in its folder
+(inputs.json) and is not reused for other inputs (`check_inputs`).
 Filters and alignment-stage defences register themselves in their modules (a `Filter` named FILTER, an entry of
 defence_alignment.DEFENCES); a method (reft_jax.experiment.methods.METHODS) names them.
 
@@ -20,9 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import shutil
 from pathlib import Path
 from typing import Callable
 
+import jax
+
+from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
 from reft_jax.experiment.methods import METHODS, Method
 from reft_jax.runtime.workdir import FILTER_REPORT, FILTER_SETTINGS, Workdir, model_config
@@ -42,6 +49,14 @@ FILTERS: dict[str, Filter] = {f.name: f for f in (ref_teacher_filter.FILTER, saf
                                                   llama_guard_filter.FILTER)}
 
 
+INPUTS = "inputs.json"  # in a stage's folder: what it was made from
+# The config fields every stage that trains or reads a model depends on (not how it is computed: attention,
+# remat, mesh, logging and checkpoint settings may change between runs of one workdir).
+MODEL_AND_DATA = ("seed", "model.path", "model.gguf_file", "model.init", "model.dtype", "model.param_dtype",
+                  "model.lora", "data.demo", "data.tokenizer", "data.tokenizer_vocab_size", "data.template",
+                  "data.buckets", "data.min_response", "data.batch_size", "optim")
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
@@ -49,6 +64,8 @@ class Stage:
     folder: Callable[[Workdir], Path]
     needs: tuple[str, ...] = ()  # stages whose outputs it reads
     done: Callable[[Path], Path] = model_config  # its folder -> the marker: its last output
+    inputs: tuple[str, ...] = MODEL_AND_DATA  # config fields its result depends on (besides its needs')
+    user_data: bool = False  # it reads the user data (whose fingerprint is then an input)
 
     def path(self, wd: Workdir) -> Path:
         return self.folder(wd)
@@ -68,16 +85,28 @@ def _finetune(method: Method, shared: dict[str, Stage]) -> Stage:
     needs += ["teacher"] if method.distill else []
     needs += [start.name] if start else []
     run = functools.partial(finetune.run, method=method, screen=screen, start=start.folder if start else None)
-    return Stage(method.stage, run, method.path, tuple(needs))
+    inputs = [*MODEL_AND_DATA, "student.steps", "data.user.filtered"]
+    inputs += ["data.alignment"] if method.distill or method.joint or method.lisa else []
+    inputs += ["distill"] if method.distill else []
+    inputs += ["baselines.joint_weight"] if method.joint else []
+    inputs += ["defences.lisa"] if method.lisa else []
+    return Stage(method.stage, run, method.path, tuple(needs), inputs=tuple(inputs), user_data=True)
 
 
 def _registry() -> dict[str, Stage]:
     """Every stage, in the order a run takes them: what others need first."""
     shared = [
-        Stage("teacher", teacher.run, lambda wd: wd.teacher, done=_marker(FILTER_SETTINGS)),
-        Stage("safety_alignment", safety_alignment.run, lambda wd: wd.safety_aligned),
-        *(Stage(d.stage, functools.partial(defence_alignment.run, defence=d), d.path) for d in DEFENCES.values()),
-        *(Stage(f.stage, f.run, f.path, f.needs, done=_marker(FILTER_REPORT)) for f in FILTERS.values()),
+        Stage("teacher", teacher.run, lambda wd: wd.teacher, done=_marker(FILTER_SETTINGS),
+              inputs=(*MODEL_AND_DATA, "data.alignment", "data.pool", "refusal", "teacher", "filter.tau",
+                      "filter.calibrate_recall", "filter.calibrate_max_fpr")),
+        Stage("safety_alignment", safety_alignment.run, lambda wd: wd.safety_aligned,
+              inputs=(*MODEL_AND_DATA, "data.alignment", "baselines.sa_steps", "teacher.steps")),
+        *(Stage(d.stage, functools.partial(defence_alignment.run, defence=d), d.path,
+                inputs=(*MODEL_AND_DATA, "data.alignment", "baselines.sa_steps", "teacher.steps", f"defences.{d.name}",
+                        *(("data.alignment.harmful_pairs", "data.user.harmful_source") if d.harmful_pairs else ())))
+          for d in DEFENCES.values()),
+        *(Stage(f.stage, f.run, f.path, f.needs, done=_marker(FILTER_REPORT), inputs=(*MODEL_AND_DATA, *f.inputs),
+                user_data=True) for f in FILTERS.values()),
     ]
     shared = {s.name: s for s in shared}
     return {**shared, **{m.stage: _finetune(m, shared) for m in METHODS.values()}}
@@ -106,6 +135,65 @@ def plan(methods: list[Method]) -> list[str]:
     return [name for name in STAGES if name in needed and name not in finetunes] + [m.stage for m in methods]
 
 
-def run_stage(name: str, ctx: RunContext):
-    """Runs the stage `name` of the registry; returns what it returns (its folder, or a filter's report)."""
+def inputs_of(ctx: RunContext, name: str) -> dict:
+    """What the stage `name` is made from: its config fields and its needs', and the user data's fingerprint
+    where it reads them; paths inside the workdir are written relative to it (a moved workdir is the same)."""
+    stage = STAGES[name]
+    out = {}
+    for need in stage.needs:
+        out.update(inputs_of(ctx, need))
+    for field in stage.inputs:
+        value = ctx.cfg
+        for part in field.split("."):
+            value = getattr(value, part)
+        _flatten(field, value, out)
+    if stage.user_data:
+        out["user data"] = ctx.user_fingerprint
+    text = json.dumps(out, sort_keys=True, default=str).replace(str(ctx.workdir.root.absolute()), "WORKDIR")
+    return json.loads(text)
+
+
+def _flatten(path: str, value, out: dict) -> None:
+    """A config section as its leaf fields (refusal.lam, ...), so that a change is named by its field."""
+    if dataclasses.is_dataclass(value):
+        for field in dataclasses.fields(value):
+            _flatten(f"{path}.{field.name}", getattr(value, field.name), out)
+    else:
+        out[path] = value
+
+
+def check_inputs(ctx: RunContext, name: str) -> None:
+    """Stops with one line when the stage's folder, or that of a stage it needs, was made (or begun) from other
+    inputs than this run's; a folder without a record (an older workdir) is taken as it is."""
+    for need in STAGES[name].needs:
+        check_inputs(ctx, need)
+    folder = STAGES[name].path(ctx.workdir)
+    path = folder / INPUTS
+    if not path.exists():
+        return
+    recorded, now = json.loads(path.read_text()), inputs_of(ctx, name)
+    changed = [k for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+    if changed:
+        first = changed[0]
+        more = f", and {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise ReftError(f"{folder}: made from other inputs than this run's ({first}: {_short(recorded.get(first))} -> "
+                        f"{_short(now.get(first))}{more}); use a new --workdir, or --force to redo the stages (or "
+                        f"remove {folder})")
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def run_stage(name: str, ctx: RunContext, *, force: bool = False):
+    """Runs the stage `name` of the registry; returns what it returns (its folder, or a filter's report).
+    It must be made from this run's inputs (check_inputs); force: its folder is removed first, and it starts over."""
+    folder = STAGES[name].path(ctx.workdir)
+    if force and folder.exists() and jax.process_index() == 0:
+        shutil.rmtree(folder)
+    check_inputs(ctx, name)
+    if jax.process_index() == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / INPUTS).write_text(json.dumps(inputs_of(ctx, name), indent=1, sort_keys=True) + "\n")
     return STAGES[name].run(ctx)

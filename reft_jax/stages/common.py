@@ -33,6 +33,7 @@ must skip it."""
     needs: tuple[str, ...] = ()
     command: str = ""  # "" = a run of a method that uses it
     unavailable: Callable[..., str | None] = lambda cfg: None  # why a run config cannot use it (its methods skip)
+    inputs: tuple[str, ...] = ()  # the config fields its scores depend on, besides the model's and its needs'
 
     def __post_init__(self):
         object.__setattr__(self, "folder", self.folder or f"filters/{self.name}")

@@ -42,4 +42,4 @@ def unavailable(cfg) -> str | None:
     return None if cfg.baselines.llama_guard_path else "no Llama-Guard checkpoint configured (baselines.llama_guard_path)"
 
 
-FILTER = Filter("llama_guard", run, flags, unavailable=unavailable)
+FILTER = Filter("llama_guard", run, flags, unavailable=unavailable, inputs=("baselines.llama_guard_path",))
