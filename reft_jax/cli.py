@@ -9,6 +9,7 @@ FILE:ARG passes ARG to get_config) and --config.a.b=value overrides one field. B
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -61,8 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unraisable(info) -> None:
+    """TensorStore's callbacks into an asyncio loop Orbax already closed (after a failed checkpoint write) print
+    'Event loop is closed' tracebacks that say nothing to a user: the failure itself is reported once."""
+    if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+        sys.__unraisablehook__(info)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parser().parse_known_args(argv)
+    sys.unraisablehook = _unraisable
     from reft_jax.errors import ReftError
 
     try:
@@ -70,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     except ReftError as e:
         print(f"reft-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a workdir a user can fix: read-only, not a folder, full, over a file size limit
+        if e.errno not in _WORKDIR_ERRNOS:
+            raise
+        print(f"reft-jax {args.command}: error: {e.filename or args.workdir}: {e.strerror}; free space or use "
+              "a writable --workdir, then run the same command again (it goes on from the last checkpoint)",
+              file=sys.stderr)
+        return 2
+
+
+_WORKDIR_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def _run(args, overrides) -> int:

@@ -315,3 +315,17 @@ def test_unknown_extension_and_corrupt_parquet(tmp_path):
     assert error_of(load_records, path).startswith(f"{path}: unknown file type '.xml'")
     path = write(tmp_path, "x.parquet", b"not parquet at all", mode="wb")
     assert error_of(load_records, path).startswith(f"{path}: cannot read:")
+
+
+@pytest.mark.parametrize("name,text", [
+    ("excel.csv", "prompt,response\nhi,there\n"),
+    ("excel.tsv", "prompt\tresponse\nhi\tthere\n"),
+    ("notepad.jsonl", '{"prompt": "hi", "response": "there"}\n'),
+    ("notepad.json", '[{"prompt": "hi", "response": "there"}]'),
+])
+def test_a_byte_order_mark_is_read_past(tmp_path, name, text):
+    """What Excel and Notepad write: UTF-8 with a BOM in front of the first field name."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    rows = load_records(str(path))
+    assert [(r["instruction"], r["output"]) for r in rows] == [("hi", "there")]

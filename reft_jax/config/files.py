@@ -3,6 +3,9 @@ through ml_collections' config flags, as the command line and `reft_jax.load_con
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # configs/ as installed (the checkout's in editable mode)
@@ -42,5 +45,41 @@ def load_config(config_file: str, overrides=()):
         values(argv)
         return values.config
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = " ".join(str(e).split())
+        message = next(filter(None, map(_diagnose, overrides)), None) or " ".join(str(e).split())
         raise ConfigError(f"{config_file}: {message}") from None
+
+
+def _diagnose(override: str) -> str | None:
+    """What is wrong with one --config.a.b=value, in plain words: an unknown field (with the nearest valid one),
+    or a value that is not of the field's type; None when neither (another override is the problem)."""
+    from reft_jax.config import schema
+
+    path, _, value = override.removeprefix("--config.").partition("=")
+    paths = schema.field_help()
+    for prefix in ("model.init.", "data.local_files."):  # free-form mappings: any key
+        if path.startswith(prefix):
+            return None
+    if path not in paths:
+        near = difflib.get_close_matches(path, paths, n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]}?)" if near else " (fields: reft_jax/config/schema.py)"
+        return f"--config.{path}: unknown config field{hint}"
+    section, _, name = path.rpartition(".")
+    cls = schema.RunConfig
+    for part in filter(None, section.split(".")):
+        cls = typing.get_type_hints(cls)[part]
+    if dataclasses.is_dataclass(cls):
+        tp = typing.get_type_hints(cls).get(name)
+        kind = {int: "an integer", float: "a number", bool: "true or false"}.get(tp)
+        if kind and not _parses_as(tp, value):
+            return f"--config.{path}={value}: expected {kind}"
+    return None
+
+
+def _parses_as(tp, value: str) -> bool:
+    if tp is bool:
+        return value.lower() in ("true", "false", "1", "0")
+    try:
+        tp(value)
+        return True
+    except ValueError:
+        return False

@@ -224,6 +224,7 @@ def _prepare_file(spec: SourceSpec, path: str):
     import datasets  # deferred, as in _datasets_load
 
     kwargs = dict(
+        encoding="utf-8-sig",
         delimiter="\t" if tsv else ",",
         features=datasets.Features({c: datasets.Value("string") for c in header}),
         keep_default_na=False,
@@ -240,7 +241,7 @@ def _read_utf8(shown: str, path: str) -> str:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (what Excel writes) is not part of the text
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise DataError(f"{shown} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x})") from None

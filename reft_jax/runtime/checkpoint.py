@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,32 @@ import orbax.checkpoint as ocp
 from reft_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+
+
+class _FailedWrites(logging.Filter):
+    """Orbax's background threads log a failed write with its traceback before the save reports it; the OSError
+    it becomes (see _os_errors) is what the user sees, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return "os_error_code=" not in record.getMessage() + str(error) + str(getattr(error, "__cause__", ""))
+
+
+logging.getLogger("absl").addFilter(_FailedWrites())
 CORRUPT = "corrupt-"  # a checkpoint that could not be read is moved to corrupt-STEP/ beside the others
+
+
+@contextlib.contextmanager
+def _os_errors(directory: Path):
+    """Orbax and TensorStore report a failed write (disk full, file too large, read-only) as a ValueError whose
+    text carries the OS error code; it is raised again as the OSError it is, which the CLI turns into one line."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as e:
+        code = re.search(r"os_error_code='(\d+)'", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(directory)) from None
 
 
 class Checkpointer:
@@ -31,7 +59,8 @@ class Checkpointer:
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if jax.tree.leaves(extras):  # Orbax refuses empty trees
             items["extras"] = ocp.args.StandardSave(extras)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with _os_errors(self.directory):  # an asynchronous save reports the previous one's failure here
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, step: int, state_like: Any, extras_like: Any) -> tuple[Any, Any, dict]:
         """Restores into the structure, shapes, dtypes and shardings of `state_like` / `extras_like`."""
@@ -77,8 +106,10 @@ class Checkpointer:
         return aside
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with _os_errors(self.directory):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with _os_errors(self.directory):
+            self.manager.wait_until_finished()
         self.manager.close()
