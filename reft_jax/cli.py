@@ -99,6 +99,8 @@ def _run(args, overrides) -> int:
     if own:  # the user's own file is the user data, every row as it is
         cfg = replace(replace(cfg, "data.user.source", own), "data.user.mix", "none")
         cfg = replace(cfg, "data.user.filtered", bool(getattr(args, "kept", None)))
+        if not any(o.startswith("--config.data.eval.task_source=") for o in overrides):
+            cfg = replace(cfg, "data.eval.task_source", "")  # no accuracy on a task the user did not give
     if args.command == "bench":  # each framework runs in its own process: no JAX backend in this one
         from reft_jax.bench import markdown, run_bench
 

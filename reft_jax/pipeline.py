@@ -47,13 +47,16 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
                          for m in requested}
     if jax.process_index() == 0:
         wd.report.write_text(json.dumps(report, indent=2) + "\n")
-        rreport.write_markdown(report, wd.root / "report.md")
         tau = json.loads(wd.filter_settings.read_text())["tau"]
         screen = stages.FILTERS[METHODS["ref_teacher"].filter]
-        rreport.plot_filter_scores(screen.path(wd) / FILTER_SCORES, tau, wd.plot("filter_scores"))
-        curves = {"teacher": wd.teacher / METRICS}
-        curves.update({m.name: m.path(wd) / METRICS for m in chosen})
-        rreport.plot_losses(curves, wd.plot("loss_curves"))
-        rreport.plot_teacher_refusal(wd.teacher / METRICS, wd.plot("teacher_refusal"))
-        rreport.plot_tradeoff(report, wd.plot("tradeoff"))
+        curves = {"teacher (stage 1)": wd.teacher / METRICS}
+        curves.update({f"{m.name} finetuning": m.path(wd) / METRICS for m in chosen})
+        written = {name for name, done in (
+            ("filter_scores", rreport.plot_filter_scores(screen.path(wd) / FILTER_SCORES, tau, wd.plot("filter_scores"))),
+            ("loss_curves", rreport.plot_losses(curves, wd.plot("loss_curves"))),
+            ("teacher_refusal", rreport.plot_teacher_refusal(wd.teacher / METRICS, wd.plot("teacher_refusal"))),
+            ("tradeoff", rreport.plot_tradeoff(report, wd.plot("tradeoff")))) if done}
+        for name in {"filter_scores", "loss_curves", "teacher_refusal", "tradeoff"} - written:
+            wd.plot(name).unlink(missing_ok=True)  # an older run's plot would show other results
+        rreport.write_markdown(report, wd.root / "report.md", plots=written)
     return report

@@ -63,7 +63,7 @@ def test_filter_scores_your_own_file(run_dir, tmp_path, capsys):
     assert json.loads((run_dir / "filter" / "report.json").read_text())["user_data"]["source"] == str(prompts)
     # The student must not train on flags of another file; scoring the user data again restores them.
     assert main(["finetune", "--workdir", str(run_dir), *TINY]) == 2
-    one_line_error(capsys, "not of this user data")
+    one_line_error(capsys, "filter: made from other inputs than this run's (user data: ")
     # The student was trained on other user data: not reused for this file (a new workdir, or --force).
     assert main(["finetune", "--workdir", str(run_dir), "--data", str(prompts), *TINY]) == 2
     one_line_error(capsys, "student: made from other inputs than this run's (user data: ")
@@ -278,11 +278,14 @@ def test_a_done_stage_is_not_reused_for_other_inputs(run_dir, tmp_path, capsys):
     same inputs skip the done stages; --force redoes them."""
     workdir = tmp_path / "moved"  # a moved workdir is the same workdir
     shutil.copytree(run_dir, workdir)
-    recorded = (workdir / "teacher" / "inputs.json").read_text()
+    def contents():
+        return {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+
+    before = contents()
     assert main(["run", "--workdir", str(workdir), *TINY, "--config.refusal.lam=0.5"]) == 2
     one_line_error(capsys, "teacher: made from other inputs than this run's (refusal.lam: 0.1 -> 0.5); use a new "
                            "--workdir, or --force")
-    assert (workdir / "teacher" / "inputs.json").read_text() == recorded and not (workdir / "no_defense").exists()
+    assert contents() == before  # stopped before any work
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({"prompt": f"Rate movie {i}", "response": "positive"}) + "\n" for i in range(12)))
     assert main(["run", "--workdir", str(workdir), *TINY, "--data", str(other)]) == 2

@@ -4,6 +4,7 @@ End to end on the demo model with a JSONL of mixed rows (task rows and harmful p
 accepted layout and each bad file."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -190,3 +191,13 @@ def test_every_problem_before_the_first_step_is_listed_in_one_message(tmp_path, 
                  "--config.eval.judge=beavertails", f"--config.model.path={tmp_path / 'no_model'}"]) == 2
     one_line_error(capsys, "3 problems: (1) model.path: ", "no_model is not a model folder",
                    "empty.jsonl: file is empty", "eval.judge_path: the beavertails judge needs a local checkpoint")
+
+
+def test_the_report_of_your_own_data_has_no_accuracy_on_a_task_you_did_not_give(own_run):
+    """--data FILE: no finetune accuracy on the config's task (SST-2 here) or the demo's; every image report.md
+    links was written."""
+    report = json.loads((own_run / "report.json").read_text())
+    assert all(m["finetune_accuracy"] is None for m in report["methods"].values())
+    markdown = (own_run / "report.md").read_text()
+    links = re.findall(r"\]\((\w+\.png)\)", markdown)
+    assert "filter_scores.png" in links and all((own_run / link).exists() for link in links)

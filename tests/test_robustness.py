@@ -127,7 +127,10 @@ def test_tradeoff_plot_and_tables(tmp_path):
     assert not report.plot_tradeoff({"methods": {"x": {"harmful_score": 1.0, "finetune_accuracy": None}}},
                                     tmp_path / "none.png")
     report.write_markdown(rep, tmp_path / "report.md")
+    assert ".png" not in (tmp_path / "report.md").read_text()  # no link to a plot that was not written
+    report.write_markdown(rep, tmp_path / "report.md", plots={"tradeoff"})
     md = (tmp_path / "report.md").read_text()
+    assert "filter_scores.png" not in md and "loss_curves.png" not in md
     assert "| harmful score | finetune accuracy | over-refusal |" in md
     assert "| Ref-Teacher (filter + distillation) | 0.200 | 0.800 | 0.500 |" in md
     assert "| Ref-Teacher (reference) | 0.100 | 0.200 | 1.000 |" in md

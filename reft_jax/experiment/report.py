@@ -36,7 +36,8 @@ def _cost(c: dict | None) -> tuple[str, str, str]:
     return f"{c['wall_s']:.1f}", f"{c['device_s']:.1f}", f"{c['flops'] / 1e12:.3g}"
 
 
-def write_markdown(report: dict, path: Path) -> None:
+def write_markdown(report: dict, path: Path, plots: set[str] = frozenset()) -> None:
+    """report.md; `plots`: the PNGs written beside it (WORKDIR/NAME.png), the only ones it links."""
     # With over-refusal measured, its rate sits beside the harmful score and the accuracy: the trade-off in one row.
     over = any(m.get("over_refusal") for _, m in _rows(report))
     extra = " over-refusal |" if over else ""
@@ -88,12 +89,16 @@ def write_markdown(report: dict, path: Path) -> None:
                   "own check AUROC.", "", "| step | " + " | ".join(keys) + " |",
                   "| ---: |" + " ---: |" * len(keys)]
         lines += [f"| {int(r['refusal_step'])} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in refreshes]
-        lines += ["", "![teacher refusal feature](teacher_refusal.png)"]
-    lines += _robustness_sections(report)
+        lines += _image("teacher refusal feature", "teacher_refusal", plots)
+    lines += _robustness_sections(report, plots)
     lines += ["", ("Harmful score: share of harmful test prompts whose answer the judge flags. Finetune accuracy: "
-                   "task answers matching the label. Device seconds: wall seconds times the devices held."), "",
-              "![filter scores](filter_scores.png)", "", "![loss curves](loss_curves.png)", ""]
+                   "task answers matching the label. Device seconds: wall seconds times the devices held.")]
+    lines += _image("filter scores", "filter_scores", plots) + _image("loss curves", "loss_curves", plots) + [""]
     path.write_text("\n".join(lines))
+
+
+def _image(alt: str, name: str, plots: set[str]) -> list[str]:
+    return ["", f"![{alt}]({name}.png)"] if name in plots else []
 
 
 def _filter_styles(f: dict) -> list[str]:
@@ -128,7 +133,7 @@ def _rows(report: dict, short: bool = False) -> list[tuple[str, dict]]:
                    for k, m in (report.get("references") or {}).items()]
 
 
-def _robustness_sections(report: dict) -> list[str]:
+def _robustness_sections(report: dict, plots: set[str]) -> list[str]:
     """The jailbreak-template, over-refusal and GCG tables, for what the run measured."""
     lines, rows = [], _rows(report)
     templates = list(dict.fromkeys(t for _, m in rows for t in m.get("harmful_score_templates") or {}))
@@ -170,7 +175,7 @@ def _robustness_sections(report: dict) -> list[str]:
         lines += [f"| {title} | {g['num_prompts']} | {_fmt(g['harmful_score_without_suffix'])} | "
                   f"{_fmt(g['attack_success_rate'])} | {g['median_steps']} |" for title, g in attacked]
     if over or any(m.get("finetune_accuracy") is not None for _, m in rows):
-        lines += ["", "![safety trade-off](tradeoff.png)"]
+        lines += _image("safety trade-off", "tradeoff", plots)
     return lines
 
 
@@ -201,7 +206,8 @@ def plot_tradeoff(report: dict, out: Path) -> bool:
         ax.set_xlabel(label)
         ax.set_ylabel("harmful score")
         ax.grid(alpha=0.3)
-    axes[0][0].set_title("Safety against over-refusal and utility")
+    fig.suptitle("Safety against " + " and ".join(
+        {"over_refusal": "over-refusal", "finetune_accuracy": "utility"}[key] for key, _ in panels))
     axes[0][-1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -239,8 +245,9 @@ def plot_filter_scores(scores_file: Path, tau: float, out: Path) -> bool:
     return True
 
 
-def plot_losses(runs: dict[str, Path], out: Path) -> None:
-    """Loss curves of the teacher and of each method's finetuning, from their metrics.jsonl."""
+def plot_losses(runs: dict[str, Path], out: Path) -> bool:
+    """Loss curves of the teacher and of each method's finetuning (labelled by the keys of `runs`), from their
+    metrics.jsonl."""
     import matplotlib  # deferred: slow to import, and only the report's plots need it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -258,6 +265,7 @@ def plot_losses(runs: dict[str, Path], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+    return True
 
 
 def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
@@ -286,14 +294,16 @@ def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
               ("check_cos_harmless", "check harmless", "C0", ":"),
               ("check_auroc", "check AUROC, teacher", "k", "--"),
               ("check_auroc_base", "check AUROC, base model", "grey", "--"))
+    drawn = set()
     for key, label, color, style in curves:
         points = [(r["refusal_step"], r[key]) for r in rows if r.get(key) is not None]
         if points:
             ax.plot(*zip(*points), color=color, linestyle=style, marker=".", label=label)
+            drawn.add(key)
     ax.axhline(0.0, color="grey", linewidth=0.5)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("teacher step (R_l recomputed)")
-    ax.set_ylabel("mean cos(f_l, R_l) / AUROC")
+    ax.set_ylabel("mean cos(f_l, R_l)" + (" / check AUROC" if drawn & {"check_auroc", "check_auroc_base"} else ""))
     ax.set_title("Teacher refusal feature")
     ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()

@@ -49,13 +49,18 @@ def resolve_local_data(cfg: RunConfig) -> RunConfig:
         for key, value in tree.items():
             yield from flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)]
 
-    own = cfg.data.user.mix == "none"  # the user's own data (--data FILE) stays theirs
     for key, relative in flat(cfg.data.local_files, "data."):
-        if own and key.startswith("data.user."):
+        if _users(cfg, key):
             continue
         local = tuple(str(root / r) for r in relative) if isinstance(relative, (list, tuple)) else str(root / relative)
         cfg = replace(cfg, key, local)
     return cfg
+
+
+def _users(cfg: RunConfig, key: str) -> bool:
+    """Whether the source `key` is the user's own (--data FILE): their data, and the task test set that goes with
+    it (theirs, or none), are never replaced by the config's local or demo files."""
+    return cfg.data.user.mix == "none" and (key.startswith("data.user.") or key == "data.eval.task_source")
 
 
 def resolve_model(cfg: RunConfig, workdir: Workdir) -> RunConfig:
@@ -85,9 +90,8 @@ def resolve_demo(cfg: RunConfig, workdir: Workdir) -> RunConfig:
     if jax.process_index() == 0 and not (folder / "tokenizer" / "tokenizer.json").exists():
         rdata.demo.write(str(folder), seed=cfg.seed)
     parallel.sync("demo data")
-    own = cfg.data.user.mix == "none"  # the user's own data stays theirs
     for key, split in DEMO_SPLITS.items():
-        if not (own and key.startswith("data.user.")):
+        if not _users(cfg, key):
             cfg = replace(cfg, key, str(folder / f"{split}.jsonl"))
     return replace(cfg, "data.tokenizer", str(folder / "tokenizer"))
 

@@ -140,7 +140,7 @@ def inputs_of(ctx: RunContext, name: str) -> dict:
     where it reads them; paths inside the workdir are written relative to it (a moved workdir is the same)."""
     stage = STAGES[name]
     out = {}
-    for need in stage.needs:
+    for need in _needs(ctx, name):
         out.update(inputs_of(ctx, need))
     for field in stage.inputs:
         value = ctx.cfg
@@ -151,6 +151,12 @@ def inputs_of(ctx: RunContext, name: str) -> dict:
         out["user data"] = ctx.user_fingerprint
     text = json.dumps(out, sort_keys=True, default=str).replace(str(ctx.workdir.root.absolute()), "WORKDIR")
     return json.loads(text)
+
+
+def _needs(ctx: RunContext, name: str) -> list[str]:
+    """The stages `name` reads in this run: with data.user.filtered (a reviewed kept.jsonl) no filter's."""
+    filters = {f.stage for f in FILTERS.values()} if ctx.cfg.data.user.filtered else set()
+    return [need for need in STAGES[name].needs if need not in filters]
 
 
 def _flatten(path: str, value, out: dict) -> None:
@@ -165,7 +171,7 @@ def _flatten(path: str, value, out: dict) -> None:
 def check_inputs(ctx: RunContext, name: str) -> None:
     """Stops with one line when the stage's folder, or that of a stage it needs, was made (or begun) from other
     inputs than this run's; a folder without a record (an older workdir) is taken as it is."""
-    for need in STAGES[name].needs:
+    for need in _needs(ctx, name):
         check_inputs(ctx, need)
     folder = STAGES[name].path(ctx.workdir)
     path = folder / INPUTS
