@@ -284,6 +284,25 @@ def test_a_run_counts_the_flops_its_own_steps_report(tmp_path):
         assert own == (passes if beta else flops.train_flops(student.model.cfg, *shape))
 
 
+def test_a_kill_during_a_checkpoint_write_leaves_the_one_before(tmp_path):
+    """The process dies while its step-6 checkpoint is being written: the rerun resumes from a complete
+    checkpoint (3, or 6 if the write had finished) and ends with the losses of an uninterrupted run."""
+    steps = 10
+    uninterrupted = run_teacher(tmp_path / "a", steps)
+    dying = subprocess.run([sys.executable, str(HERE / "run_teacher.py"), str(tmp_path / "b"), str(steps)],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE), "DIE_IN_SAVE": "6"})
+    assert dying.returncode == 9
+    resumed = run_teacher(tmp_path / "b", steps)
+    for proc in (uninterrupted, resumed):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    assert "resuming teacher from step 3" in err or "resuming teacher from step 6" in err, err[-2000:]
+    a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
+    assert a.keys() == b.keys() == set(range(1, steps + 1))
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
+
+
 def test_with_no_readable_checkpoint_the_stage_starts_over(tmp_path, caplog):
     from reft_jax.runtime.checkpoint import Checkpointer
 
