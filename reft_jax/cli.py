@@ -72,13 +72,16 @@ def _unraisable(info) -> None:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parser().parse_known_args(argv)
     sys.unraisablehook = _unraisable
-    from reft_jax.errors import ReftError
+    from reft_jax.errors import Preempted, ReftError
 
     try:
         return _run(args, overrides)
     except ReftError as e:
         print(f"reft-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:  # SIGTERM (a scheduler's preemption): checkpointed; the same command goes on
+        print(f"reft-jax {args.command}: {e}; run the same command again to go on", file=sys.stderr)
+        return PREEMPTED_EXIT
     except OSError as e:  # a workdir a user can fix: read-only, not a folder, full, over a file size limit
         if e.errno not in _WORKDIR_ERRNOS:
             raise
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL; launch/common.sh requeues a job on it
 _WORKDIR_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
@@ -124,12 +128,21 @@ def _run(args, overrides) -> int:
               f"{jax.devices()[0].platform} device(s)", flush=True)
     ctx = RunContext.create(cfg, args.workdir)
     method = METHODS["ref_teacher"]  # the stage commands are Ref-Teacher's
+
+    def train(stage: str, what: str) -> None:  # a finished stage is not redone (a requeued job skips it)
+        folder = stages.STAGES[stage].path(ctx.workdir)
+        if not args.force and stages.STAGES[stage].marker(ctx.workdir).exists():
+            stages.check_inputs(ctx, stage)
+            print(f"{what} done in {folder} (--force redoes it)")
+        else:
+            print(f"{what} written to {stages.run_stage(stage, ctx, force=args.force)}")
+
     if args.command == "train-teacher":
-        print(f"teacher written to {stages.run_stage('teacher', ctx, force=args.force)}")
+        train("teacher", "teacher")
     elif args.command == "filter":  # scoring again is cheap: the command always rescores (e.g. another --data)
         print(json.dumps(stages.run_stage(stages.FILTERS[method.filter].stage, ctx, force=True), indent=2))
     elif args.command == "finetune":
-        print(f"student written to {stages.run_stage(method.stage, ctx, force=args.force)}")
+        train(method.stage, "student")
     elif args.command == "evaluate":
         print(json.dumps(_summary(evaluate.run(ctx)), indent=2))
     elif args.command == "run":

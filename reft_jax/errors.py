@@ -17,5 +17,10 @@ class CheckpointError(ReftError):
     """A checkpoint that is missing, incomplete, of the wrong shape or of an unsafe format."""
 
 
+class Preempted(Exception):
+    """SIGTERM stopped a training stage after a checkpoint of its last finished step: the same command goes on
+    from there (not an error of the input)."""
+
+
 class DataError(ReftError):
     """A dataset file or field that cannot be read as asked."""

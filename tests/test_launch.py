@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
-SCRIPTS = ["common.sh", "gpu_node.sh", "gpu_session.sh", "slurm.sbatch", "tpu_pod.sh"]
+SCRIPTS = ["common.sh", "gpu_node.sh", "gpu_session.sh", "slurm.sbatch", "slurm_local.sh", "tpu_pod.sh"]
 README = (LAUNCH / "README.md").read_text()
 
 
@@ -67,10 +67,11 @@ def test_gpu_node_runs_the_documented_commands(tmp_path):
 def test_slurm_runs_the_documented_commands(tmp_path):
     env, log = stand_ins(tmp_path)
     subprocess.run(["bash", "launch/slurm.sbatch", "configs/literature.py:qwen2-7b,gsm8k", "/shared/runs/q2_gsm8k",
-                    "--config.model.path=/shared/models/qwen2-7b"], cwd=ROOT, env=env, check=True)
+                    "--config.model.path=/shared/models/qwen2-7b"], cwd=ROOT, env={**env, "SLURM_GPUS_ON_NODE": "8"},
+                   check=True)  # what `--gpus-per-node=8` sets
     calls = log.read_text().splitlines()
-    assert len(calls) == 3 and all(c.startswith("srun reft-jax ") for c in calls)
-    assert calls[0] in documented("srun reft-jax train-teacher")
+    assert len(calls) == 3 and all(c.startswith("srun --kill-on-bad-exit=1 reft-jax ") for c in calls)
+    assert calls[0] in documented("srun --kill-on-bad-exit=1 reft-jax train-teacher")
 
 
 def test_tpu_pod_runs_the_documented_commands(tmp_path):

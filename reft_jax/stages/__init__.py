@@ -32,6 +32,7 @@ import jax
 from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
 from reft_jax.experiment.methods import METHODS, Method
+from reft_jax.runtime import parallel
 from reft_jax.runtime.workdir import FILTER_REPORT, FILTER_SETTINGS, Workdir, model_config
 from reft_jax.stages import (
     defence_alignment,
@@ -196,9 +197,14 @@ def run_stage(name: str, ctx: RunContext, *, force: bool = False):
     """Runs the stage `name` of the registry; returns what it returns (its folder, or a filter's report).
     It must be made from this run's inputs (check_inputs); force: its folder is removed first, and it starts over."""
     folder = STAGES[name].path(ctx.workdir)
-    if force and folder.exists() and jax.process_index() == 0:
-        shutil.rmtree(folder)
-    check_inputs(ctx, name)
+    if force:  # what it reads must still be this run's; its own folder starts empty
+        for need in _needs(ctx, name):
+            check_inputs(ctx, need)
+        if folder.exists() and jax.process_index() == 0:
+            shutil.rmtree(folder)
+        parallel.sync(f"{name}: folder removed")
+    else:
+        check_inputs(ctx, name)
     if jax.process_index() == 0:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / INPUTS).write_text(json.dumps(inputs_of(ctx, name), indent=1, sort_keys=True) + "\n")

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 from reft_jax.config.schema import CheckpointSection, LoggingSection
-from reft_jax.errors import ReftError
+from reft_jax.errors import Preempted, ReftError
 from reft_jax.runtime.checkpoint import Checkpointer
 from reft_jax.runtime.workdir import CHECKPOINTS, METRICS
 
@@ -54,10 +55,6 @@ class Hook:
 
 class TrainingDiverged(ReftError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint of the last finished step was written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +133,14 @@ class _SigtermFlag:
         del signum, frame
         self.raised = True
 
+    def anywhere(self) -> bool:
+        """Whether any process got SIGTERM: the processes of a run stop (and checkpoint) at the same step, though
+        the signal reaches them at different moments. One small all-gather per step in a multi-process run."""
+        if jax.process_count() == 1:
+            return self.raised
+        from jax.experimental import multihost_utils
+        return bool(multihost_utils.process_allgather(np.asarray(self.raised)).any())
+
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
@@ -203,9 +208,10 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
                     log.write(step, metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                     window_tokens, window_start = 0.0, time.perf_counter()
-                if step % cfg.checkpoint.every == 0 or step == cfg.steps or sigterm.raised:
+                stop = sigterm.anywhere()
+                if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop:
                     checkpoints.save(step, state, [h.carry for h in hooks], meta)
-                if sigterm.raised:
+                if stop:
                     checkpoints.wait()
                     raise Preempted(f"{name}: SIGTERM at step {step}; checkpoint saved in {checkpoints.directory}")
     finally:

@@ -20,7 +20,7 @@ import numpy as np
 
 from reft_jax import refusal
 from reft_jax.config.schema import RunConfig
-from reft_jax.data import Batch
+from reft_jax.data import Batch, process_slice
 from reft_jax.errors import ConfigError
 from reft_jax.models import ModelConfig, Transformer, flops
 from reft_jax.refusal.feature import make_feature_fn
@@ -44,6 +44,13 @@ class Trained:
     model: Transformer
     flops: int
     r: np.ndarray | None = None
+
+
+def local_rows(batch: Batch) -> Batch:
+    """This process's rows of a batch every process holds whole (the refusal pool's), for a step whose batches
+    are assembled from every process's rows (a multi-process run: each adds its own)."""
+    rows = process_slice(len(batch["input_ids"]), jax.process_index(), jax.process_count())
+    return {k: v[rows] for k, v in batch.items()}
 
 
 def steps_flops(step, model: Transformer, batches_at: Callable[[int], tuple[Batch, ...]], steps: int) -> int:
@@ -160,7 +167,7 @@ def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, batch
     refresh = RefusalRefresh(features, pool, check, cfg.refusal.update_every, zero, base_check_auroc)
 
     def batches_at(i):  # the alignment batch, and the pool batch of the regulariser (refusal.reg_pool)
-        return (batch_at(i), pool[i % len(pool)]) if cfg.refusal.reg_pool else (batch_at(i),)
+        return (batch_at(i), local_rows(pool[i % len(pool)])) if cfg.refusal.reg_pool else (batch_at(i),)
 
     def step_fn(state, i):
         batch, *pool_batch = map(place.batch, batches_at(i))

@@ -1,0 +1,123 @@
+"""launch/slurm.sbatch on a real one-node Slurm cluster (launch/slurm_local.sh), on the demo config: a 2-task CPU
+job equals one process, and a job sent SIGTERM mid-teacher requeues itself and finishes with the same losses.
+Skipped with its reason only where Slurm is not installed and this is not CI (.ci/run installs it)."""
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_cli import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALLED = all(shutil.which(c) for c in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol"))
+pytestmark = pytest.mark.skipif(not INSTALLED and os.environ.get("CI") != "true",
+                                reason="Slurm is not installed (apt-get install slurm-wlm munge)")
+
+
+def _free_pair() -> int:
+    """A port p with p and p + 1 free (slurmctld's and slurmd's)."""
+    for _ in range(100):
+        port = random.randint(20000, 40000)
+        try:
+            for p in (port, port + 1):
+                with socket.socket() as s:
+                    s.bind(("", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "SLURM_LOCAL_DIR": str(folder), "SLURM_LOCAL_PORT": str(_free_pair())}
+    started = subprocess.run(["bash", "launch/slurm_local.sh", "start"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    env["SLURM_CONF"] = str(folder / "slurm.conf")
+    yield env
+    subprocess.run(["bash", "launch/slurm_local.sh", "stop"], cwd=ROOT, env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference: the whole demo run (`reft-jax run`) in one process."""
+    workdir = tmp_path_factory.mktemp("one") / "run"
+    proc = subprocess.run([sys.executable, "-m", "reft_jax.cli", "run", "--workdir", str(workdir), *TINY],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def submit(cluster, workdir: Path, *sbatch_args) -> str:
+    """sbatch of launch/slurm.sbatch on the demo config with STAGES=run; returns the job id."""
+    proc = subprocess.run(["sbatch", "--parsable", "--ntasks=2", f"--chdir={ROOT}", f"--output={workdir}.out",
+                           *sbatch_args, "launch/slurm.sbatch", "configs/demo.py", str(workdir), *TINY],
+                          cwd=ROOT, env={**cluster, "STAGES": "run"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def job_state(cluster, job: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job], env=cluster, capture_output=True, text=True).stdout
+    return next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "UNKNOWN")
+
+
+def wait_for(cluster, job: str, timeout: float = 900) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = job_state(cluster, job)
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return state
+        time.sleep(2)
+    subprocess.run(["scancel", job], env=cluster)
+    raise AssertionError(f"job {job} still {job_state(cluster, job)} after {timeout} s")
+
+
+def losses(workdir: Path, stage: str) -> list[float]:
+    return [json.loads(line)["loss"] for line in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(reference: Path, workdir: Path) -> None:
+    """The losses of every trained stage to the multi-process test's tolerance, and the report's numbers."""
+    for stage in ("teacher", "student", "no_defense"):
+        assert losses(workdir, stage) == pytest.approx(losses(reference, stage), rel=1e-5), stage
+    a, b = (json.loads((w / "report.json").read_text()) for w in (reference, workdir))
+    for name in a["methods"]:
+        for key in ("harmful_score", "finetune_accuracy"):
+            assert b["methods"][name][key] == a["methods"][name][key], (name, key)
+    for key in ("precision", "recall", "auroc", "num_flagged"):
+        assert b["filter"][key] == pytest.approx(a["filter"][key], abs=1e-6), key
+
+
+def test_two_tasks_equal_one_process(cluster, one_process, tmp_path):
+    workdir = tmp_path / "two"
+    job = submit(cluster, workdir)
+    assert wait_for(cluster, job) == "COMPLETED", Path(f"{workdir}.out").read_text()[-3000:]
+    log = Path(f"{workdir}.out").read_text()
+    assert "2 task(s), 0 GPU(s) per task" in log and "reft-jax run: 2 process(es), 2 cpu device(s)" in log
+    assert_same_run(one_process, workdir)
+
+
+def test_sigterm_requeues_and_the_job_finishes_as_if_uninterrupted(cluster, one_process, tmp_path):
+    workdir = tmp_path / "preempted"
+    job = submit(cluster, workdir)
+    metrics = workdir / "teacher" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.5)  # the teacher's step 5 is done, its checkpoint of step 4 written; 16 steps in all
+    assert job_state(cluster, job) == "RUNNING", Path(f"{workdir}.out").read_text()[-3000:]
+    subprocess.run(["scancel", "--signal=TERM", job], env=cluster, check=True)  # to every task, as preemption does
+    assert wait_for(cluster, job) == "COMPLETED", Path(f"{workdir}.out").read_text()[-3000:]
+    log = Path(f"{workdir}.out").read_text()
+    assert "teacher: SIGTERM at step" in log and "preempted (exit 75)" in log and f"requeueing job {job}" in log
+    assert "(restart 1)" in log and "resuming teacher from step" in log
+    assert_same_run(one_process, workdir)
