@@ -59,6 +59,10 @@ def get_config(arg: str = ""):
     c.eval.references = True  # the base model's own harmful score, and the teacher's
     c.methods = "ref_teacher,no_defense,sa_ft"
 
+    # The student's distillation weight, from the student study on this model (docs/results.md): on one teacher
+    # and filter, beta 1 / 3 / 10 gave harmful scores 0.410 / 0.282 / 0.205 at finetune accuracy 0.835 / 0.820 /
+    # 0.825 (no defence: 0.974 / 0.835).
+    c.distill.beta = 10.0
     c.refusal.update_every = 20
     c.optim.learning_rate = 1e-3  # LoRA, few steps: 40 teacher steps at this rate already refuse 11 of 12
     c.optim.warmup_steps = 5
