@@ -44,7 +44,11 @@ def cluster(tmp_path_factory):
     assert started.returncode == 0, started.stdout + started.stderr
     env["SLURM_CONF"] = str(folder / "slurm.conf")
     yield env
-    subprocess.run(["bash", "launch/slurm_local.sh", "stop"], cwd=ROOT, env=env, capture_output=True, timeout=60)
+    stopped = subprocess.run(["bash", "launch/slurm_local.sh", "stop"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    left = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"daemons still running: {left}"  # stop ends exactly the daemons start started
 
 
 @pytest.fixture(scope="module")
