@@ -205,7 +205,10 @@ def run_stage(name: str, ctx: RunContext, *, force: bool = False):
         parallel.sync(f"{name}: folder removed")
     else:
         check_inputs(ctx, name)
+    parallel.sync(f"{name}: inputs checked")  # every process read the old record before process 0 rewrites it
     if jax.process_index() == 0:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / INPUTS).write_text(json.dumps(inputs_of(ctx, name), indent=1, sort_keys=True) + "\n")
-    return STAGES[name].run(ctx)
+    result = STAGES[name].run(ctx)
+    parallel.sync(f"{name}: done")  # process 0 writes the stage's files; no process reads them before it is done
+    return result
