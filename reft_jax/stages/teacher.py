@@ -18,11 +18,9 @@ import numpy as np
 from reft_jax import refusal
 from reft_jax.experiment import cost
 from reft_jax.experiment.context import LabelledPrompts, RunContext
-from reft_jax.models import flops
 from reft_jax.models.from_config import base_model, trainable
 from reft_jax.models.hf_io import save_model
 from reft_jax.refusal import scoring
-from reft_jax.runtime import parallel
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import model_dir
 from reft_jax.stages.common import prompt_flops
@@ -65,7 +63,7 @@ def run(ctx: RunContext) -> Path:
         # The base model's own direction, read before training (which donates the weights it starts from).
         m0 = FrozenModel.of(model)
         base_r = np.asarray(runs.compute_refusal_feature(refusal.make_feature_fn(layer), m0, pool))
-        scoring_flops.append(sum(flops.forward_flops(model.cfg, *parallel.global_shape(b)) for b in pool))
+        scoring_flops.append(cost.forward_passes(model.cfg, pool.__getitem__, len(pool)))
         base = {split: scores(m0, base_r, split) for split in ("check", "calibration")}
         base_check = check_report(base["check"], prompts.get("check"))
         align = ctx.batches(ctx.alignment)
