@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a workdir a user can fix: read-only, not a folder, full, over a file size limit
         if e.errno not in _WORKDIR_ERRNOS:
             raise
+        # Orbax's other write tasks fail alike; asyncio logs each one when it is collected at exit
+        logging.getLogger("asyncio").disabled = True
         print(f"reft-jax {args.command}: error: {e.filename or args.workdir}: {e.strerror}; free space or use "
               "a writable --workdir, then run the same command again (it goes on from the last checkpoint)",
               file=sys.stderr)

@@ -82,3 +82,18 @@ def test_two_processes_match_one_process_and_restore_in_one(prepared):
     assert [s for s, _ in resumed] == list(range(1, STUDENT_STEPS + 1)) and resumed[:3] == distributed[:3]
     for (_, a), (_, b) in zip(distributed[3:], resumed[3:]):
         assert b == pytest.approx(a, rel=1e-5)
+
+
+def test_processes_that_disagree_on_the_config_stop_before_the_first_step(tmp_path):
+    """One task given another override (a launcher's mistake): every process stops with one line naming the field,
+    and nothing is written: the workdir is not even created."""
+    port, workdir = free_port(), tmp_path / "run"
+    procs = [finetune(workdir, 1, extra, process=(i, 2, port))
+             for i, extra in enumerate([(), ("--config.student.steps=7",)])]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith("reft-jax finetune: error: student.steps: the processes "
+                                                       "disagree"), err[-3000:]
+        assert "process 1's value differs from process 0's" in err and "Traceback" not in err
+    assert not workdir.exists()

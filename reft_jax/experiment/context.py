@@ -23,7 +23,7 @@ from reft_jax.errors import ConfigError, DataError
 from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
 from reft_jax.models.from_config import vocab_of
-from reft_jax.runtime import compile_cache
+from reft_jax.runtime import compile_cache, parallel
 from reft_jax.runtime.workdir import Workdir
 
 
@@ -47,6 +47,8 @@ class RunContext:
         checkpoint converted, ... once, under the workdir)."""
         workdir, cfg = Workdir(workdir), RunConfig.of(cfg)
         compile_cache.enable(cfg.compile_cache)  # before the run's first compilation
+        parallel.check_same({"--workdir": str(workdir.root.absolute()), **_flat(cfg.to_dict())},
+                            "a multi-process run's tasks must run one config")
         workdir.root.mkdir(parents=True, exist_ok=True)
         return cls(resolve(cfg, workdir), workdir, model_source=cfg.model.path)
 
@@ -182,3 +184,14 @@ class RunContext:
         d = self.cfg.data
         return rdata.Batches(ds.prompts_only(), batch_size or d.batch_size, list(d.buckets), shuffle=False,
                              num_epochs=1)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Dotted field -> value, without distributed.process_id (the one field each process sets for itself)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif f"{prefix}{key}" != "distributed.process_id":
+            out[f"{prefix}{key}"] = value
+    return out

@@ -16,6 +16,7 @@ runs on any mesh, only less sharded.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from typing import Any, Callable, Mapping
@@ -95,6 +96,26 @@ def sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
+
+
+def check_same(values: dict[str, object], what: str) -> None:
+    """Every process holds the same `values` (name -> value), else a ConfigError on every process naming the first
+    name whose value differs, before anything runs that would deadlock or mix results on it. Compared by hash:
+    one all-gather of a 32-bit digest per name."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    names = sorted(values)
+    digests = np.array([int.from_bytes(hashlib.sha256(repr(values[n]).encode()).digest()[:4], "little", signed=True)
+                        for n in names], np.int32)
+    gathered = np.asarray(multihost_utils.process_allgather(digests))  # [processes, names]
+    differs = (gathered != gathered[:1]).any(axis=0)
+    if differs.any():
+        first = int(np.argmax(differs))
+        name, process = names[first], int(np.argmax(gathered[:, first] != gathered[0, first]))
+        raise ConfigError(f"{name}: the processes disagree ({what}; process {process}'s value differs from process "
+                          f"0's, this process has {values[name]!r}); give every process the same config and overrides")
 
 
 # ----------------------------------------------------------------------------------------------------- mesh
