@@ -12,6 +12,7 @@ import argparse
 import errno
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -70,10 +71,19 @@ def _unraisable(info) -> None:
         sys.__unraisablehook__(info)
 
 
+def _sigterm(signum, frame):
+    """SIGTERM outside a training loop (which checkpoints first: train.loop): stop now; the stage is redone."""
+    from reft_jax.errors import Preempted
+
+    raise Preempted("SIGTERM outside a training step (nothing to checkpoint; the stage is redone)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parser().parse_known_args(argv)
     sys.unraisablehook = _unraisable
     from reft_jax.errors import Preempted, ReftError
+
+    previous = signal.signal(signal.SIGTERM, _sigterm)  # a preempted process exits PREEMPTED_EXIT, which launchers requeue
 
     try:
         return _run(args, overrides)
@@ -92,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
               "a writable --workdir, then run the same command again (it goes on from the last checkpoint)",
               file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL; launch/common.sh requeues a job on it

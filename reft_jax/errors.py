@@ -18,8 +18,8 @@ class CheckpointError(ReftError):
 
 
 class Preempted(Exception):
-    """SIGTERM stopped a training stage after a checkpoint of its last finished step: the same command goes on
-    from there (not an error of the input)."""
+    """SIGTERM stopped the command: in a training stage after a checkpoint of its last finished step, elsewhere at
+    once; the same command goes on from there (not an error of the input)."""
 
 
 class DataError(ReftError):

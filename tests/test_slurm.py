@@ -1,11 +1,14 @@
 """launch/slurm.sbatch on a real one-node Slurm cluster (launch/slurm_local.sh), on the demo config: a 2-task CPU
-job equals one process, and a job sent SIGTERM mid-teacher requeues itself and finishes with the same losses.
+job sent SIGTERM mid-teacher requeues itself, fails when one of its tasks is killed, and, submitted again,
+finishes with the losses and numbers of one process.
 Skipped with its reason only where Slurm is not installed and this is not CI (.ci/run installs it)."""
 
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +17,9 @@ from pathlib import Path
 
 import pytest
 from test_cli import TINY
+
+from reft_jax import stages
+from reft_jax.runtime.workdir import Workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLED = all(shutil.which(c) for c in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol"))
@@ -102,26 +108,57 @@ def assert_same_run(reference: Path, workdir: Path) -> None:
         assert b["filter"][key] == pytest.approx(a["filter"][key], abs=1e-6), key
 
 
-def test_two_tasks_equal_one_process(cluster, one_process, tmp_path):
-    workdir = tmp_path / "two"
-    job = submit(cluster, workdir)
-    assert wait_for(cluster, job) == "COMPLETED", Path(f"{workdir}.out").read_text()[-3000:]
-    log = Path(f"{workdir}.out").read_text()
-    assert "2 task(s), 0 GPU(s) per task" in log and "reft-jax run: 2 process(es), 2 cpu device(s)" in log
-    assert_same_run(one_process, workdir)
+def wait_until(condition, what: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.5)
 
 
-def test_sigterm_requeues_and_the_job_finishes_as_if_uninterrupted(cluster, one_process, tmp_path):
-    workdir = tmp_path / "preempted"
+def task_pid(workdir: Path, task: int) -> int:
+    """The pid of the job's task `task` (its reft-jax process, not srun)."""
+    for pid in subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True).stdout.split():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if b"srun" not in command[0] and f"SLURM_PROCID={task}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no task {task} running on {workdir}")
+
+
+def test_a_preempted_job_and_a_job_with_a_dead_task_both_end_as_one_process(cluster, one_process, tmp_path):
+    """A 2-task job's life. SIGTERM mid-teacher (to every task, as preemption does): the tasks checkpoint, the job
+    requeues itself and resumes. Then one task killed (kill -9) after the teacher: srun stops the other and the job
+    fails, not requeued, within the cluster's KillWait (30 s here); submitted again, it goes on without redoing the
+    teacher. The result equals the one-process run."""
+    workdir, out = tmp_path / "two", Path(f"{tmp_path / 'two'}.out")
     job = submit(cluster, workdir)
     metrics = workdir / "teacher" / "metrics.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.5)  # the teacher's step 5 is done, its checkpoint of step 4 written; 16 steps in all
-    assert job_state(cluster, job) == "RUNNING", Path(f"{workdir}.out").read_text()[-3000:]
-    subprocess.run(["scancel", "--signal=TERM", job], env=cluster, check=True)  # to every task, as preemption does
-    assert wait_for(cluster, job) == "COMPLETED", Path(f"{workdir}.out").read_text()[-3000:]
-    log = Path(f"{workdir}.out").read_text()
+    # the teacher's step 5 is done, its checkpoint of step 4 written; 16 steps in all
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, "teacher step 5")
+    assert job_state(cluster, job) == "RUNNING", out.read_text()[-3000:]
+    subprocess.run(["scancel", "--signal=TERM", job], env=cluster, check=True)
+
+    teacher_done = stages.STAGES["teacher"].marker(Workdir(workdir))
+    wait_until(teacher_done.exists, "finished teacher after the requeue")
+    log = out.read_text()
     assert "teacher: SIGTERM at step" in log and "preempted (exit 75)" in log and f"requeueing job {job}" in log
     assert "(restart 1)" in log and "resuming teacher from step" in log
+    os.kill(task_pid(workdir, 1), signal.SIGKILL)
+    killed = time.time()
+    assert wait_for(cluster, job, timeout=120) == "FAILED", out.read_text()[-3000:]
+    assert time.time() - killed < 60  # KillWait (30 s) and the polling
+    log = out.read_text()
+    # the other task ends on srun's SIGTERM (143) or KillWait's SIGKILL (137): either way not 75, no requeue
+    assert "task 1: Killed" in log and re.search(r"run: failed \(exit 1(37|43)\)", log), log[-3000:]
+    assert log.count("requeueing job") == 1
+
+    finished = teacher_done.stat().st_mtime
+    job = submit(cluster, workdir)  # what a user does after a failure
+    assert wait_for(cluster, job) == "COMPLETED", out.read_text()[-3000:]
+    log = out.read_text()
+    assert "2 task(s), 0 GPU(s) per task" in log and "reft-jax run: 2 process(es), 2 cpu device(s)" in log
+    assert teacher_done.stat().st_mtime == finished  # the finished teacher was not redone
     assert_same_run(one_process, workdir)
