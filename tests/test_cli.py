@@ -302,3 +302,23 @@ def test_a_done_stage_is_not_reused_for_other_inputs(run_dir, tmp_path, capsys):
     one_line_error(capsys, "teacher: made from other inputs than this run's (teacher.steps: 8 -> 16)")
     assert main(["finetune", "--workdir", str(workdir), *TINY, "--config.teacher.steps=8"]) == 2
     one_line_error(capsys, "filter: made from other inputs than this run's (teacher.steps: 16 -> 8)")  # the old teacher's
+
+
+def test_sigterm_outside_a_training_loop_exits_for_a_requeue(monkeypatch, capsys):
+    """SIGTERM while a command scores or evaluates (no loop to checkpoint) stops it at once with the code the
+    launchers requeue on; the process's own SIGTERM handler is back afterwards."""
+    import signal
+    import time
+
+    from reft_jax import cli
+
+    def scoring(args, overrides):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        return 0
+
+    monkeypatch.setattr(cli, "_run", scoring)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["evaluate", "--workdir", "unused"]) == cli.PREEMPTED_EXIT == 75
+    assert "SIGTERM outside a training step" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
