@@ -75,6 +75,7 @@ def _sigterm(signum, frame):
     """SIGTERM outside a training loop (which checkpoints first: train.loop): stop now; the stage is redone."""
     from reft_jax.errors import Preempted
 
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already: another SIGTERM must not turn 75 into 143
     raise Preempted("SIGTERM outside a training step (nothing to checkpoint; the stage is redone)")
 
 
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reft-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Preempted as e:  # SIGTERM (a scheduler's preemption): checkpointed; the same command goes on
+        # The process is on its way out with 75: srun, seeing the first task exit 75, sends SIGTERM to the rest
+        # (--kill-on-bad-exit), which must not make them exit 143 instead (the job would fail, not requeue).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print(f"reft-jax {args.command}: {e}; run the same command again to go on", file=sys.stderr)
         return PREEMPTED_EXIT
     except OSError as e:  # a workdir a user can fix: read-only, not a folder, full, over a file size limit
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is _sigterm:  # not preempted: the caller's handler back
+            signal.signal(signal.SIGTERM, previous)
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL; launch/common.sh requeues a job on it

@@ -38,6 +38,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: file order kept
 
 
+@pytest.fixture(autouse=True)
+def _sigterm_handler_kept():
+    """A preempted loop or command ignores SIGTERM on its way out (train.loop, cli): not in the next test."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
 @pytest.fixture
 def x64():
     """float64 for finite-difference checks, restored afterwards so nothing leaks."""

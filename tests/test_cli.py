@@ -306,7 +306,8 @@ def test_a_done_stage_is_not_reused_for_other_inputs(run_dir, tmp_path, capsys):
 
 def test_sigterm_outside_a_training_loop_exits_for_a_requeue(monkeypatch, capsys):
     """SIGTERM while a command scores or evaluates (no loop to checkpoint) stops it at once with the code the
-    launchers requeue on; the process's own SIGTERM handler is back afterwards."""
+    launchers requeue on, and later SIGTERMs (srun's to the other tasks) are ignored on the way out; a command
+    that was not preempted gives the process its own SIGTERM handler back."""
     import signal
     import time
 
@@ -321,4 +322,8 @@ def test_sigterm_outside_a_training_loop_exits_for_a_requeue(monkeypatch, capsys
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["evaluate", "--workdir", "unused"]) == cli.PREEMPTED_EXIT == 75
     assert "SIGTERM outside a training step" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    signal.signal(signal.SIGTERM, before)
+    monkeypatch.setattr(cli, "_run", lambda args, overrides: 0)
+    assert cli.main(["evaluate", "--workdir", "unused"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before

@@ -142,7 +142,9 @@ class _SigtermFlag:
         return bool(multihost_utils.process_allgather(np.asarray(self.raised)).any())
 
     def __exit__(self, *exc):
-        if self._previous is not None:
+        if self.raised and self._previous is not None:  # stopping on SIGTERM: a second one must not cut the exit
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        elif self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
 
