@@ -109,14 +109,31 @@ def damage(checkpoint, how):
         (checkpoint / "state" / "_METADATA").unlink()
 
 
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The losses of a teacher run of STEPS steps that was never interrupted (the kill tests' reference)."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    _, err = (proc := run_teacher(workdir, STEPS)).communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    return read_losses(workdir)
+
+
+def assert_same_losses(reference, workdir):
+    losses = read_losses(workdir)
+    assert reference.keys() == losses.keys() == set(range(1, STEPS + 1))
+    for step in reference:
+        assert losses[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+
+
 @pytest.mark.parametrize("damaged", [None, "truncate", "metadata"])
-def test_resume_after_sigkill_gives_the_same_losses(tmp_path, damaged):
+def test_resume_after_sigkill_gives_the_same_losses(tmp_path, damaged, uninterrupted):
     """Killed after its checkpoint at step 6, the run resumes from it; with that checkpoint damaged, from the
     one before (3), after moving the damaged one aside with a warning. Either way the losses equal a run that
     was never interrupted."""
-    steps = 10
-    uninterrupted = run_teacher(tmp_path / "a", steps)
-    interrupted = run_teacher(tmp_path / "b", steps, pause_after=6)
+    interrupted = run_teacher(tmp_path / "b", STEPS, pause_after=6)
     assert interrupted.stdout.readline().strip() == "PAUSED"
     deadline = time.time() + 60
     while not (tmp_path / "b" / "checkpoints" / "6").exists() and time.time() < deadline:
@@ -127,20 +144,15 @@ def test_resume_after_sigkill_gives_the_same_losses(tmp_path, damaged):
     assert read_losses(tmp_path / "b").keys() == set(range(1, 7))
     checkpoints = tmp_path / "b" / "checkpoints"
     damage(checkpoints / "6", damaged)
-    resumed = run_teacher(tmp_path / "b", steps)
-    for proc in (uninterrupted, resumed):
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-2000:]
+    _, err = (resumed := run_teacher(tmp_path / "b", STEPS)).communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
     if damaged:
         assert (checkpoints / "corrupt-6" / "state").is_dir()  # kept for a person to look at
         assert "checkpoints/6: cannot read this checkpoint (" in err and "moved to" in err, err[-2000:]
         assert "resuming teacher from step 3" in err
     else:
         assert "resuming teacher from step 6" in err
-    a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
-    assert a.keys() == b.keys() == set(range(1, steps + 1))
-    for step in a:
-        assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
+    assert_same_losses(uninterrupted, tmp_path / "b")
 
 
 def _toy_loop(tmp_path, step_fn, steps=8, hooks=(), log_every=1):
@@ -284,23 +296,16 @@ def test_a_run_counts_the_flops_its_own_steps_report(tmp_path):
         assert own == (passes if beta else flops.train_flops(student.model.cfg, *shape))
 
 
-def test_a_kill_during_a_checkpoint_write_leaves_the_one_before(tmp_path):
+def test_a_kill_during_a_checkpoint_write_leaves_the_one_before(tmp_path, uninterrupted):
     """The process dies while its step-6 checkpoint is being written: the rerun resumes from a complete
     checkpoint (3, or 6 if the write had finished) and ends with the losses of an uninterrupted run."""
-    steps = 10
-    uninterrupted = run_teacher(tmp_path / "a", steps)
-    dying = subprocess.run([sys.executable, str(HERE / "run_teacher.py"), str(tmp_path / "b"), str(steps)],
+    dying = subprocess.run([sys.executable, str(HERE / "run_teacher.py"), str(tmp_path / "b"), str(STEPS)],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE), "DIE_IN_SAVE": "6"})
     assert dying.returncode == 9
-    resumed = run_teacher(tmp_path / "b", steps)
-    for proc in (uninterrupted, resumed):
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-2000:]
+    _, err = (resumed := run_teacher(tmp_path / "b", STEPS)).communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
     assert "resuming teacher from step 3" in err or "resuming teacher from step 6" in err, err[-2000:]
-    a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
-    assert a.keys() == b.keys() == set(range(1, steps + 1))
-    for step in a:
-        assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
+    assert_same_losses(uninterrupted, tmp_path / "b")
 
 
 def test_with_no_readable_checkpoint_the_stage_starts_over(tmp_path, caplog):
