@@ -5,10 +5,6 @@ from pathlib import Path
 
 # Tests run on the CPU; the multi-device tests ask for their own fake devices in subprocesses.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The suite's programs are small and run for a few steps: LLVM's optimisation of the CPU code costs more than it
-# saves (a tiny demo run's stages: 31 s -> 25 s without the cache; the real model's end-to-end test: unchanged).
-# Inherited by the runs the tests start, unless they set XLA_FLAGS themselves.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 # The `datasets` cache of the tests (and of the processes they start) stays out of the user's cache.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="reft_jax_test_hf_cache_")
 sys.path.insert(0, str(Path(__file__).parent))
