@@ -456,6 +456,16 @@ def field_help(cls=None, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def leaf_fields(value, path: str = "") -> dict:
+    """A typed config (or one of its sections, found at `path`) as its leaf fields: dotted path -> value."""
+    if not dataclasses.is_dataclass(value):
+        return {path: value}
+    out = {}
+    for field in dataclasses.fields(value):
+        out.update(leaf_fields(getattr(value, field.name), f"{path}.{field.name}" if path else field.name))
+    return out
+
+
 def replace(cfg, path: str, value):
     """A copy of a typed config with the dotted field `path` set, e.g. replace(cfg, "model.path", folder); for
     the config's resolution at its edge (generated demo data, a converted checkpoint), not for choosing code."""

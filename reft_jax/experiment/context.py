@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from reft_jax import data as rdata
-from reft_jax.config.schema import RunConfig
+from reft_jax.config.schema import RunConfig, leaf_fields
 from reft_jax.errors import ConfigError, DataError
 from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
@@ -47,7 +47,9 @@ class RunContext:
         checkpoint converted, ... once, under the workdir)."""
         workdir, cfg = Workdir(workdir), RunConfig.of(cfg)
         compile_cache.enable(cfg.compile_cache)  # before the run's first compilation
-        parallel.check_same({"--workdir": str(workdir.root.absolute()), **_flat(cfg.to_dict())},
+        fields = leaf_fields(cfg)
+        del fields["distributed.process_id"]  # the one field each process sets for itself
+        parallel.check_same({"--workdir": str(workdir.root.absolute()), **fields},
                             "a multi-process run's tasks must run one config")
         workdir.root.mkdir(parents=True, exist_ok=True)
         return cls(resolve(cfg, workdir), workdir, model_source=cfg.model.path)
@@ -185,13 +187,3 @@ class RunContext:
         return rdata.Batches(ds.prompts_only(), batch_size or d.batch_size, list(d.buckets), shuffle=False,
                              num_epochs=1)
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """Dotted field -> value, without distributed.process_id (the one field each process sets for itself)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        elif f"{prefix}{key}" != "distributed.process_id":
-            out[f"{prefix}{key}"] = value
-    return out

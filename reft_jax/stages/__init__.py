@@ -29,6 +29,7 @@ from typing import Callable
 
 import jax
 
+from reft_jax.config.schema import leaf_fields
 from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
 from reft_jax.experiment.methods import METHODS, Method
@@ -147,7 +148,7 @@ def inputs_of(ctx: RunContext, name: str) -> dict:
         value = ctx.cfg
         for part in field.split("."):
             value = getattr(value, part)
-        _flatten(field, value, out)
+        out.update(leaf_fields(value, field))  # a change is named by its field (refusal.lam, ...)
     if stage.user_data:
         out["user data"] = ctx.user_fingerprint
     text = json.dumps(out, sort_keys=True, default=str).replace(str(ctx.workdir.root.absolute()), "WORKDIR")
@@ -158,15 +159,6 @@ def _needs(ctx: RunContext, name: str) -> list[str]:
     """The stages `name` reads in this run: with data.user.filtered (a reviewed kept.jsonl) no filter's."""
     filters = {f.stage for f in FILTERS.values()} if ctx.cfg.data.user.filtered else set()
     return [need for need in STAGES[name].needs if need not in filters]
-
-
-def _flatten(path: str, value, out: dict) -> None:
-    """A config section as its leaf fields (refusal.lam, ...), so that a change is named by its field."""
-    if dataclasses.is_dataclass(value):
-        for field in dataclasses.fields(value):
-            _flatten(f"{path}.{field.name}", getattr(value, field.name), out)
-    else:
-        out[path] = value
 
 
 def check_inputs(ctx: RunContext, name: str) -> None:
