@@ -179,6 +179,23 @@ def _robustness_sections(report: dict, plots: set[str]) -> list[str]:
     return lines
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; imported on first use: slow, and only the plots need it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, out: Path) -> bool:
+    """Writes the figure to `out` and frees it; True: a plot was written."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_tradeoff(report: dict, out: Path) -> bool:
     """Harmful score against the over-refusal rate and against finetune accuracy, one point per method (and
     reference): the two sides of what a defence trades. False (nothing written) when neither was measured."""
@@ -188,9 +205,7 @@ def plot_tradeoff(report: dict, out: Path) -> bool:
               if any(_x(m, key) is not None for _, m in rows)]
     if not panels:
         return False
-    import matplotlib  # deferred: slow to import, and only the report's plots need it
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
@@ -209,10 +224,7 @@ def plot_tradeoff(report: dict, out: Path) -> bool:
     fig.suptitle("Safety against " + " and ".join(
         {"over_refusal": "over-refusal", "finetune_accuracy": "utility"}[key] for key, _ in panels))
     axes[0][-1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, out)
 
 
 def _x(m: dict, key: str) -> float | None:
@@ -221,9 +233,7 @@ def _x(m: dict, key: str) -> float | None:
 
 def plot_filter_scores(scores_file: Path, tau: float, out: Path) -> bool:
     """Histogram of the filter scores of harmful vs harmless user data, with the threshold."""
-    import matplotlib  # deferred: slow to import, and only the report's plots need it
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = [json.loads(line) for line in scores_file.read_text().splitlines()]
     if not rows or "label" not in rows[0]:
@@ -239,18 +249,13 @@ def plot_filter_scores(scores_file: Path, tau: float, out: Path) -> bool:
     ax.set_ylabel("user examples")
     ax.set_title("Filter scores of the user data")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, out)
 
 
 def plot_losses(runs: dict[str, Path], out: Path) -> bool:
     """Loss curves of the teacher and of each method's finetuning (labelled by the keys of `runs`), from their
     metrics.jsonl."""
-    import matplotlib  # deferred: slow to import, and only the report's plots need it
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, file in runs.items():
@@ -262,10 +267,7 @@ def plot_losses(runs: dict[str, Path], out: Path) -> bool:
     ax.set_yscale("log")
     ax.set_title("Training loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, out)
 
 
 def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
@@ -273,9 +275,7 @@ def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
     cosine to R_l of the harmful and the harmless pool prompts and held-out prompts, and the held-out AUROC; faint,
     the training batches' mean cosines to the R_l they were trained against. Writes `out` (e.g.
     WORKDIR/teacher_refusal.png); False (nothing written) when no recomputation was logged."""
-    import matplotlib  # deferred: slow to import, and only the report's plots need it
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     if not Path(metrics_file).exists():
         return False
@@ -306,7 +306,4 @@ def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
     ax.set_ylabel("mean cos(f_l, R_l)" + (" / check AUROC" if drawn & {"check_auroc", "check_auroc_base"} else ""))
     ax.set_title("Teacher refusal feature")
     ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, out)
