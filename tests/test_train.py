@@ -149,6 +149,7 @@ def test_resume_after_sigkill_gives_the_same_losses(tmp_path, damaged, uninterru
     if damaged:
         assert (checkpoints / "corrupt-6" / "state").is_dir()  # kept for a person to look at
         assert "checkpoints/6: cannot read this checkpoint (" in err and "moved to" in err, err[-2000:]
+        assert "bound method" not in err  # the reason is TensorStore's message, not its pointer to the details
         assert "resuming teacher from step 3" in err
     else:
         assert "resuming teacher from step 6" in err

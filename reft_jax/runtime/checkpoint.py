@@ -87,7 +87,7 @@ class Checkpointer:
             try:
                 return (step, *self.restore(step, state_like, extras_like))
             except Exception as e:  # noqa: BLE001 -- whatever made it unreadable, an older checkpoint may do
-                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                reason = _reason(e)
                 aside = self._move_aside(step)
                 log.warning("%s/%d: cannot read this checkpoint (%s); moved to %s, trying the one before",
                             self.directory, step, reason, aside)
@@ -113,3 +113,11 @@ class Checkpointer:
         with _os_errors(self.directory):
             self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _reason(e: Exception) -> str:
+    """The first line of an exception's message, without TensorStore's pointer to its details (a method's repr)."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    return text.splitlines()[0].split(" See full TensorStore details")[0].rstrip(". ")[:300]
