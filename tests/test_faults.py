@@ -4,11 +4,15 @@ naming what to fix, exit code 2, and a rerun that finishes and matches an uninte
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 
 import pytest
 from test_cli import TINY
+
+from reft_jax import stages
+from reft_jax.runtime.workdir import Workdir
 
 
 def reft_jax(*args, file_limit: int | None = None):
@@ -37,7 +41,15 @@ def losses(workdir, stage="teacher"):
     return [json.loads(line)["loss"] for line in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_full_disk_is_one_line_and_the_rerun_matches(tmp_path):
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """The teacher stage run once without interruption: the reference of the reruns."""
+    workdir = tmp_path_factory.mktemp("clean") / "run"
+    assert reft_jax("train-teacher", "--workdir", str(workdir), *TINY).returncode == 0
+    return workdir
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_matches(tmp_path, clean):
     """A file size limit (EFBIG, as `ulimit -f` gives; a full disk is ENOSPC, handled alike) stops the teacher at
     its first checkpoint write; the rerun without it finishes with the losses of an uninterrupted run."""
     workdir = tmp_path / "run"
@@ -45,8 +57,27 @@ def test_a_full_disk_is_one_line_and_the_rerun_matches(tmp_path):
                     "teacher/checkpoints: File too large", "run the same command again")
     assert line.startswith("reft-jax train-teacher: error: ")
     assert reft_jax("train-teacher", "--workdir", str(workdir), *TINY).returncode == 0
-    clean = tmp_path / "clean"
-    assert reft_jax("train-teacher", "--workdir", str(clean), *TINY).returncode == 0
+    assert losses(workdir) == pytest.approx(losses(clean), rel=1e-6)
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(tmp_path, clean):
+    """What a kill or a disk can leave: the stage not done and its last checkpoint unreadable (the largest file
+    of its arrays truncated). The rerun warns once, naming the step and the reason, moves the checkpoint aside,
+    resumes from the one before and ends with the losses of the uninterrupted run."""
+    workdir = tmp_path / "run"
+    shutil.copytree(clean, workdir)
+    stages.STAGES["teacher"].marker(Workdir(workdir)).unlink()  # the stage stopped before its end
+    checkpoints = workdir / "teacher" / "checkpoints"
+    *_, before, last = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    arrays = [f for f in (checkpoints / str(last) / "state").rglob("*") if f.is_file()]
+    max(arrays, key=lambda f: f.stat().st_size).write_bytes(b"")
+    rerun = reft_jax("train-teacher", "--workdir", str(workdir), *TINY)
+    assert rerun.returncode == 0 and "Traceback" not in rerun.stderr, rerun.stderr[-3000:]
+    warning = [line for line in rerun.stderr.splitlines() if f"checkpoints/{last}: cannot read" in line]
+    assert len(warning) == 1 and f"moved to {checkpoints}/corrupt-{last}" in warning[0], rerun.stderr[-3000:]
+    assert "bound method" not in warning[0]  # TensorStore's message, not its pointer to the details
+    assert f"resuming teacher from step {before}" in rerun.stderr
+    assert (checkpoints / f"corrupt-{last}" / "state").is_dir()  # kept for a person to look at
     assert losses(workdir) == pytest.approx(losses(clean), rel=1e-6)
 
 

@@ -234,6 +234,29 @@ def _half(batch, part):
     return {k: v[rows] for k, v in batch.items()}
 
 
+def test_a_sigterm_after_the_last_check_reaches_the_callers_handler(tmp_path, monkeypatch):
+    """SIGTERM during the final checkpoint write (after the loop's last look at its flag) is not swallowed: the
+    loop ends and hands it to the handler it found (the command's: exit for a requeue), not to SIG_IGN."""
+    from reft_jax.runtime.checkpoint import Checkpointer
+
+    got = []
+
+    def callers(signum, frame):
+        got.append(signum)
+
+    signal.signal(signal.SIGTERM, callers)
+    save = Checkpointer.save
+
+    def save_then_signal(self, step, *args):
+        save(self, step, *args)
+        if step == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_signal)
+    _toy_loop(tmp_path, lambda state, step: (state, {"loss": jnp.asarray(1.0)}))
+    assert got == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is callers
+
+
 def test_gradient_accumulation_matches_the_full_batch():
     """Two micro-batches with grad_accum=2 make the same update as one step on their union (equal token
     counts per micro-batch, so the mean of the means is the mean)."""

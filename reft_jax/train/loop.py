@@ -141,11 +141,15 @@ class _SigtermFlag:
         from jax.experimental import multihost_utils
         return bool(multihost_utils.process_allgather(np.asarray(self.raised)).any())
 
-    def __exit__(self, *exc):
-        if self.raised and self._previous is not None:  # stopping on SIGTERM: a second one must not cut the exit
+    def __exit__(self, exc_type, *exc):
+        if self._previous is None:
+            return
+        if self.raised and exc_type is not None:  # stopping on SIGTERM: a second one must not cut the exit
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        elif self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+            return
+        signal.signal(signal.SIGTERM, self._previous)
+        if self.raised:  # it came after the last step's check: the caller's handler (or the default) takes it now
+            signal.raise_signal(signal.SIGTERM)
 
 
 def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: StepFn, *,
