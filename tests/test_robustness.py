@@ -136,3 +136,25 @@ def test_tradeoff_plot_and_tables(tmp_path):
     assert "| Ref-Teacher (reference) | 0.100 | 0.200 | 1.000 |" in md
     assert "| method | plain | role_play |" in md and "| No defence (base finetuned on all user data) | 0.900 | 1.000 |" in md
     assert "| ref_teacher | 0.750 | 1.000 |" in md and "homonyms (safe)" in md and "tradeoff.png" in md
+
+
+def test_each_plot_says_what_it_draws(tmp_path, monkeypatch):
+    """Titles, axes and legends name only what was drawn: the trade-off's title its panels, the teacher plot's axis
+    AUROC only with an AUROC line, the loss curves the stages they were given."""
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig) or True)
+    utility_only = {"methods": {"no_defense": {"harmful_score": 0.9, "finetune_accuracy": 0.8}}}
+    assert report.plot_tradeoff(utility_only, tmp_path / "t.png")
+    fig = figures.pop()
+    assert fig._suptitle.get_text() == "Safety against utility" and len(fig.axes) == 1
+    cosines = [{"step": 1, "loss": 2.0, "refusal_step": 0, "pool_cos_harmful": 0.3, "pool_cos_harmless": -0.1}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cosines))
+    assert report.plot_teacher_refusal(tmp_path / "m.jsonl", tmp_path / "r.png")
+    assert figures.pop().axes[0].get_ylabel() == "mean cos(f_l, R_l)"  # no AUROC was logged
+    (tmp_path / "m.jsonl").write_text(json.dumps({**cosines[0], "check_auroc": 0.9}) + "\n")
+    assert report.plot_teacher_refusal(tmp_path / "m.jsonl", tmp_path / "r.png")
+    assert figures.pop().axes[0].get_ylabel() == "mean cos(f_l, R_l) / check AUROC"
+    assert report.plot_losses({"teacher": tmp_path / "m.jsonl", "student (ref_teacher)": tmp_path / "m.jsonl"},
+                              tmp_path / "l.png")
+    labels = [t.get_text() for t in figures.pop().axes[0].get_legend().get_texts()]
+    assert labels == ["teacher", "student (ref_teacher)"]
