@@ -233,11 +233,10 @@ def _x(m: dict, key: str) -> float | None:
 
 def plot_filter_scores(scores_file: Path, tau: float, out: Path) -> bool:
     """Histogram of the filter scores of harmful vs harmless user data, with the threshold."""
-    plt = _pyplot()
-
     rows = [json.loads(line) for line in scores_file.read_text().splitlines()]
     if not rows or "label" not in rows[0]:
         return False
+    plt = _pyplot()
     scores = np.array([r["score"] for r in rows])
     labels = np.array([r["label"] for r in rows], bool)
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -275,14 +274,13 @@ def plot_teacher_refusal(metrics_file: Path, out: Path) -> bool:
     cosine to R_l of the harmful and the harmless pool prompts and held-out prompts, and the held-out AUROC; faint,
     the training batches' mean cosines to the R_l they were trained against. Writes `out` (e.g.
     WORKDIR/teacher_refusal.png); False (nothing written) when no recomputation was logged."""
-    plt = _pyplot()
-
     if not Path(metrics_file).exists():
         return False
     records = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
     rows = [r for r in records if "refusal_step" in r]
     if not rows:
         return False
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for key, label, color in (("cos_harmful", "train batch harmful", "C3"),
                               ("cos_harmless", "train batch harmless", "C0")):
