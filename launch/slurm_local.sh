@@ -9,6 +9,8 @@
 # DIR is $SLURM_LOCAL_DIR, by default ~/.cache/reft-jax/slurm: the config, munge key, state, spool, logs and pid
 # files all live there, nothing in /etc. Daemons run as the current user (root in a container: Slurm's jobs then
 # run as root too). Needs slurm-wlm and munge (Debian/Ubuntu: apt-get install slurm-wlm munge).
+# $SLURM_LOCAL_PORT moves the daemons' ports (default 6817 and 6818); $SLURM_LOCAL_KILL_WAIT sets KillWait, the
+# seconds a job's tasks get between SIGTERM and SIGKILL (default 30, Slurm's own).
 set -euo pipefail
 
 dir=${SLURM_LOCAL_DIR:-$HOME/.cache/reft-jax/slurm}
@@ -52,7 +54,7 @@ SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
-KillWait=30
+KillWait=${SLURM_LOCAL_KILL_WAIT:-30}
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN

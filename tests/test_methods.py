@@ -7,7 +7,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from test_cli import TINY
+from conftest import TINY
 
 from reft_jax import data as rdata
 from reft_jax import stages

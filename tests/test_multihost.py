@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from test_cli import TINY
+from conftest import TINY, copy_run
 
-from reft_jax.cli import main
 
 STUDENT_STEPS = 6
 
@@ -23,7 +22,8 @@ def free_port() -> int:
 
 
 def finetune(workdir, devices, extra=(), process=None):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     args = [sys.executable, "-m", "reft_jax.cli", "finetune", "--workdir", str(workdir), *TINY,
             f"--config.student.steps={STUDENT_STEPS}", "--config.checkpoint.every=3", "--config.logging.every=1",
             *extra]
@@ -49,12 +49,10 @@ def losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared(tmp_path_factory, demo_run):
+    """A workdir after `train-teacher` and `filter` (TINY): the suite's demo run without its finetunings."""
     base = tmp_path_factory.mktemp("multihost")
-    workdir = base / "prepared"
-    for command in ("train-teacher", "filter"):
-        assert main([command, "--workdir", str(workdir), *TINY]) == 0
-    return base, workdir
+    return base, copy_run(demo_run, base / "prepared", ("student", "no_defense", "eval", "report.*", "*.png"))
 
 
 def test_two_processes_match_one_process_and_restore_in_one(prepared):

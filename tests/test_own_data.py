@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from test_cli import TINY, one_line_error
+from conftest import TINY
+from test_cli import one_line_error
 
 from reft_jax import data as rdata
 from reft_jax.cli import main
