@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +13,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 # The `datasets` cache of the tests (and of the processes they start) stays out of the user's cache.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="reft_jax_test_hf_cache_")
+atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)  # each process's own
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Local copies of the public datasets (the layout configs/smollm2.py lists); the project's CI keeps them beside
@@ -97,7 +100,6 @@ def smollm2_converted(tmp_path_factory, worker_id):
 def copy_run(run: Path, to: Path, without: tuple[str, ...] = ()) -> Path:
     """A copy of the workdir `run` at `to` without its top-level entries matching the patterns `without`."""
     import fnmatch
-    import shutil
 
     def ignore(folder, names):
         return [n for n in names if Path(folder) == run and any(fnmatch.fnmatch(n, p) for p in without)]

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ class _FailedWrites(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_FailedWrites())
+
+
+def _quiet_failed_reads(unraisable, previous=sys.unraisablehook) -> None:
+    """Orbax reads a checkpoint's arrays in concurrent coroutines. When one read fails, the others' errors surface
+    later, at garbage collection, as "Exception ignored in: <coroutine ...>" with TensorStore's whole spec (sixty
+    lines); the failure is already reported once, by restore_latest's warning. Anything else goes on as before."""
+    if getattr(unraisable.object, "__name__", "") == "_read_array_index_and_device_put":
+        log.debug("another read of the same failed checkpoint: %s", unraisable.exc_value)
+        return
+    previous(unraisable)
+
+
+sys.unraisablehook = _quiet_failed_reads
 CORRUPT = "corrupt-"  # a checkpoint that could not be read is moved to corrupt-STEP/ beside the others
 
 
