@@ -43,9 +43,8 @@ compile_cache.enable(log=False)
 
 
 # The longest files first, by their measured time in one suite run (2026-12-03, 2 cores: Slurm 343 s, real
-# model 332 s, ...): the two workers (pyproject's `-n 2 --dist loadfile`) take whole files in this order, so the
-# long ones start early rather than at the end. (In the CI run that followed, the suite's time did not change:
-# 1360 s against 1336 s, with two tests more; the Slurm test still ran last on its worker.)
+# model 332 s, ...): the two workers take whole files in this order (pyproject's --no-loadscope-reorder: xdist's
+# own order, the files with the most tests first, had started the one-test Slurm and real-model files last).
 LONGEST_FIRST = ("test_slurm.py", "test_smollm2.py", "test_train.py", "test_bench.py", "test_method_real_data.py",
                  "test_blockwise_losses.py", "test_demo_quality.py", "test_defences.py", "test_cli.py",
                  "test_multihost.py", "test_gguf.py", "test_faults.py", "test_parallel.py", "test_models.py",
