@@ -10,7 +10,8 @@
 # files all live there, nothing in /etc. Daemons run as the current user (root in a container: Slurm's jobs then
 # run as root too). Needs slurm-wlm and munge (Debian/Ubuntu: apt-get install slurm-wlm munge).
 # $SLURM_LOCAL_PORT moves the daemons' ports (default 6817 and 6818); $SLURM_LOCAL_KILL_WAIT sets KillWait, the
-# seconds a job's tasks get between SIGTERM and SIGKILL (default 30, Slurm's own).
+# seconds a job's tasks get between SIGTERM and SIGKILL (default 30, Slurm's own); $SLURM_LOCAL_REQUEUE_WAIT sets
+# how long a requeued job waits before it may start again (AuthInfo cred_expire; default 120, Slurm's own).
 set -euo pipefail
 
 dir=${SLURM_LOCAL_DIR:-$HOME/.cache/reft-jax/slurm}
@@ -36,7 +37,7 @@ SlurmctldHost=$host
 SlurmUser=$(id -un)
 SlurmdUser=$(id -un)
 AuthType=auth/munge
-AuthInfo=socket=$dir/munge.socket
+AuthInfo=socket=$dir/munge.socket,cred_expire=${SLURM_LOCAL_REQUEUE_WAIT:-120}
 CredType=cred/munge
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
