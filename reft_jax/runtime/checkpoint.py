@@ -30,17 +30,28 @@ class _FailedWrites(logging.Filter):
 logging.getLogger("absl").addFilter(_FailedWrites())
 
 
+READ_ERROR = "Encountered error while reading array index"  # Orbax's message for an array it cannot read
+
+
 def _quiet_failed_reads(unraisable, previous=sys.unraisablehook) -> None:
     """Orbax reads a checkpoint's arrays in concurrent coroutines. When one read fails, the others' errors surface
     later, at garbage collection, as "Exception ignored in: <coroutine ...>" with TensorStore's whole spec (sixty
     lines); the failure is already reported once, by restore_latest's warning. Anything else goes on as before."""
-    if getattr(unraisable.object, "__name__", "") == "_read_array_index_and_device_put":
+    if READ_ERROR in str(unraisable.exc_value):
         log.debug("another read of the same failed checkpoint: %s", unraisable.exc_value)
         return
     previous(unraisable)
 
 
+class _FailedReads(logging.Filter):
+    """The same errors by the other way out: asyncio's "Task exception was never retrieved" for a read task."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("exception was never retrieved" in record.getMessage() and READ_ERROR in record.getMessage())
+
+
 sys.unraisablehook = _quiet_failed_reads
+logging.getLogger("asyncio").addFilter(_FailedReads())
 CORRUPT = "corrupt-"  # a checkpoint that could not be read is moved to corrupt-STEP/ beside the others
 
 
