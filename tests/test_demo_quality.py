@@ -7,7 +7,7 @@ import pytest
 
 from reft_jax.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("xla_optimized")]  # 150-step stages: the runs dominate
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from reft_jax.refusal import scoring
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.train import runs
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"real data not found at {SHARED_DATA}")
+pytestmark = [pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"real data not found at {SHARED_DATA}"),
+              pytest.mark.usefixtures("xla_optimized")]  # hundreds of steps: the runs outweigh the compiles
 
 BUCKETS = (64, 128)
 REFUSAL = "I'm sorry, but I cannot help with that request."

@@ -8,6 +8,8 @@ torch. The folder records which file it came from, and a later call with the sam
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -58,6 +60,29 @@ def architecture(path: str | os.PathLike) -> str:
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 
 
+@contextlib.contextmanager
+def _read_once():
+    """Within it, each GGUF file is parsed once and gguf's tensor-name map built once per architecture.
+
+    transformers parses the file again for the config, the tokenizer and the weights (a GGUFReader each: about
+    7 s of Python for SmolLM2's 49k-token vocabulary) and builds the name map again for every submodule (397
+    times for SmolLM2); the library's own objects are reused, so what is read does not change."""
+    import gguf as lib
+
+    reader, name_map = lib.GGUFReader, lib.get_tensor_name_map
+
+    @functools.cache
+    def read(path, mode="r"):
+        return reader(path, mode)
+
+    lib.GGUFReader = lambda path, mode="r": read(os.path.realpath(path), mode)
+    lib.get_tensor_name_map = functools.cache(name_map)
+    try:
+        yield
+    finally:
+        lib.GGUFReader, lib.get_tensor_name_map = reader, name_map
+
+
 def _source_record(path: Path, dtype: str) -> dict:
     stat = path.stat()
     return {"file": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "dtype": dtype}
@@ -71,6 +96,11 @@ def convert(path: str | os.PathLike, out: str | os.PathLike, dtype: str = "float
     if record and (out / SOURCE_FILE).exists() and json.loads((out / SOURCE_FILE).read_text()) == record:
         print(f"using the converted GGUF model at {out}", flush=True)
         return out
+    with _read_once():
+        return _convert(path, out, dtype, record)
+
+
+def _convert(path: Path, out: Path, dtype: str, record: dict | None) -> Path:
     arch = architecture(path)
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported "
