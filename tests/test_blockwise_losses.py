@@ -128,3 +128,28 @@ def test_all_masked_gives_zero_loss_and_zero_gradient():
     loss, metrics, grads = loss_and_grads(StudentLoss(beta=1.0, block=5), model, model, align, align)
     assert float(loss) == 0.0 and float(metrics["tokens"]) == 0.0
     assert all(bool(jnp.all(g == 0)) for g in jax.tree.leaves(grads))
+
+
+def test_the_kl_on_every_token_covers_the_prompts_too():
+    """distill.positions = "all": the KL is the weighted mean over every prediction whose target is a real token,
+    prompt or response (NumPy from both models' logits), plain and blockwise alike; "response" only its part."""
+    student, teacher = model_of("llama", 0), model_of("llama", 1)
+    user, align = batch(0, student.cfg.vocab_size), batch(1, student.cfg.vocab_size)
+    s = np.asarray(student(align["input_ids"], align["attention_mask"]).logits, np.float64)[:, :-1]
+    t = np.asarray(teacher(align["input_ids"], align["attention_mask"]).logits, np.float64)[:, :-1]
+    p_t = np.exp(t - t.max(-1, keepdims=True))
+    p_t /= p_t.sum(-1, keepdims=True)
+    log_p_s = s - s.max(-1, keepdims=True) - np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    kl = (p_t * (np.log(p_t) - log_p_s)).sum(-1)  # [B, T - 1]
+    row = np.asarray(align["example_weight"])[:, None]
+    for positions, targets in (("all", align["attention_mask"]), ("response", align["loss_mask"])):
+        w = np.asarray(targets, np.float64)[:, 1:] * row
+        expected = (kl * w).sum() / w.sum()
+        plain, blockwise = both_losses_and_grads(StudentLoss(beta=1.0, kl_positions=positions),
+                                                 StudentLoss(beta=1.0, kl_positions=positions, block=5),
+                                                 student, teacher, user, align)
+        assert_same(plain, blockwise)
+        np.testing.assert_allclose(plain[1]["kl"], expected, rtol=1e-4)
+        np.testing.assert_allclose(plain[1]["tokens"] - float(np.asarray(user["loss_mask"])[:, 1:].sum(-1)
+                                                              @ np.asarray(user["example_weight"])), w.sum())
+    assert (np.asarray(align["attention_mask"]) > np.asarray(align["loss_mask"])).any()  # the prompts differ

@@ -321,3 +321,26 @@ def test_sigterm_outside_a_training_loop_exits_for_a_requeue(monkeypatch, capsys
     monkeypatch.setattr(cli, "_run", lambda args, overrides: 0)
     assert cli.main(["evaluate", "--workdir", "unused"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_distillations_alignment_batch_takes_its_own_size(run_dir, tmp_path, monkeypatch):
+    """distill.align_batch_size sets the rows of the alignment batch that the student distils on; the user batch
+    keeps data.batch_size, and a method that does not distil (the joint baseline) keeps it for both."""
+    from reft_jax.config.files import DEMO_CONFIG, load_config
+    from reft_jax.experiment.context import RunContext
+    from reft_jax.experiment.methods import METHODS
+    from reft_jax.stages import finetune
+    from reft_jax.train import runs
+
+    rows = {}
+
+    def train_student(cfg, model, teacher, out, user_at, align_at, **kw):  # the batches, not the training
+        rows[Path(out).name] = (len(user_at(0)["input_ids"]), len(align_at(0)["input_ids"]))
+        return runs.Trained(model, 0)
+
+    monkeypatch.setattr(runs, "train_student", train_student)
+    workdir = copy_run(run_dir, tmp_path / "run", ("student",))
+    ctx = RunContext.create(load_config(str(DEMO_CONFIG), [*TINY, "--config.distill.align_batch_size=16"]), workdir)
+    for name in ("ref_teacher", "sa_plus_ft"):
+        finetune.run(ctx, METHODS[name])
+    assert rows == {"student": (8, 16), METHODS["sa_plus_ft"].path(ctx.workdir).name: (8, 8)}

@@ -189,9 +189,11 @@ def test_every_problem_before_the_first_step_is_listed_in_one_message(tmp_path, 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert main(["run", "--workdir", str(tmp_path / "w"), "--data", str(empty), *TINY,
-                 "--config.eval.judge=beavertails", f"--config.model.path={tmp_path / 'no_model'}"]) == 2
-    one_line_error(capsys, "3 problems: (1) model.path: ", "no_model is not a model folder",
-                   "empty.jsonl: file is empty", "eval.judge_path: the beavertails judge needs a local checkpoint")
+                 "--config.eval.judge=beavertails", f"--config.model.path={tmp_path / 'no_model'}",
+                 "--config.distill.align_batch_size=-8"]) == 2
+    one_line_error(capsys, "4 problems: (1) model.path: ", "no_model is not a model folder",
+                   "empty.jsonl: file is empty", "distill.align_batch_size: -8 is neither 0",
+                   "eval.judge_path: the beavertails judge needs a local checkpoint")
 
 
 def test_the_report_of_your_own_data_has_no_accuracy_on_a_task_you_did_not_give(own_run):

@@ -301,6 +301,10 @@ class DistillSection:
     """The student's distillation of the teacher on the alignment data."""
     beta: float = option(1.0, "weight of the distillation KL in the student loss")
     temperature: float = option(1.0, "softmax temperature T of both models in the KL (scaled by T^2)")
+    positions: str = option("response", "the alignment tokens the KL covers: response (the answers' tokens, where "
+                            "the CE would be) | all (the prompt's too)", choices=("response", "all"))
+    align_batch_size: int = option(0, "rows of the alignment batch of each student step, beside the user batch's "
+                                   "data.batch_size (0: the same): the alignment data's share of what a step sees")
 
 
 @config

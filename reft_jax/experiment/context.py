@@ -175,10 +175,11 @@ class RunContext:
         """The refusal pool: the prompts R_l is computed over (the train split of `refusal_prompts`)."""
         return self.refusal_prompts["train"].ds
 
-    def batches(self, ds: rdata.TokenizedDataset, *, seed_offset: int = 0) -> rdata.Batches:
-        """Shuffled training batches of `ds`, this process's rows of each."""
+    def batches(self, ds: rdata.TokenizedDataset, *, seed_offset: int = 0, batch_size: int = 0) -> rdata.Batches:
+        """Shuffled training batches of `ds` (of data.batch_size rows unless batch_size > 0), this process's rows
+        of each."""
         d = self.cfg.data
-        return rdata.Batches(ds, d.batch_size, list(d.buckets), seed=self.cfg.seed + seed_offset,
+        return rdata.Batches(ds, batch_size or d.batch_size, list(d.buckets), seed=self.cfg.seed + seed_offset,
                              process_index=jax.process_index(), process_count=jax.process_count())
 
     def prompt_batches(self, ds: rdata.TokenizedDataset, batch_size: int | None = None) -> rdata.Batches:

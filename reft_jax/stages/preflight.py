@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.jailbreak import load_templates
@@ -45,6 +47,10 @@ def check(ctx: RunContext, plan: list[str]) -> None:
     attempt(lambda: load_templates(cfg.eval.templates))
     if cfg.eval.refusal_judge_path and not (Path(cfg.eval.refusal_judge_path).expanduser() / "config.json").exists():
         problems.append(f"eval.refusal_judge_path: {cfg.eval.refusal_judge_path} is not a model folder (no config.json)")
+    rows, processes = cfg.distill.align_batch_size, jax.process_count()
+    if rows < 0 or rows % processes:
+        problems.append(f"distill.align_batch_size: {rows} is neither 0 (data.batch_size) nor a positive multiple "
+                        f"of the {processes} processes")
     if "finetune:lisa" in plan:
         attempt(lambda: check_lisa_budget(cfg))
     if cfg.eval.judge != "keyword" and not (Path(cfg.eval.judge_path).expanduser() / "config.json").exists():

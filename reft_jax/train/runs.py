@@ -197,7 +197,8 @@ def train_student(cfg: RunConfig, model: Transformer, teacher: Transformer | Non
     frozen_teacher = place.frozen(teacher)
     teacher_sharding = None if teacher is None else parallel.frozen_model_sharding(frozen_teacher, place.mesh,
                                                                                    units=place.units)
-    loss_fn = StudentLoss(beta=beta, temperature=cfg.distill.temperature, alpha=alpha, block=cfg.model.loss_block)
+    loss_fn = StudentLoss(beta=beta, temperature=cfg.distill.temperature, alpha=alpha, block=cfg.model.loss_block,
+                          kl_positions=cfg.distill.positions)
     step = make_student_step(tx, loss_fn, state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
                              activation_sharding=place.activation_sharding, teacher_sharding=teacher_sharding)
 

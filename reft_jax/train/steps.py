@@ -86,6 +86,7 @@ class StudentLoss:
     temperature: float = 1.0
     alpha: float = 0.0
     block: int = 0  # > 0: CE and KL are blockwise over this many positions (model.loss_block)
+    kl_positions: str = "response"  # distill.positions: "all" also matches the teacher on the prompts' tokens
 
     def __call__(self, model: Transformer, teacher: Transformer | None, user: Batch, align: Batch):
         out = forward(model, user, self.block)
@@ -106,7 +107,8 @@ class StudentLoss:
 
     def _distillation(self, model, student, teacher, align):
         teacher_out = jax.lax.stop_gradient(forward(teacher, align, self.block))
-        args = (align["loss_mask"], self.temperature, align["example_weight"])
+        positions = align["loss_mask"] if self.kl_positions == "response" else align["attention_mask"]
+        args = (positions, self.temperature, align["example_weight"])
         if self.block:
             return losses.blockwise_distillation_kl(student.hidden_states[-1], model.unembed,
                                                     teacher_out.hidden_states[-1], teacher.unembed, *args,
