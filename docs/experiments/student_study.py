@@ -4,8 +4,8 @@ and filter, one setting changed at a time.
     python docs/experiments/student_study.py SOURCE_WORKDIR OUT_DIR VARIANT [VARIANT ...] [-- --config.a.b=value ...]
 
 SOURCE_WORKDIR: a configs/smollm2.py workdir whose teacher and filter stages are done. Each VARIANT is
-NAME=OVERRIDE[,OVERRIDE...] (e.g. beta3=distill.beta=3, t2=distill.temperature=2, steps120=student.steps=120;
-"base" with no override reruns the defaults). For each, OUT_DIR/NAME gets hard links to the source's converted
+NAME=OVERRIDE[,OVERRIDE...] (e.g. beta3=distill.beta=3, t2=distill.temperature=2, steps120=student.steps=120,
+align16=distill.align_batch_size=16, kl_all=distill.positions=all; "base" with no override reruns the defaults). For each, OUT_DIR/NAME gets hard links to the source's converted
 model, teacher and filter (so only the student is trained), then `reft-jax run --config.methods=ref_teacher`
 with the overrides after `--` (data.local_dir, the over-refusal file) and the variant's own. Prints and writes
 OUT_DIR/study.json: per variant the harmful score, finetune accuracy, over-refusal and the student stage's time.
