@@ -190,9 +190,10 @@ def test_every_problem_before_the_first_step_is_listed_in_one_message(tmp_path, 
     empty.write_text("")
     assert main(["run", "--workdir", str(tmp_path / "w"), "--data", str(empty), *TINY,
                  "--config.eval.judge=beavertails", f"--config.model.path={tmp_path / 'no_model'}",
-                 "--config.distill.align_batch_size=-8"]) == 2
-    one_line_error(capsys, "4 problems: (1) model.path: ", "no_model is not a model folder",
+                 "--config.distill.align_batch_size=-8", "--config.data.alignment.n_lookalikes=-1"]) == 2
+    one_line_error(capsys, "5 problems: (1) model.path: ", "no_model is not a model folder",
                    "empty.jsonl: file is empty", "distill.align_batch_size: -8 is neither 0",
+                   "data.alignment.n_lookalikes: -1 should be 0 (none) or more",
                    "eval.judge_path: the beavertails judge needs a local checkpoint")
 
 

@@ -84,6 +84,12 @@ class AlignmentData:
                                    "that need them (RepNoise, Booster); \"\" = data.user.harmful_source's. Pairs "
                                    "whose prompt is in the user data are left out")
     n_harmful_pairs: int | None = option(None, "harmful pairs used; None = all")
+    n_lookalikes: int = option(0, "safe prompts that look harmful (a word of harmful requests in a safe sense: "
+                               "\"the causes of World War I\", \"shoot a basketball\") added to the harmless side, "
+                               "answered by the base model itself, so that learning the refusals does not teach "
+                               "refusing them (reft_jax.data.lookalike_prompts); 0 = none")
+    lookalikes: Sources = option("", "where the lookalike prompts are drawn from (prompts only; those holding a "
+                                 "word of reft_jax.data.LOOKALIKE_WORDS); \"\" = data.pool.harmless")
 
 
 @config

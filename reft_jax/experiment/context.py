@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -20,11 +21,19 @@ import numpy as np
 from reft_jax import data as rdata
 from reft_jax.config.schema import RunConfig, leaf_fields
 from reft_jax.errors import ConfigError, DataError
+from reft_jax.evaluation import over_refusal
+from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
-from reft_jax.models.from_config import vocab_of
+from reft_jax.models.from_config import base_model, vocab_of
 from reft_jax.runtime import compile_cache, parallel
 from reft_jax.runtime.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+# The most tokens of the base model's answer to a lookalike prompt: alignment rows are cut to data.max_length
+# anyway, and a prompt with a chat template leaves about this much of a 128-token row for the answer.
+LOOKALIKE_ANSWER_TOKENS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +125,58 @@ class RunContext:
 
     @functools.cached_property
     def alignment_examples(self) -> list[dict]:
-        """Harmful prompts -> refusals, harmless prompts -> helpful answers, as text."""
+        """Harmful prompts -> refusals, harmless prompts -> helpful answers (with the lookalikes), as text."""
         a = self.cfg.data.alignment
-        return rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
-                                    seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer,
-                                    refusal=a.refusal)
+        examples = rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
+                                        seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer,
+                                        refusal=a.refusal)
+        if not self.lookalike_examples:
+            return examples
+        mixed = examples + self.lookalike_examples
+        return [mixed[i] for i in np.random.default_rng(self.cfg.seed).permutation(len(mixed))]
+
+    @functools.cached_property
+    def held_out_requests(self) -> set[str]:
+        """Requests that no training or calibration data may hold: the user data's, the attack source's and the
+        evaluation's (harmful prompts, over-refusal prompts)."""
+        d = self.cfg.data
+        held_out = {ex["request"] for ex in self.user_examples}
+        for source in (d.user.harmful_source if d.user.mix == "poison" else "", d.eval.harmful):
+            if source:
+                held_out |= {ex["request"] for ex in self.load_examples(source, with_response=False)}
+        if d.eval.over_refusal:
+            held_out |= set(over_refusal.load(d.eval, template=d.template, tokenizer=self.tokenizer).requests)
+        return held_out
+
+    @functools.cached_property
+    def lookalike_examples(self) -> list[dict]:
+        """data.alignment.n_lookalikes safe prompts that look harmful (`rdata.lookalike_prompts`), each answered by
+        the base model itself (greedy, LOOKALIKE_ANSWER_TOKENS at most): harmless alignment examples that keep the
+        refusals of the alignment data from spreading to them. The answers are generated once into
+        WORKDIR/lookalikes.json and reused while the prompts and the model are the same."""
+        a, d = self.cfg.data.alignment, self.cfg.data
+        if a.n_lookalikes <= 0:
+            return []
+        prompts = rdata.lookalike_prompts(a.lookalikes or d.pool.harmless, a.n_lookalikes,
+                                          exclude=self.held_out_requests, seed=self.cfg.seed + 5,
+                                          template=d.template, tokenizer=self.tokenizer)
+        key = {"model": self.base_model_id, "max_new_tokens": LOOKALIKE_ANSWER_TOKENS,
+               "prompts": [ex["prompt"] for ex in prompts]}
+        path = self.workdir.lookalikes
+        cached = json.loads(path.read_text()) if path.exists() else {}
+        if {k: cached.get(k) for k in key} != key:
+            log.info("answering %d lookalike prompts with the base model (once, into %s)", len(prompts), path)
+            generation = GenerationConfig(max_new_tokens=LOOKALIKE_ANSWER_TOKENS, batch_size=self.cfg.eval.batch_size)
+            answers = generate_text(base_model(self.cfg, self.vocab), self.tokenizer, key["prompts"], generation,
+                                    desc="answering the lookalike prompts")
+            cached = {**key, "answers": answers}
+            if jax.process_index() == 0:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(cached, indent=1) + "\n")
+                tmp.rename(path)
+        parallel.sync("lookalike answers")
+        # An empty answer has nothing to train on (the model ended at once): that prompt is left out.
+        return [{**ex, "response": answer} for ex, answer in zip(prompts, cached["answers"]) if answer.strip()]
 
     @functools.cached_property
     def alignment(self) -> rdata.TokenizedDataset:
@@ -154,10 +210,7 @@ class RunContext:
         (held out from both; absent with data.pool.n_check = 0). No split holds a prompt of the user data, of the
         attack's source or of the evaluation; only the train split may hold alignment prompts."""
         cfg, p = self.cfg, self.cfg.data.pool
-        exclude = {ex["request"] for ex in self.user_examples}
-        for source in (cfg.data.user.harmful_source if cfg.data.user.mix == "poison" else "", cfg.data.eval.harmful):
-            if source:
-                exclude |= {ex["request"] for ex in self.load_examples(source, with_response=False)}
+        exclude = self.held_out_requests
         unseen = {ex["request"] for ex in self.alignment_examples}
         calibrate = cfg.filter.calibrate_recall > 0
         if calibrate and p.n_calibration <= 0:

@@ -4,6 +4,7 @@
   demo/                        generated demo data and tokenizer (data.demo)
   base_model/                  a GGUF checkpoint converted once (model.path = x.gguf)
   tokenizer/                   a tokenizer trained on the sources (data.tokenizer = "train")
+  lookalikes.json              the base model's answers to the lookalike prompts (data.alignment.n_lookalikes)
   teacher/model/               the teacher as a Hugging Face folder (LoRA merged)
   teacher/refusal_feature.npy, filter.json (layer, tau, direction, check)   the filter's direction and settings
   teacher/refusal_prompts.jsonl   the labelled prompts of each split (train, calibration, check)
@@ -52,6 +53,7 @@ class Workdir:
     demo = _under_root("demo")
     base_model = _under_root("base_model")
     tokenizer = _under_root("tokenizer")
+    lookalikes = _under_root("lookalikes.json")
     teacher = _under_root("teacher")
     safety_aligned = _under_root("safety_aligned")
     eval = _under_root("eval")

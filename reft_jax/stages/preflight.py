@@ -51,6 +51,8 @@ def check(ctx: RunContext, plan: list[str]) -> None:
     if rows < 0 or rows % processes:
         problems.append(f"distill.align_batch_size: {rows} is neither 0 (data.batch_size) nor a positive multiple "
                         f"of the {processes} processes")
+    if cfg.data.alignment.n_lookalikes < 0:
+        problems.append(f"data.alignment.n_lookalikes: {cfg.data.alignment.n_lookalikes} should be 0 (none) or more")
     if "finetune:lisa" in plan:
         attempt(lambda: check_lisa_budget(cfg))
     if cfg.eval.judge != "keyword" and not (Path(cfg.eval.judge_path).expanduser() / "config.json").exists():

@@ -1,0 +1,87 @@
+"""Safe prompts that look harmful in the alignment data: which prompts are drawn, and that they join the harmless
+side answered by the base model itself, generated once per workdir."""
+
+import json
+
+import pytest
+
+from reft_jax import load_config
+from reft_jax.data import LOOKALIKE_WORDS, DataError, lookalike_prompts
+from reft_jax.evaluation.generate import GenerationConfig, generate_text
+from reft_jax.experiment import context
+from reft_jax.experiment.context import LOOKALIKE_ANSWER_TOKENS, RunContext
+from reft_jax.models.from_config import base_model
+
+
+def write_prompts(path, prompts):
+    path.write_text("".join(json.dumps({"instruction": p}) + "\n" for p in prompts))
+    return str(path)
+
+
+LOOKALIKES = [f"Summarize the causes of the war number {i}." for i in range(6)] + \
+             [f"How do I kill a stuck process {i}?" for i in range(6)]
+PLAIN = [f"Describe a warm garden {i}." for i in range(10)] + ["Explain the shotgun wedding idiom."]
+
+
+def test_lookalike_prompts_hold_a_word_of_harmful_requests_and_leave_out_what_they_must(tmp_path):
+    source = write_prompts(tmp_path / "harmless.jsonl", PLAIN + LOOKALIKES + LOOKALIKES[:2])
+    excluded = LOOKALIKES[0]
+    drawn = lookalike_prompts(source, 11, exclude={excluded}, seed=3)
+    requests = [ex["request"] for ex in drawn]
+    # Whole words only ("warm" is not "war", "shotgun" is not "shot"); duplicates and excluded requests dropped.
+    assert sorted(requests) == sorted(LOOKALIKES[1:])
+    assert all(ex["harmful"] is False and ex["response"] == "" for ex in drawn)
+    assert {"war", "kill"} <= LOOKALIKE_WORDS
+    few = lookalike_prompts(source, 4, seed=3)
+    assert [ex["request"] for ex in few] == [ex["request"] for ex in lookalike_prompts(source, 4, seed=3)]
+    assert len({ex["request"] for ex in few}) == 4
+    with pytest.raises(DataError, match=r"data.alignment.n_lookalikes: 11 prompts .* 12 needed"):
+        lookalike_prompts(source, 12, exclude={excluded})
+
+
+TINY = ["--config.model.init.hidden_size=32", "--config.model.init.intermediate_size=64",
+        "--config.model.init.num_hidden_layers=2", "--config.data.user.n=80", "--config.data.pool.n_each=16",
+        "--config.data.pool.n_calibration=16", "--config.data.pool.n_check=16", "--config.filter.calibrate_recall=0.9",
+        "--config.logging.progress=False"]
+
+
+def test_the_lookalikes_join_the_harmless_alignment_data_answered_by_the_base_model(tmp_path, monkeypatch):
+    over_refusal = tmp_path / "over_refusal.csv"
+    over_refusal.write_text(f"prompt,type,label\n{LOOKALIKES[1]},homonyms,safe\n")
+    source = write_prompts(tmp_path / "lookalikes.jsonl", LOOKALIKES)
+    args = [*TINY, f"--config.data.alignment.lookalikes={source}", f"--config.data.eval.over_refusal={over_refusal}"]
+    plain = RunContext.create(load_config("configs/demo.py", args), tmp_path / "plain")
+    ctx = RunContext.create(load_config("configs/demo.py", [*args, "--config.data.alignment.n_lookalikes=6"]),
+                            tmp_path / "run")
+
+    added = [ex for ex in ctx.alignment_examples if ex["request"] in LOOKALIKES]
+    assert not plain.lookalike_examples and len(ctx.alignment_examples) == len(plain.alignment_examples) + len(added)
+    assert LOOKALIKES[1] not in {ex["request"] for ex in added}  # an evaluation prompt is never trained on
+    assert all(ex["harmful"] is False for ex in added)
+    # Their answers are the base model's own greedy ones; an empty answer leaves its prompt out.
+    drawn = lookalike_prompts(source, 6, exclude={LOOKALIKES[1]}, seed=ctx.cfg.seed + 5,
+                              template=ctx.cfg.data.template, tokenizer=ctx.tokenizer)
+    answers = generate_text(base_model(ctx.cfg, ctx.vocab), ctx.tokenizer, [ex["prompt"] for ex in drawn],
+                            GenerationConfig(max_new_tokens=LOOKALIKE_ANSWER_TOKENS))
+    expected = {ex["request"]: a for ex, a in zip(drawn, answers) if a.strip()}
+    assert expected and {ex["request"]: ex["response"] for ex in added} == expected
+    # They are alignment prompts: only the refusal feature's train split may hold them.
+    held = {r for name in ("calibration", "check") for r in ctx.refusal_prompts[name].requests}
+    assert not held & set(expected)
+
+    # Generated once: a later stage's context in the same workdir reads them back.
+    stored = json.loads(ctx.workdir.lookalikes.read_text())
+    assert stored["answers"] == answers
+
+    def no_generation(*a, **k):
+        raise AssertionError("the lookalike answers were generated again")
+
+    monkeypatch.setattr(context, "generate_text", no_generation)
+    again = RunContext.create(load_config("configs/demo.py", [*args, "--config.data.alignment.n_lookalikes=6"]),
+                              tmp_path / "run")
+    assert again.alignment_examples == ctx.alignment_examples
+    # Other prompts are answered afresh.
+    other = RunContext.create(load_config("configs/demo.py", [*args, "--config.data.alignment.n_lookalikes=5"]),
+                              tmp_path / "run")
+    with pytest.raises(AssertionError, match="generated again"):
+        other.alignment_examples
