@@ -3,6 +3,7 @@ side answered by the base model itself, generated once per workdir."""
 
 import json
 
+import numpy as np
 import pytest
 
 from reft_jax import load_config
@@ -80,6 +81,14 @@ def test_the_lookalikes_join_the_harmless_alignment_data_answered_by_the_base_mo
     again = RunContext.create(load_config("configs/demo.py", [*args, "--config.data.alignment.n_lookalikes=6"]),
                               tmp_path / "run")
     assert again.alignment_examples == ctx.alignment_examples
+    # The regulariser pulls them to -1 as harmless prompts (label 0), or leaves them out (label -1: weight 0).
+    rows = [i for i, ex in enumerate(ctx.alignment_examples) if ex["request"] in expected]
+    assert set(ctx.alignment.harmful[rows]) == {0}
+    unlabelled = RunContext.create(load_config("configs/demo.py", [*args, "--config.data.alignment.n_lookalikes=6",
+                                                                   "--config.refusal.reg_lookalikes=False"]),
+                                   tmp_path / "run")
+    assert set(unlabelled.alignment.harmful[rows]) == {-1}
+    assert np.array_equal(np.delete(unlabelled.alignment.harmful, rows), np.delete(ctx.alignment.harmful, rows))
     # Other prompts are answered afresh.
     other = RunContext.create(load_config("configs/demo.py", [*args, "--config.data.alignment.n_lookalikes=5"]),
                               tmp_path / "run")

@@ -300,6 +300,9 @@ class RefusalSection:
         True, "L_reg also covers one batch of the refusal pool's prompts per teacher step (besides the alignment "
         "batch's), so the direction the teacher learns is the one R_l is measured on. False: alignment prompts "
         "only, which on a pool unlike them lets each recomputation flip R_l (real_tiny's teacher collapsed so)")
+    reg_lookalikes: bool = option(True, "L_reg pulls the alignment data's lookalike prompts (data.alignment."
+                                  "n_lookalikes) to -1 like its other harmless prompts; False: they are trained on "
+                                  "(answered) but not labelled for the direction")
 
 
 @config

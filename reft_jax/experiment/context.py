@@ -175,8 +175,11 @@ class RunContext:
                 tmp.write_text(json.dumps(cached, indent=1) + "\n")
                 tmp.rename(path)
         parallel.sync("lookalike answers")
-        # An empty answer has nothing to train on (the model ended at once): that prompt is left out.
-        return [{**ex, "response": answer} for ex, answer in zip(prompts, cached["answers"]) if answer.strip()]
+        # An empty answer has nothing to train on (the model ended at once): that prompt is left out. Unlabelled
+        # (None), a row is answered but outside the regulariser.
+        harmful = False if self.cfg.refusal.reg_lookalikes else None
+        return [{**ex, "response": answer, "harmful": harmful}
+                for ex, answer in zip(prompts, cached["answers"]) if answer.strip()]
 
     @functools.cached_property
     def alignment(self) -> rdata.TokenizedDataset:
