@@ -87,7 +87,9 @@ class AlignmentData:
     n_lookalikes: int = option(0, "safe prompts that look harmful (a word of harmful requests in a safe sense: "
                                "\"the causes of World War I\", \"shoot a basketball\") added to the harmless side, "
                                "answered by the base model itself, so that learning the refusals does not teach "
-                               "refusing them (reft_jax.data.lookalike_prompts); 0 = none")
+                               "refusing them (reft_jax.data.lookalike_prompts); 0 = none. On SmolLM2, 128 cut the "
+                               "teacher's over-refusal 0.43 -> 0.27 and raised its harmful score 0.10 -> 0.36 "
+                               "(docs/results.md)")
     lookalikes: Sources = option("", "where the lookalike prompts are drawn from (prompts only; those holding a "
                                  "word of reft_jax.data.LOOKALIKE_WORDS); \"\" = data.pool.harmless")
 
