@@ -44,7 +44,7 @@ compile_cache.enable(log=False)
 
 
 # The longest files first, by their measured time in one suite run (2026-12-03, 2 cores: Slurm 343 s, real
-# model 332 s, ...): the two workers take whole files in this order (pyproject's --no-loadscope-reorder: xdist's
+# model 332 s, ...): the workers take whole files in this order (pyproject's --no-loadscope-reorder: xdist's
 # own order, the files with the most tests first, had started the one-test Slurm and real-model files last).
 LONGEST_FIRST = ("test_slurm.py", "test_smollm2.py", "test_train.py", "test_bench.py", "test_method_real_data.py",
                  "test_blockwise_losses.py", "test_demo_quality.py", "test_defences.py", "test_cli.py",
