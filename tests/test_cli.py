@@ -28,12 +28,13 @@ def run_dir(tmp_path_factory, demo_run):
 def test_stages_write_the_contract_files(run_dir):
     teacher = run_dir / "teacher"
     settings = json.loads((teacher / "filter.json").read_text())
-    assert settings.keys() == {"layer", "tau", "direction", "check"} and settings["direction"] in ("teacher", "base")
+    assert settings.keys() == {"layers", "tau", "direction", "check"} and settings["direction"] in ("teacher", "base")
+    assert settings["layers"] == [1]  # filter.layer_span (0.2, 0.8) of TINY's 2 layers: at least one, never 0
     for direction in ("teacher", "base"):
         assert set(settings["check"][direction]["by_style"]) == {"instruction", "question"}
     assert {json.loads(line)["split"] for line in (teacher / "refusal_prompts.jsonl").read_text().splitlines()} == {
         "train", "check"}  # no calibration split without filter.calibrate_recall
-    assert np.load(teacher / "refusal_feature.npy").shape == (32,)
+    assert np.load(teacher / "refusal_feature.npy").shape == (1, 32)  # R_l per filter layer
     for stage, steps in (("teacher", 16), ("student", 6)):
         records = [json.loads(line) for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()]
         assert records[-1]["step"] == steps and all("loss" in r for r in records)
@@ -226,8 +227,11 @@ def test_evaluate_adds_over_refusal_and_jailbreak_templates(run_dir, tmp_path, m
     flags = []
     for prompt in ctx.load_examples(str(tmp_path / "xstest.csv"), with_response=False):
         ids = np.asarray(encode_prompts(ctx.tokenizer, [prompt["prompt"]]))
-        f = np.asarray(teacher(ids, output_hidden_states=True).hidden_states[settings["layer"]][0, -1], np.float64)
-        flags.append(f @ r / (np.linalg.norm(f) * np.linalg.norm(r)) > settings["tau"])
+        hidden = teacher(ids, output_hidden_states=True).hidden_states
+        cosines = [np.asarray(hidden[layer][0, -1], np.float64) @ r_l / (
+            np.linalg.norm(np.asarray(hidden[layer][0, -1], np.float64)) * np.linalg.norm(r_l))
+            for layer, r_l in zip(settings["layers"], r)]
+        flags.append(np.mean(cosines) > settings["tau"])
     safe = np.array([True, True, False, True, True, False])
     expected = {"flag_rate": np.mean(np.array(flags)[safe]), "unsafe_flag_rate": np.mean(np.array(flags)[~safe])}
     for entry in (report["filter"], report["methods"]["ref_teacher"]["filter"]):

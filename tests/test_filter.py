@@ -20,7 +20,7 @@ def dataset(n=6):
 def test_flags_scores_above_tau_and_reports_against_labels(tmp_path):
     ds = dataset()
     result = FilterResult(index=ds.index, score=np.array([0.9, -0.5, 0.2, 0.3, -0.1, 0.0], np.float32),
-                          label=ds.harmful, tau=0.1, layer=2)
+                          label=ds.harmful, tau=0.1, layers=(2,))
     np.testing.assert_array_equal(result.flagged, [True, False, True, True, False, False])
     report = result.write(tmp_path)
     assert report["num_flagged"] == 3 and report["num_kept"] == 3
@@ -34,15 +34,15 @@ def test_flags_scores_above_tau_and_reports_against_labels(tmp_path):
 
 def test_unlabelled_data_reports_counts_only():
     ds = dataset()
-    result = FilterResult(index=ds.index, score=np.zeros(6, np.float32), label=np.full(6, -1), tau=0.0, layer=1)
-    assert set(result.report()) == {"num_examples", "num_flagged", "num_kept", "flag_rate", "tau", "layer"}
+    result = FilterResult(index=ds.index, score=np.zeros(6, np.float32), label=np.full(6, -1), tau=0.0, layers=(1,))
+    assert set(result.report()) == {"num_examples", "num_flagged", "num_kept", "flag_rate", "tau", "layers"}
     assert result.report()["flag_rate"] == 0.0  # score 0 is not above tau 0
 
 
 def test_flagged_examples_never_reach_a_student_batch():
     ds = dataset()
     result = FilterResult(index=ds.index, score=np.array([0.9, -0.5, 0.2, 0.3, -0.1, 0.0], np.float32),
-                          label=ds.harmful, tau=0.1, layer=2)
+                          label=ds.harmful, tau=0.1, layers=(2,))
     kept = kept_dataset(ds, result)
     assert list(kept.index) == [11, 14, 15]
     batches = Batches(kept, 2, [16], seed=0)

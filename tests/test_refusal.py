@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reft_jax import refusal
-from reft_jax.errors import DataError
+from reft_jax.errors import ConfigError, DataError
 
 # ------------------------------------------------------------------------------------------------
 # refusal_feature
@@ -131,6 +131,39 @@ def test_cosine_scores_matches_numpy():
     # Aligned / anti-aligned rows score +-1 whatever their scale.
     got = refusal.cosine_scores(np.stack([3.0 * r, -0.5 * r]), r)
     np.testing.assert_allclose(np.asarray(got), [1.0, -1.0], atol=1e-6)
+
+
+def test_the_filter_score_is_the_mean_over_layers_of_each_layers_own_direction():
+    rng = np.random.default_rng(6)
+    h = rng.normal(size=(3, 20, 16)).astype(np.float32)  # [layers, rows, D]
+    harmful = np.array([1, 0] * 10)
+    h[:, harmful == 1] += rng.normal(size=(3, 1, 16)).astype(np.float32)  # a different direction per layer
+    r = np.asarray(jax.jit(refusal.layer_directions)(h, harmful))
+    assert r.shape == (3, 16)
+    for k in range(3):  # each layer's difference in means, as refusal_feature computes it alone
+        np.testing.assert_allclose(r[k], h[k, harmful == 1].mean(0) - h[k, harmful == 0].mean(0), rtol=1e-5,
+                                   atol=1e-6)
+    got = jax.jit(refusal.mean_cosine_scores)(h, r)
+    assert got.dtype == jnp.float32 and got.shape == (20,)
+    np.testing.assert_allclose(np.asarray(got), np.mean([_np_cosine(h[k], r[k]) for k in range(3)], axis=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("span, num_layers, layers", [
+    ((0.2, 0.8), 30, tuple(range(6, 24))),  # SmolLM2: layers 6-23
+    ((0.2, 0.8), 4, (1, 2)),  # the demo's model
+    ((0.2, 0.8), 2, (1,)),  # never the embeddings (index 0), at least one layer
+    ((0.0, 1.0), 4, (1, 2, 3)),  # the end excluded
+    ((), 30, (15,)),  # no span: refusal.layer (-1: the middle) alone
+])
+def test_filter_layers(span, num_layers, layers):
+    assert refusal.filter_layers(span, -1, num_layers) == layers
+
+
+@pytest.mark.parametrize("span", [(0.8, 0.2), (0.2, 1.5), (0.5,), (-0.1, 0.5)])
+def test_filter_layers_rejects_a_bad_span_naming_the_field(span):
+    with pytest.raises(ConfigError, match="filter.layer_span"):
+        refusal.filter_layers(span, -1, 30)
 
 
 def test_cosine_scores_bf16_computed_in_float32():

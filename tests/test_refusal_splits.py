@@ -83,25 +83,29 @@ def test_choose_direction():
 TINY = ["--config.teacher.steps=4", "--config.optim.warmup_steps=1", "--config.data.user.n=80",
         "--config.data.pool.n_each=16", "--config.data.pool.n_calibration=16", "--config.data.pool.n_check=16",
         "--config.filter.calibrate_recall=0.9", "--config.model.init.hidden_size=32",
-        "--config.model.init.intermediate_size=64", "--config.model.init.num_hidden_layers=2",
-        "--config.data.batch_size=8", "--config.logging.progress=False", "--config.logging.tensorboard=False",
+        "--config.model.init.intermediate_size=64", "--config.model.init.num_hidden_layers=3",
+        "--config.filter.layer_span=(0.0,1.0)", "--config.data.batch_size=8", "--config.logging.progress=False", "--config.logging.tensorboard=False",
         "--config.refusal.update_every=2", "--config.checkpoint.every=100"]
 
 
 @pytest.fixture(scope="module")
 def worse_teacher(tmp_path_factory):
-    """The teacher stage on the demo data, with a training that returns the base model and the opposite of its
-    direction: a teacher that does worse than the base model on the check split."""
+    """The teacher stage on the demo data (a filter over two layers), with the trained teacher's directions
+    measured as the opposite of what they are: a teacher that does worse than the base model on the check split."""
     ctx = RunContext.create(load_config("configs/demo.py", TINY), tmp_path_factory.mktemp("worse"))
-    real = runs.train_teacher
+    real, measured = teacher_stage.measure, []
 
     def flipped(*args, **kwargs):
-        trained = real(*args, **kwargs)
-        return runs.Trained(base_model(ctx.cfg, ctx.vocab), trained.flops, -np.asarray(trained.r))
+        d = real(*args, **kwargs)
+        measured.append(d)
+        if len(measured) == 1:  # the base model's, read before training
+            return d
+        return teacher_stage.Directions(-d.r, {k: -v for k, v in d.scores.items()}, d.check_at_layer)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runs, "train_teacher", flipped)
+        mp.setattr(teacher_stage, "measure", flipped)
         run_stage("teacher", ctx)
+    assert len(measured) == 2
     return ctx
 
 
@@ -110,20 +114,28 @@ def test_a_direction_worse_than_the_base_models_is_not_shipped(worse_teacher):
     settings = json.loads(ctx.workdir.filter_settings.read_text())
     assert settings["direction"] == "base"
     assert settings["check"]["teacher"]["auroc"] < settings["check"]["base"]["auroc"]
-    # The shipped direction is the base model's R_l over the train split, and tau is calibrated with it.
+    # The shipped directions are the base model's R_l over the train split at each of the filter's layers, and tau
+    # is calibrated with them.
+    assert settings["layers"] == [1, 2]
     m0 = FrozenModel.of(base_model(ctx.cfg, ctx.vocab))
     pool = list(ctx.prompt_batches(ctx.pool))
-    base_r = runs.compute_refusal_feature(refusal.make_feature_fn(settings["layer"]), m0, pool)
+    base_r = np.stack([runs.compute_refusal_feature(refusal.make_feature_fn(layer), m0, pool)
+                       for layer in settings["layers"]])
     np.testing.assert_allclose(np.load(ctx.workdir.refusal_feature), base_r, rtol=1e-5, atol=1e-6)
     calibration = ctx.refusal_prompts["calibration"].ds
-    scores = scoring.score(m0, calibration, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
+    scores = scoring.score(m0, calibration, base_r, settings["layers"], batch_size=32, buckets=[64, 96],
+                           progress=False)
+    features = scoring.prompt_features(m0, calibration, settings["layers"], batch_size=32, buckets=[64, 96],
+                                       progress=False)  # the score: the mean of the layers' cosines
+    np.testing.assert_allclose(scores, np.mean([[f @ r / (np.linalg.norm(f) * np.linalg.norm(r)) for f in feats]
+                                                for feats, r in zip(features, base_r)], axis=0), rtol=1e-4, atol=1e-5)
     labels = calibration.harmful == 1
     assert settings["tau"] == refusal.cap_false_positives(refusal.calibrate_threshold(scores, labels, 0.9), scores,
                                                           labels, ctx.cfg.filter.calibrate_max_fpr)
     # The filter stage reads the base model's features: its scores are the base direction's.
     report = run_stage("filter", ctx)
     assert report["direction"] == "base"
-    user = scoring.score(m0, ctx.user, base_r, settings["layer"], batch_size=32, buckets=[64, 96], progress=False)
+    user = scoring.score(m0, ctx.user, base_r, settings["layers"], batch_size=32, buckets=[64, 96], progress=False)
     written = [json.loads(line)["score"] for line in (FILTERS["ref_teacher"].path(ctx.workdir) / "scores.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(written, user, rtol=1e-5, atol=1e-6)
 

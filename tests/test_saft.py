@@ -56,7 +56,7 @@ def test_selection_picks_the_informative_layer_and_the_sign(tmp_path):
 
     result, _, scorer = saft.flag_user_data(features_user, np.arange(len(user)), user_labels, features_val, val_labels,
                                         (3, 7), ks=(1, 2, 4), weighted=True, percentile=85.0)
-    assert result.layer == 7 and result.flagged.mean() == pytest.approx(0.15, abs=0.01)
+    assert result.layers == (7,) and result.flagged.mean() == pytest.approx(0.15, abs=0.01)
     report = result.report()
     assert report["recall"] > 0.95 and report["auroc"] > 0.97  # 10% harmful inside the flagged top 15%
 

@@ -18,7 +18,11 @@ from reft_jax.refusal.feature import (
                                       class_weights,
                                       cosine_scores,
                                       feature_layer,
+                                      filter_layers,
                                       gather_last_prompt,
+                                      layer_directions,
                                       make_feature_fn,
+                                      make_score_fn,
+                                      mean_cosine_scores,
                                       refusal_feature,
 )

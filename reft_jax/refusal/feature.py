@@ -4,13 +4,16 @@ Device side (jittable, float32 inside whatever the input dtype):
     `refusal_feature`     R_l = mean f_l(harmful) - mean f_l(harmless)
     `gather_last_prompt`  f_l at the last prompt token of each row
     `cosine_scores`       s(x) = cos(f_l(x), R_l)
+    `layer_directions`    R_l at each of several layers
+    `mean_cosine_scores`  the filter's score: cos(f_l(x), R_l) averaged over its layers
 
 Host side (NumPy): `check_refusal_classes`, `calibrate_threshold`, `cap_false_positives`, `auroc`,
 `auroc_by_style`,
 `binary_metrics`.
 
-Which hidden state the feature is read at (`feature_layer`) and the jitted pass that reads it from a model
-(`make_feature_fn`) are here too.
+Which hidden states the feature is read at (`feature_layer` for the regulariser, `filter_layers` for the
+filter) and the jitted passes that read features and scores from a model (`make_feature_fn`, `make_score_fn`)
+are here too.
 
 A prompt is flagged as harmful when `score > tau` (strictly), everywhere in the project.
 """
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reft_jax.data import Batch
-from reft_jax.errors import DataError
+from reft_jax.errors import ConfigError, DataError
 from reft_jax.runtime.numerics import at_least_f32 as _f32
 from reft_jax.runtime.state import FrozenModel
 
@@ -117,6 +120,17 @@ def cosine_scores(hidden: Array, r: Array, eps: float = 1e-6) -> Array:
     """
     h, r = _f32(hidden), _f32(r)
     return jnp.sum(h * r, axis=-1) / (_norm(h, eps) * _norm(r, eps))
+
+
+def layer_directions(hidden: Array, harmful: Array, weight: Array | None = None) -> Array:
+    """`refusal_feature` at each of several layers: hidden [K, N, D] -> [K, D] float32."""
+    return jax.vmap(lambda h: refusal_feature(h, harmful, weight))(hidden)
+
+
+def mean_cosine_scores(hidden: Array, r: Array) -> Array:
+    """The filter's score: hidden [K, N, D] and R [K, D] (one direction per layer) -> [N] float32, each row's
+    cosine with its layer's direction, averaged over the K layers."""
+    return jnp.mean(jax.vmap(cosine_scores)(hidden, r), axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +337,20 @@ def feature_layer(layer: int, num_layers: int) -> int:
     return num_layers // 2 if layer < 0 else layer
 
 
+def filter_layers(span, layer: int, num_layers: int) -> tuple[int, ...]:
+    """The hidden_states indices the filter's score averages over (filter.layer_span): from the fraction
+    span[0] of the depth to span[1], end excluded, rounded to layers, at least one layer and never the embeddings
+    (index 0); an empty span: the regulariser's layer alone (`feature_layer`, the paper's single-layer filter)."""
+    if not span:
+        return (feature_layer(layer, num_layers),)
+    lo, hi = (float(x) for x in span) if len(span) == 2 else (1.0, 0.0)
+    if not 0 <= lo < hi <= 1:
+        raise ConfigError(f"filter.layer_span: {tuple(span)} is not (start, end) with 0 <= start < end <= 1")
+    first = max(1, int(lo * num_layers + 0.5))
+    last = min(num_layers, max(first, int(hi * num_layers + 0.5) - 1))
+    return tuple(range(first, last + 1))
+
+
 def make_feature_fn(layer: int | tuple[int, ...]):
     """features(frozen_model, batch) -> [B, D] float32: hidden state `layer` at each last prompt token;
     for a tuple of layers, [len(layers), B, D] from one forward pass (only the blocks up to the deepest run)."""
@@ -335,3 +363,15 @@ def make_feature_fn(layer: int | tuple[int, ...]):
         return stacked[0] if isinstance(layer, int) else stacked
 
     return features
+
+
+def make_score_fn(layers: tuple[int, ...]):
+    """score(frozen_model, batch, r) -> [B] float32: the filter's score (`mean_cosine_scores`) of each row, with
+    R [len(layers), D]; only the scores leave the device."""
+    features = make_feature_fn(tuple(layers))
+
+    @jax.jit
+    def score(frozen: FrozenModel, batch: Batch, r: jax.Array) -> jax.Array:
+        return mean_cosine_scores(features(frozen, batch), r)
+
+    return score

@@ -126,5 +126,5 @@ def flag_user_data(user: np.ndarray, user_index: np.ndarray, user_labels: np.nda
     s = choice.sign * scores(user[i], subspace, weighted)
     tau = float(np.percentile(s, percentile))
     result = FilterResult(index=np.asarray(user_index), score=s.astype(np.float32), label=np.asarray(user_labels),
-                          tau=tau, layer=choice.layer)
+                          tau=tau, layers=(choice.layer,))
     return result, choice, Scorer(subspace, choice.sign, tau, choice.layer, weighted)

@@ -1,6 +1,7 @@
 """The host-side filter pass: the frozen teacher scores every user prompt, scores become a keep mask.
 
-score(x) = cos(f_l^teacher(prompt x), R_l); x is flagged harmful when score > tau. Flagged examples are
+score(x) = the mean over the filter's layers l of cos(f_l^teacher(prompt x), R_l); x is flagged harmful when
+score > tau. Flagged examples are
 removed before batching (`kept_dataset`), so the student's batches are packed densely with kept examples and
 only the padding rows of the last batch carry weight 0: a flagged example never reaches a loss or a gradient.
 """
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from reft_jax import refusal
 from reft_jax.data import Batches, TokenizedDataset
-from reft_jax.refusal.feature import make_feature_fn
+from reft_jax.refusal.feature import make_feature_fn, make_score_fn
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import FILTER_REPORT, FILTER_SCORES, FLAGGED, KEPT
 
@@ -30,7 +31,7 @@ class FilterResult:
     score: np.ndarray  # float32 [N]
     label: np.ndarray  # int [N]: 1 harmful, 0 harmless, -1 unknown
     tau: float
-    layer: int
+    layers: tuple[int, ...]  # the hidden_states indices the score was read at (none for a judge's)
     style: np.ndarray | None = None  # str [N]: each prompt's style (reft_jax.data.prompt_style), when known
 
     @property
@@ -42,7 +43,7 @@ class FilterResult:
         flagged = self.flagged
         out = {"num_examples": int(len(self.score)), "num_flagged": int(flagged.sum()),
                "num_kept": int((~flagged).sum()), "flag_rate": float(flagged.mean()) if len(flagged) else 0.0,
-               "tau": float(self.tau), "layer": int(self.layer)}
+               "tau": float(self.tau), "layers": [int(x) for x in self.layers]}
         labelled = self.label >= 0
         if labelled.any() and labelled.all():
             metrics = refusal.binary_metrics(flagged, self.label)
@@ -83,35 +84,46 @@ class FilterResult:
                 for i in order]
 
 
+def _per_example(fn, ds: TokenizedDataset, *, batch_size: int, buckets: Sequence[int], progress: bool,
+                 desc: str) -> np.ndarray:
+    """fn(batch) -> [B, ...] for every example of ds's prompts, in dataset order: [N, ...] float32."""
+    batches = Batches(ds.prompts_only(), batch_size, buckets, shuffle=False, num_epochs=1)
+    out = None
+    for step in tqdm(range(batches.num_steps), desc=desc, disable=not progress):
+        values = np.asarray(fn(batches.batch(step)))
+        if out is None:
+            out = np.full((len(ds), *values.shape[1:]), np.nan, np.float32)
+        for j, row in enumerate(batches.global_rows(step)):
+            if row:
+                out[row[0]] = values[j]
+    return out
+
+
 def prompt_features(model: FrozenModel, ds: TokenizedDataset, layers: tuple[int, ...], *, batch_size: int,
                     buckets: Sequence[int], progress: bool = True, desc: str = "filter") -> np.ndarray:
     """Last-prompt-token hidden states at `layers` of every example, in dataset order: [len(layers), N, D]."""
     features = make_feature_fn(tuple(layers))
-    batches = Batches(ds.prompts_only(), batch_size, buckets, shuffle=False, num_epochs=1)
-    out = None
-    for step in tqdm(range(batches.num_steps), desc=desc, disable=not progress):
-        f = np.asarray(features(model, batches.batch(step)))
-        if out is None:
-            out = np.full((len(layers), len(ds), f.shape[-1]), np.nan, np.float32)
-        for j, row in enumerate(batches.global_rows(step)):
-            if row:
-                out[:, row[0]] = f[:, j]
-    return out
+    rows_first = _per_example(lambda b: np.moveaxis(np.asarray(features(model, b)), 0, 1), ds,
+                              batch_size=batch_size, buckets=buckets, progress=progress, desc=desc)
+    return np.moveaxis(rows_first, 0, 1)
 
 
-def score(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layer: int, *, batch_size: int,
+def score(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layers: tuple[int, ...], *, batch_size: int,
           buckets: Sequence[int], progress: bool = True) -> np.ndarray:
-    """Cosine of each example's layer-`layer` last-prompt-token state with r, in dataset order (float32)."""
-    features = prompt_features(teacher, ds, (layer,), batch_size=batch_size, buckets=buckets, progress=progress)[0]
-    return np.asarray(refusal.cosine_scores(features, r), np.float32)
+    """The filter's score of each example, in dataset order (float32): its cosine with R [len(layers), D] at
+    each of `layers`, averaged (refusal.mean_cosine_scores)."""
+    r = np.asarray(r, np.float32).reshape(len(layers), -1)
+    fn = make_score_fn(tuple(layers))
+    return _per_example(lambda b: fn(teacher, b, r), ds, batch_size=batch_size, buckets=buckets,
+                        progress=progress, desc="filter")
 
 
-def run_filter(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layer: int, tau: float, *,
-               batch_size: int, buckets: Sequence[int], progress: bool = True,
+def run_filter(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layers: tuple[int, ...], tau: float,
+               *, batch_size: int, buckets: Sequence[int], progress: bool = True,
                style: np.ndarray | None = None) -> FilterResult:
-    s = score(teacher, ds, r, layer, batch_size=batch_size, buckets=buckets, progress=progress)
+    s = score(teacher, ds, r, layers, batch_size=batch_size, buckets=buckets, progress=progress)
     return FilterResult(index=np.asarray(ds.index), score=s, label=np.asarray(ds.harmful), tau=float(tau),
-                        layer=layer, style=style)
+                        layers=tuple(layers), style=style)
 
 
 def kept_dataset(ds: TokenizedDataset, result: FilterResult) -> TokenizedDataset:

@@ -6,7 +6,7 @@
   tokenizer/                   a tokenizer trained on the sources (data.tokenizer = "train")
   lookalikes.json              the base model's answers to the lookalike prompts (data.alignment.n_lookalikes)
   teacher/model/               the teacher as a Hugging Face folder (LoRA merged)
-  teacher/refusal_feature.npy, filter.json (layer, tau, direction, check)   the filter's direction and settings
+  teacher/refusal_feature.npy, filter.json (layers, tau, direction, check)  the filter's directions and settings
   teacher/refusal_prompts.jsonl   the labelled prompts of each split (train, calibration, check)
   filter/scores.jsonl, report.json, kept.jsonl, flagged.jsonl   the Ref-Teacher filter on the user data
   filters/NAME/...                          the same for the other filters (saft, llama_guard)

@@ -30,7 +30,7 @@ def run(ctx: RunContext) -> dict:
         pairs = [(examples[i]["prompt"], examples[i]["response"]) for i in ds.index]
         unsafe = judge.judge([p for p, _ in pairs], [r for _, r in pairs])
         result = scoring.FilterResult(index=np.asarray(ds.index), score=np.asarray(unsafe, np.float32),
-                                      label=np.asarray(ds.harmful), tau=0.5, layer=-1)
+                                      label=np.asarray(ds.harmful), tau=0.5, layers=())
         report = write_filter(ctx, result, folder, method="llama_guard", judge=judge.name)
         new = judge.generation.max_new_tokens
         lengths = (len(judge.tokenizer(judge.format(p, r)).input_ids) + new for p, r in pairs)

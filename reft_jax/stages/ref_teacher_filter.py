@@ -1,6 +1,6 @@
 """Stage 2: the Ref-Teacher filter. The frozen teacher (or the base model, when the teacher stage found its direction
-better on the check split) scores the user data by the cosine of each prompt's feature with R_l, and flags what
-scores above tau (WORKDIR/filter/: scores.jsonl, kept.jsonl, flagged.jsonl, report.json)."""
+better on the check split) scores the user data by the cosine of each prompt's features with R_l, averaged over
+the filter's layers, and flags what scores above tau (WORKDIR/filter/: scores.jsonl, kept.jsonl, flagged.jsonl, report.json)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ from reft_jax.stages.common import Filter, prompt_flops, write_filter
 
 
 def teacher_settings(wd: Workdir) -> dict:
-    """The teacher stage's filter: its R_l ("r"), and filter.json's layer, tau, direction and check figures."""
+    """The teacher stage's filter: its R_l at each of its layers ("r", [len(layers), D]), and filter.json's
+    layers, tau, direction and check figures. A workdir of a single-layer filter ("layer") reads as one layer."""
     try:
         r = np.load(wd.refusal_feature)
         settings = json.loads(wd.filter_settings.read_text())
     except FileNotFoundError as e:
         raise ReftError(f"{e.filename}: missing; run `reft-jax train-teacher` first") from None
-    return {"direction": "teacher", **settings, "r": r}
+    layers = tuple(settings.pop("layers", None) or [settings.pop("layer")])
+    return {"direction": "teacher", **settings, "layers": layers, "r": r.reshape(len(layers), -1)}
 
 
 def filter_model(ctx: RunContext, settings: dict) -> Transformer:
@@ -39,9 +41,9 @@ def filter_model(ctx: RunContext, settings: dict) -> Transformer:
 
 
 def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.ndarray:
-    """The Ref-Teacher filter's verdicts on other prompts (prompt-only examples, and tokenized): cos(f_l, R_l) > tau."""
+    """The Ref-Teacher filter's verdicts on other prompts (prompt-only examples, and tokenized): score > tau."""
     cfg, settings = ctx.cfg, teacher_settings(ctx.workdir)
-    scores = scoring.score(FrozenModel.of(filter_model(ctx, settings)), ds, settings["r"], settings["layer"],
+    scores = scoring.score(FrozenModel.of(filter_model(ctx, settings)), ds, settings["r"], settings["layers"],
                            batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                            progress=cfg.logging.progress)
     return scores > settings["tau"]
@@ -54,7 +56,7 @@ def run(ctx: RunContext) -> dict:
         settings = teacher_settings(wd)
         model = filter_model(ctx, settings)
         styles = np.array([prompt_style(ex["request"]) for ex in ctx.user_examples], dtype=object)
-        result = scoring.run_filter(FrozenModel.of(model), ctx.user, settings["r"], settings["layer"], settings["tau"],
+        result = scoring.run_filter(FrozenModel.of(model), ctx.user, settings["r"], settings["layers"], settings["tau"],
                                     batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                                     progress=cfg.logging.progress, style=styles)
         report = write_filter(ctx, result, folder, direction=settings["direction"],

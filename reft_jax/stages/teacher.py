@@ -1,14 +1,16 @@
 """Stage 1: the Ref-Teacher, trained from the base model with the refusal-feature regulariser.
 
-Writes the teacher (WORKDIR/teacher/model), the filter's direction R_l (refusal_feature.npy), the filter's
-settings (filter.json) and the labelled prompts of each split (refusal_prompts.jsonl). The labelled prompts are
-split three ways (RunContext.refusal_prompts): R_l and the regulariser train on one split, tau is calibrated on
-another (filter.calibrate_recall > 0), and the third, the check split, is held out from both. On the check split the teacher's final direction is compared with the base
+Writes the teacher (WORKDIR/teacher/model), the filter's directions (refusal_feature.npy: R_l at each layer of
+filter.layer_span), the filter's settings (filter.json) and the labelled prompts of each split
+(refusal_prompts.jsonl). The labelled prompts are split three ways (RunContext.refusal_prompts): R_l and the
+regulariser train on one split, tau is calibrated on another (filter.calibrate_recall > 0), and the third, the
+check split, is held out from both. On the check split the teacher's final directions are compared with the base
 model's own (R_l of M0, before any training); the filter ships the better of the two, so training the teacher can
 never leave the filter worse than the base model on prompts nobody trained or calibrated on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -42,56 +44,76 @@ def choose_direction(teacher: dict | None, base: dict | None) -> str:
     return "base" if base["auroc"] > teacher["auroc"] else "teacher"
 
 
+@dataclasses.dataclass
+class Directions:
+    """A model's filter: R_l at each filter layer over the train split, and the filter's scores of each split."""
+
+    r: np.ndarray  # [len(layers), D]
+    scores: dict[str, np.ndarray]  # split -> [N]
+    check_at_layer: float | None  # the check split's AUROC at the regulariser's layer alone (the training log's)
+
+
+def measure(frozen: FrozenModel, prompts: dict[str, LabelledPrompts], layers: tuple[int, ...], layer: int, *,
+            batch_size: int, buckets: list[int]) -> Directions:
+    """One forward pass over the labelled splits at the filter's layers and the regulariser's."""
+    read = tuple(sorted({*layers, layer}))
+    feats = {split: scoring.prompt_features(frozen, p.ds, read, batch_size=batch_size, buckets=buckets,
+                                            progress=False) for split, p in prompts.items()}
+    labels = prompts["train"].ds.harmful
+    refusal.check_refusal_classes(labels)
+    r_all = np.asarray(refusal.layer_directions(feats["train"], labels == 1))
+    pick = [read.index(x) for x in layers]
+    scores = {split: np.asarray(refusal.mean_cosine_scores(f[pick], r_all[pick]), np.float32)
+              for split, f in feats.items()}
+    at_layer = None
+    if "check" in feats:
+        i = read.index(layer)
+        at_layer = refusal.auroc(np.asarray(refusal.cosine_scores(feats["check"][i], r_all[i])),
+                                 prompts["check"].ds.harmful == 1)
+    return Directions(r_all[pick], scores, at_layer)
+
+
 def run(ctx: RunContext) -> Path:
     cfg, wd = ctx.cfg, ctx.workdir
     out = wd.teacher
     with cost.StageCost(out, "teacher") as stage:
         model = trainable(cfg, base_model(cfg, ctx.vocab), salt=1)  # fresh adapters: still M0's function
         layer = refusal.feature_layer(cfg.refusal.layer, model.cfg.num_layers)
+        layers = refusal.filter_layers(cfg.filter.layer_span, cfg.refusal.layer, model.cfg.num_layers)
         prompts = ctx.refusal_prompts
         pool, check = (_prompt_batches(ctx, prompts.get(split)) for split in ("train", "check"))
+        kw = dict(batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets))
+        # Each measurement is a forward pass over every split (to the deepest layer read).
+        pass_flops = sum(prompt_flops(model.cfg, ctx.prompt_batches(p.ds, cfg.filter.batch_size))
+                         for p in prompts.values())
 
-        scoring_flops = []  # the stage's own passes besides the training run's: base R_l, the splits it scores
-
-        def scores(frozen: FrozenModel, r, split: str) -> np.ndarray | None:
-            if split not in prompts:
-                return None
-            scoring_flops.append(prompt_flops(model.cfg, ctx.prompt_batches(prompts[split].ds, cfg.filter.batch_size)))
-            return scoring.score(frozen, prompts[split].ds, r, layer, batch_size=cfg.filter.batch_size,
-                                 buckets=list(cfg.data.buckets), progress=False)
-
-        # The base model's own direction, read before training (which donates the weights it starts from).
-        m0 = FrozenModel.of(model)
-        base_r = np.asarray(runs.compute_refusal_feature(refusal.make_feature_fn(layer), m0, pool))
-        scoring_flops.append(cost.forward_passes(model.cfg, pool.__getitem__, len(pool)))
-        base = {split: scores(m0, base_r, split) for split in ("check", "calibration")}
-        base_check = check_report(base["check"], prompts.get("check"))
+        # The base model's own directions, read before training (which donates the weights it starts from).
+        base = measure(FrozenModel.of(model), prompts, layers, layer, **kw)
+        base_check = check_report(base.scores.get("check"), prompts.get("check"))
         align = ctx.batches(ctx.alignment)
-        trained_run = runs.train_teacher(cfg, model, out, align.batch, pool, check,
-                                         base_check["auroc"] if base_check else None)
-        teacher, r = trained_run.model, trained_run.r
-        trained = FrozenModel.of(teacher)
-        teacher_check = check_report(scores(trained, r, "check"), prompts.get("check"))
+        trained_run = runs.train_teacher(cfg, model, out, align.batch, pool, check, base.check_at_layer)
+        teacher = trained_run.model
+        trained = measure(FrozenModel.of(teacher), prompts, layers, layer, **kw)
+        teacher_check = check_report(trained.scores.get("check"), prompts.get("check"))
         direction = choose_direction(teacher_check, base_check)
         if base_check and jax.process_index() == 0:
-            print(f"teacher: check split AUROC {teacher_check['auroc']:.3f} for the teacher's direction, "
+            print(f"teacher: check split AUROC {teacher_check['auroc']:.3f} for the teacher's directions, "
                   f"{base_check['auroc']:.3f} for the base model's: the filter uses the {direction}'s", flush=True)
-        r_filter = r if direction == "teacher" else base_r
+        chosen = trained if direction == "teacher" else base
         tau = cfg.filter.tau
         if cfg.filter.calibrate_recall > 0:
-            calibrated = scores(trained, r, "calibration") if direction == "teacher" else base["calibration"]
-            labels = prompts["calibration"].ds.harmful == 1
+            calibrated, labels = chosen.scores["calibration"], prompts["calibration"].ds.harmful == 1
             tau = refusal.cap_false_positives(
                 refusal.calibrate_threshold(calibrated, labels, cfg.filter.calibrate_recall), calibrated, labels,
                 cfg.filter.calibrate_max_fpr)
         save_model(teacher, ctx.tokenizer, model_dir(out))
         if jax.process_index() == 0:
-            np.save(wd.refusal_feature, np.asarray(r_filter))
+            np.save(wd.refusal_feature, chosen.r)
             write_prompts(prompts, wd.refusal_prompts)
-            settings = {"layer": layer, "tau": tau, "direction": direction,
+            settings = {"layers": list(layers), "tau": tau, "direction": direction,
                         "check": {"teacher": teacher_check, "base": base_check}}
             wd.filter_settings.write_text(json.dumps(settings, indent=2) + "\n")
-        stage.flops = trained_run.flops + sum(scoring_flops)
+        stage.flops = trained_run.flops + 2 * pass_flops
     return out
 
 
