@@ -1,7 +1,7 @@
 """The refusal direction at every layer, of the trained teacher and of the base model, on prompts no training or
 calibration saw.
 
-    python docs/experiments/layer_study.py WORKDIR HELDOUT_DIR [--config.a.b=value ...] > layers.json
+    python docs/experiments/layer_study.py WORKDIR HELDOUT_DIR OUT.json [--config.a.b=value ...]
 
 WORKDIR: a workdir whose teacher stage is done (configs/smollm2.py; the same overrides as its run).
 HELDOUT_DIR: labelled JSONL files ({"prompt", "harmful"}), as for filter_study.py.
@@ -10,7 +10,7 @@ For each model and each hidden-state index l: R_l = difference in means over the
 stage computes), cosine scores of every set, their AUROC, and tau by the config's rule (filter.calibrate_recall on
 the calibration split, harmless flagged capped at filter.calibrate_max_fpr) with the recall and harmless share it
 flags on each set. "mean[a:b]" rows score a prompt by the mean of its cosines over layers a..b-1, each with its
-own R_l and the same tau rule. Prints one JSON object and a table on stderr.
+own R_l and the same tau rule. Writes them to OUT.json and prints a table.
 """
 
 import json
@@ -83,6 +83,7 @@ def table(out: dict) -> str:
 
 
 if __name__ == "__main__":
-    result = main(*sys.argv[1:])
-    print(json.dumps(result, indent=1))
-    print(table(result), file=sys.stderr)
+    workdir, heldout, out, *overrides = sys.argv[1:]
+    result = main(workdir, heldout, *overrides)
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
