@@ -54,3 +54,20 @@ def test_flagged_examples_never_reach_a_student_batch():
         if len(seen) >= 3:
             break
     assert sorted(seen) == [11, 14, 15]  # the kept examples (original indices), packed densely
+
+
+def test_a_single_layer_filter_of_an_earlier_workdir_reads_as_one_layer(tmp_path):
+    from reft_jax.runtime.workdir import Workdir
+    from reft_jax.stages.ref_teacher_filter import teacher_settings
+
+    wd = Workdir(tmp_path)
+    wd.teacher.mkdir(parents=True)
+    np.save(wd.refusal_feature, np.arange(4, dtype=np.float32))  # [D]: R_l at the one layer
+    wd.filter_settings.write_text(json.dumps({"layer": 2, "tau": 0.1, "direction": "teacher"}))
+    settings = teacher_settings(wd)
+    assert settings["layers"] == (2,) and "layer" not in settings and settings["tau"] == 0.1
+    np.testing.assert_array_equal(settings["r"], [[0, 1, 2, 3]])
+    np.save(wd.refusal_feature, np.ones((3, 4), np.float32))  # today's: R_l per layer
+    wd.filter_settings.write_text(json.dumps({"layers": [1, 2, 3], "tau": 0.1, "direction": "base"}))
+    settings = teacher_settings(wd)
+    assert settings["layers"] == (1, 2, 3) and settings["r"].shape == (3, 4) and settings["direction"] == "base"
