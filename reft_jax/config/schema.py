@@ -280,7 +280,7 @@ class FilterSection:
         (0.2, 0.8), "the span of the model's depth (fractions: start, end) whose layers the filter's score "
         "averages cos(f_l, R_l) over, each layer with its own R_l; () = refusal.layer alone, the paper's single "
         "layer. (0.2, 0.8), not one layer: on SmolLM2 (layers 6-23 of 30) it ranks the attack's prompts at AUROC "
-        "0.990 against 0.972 at layer 15, held-out questions 0.946 against 0.899 (docs/results.md)")
+        "0.9895 against 0.972 at layer 15, held-out questions 0.946 against 0.899 (docs/results.md)")
     tau: float = option(0.0, "the threshold itself when calibrate_recall = 0")
     calibrate_recall: float = option(
         0.99, "tau is set for this recall of the harmful prompts of the pool's calibration split (held out from "
