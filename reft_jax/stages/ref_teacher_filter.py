@@ -1,6 +1,7 @@
 """Stage 2: the Ref-Teacher filter. The frozen teacher (or the base model, when the teacher stage found its direction
 better on the check split) scores the user data by the cosine of each prompt's features with R_l, averaged over
-the filter's layers, and flags what scores above tau (WORKDIR/filter/: scores.jsonl, kept.jsonl, flagged.jsonl, report.json)."""
+the filter's layers, and flags what scores above tau (WORKDIR/filter/: scores.jsonl, kept.jsonl, flagged.jsonl,
+report.json)."""
 
 from __future__ import annotations
 
