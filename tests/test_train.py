@@ -156,6 +156,40 @@ def test_resume_after_sigkill_gives_the_same_losses(tmp_path, damaged, uninterru
     assert_same_losses(uninterrupted, tmp_path / "b")
 
 
+def test_a_lora_checkpoint_holds_the_adapters_not_the_base_and_resumes_exactly(tmp_path):
+    """Under LoRA a checkpoint holds the step, the adapters and their optimizer state, not the frozen base weights
+    (the stage rebuilds those); resumed from it with the base rebuilt, the run's losses equal an uninterrupted one."""
+    cfg = small_config(**{"teacher.steps": 6, "refusal.update_every": 2})
+    pool = [synthetic_batch(10_000 + i) for i in range(2)]
+    lora = LoraConfig(rank=2)
+    runs.train_teacher(cfg, tiny_model(lora=lora), tmp_path / "a", synthetic_batch, pool)
+
+    def stops_at_4(step):
+        if step == 4:
+            raise KeyboardInterrupt  # after the checkpoint at step 3
+        return synthetic_batch(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        runs.train_teacher(cfg, tiny_model(lora=lora), tmp_path / "b", stops_at_4, pool)
+    state = create_train_state(tiny_model(lora=lora), make_optimizer(cfg.optim, 6))
+    from reft_jax.runtime.checkpoint import Checkpointer
+
+    checkpoints = Checkpointer(tmp_path / "b" / "checkpoints")
+    assert checkpoints.latest_step() == 3
+    restored = checkpoints.restore(3, state.checkpointed(), [np.zeros(32, np.float32)])[0]
+    checkpoints.close()
+    assert set(restored) == {"step", "params", "opt_state"} and int(restored["step"]) == 3
+    import orbax.checkpoint as ocp
+
+    saved = ocp.StandardCheckpointer().metadata(tmp_path / "b" / "checkpoints" / "3" / "state").item_metadata
+    assert set(saved) == {"step", "params", "opt_state"}  # what is on disk: no "frozen"
+    runs.train_teacher(cfg, tiny_model(lora=lora), tmp_path / "b", synthetic_batch, pool)
+    reference, resumed = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
+    assert reference.keys() == resumed.keys() == set(range(1, 7))
+    for step in reference:
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+
+
 def _toy_loop(tmp_path, step_fn, steps=8, hooks=(), log_every=1):
     cfg = loop.LoopConfig(steps, CheckpointSection(every=3), LoggingSection(every=log_every, tensorboard=False,
                                                                             progress=False))

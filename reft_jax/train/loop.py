@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from reft_jax.config.schema import CheckpointSection, LoggingSection
 from reft_jax.errors import Preempted, ReftError
 from reft_jax.runtime.checkpoint import Checkpointer
+from reft_jax.runtime.state import TrainState
 from reft_jax.runtime.workdir import CHECKPOINTS, METRICS
 
 StepFn = Callable[[Any, int], tuple[Any, dict]]  # (state, step) -> (state, metrics)
@@ -152,6 +153,11 @@ class _SigtermFlag:
             signal.raise_signal(signal.SIGTERM)
 
 
+def _checkpointed(state: Any) -> Any:
+    """A TrainState's checkpoint leaves its frozen part out (TrainState.checkpointed); other states are saved whole."""
+    return state.checkpointed() if isinstance(state, TrainState) else state
+
+
 def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: StepFn, *,
         hooks: Sequence[Hook] = (), meta: dict | None = None, run_config: dict | None = None) -> Any:
     """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (or from `state`) up to cfg.steps,
@@ -165,10 +171,11 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
     workdir = Path(workdir)
     meta = dict(meta or {})
     checkpoints = Checkpointer(workdir / CHECKPOINTS, max_to_keep=cfg.checkpoint.max_to_keep)
-    restored = checkpoints.restore_latest(state, [h.carry for h in hooks])
+    restored = checkpoints.restore_latest(_checkpointed(state), [h.carry for h in hooks])
     start = restored[0] if restored else 0
     if restored:
-        _, state, carries, saved_meta = restored
+        _, saved, carries, saved_meta = restored
+        state = state.replace(**saved) if isinstance(state, TrainState) else saved
         if jax.process_index() == 0:
             print(f"resuming {name} from step {start} ({checkpoints.directory})", file=sys.stderr, flush=True)
         for hook, carry in zip(hooks, carries):
@@ -216,7 +223,7 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
                     window_tokens, window_start = 0.0, time.perf_counter()
                 stop = sigterm.anywhere()
                 if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop:
-                    checkpoints.save(step, state, [h.carry for h in hooks], meta)
+                    checkpoints.save(step, _checkpointed(state), [h.carry for h in hooks], meta)
                 if stop:
                     checkpoints.wait()
                     raise Preempted(f"{name}: SIGTERM at step {step}; checkpoint saved in {checkpoints.directory}")
