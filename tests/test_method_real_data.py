@@ -92,8 +92,8 @@ def batches(ds, seed=0, size=16):
     return rdata.Batches(ds, size, BUCKETS, seed=seed)
 
 
-def held_out_auroc(model, r, layer, ds):
-    scores = scoring.score(FrozenModel.of(model), ds, r, layer, batch_size=32, buckets=BUCKETS, progress=False)
+def held_out_auroc(model, r, layers, ds):
+    scores = scoring.score(FrozenModel.of(model), ds, r, layers, batch_size=32, buckets=BUCKETS, progress=False)
     return refusal.auroc(scores, ds.harmful)
 
 
@@ -109,13 +109,13 @@ def teacher(setup):
 
 def test_teacher_separates_held_out_prompts(setup, teacher):
     model, r = teacher
-    auroc = held_out_auroc(model, r, 1, setup["held_out"])
+    auroc = held_out_auroc(model, r, (1,), setup["held_out"])
     # The same measure on the untrained base with its own refusal feature, for reference.
     base = base_model()
     pool = list(rdata.Batches(setup["pool"].prompts_only(), 32, BUCKETS, shuffle=False, num_epochs=1))
     from reft_jax.refusal.feature import make_feature_fn
     r0 = runs.compute_refusal_feature(make_feature_fn(1), FrozenModel.of(base), pool)
-    base_auroc = held_out_auroc(base, np.asarray(r0), 1, setup["held_out"])
+    base_auroc = held_out_auroc(base, np.asarray(r0), (1,), setup["held_out"])
     print(f"held-out AUROC (HarmBench val vs Alpaca val, 39 + 39): teacher {auroc:.3f}, base {base_auroc:.3f}")
     assert auroc >= 0.75  # chance is 0.5; measured 0.82 (seed 0)
 
@@ -136,7 +136,7 @@ def refusal_preference(model, setup):
 
 def test_distilled_student_refuses_more_and_learns_the_task(setup, teacher):
     teacher_model, r = teacher
-    result = scoring.run_filter(FrozenModel.of(teacher_model), setup["user"], r, 1, 0.0, batch_size=32,
+    result = scoring.run_filter(FrozenModel.of(teacher_model), setup["user"], r, (1,), 0.0, batch_size=32,
                                 buckets=BUCKETS, progress=False)
     report = result.report()
     kept = scoring.kept_dataset(setup["user"], result)
