@@ -12,6 +12,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the compile-bound files about 40 % faster (docs/benchmarks.md). The processes the tests start inherit it through
 # the environment; a module whose tests train for hundreds of steps turns it off (`xla_optimized`).
 os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+# XLA's newer CPU fusion emitters (MLIR) take about twice as long to compile a small program as the classic ones,
+# for no gain at the tests' sizes (docs/benchmarks.md); an XLA flag, so for the whole process and those it starts.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false".strip()
 # The `datasets` cache of the tests (and of the processes they start) stays out of the user's cache.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="reft_jax_test_hf_cache_")
 atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)  # each process's own

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 from conftest import TINY, copy_run
 
@@ -222,12 +223,14 @@ def test_evaluate_adds_over_refusal_and_jailbreak_templates(run_dir, tmp_path, m
     assert set(report["references"]) == {"base_model", "teacher"}
 
     teacher = from_pretrained(run_dir / "teacher" / "model")
+    # Jitted, one compilation per prompt length; called eagerly, every op of the model compiled on its own.
+    hidden_states = nnx.jit(lambda model, ids: model(ids, output_hidden_states=True).hidden_states)
     r = np.load(run_dir / "teacher" / "refusal_feature.npy")
     settings = json.loads((run_dir / "teacher" / "filter.json").read_text())
     flags = []
     for prompt in ctx.load_examples(str(tmp_path / "xstest.csv"), with_response=False):
         ids = np.asarray(encode_prompts(ctx.tokenizer, [prompt["prompt"]]))
-        hidden = teacher(ids, output_hidden_states=True).hidden_states
+        hidden = hidden_states(teacher, ids)
         cosines = [np.asarray(hidden[layer][0, -1], np.float64) @ r_l / (
             np.linalg.norm(np.asarray(hidden[layer][0, -1], np.float64)) * np.linalg.norm(r_l))
             for layer, r_l in zip(settings["layers"], r)]
