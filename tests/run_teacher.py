@@ -16,7 +16,7 @@ from reft_jax.train import runs
 
 workdir, steps = sys.argv[1], int(sys.argv[2])
 pause_after = int(sys.argv[3]) if len(sys.argv) > 3 else None
-cfg = small_config(**{"teacher.steps": steps})
+cfg = small_config(**{"teacher.steps": steps, "logging.tensorboard": False})  # tensorboardX imports torch: 2 s
 pool = [synthetic_batch(10_000 + i) for i in range(2)]
 
 
