@@ -1,4 +1,5 @@
 import atexit
+import ctypes.util
 import os
 import shutil
 import sys
@@ -15,6 +16,14 @@ os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
 # XLA's newer CPU fusion emitters (MLIR) take about twice as long to compile a small program as the classic ones,
 # for no gain at the tests' sizes (docs/benchmarks.md); an XLA flag, so for the whole process and those it starts.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false".strip()
+# glibc's malloc hands XLA's large buffers back to the OS after each use and faults them in again at the next
+# step (a warm demo run: 11.4 M page faults, 11.8 s of system time in 30.9 s); tcmalloc keeps them (0.4 M, 1.0 s,
+# 25.2 s; docs/benchmarks.md). A library is preloaded only at a process's start: this one's workers (xdist
+# starts them after this file) and every process the tests start inherit it; `.ci/run` installs it.
+_TCMALLOC = ctypes.util.find_library("tcmalloc_minimal")
+if _TCMALLOC and _TCMALLOC not in os.environ.get("LD_PRELOAD", ""):
+    os.environ["LD_PRELOAD"] = f"{os.environ.get('LD_PRELOAD', '')} {_TCMALLOC}".strip()
+    os.environ.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))  # no "large alloc" lines on stderr
 # The `datasets` cache of the tests (and of the processes they start) stays out of the user's cache.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="reft_jax_test_hf_cache_")
 atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)  # each process's own
