@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from reft_jax.config.files import DEMO_CONFIG, load_config
+from reft_jax.runtime import malloc
 
 SUBCOMMANDS = {
     "run": "the whole pipeline: teacher, filter, student, the no-defence baseline, evaluation, report and plots",
@@ -80,6 +81,9 @@ def _sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; argv None: this process's own command line, which first restarts itself on tcmalloc."""
+    if argv is None:
+        malloc.run_on_tcmalloc()
     args, overrides = _parser().parse_known_args(argv)
     sys.unraisablehook = _unraisable
     from reft_jax.errors import Preempted, ReftError

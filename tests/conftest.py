@@ -1,10 +1,11 @@
 import atexit
-import ctypes.util
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from reft_jax.runtime import malloc  # imports no jax: JAX_PLATFORMS is set below first
 
 # Tests run on the CPU; the multi-device tests ask for their own fake devices in subprocesses.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -16,14 +17,12 @@ os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
 # XLA's newer CPU fusion emitters (MLIR) take about twice as long to compile a small program as the classic ones,
 # for no gain at the tests' sizes (docs/benchmarks.md); an XLA flag, so for the whole process and those it starts.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false".strip()
-# glibc's malloc hands XLA's large buffers back to the OS after each use and faults them in again at the next
-# step (a warm demo run: 11.4 M page faults, 11.8 s of system time in 30.9 s); tcmalloc keeps them (0.4 M, 1.0 s,
-# 25.2 s; docs/benchmarks.md). A library is preloaded only at a process's start: this one's workers (xdist
-# starts them after this file) and every process the tests start inherit it; `.ci/run` installs it.
-_TCMALLOC = ctypes.util.find_library("tcmalloc_minimal")
-if _TCMALLOC and _TCMALLOC not in os.environ.get("LD_PRELOAD", ""):
-    os.environ["LD_PRELOAD"] = f"{os.environ.get('LD_PRELOAD', '')} {_TCMALLOC}".strip()
-    os.environ.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))  # no "large alloc" lines on stderr
+# tcmalloc where it is installed (`.ci/run` installs it), as the `reft-jax` command does for itself
+# (reft_jax/runtime/malloc.py): set before xdist starts the workers, so they and every process the tests start
+# load it.
+_PRELOAD = malloc.preload_env(os.environ)
+if _PRELOAD:
+    os.environ.update(_PRELOAD)
 # The `datasets` cache of the tests (and of the processes they start) stays out of the user's cache.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="reft_jax_test_hf_cache_")
 atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)  # each process's own
@@ -142,8 +141,10 @@ def demo_run(tmp_path_factory, worker_id):
     workdir = shared / "demo_tiny"
     with filelock.FileLock(str(shared / "demo_tiny.lock")):
         if not (workdir / "report.json").exists():  # the run's last file
+            env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # the command preloads tcmalloc
             proc = subprocess.run([sys.executable, "-m", "reft_jax.cli", "run", "--workdir", str(workdir), *TINY],
-                                  capture_output=True, text=True, timeout=900)
+                                  capture_output=True, text=True, timeout=900, env=env)
             assert proc.returncode == 0, proc.stderr[-3000:]
+            (shared / "demo_tiny.stderr").write_text(proc.stderr)
     return workdir
 

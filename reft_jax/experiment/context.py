@@ -26,7 +26,7 @@ from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
 from reft_jax.models.from_config import base_model, vocab_of
-from reft_jax.runtime import compile_cache, parallel
+from reft_jax.runtime import compile_cache, malloc, parallel
 from reft_jax.runtime.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class RunContext:
         checkpoint converted, ... once, under the workdir)."""
         workdir, cfg = Workdir(workdir), RunConfig.of(cfg)
         compile_cache.enable(cfg.compile_cache)  # before the run's first compilation
+        if jax.process_index() == 0:
+            malloc.report(jax.default_backend())
         fields = leaf_fields(cfg)
         del fields["distributed.process_id"]  # the one field each process sets for itself
         parallel.check_same({"--workdir": str(workdir.root.absolute()), **fields},

@@ -1,0 +1,58 @@
+"""tcmalloc under the `reft-jax` command (reft_jax/runtime/malloc.py): a process started without it starts itself
+again with it, once, and not when it is turned off; the demo run's command ends up on it (its /proc/self/maps)."""
+
+import ctypes.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from reft_jax.runtime import malloc
+
+needs_tcmalloc = pytest.mark.skipif(not ctypes.util.find_library(malloc.LIBRARY),
+                                    reason="tcmalloc not installed (apt-get install libtcmalloc-minimal4)")
+
+# Prints a line, restarts on tcmalloc as the command does, then prints the library mapped and the argv it got.
+PROGRAM = ("import sys; print('started', flush=True); from reft_jax.runtime import malloc; "
+           "malloc.run_on_tcmalloc(); print('loaded', malloc.loaded(), sys.argv[1:])")
+
+
+def _run(**env):
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", malloc.ENV)}
+    out = subprocess.run([sys.executable, "-c", PROGRAM, "a", "--b=c"], capture_output=True, text=True,
+                         env={**base, **env}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+@needs_tcmalloc
+def test_a_process_restarts_once_on_tcmalloc_with_its_arguments():
+    lines = _run()
+    assert lines[:2] == ["started", "started"]  # the same command line, run again
+    assert lines[2].startswith("loaded /") and malloc.LIBRARY in lines[2] and lines[2].endswith("['a', '--b=c']")
+    assert len(lines) == 3
+
+
+@needs_tcmalloc
+def test_no_restart_when_preloaded_or_turned_off():
+    preloaded = _run(LD_PRELOAD=ctypes.util.find_library(malloc.LIBRARY))
+    assert preloaded[0] == "started" and preloaded[1].startswith("loaded /") and len(preloaded) == 2
+    assert _run(**{malloc.ENV: "off"}) == ["started", "loaded None ['a', '--b=c']"]
+
+
+def test_the_preload_keeps_what_was_there(monkeypatch):
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: f"lib{name}.so.4")
+    env = malloc.preload_env({"LD_PRELOAD": "libother.so", "PATH": "/bin"})
+    assert env["LD_PRELOAD"] == "libother.so libtcmalloc_minimal.so.4" and env["PATH"] == "/bin"
+    assert env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == str(1 << 40)  # no line per weight tensor over 1 GiB
+    assert malloc.preload_env({"LD_PRELOAD": "/x/libtcmalloc_minimal.so.4"}) is None
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    assert malloc.preload_env({}) is None  # not installed: glibc's malloc, no restart
+
+
+@needs_tcmalloc
+def test_the_demo_command_ran_on_tcmalloc(demo_run):
+    """conftest starts the demo run without LD_PRELOAD: the command restarted itself and said so."""
+    stderr = (demo_run.parent / "demo_tiny.stderr").read_text()
+    assert "memory allocator: tcmalloc (/" in stderr and stderr.count("memory allocator:") == 1
