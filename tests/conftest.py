@@ -52,6 +52,7 @@ import pytest  # noqa: E402
 from reft_jax.runtime import compile_cache  # noqa: E402
 
 compile_cache.enable(log=False)
+malloc.report("cpu", log=False)  # neither line in the tests' output; the demo run's command prints both
 
 
 # The longest files first, by their measured time in one suite run (2026-12-03, 2 cores: Slurm 343 s, real

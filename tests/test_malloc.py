@@ -34,6 +34,22 @@ def test_a_process_restarts_once_on_tcmalloc_with_its_arguments():
     assert len(lines) == 3
 
 
+def test_the_line_names_the_malloc_the_process_has(tmp_path):
+    def maps(library):  # a memory map as Linux writes it
+        path = tmp_path / library
+        path.write_text(f"7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/{library}\n"
+                        "7f02-7f03 r-xp 0 08:01 2 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+        return str(path)
+
+    assert malloc.describe("gpu", maps("libtcmalloc_minimal.so.4.5.10")).startswith(
+        "memory allocator: tcmalloc (/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10; REFT_JAX_TCMALLOC=off")
+    assert malloc.describe("cpu", maps("libjemalloc.so.2")) == \
+        "memory allocator: /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (preloaded)"
+    assert "glibc's malloc; a CPU run is faster on tcmalloc" in malloc.describe("cpu", maps("libm.so.6"))
+    assert malloc.describe("gpu", maps("libm.so.6")) is None  # a device's memory is not malloc's: nothing to say
+    assert malloc.loaded(str(tmp_path / "absent")) is None
+
+
 @needs_tcmalloc
 def test_no_restart_when_preloaded_or_turned_off():
     preloaded = _run(LD_PRELOAD=ctypes.util.find_library(malloc.LIBRARY))
@@ -47,6 +63,7 @@ def test_the_preload_keeps_what_was_there(monkeypatch):
     assert env["LD_PRELOAD"] == "libother.so libtcmalloc_minimal.so.4" and env["PATH"] == "/bin"
     assert env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == str(1 << 40)  # no line per weight tensor over 1 GiB
     assert malloc.preload_env({"LD_PRELOAD": "/x/libtcmalloc_minimal.so.4"}) is None
+    assert malloc.preload_env({"LD_PRELOAD": "libjemalloc.so.2"}) is None  # the user's own malloc stays alone
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     assert malloc.preload_env({}) is None  # not installed: glibc's malloc, no restart
 

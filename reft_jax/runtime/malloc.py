@@ -12,7 +12,6 @@ This module imports nothing heavy: the command calls it first thing.
 from __future__ import annotations
 
 import ctypes.util
-import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -20,18 +19,23 @@ from collections.abc import Mapping
 ENV = "REFT_JAX_TCMALLOC"
 OFF = ("off", "none", "0", "false")
 LIBRARY = "tcmalloc_minimal"  # Debian/Ubuntu: libtcmalloc-minimal4; the full gperftools library profiles too
+# A malloc the user preloads is kept: two in one process would each take part of it.
+MALLOCS = ("tcmalloc", "jemalloc", "mimalloc")
 # tcmalloc prints a "large alloc" line for every allocation over 1 GiB, which a real model's weights are.
 QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
 
 
 def preload_env(environ: Mapping[str, str]) -> dict[str, str] | None:
-    """environ with tcmalloc added to LD_PRELOAD; None when it is there already, turned off, or not installed."""
-    if environ.get(ENV, "").strip().lower() in OFF or LIBRARY in environ.get("LD_PRELOAD", ""):
+    """environ with tcmalloc added to LD_PRELOAD; None when it is turned off, not installed, or LD_PRELOAD names a
+    malloc already (this one or the user's), or off Linux."""
+    preload = environ.get("LD_PRELOAD", "")
+    if (environ.get(ENV, "").strip().lower() in OFF or any(name in preload for name in MALLOCS)
+            or not sys.platform.startswith("linux")):
         return None
     library = ctypes.util.find_library(LIBRARY)
     if not library:
         return None
-    return {**QUIET, **environ, "LD_PRELOAD": f"{environ.get('LD_PRELOAD', '')} {library}".strip()}
+    return {**QUIET, **environ, "LD_PRELOAD": f"{preload} {library}".strip()}
 
 
 def run_on_tcmalloc() -> None:
@@ -45,29 +49,37 @@ def run_on_tcmalloc() -> None:
     os.execve(sys.executable, sys.orig_argv, env)
 
 
-def loaded() -> str | None:
-    """The tcmalloc library mapped into this process, if any (Linux: /proc/self/maps)."""
+def loaded(maps: str = "/proc/self/maps") -> str | None:
+    """The malloc library preloaded into this process (tcmalloc, or the user's jemalloc / mimalloc), if any;
+    maps: the process's memory map (Linux)."""
     try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
+        with open(maps) as f:
+            paths = {line.split()[-1] for line in f if "/lib" in line}
     except OSError:
         return None
-    return next((line.split()[-1] for line in maps.splitlines() if LIBRARY in line), None)
+    return next((p for p in sorted(paths) if any(f"/lib{name}" in p for name in MALLOCS)), None)
 
 
-def describe(backend: str) -> str | None:
+def describe(backend: str, maps: str = "/proc/self/maps") -> str | None:
     """The line a run prints about its malloc: which one, and how to change it where that matters (CPU)."""
-    library = loaded()
-    if library:
+    library = loaded(maps)
+    if library and "tcmalloc" in library:
         return f"memory allocator: tcmalloc ({library}; {ENV}=off keeps glibc's malloc)"
+    if library:
+        return f"memory allocator: {library} (preloaded)"
     if backend == "cpu" and sys.platform == "linux":
         return ("memory allocator: glibc's malloc; a CPU run is faster on tcmalloc (apt-get install "
                 "libtcmalloc-minimal4: the reft-jax command then uses it)")
     return None
 
 
-@functools.cache  # once per process, as the compilation cache's line
-def report(backend: str) -> None:
-    line = describe(backend)
-    if line:
+def report(backend: str, *, log: bool = True) -> None:
+    """Prints `describe`'s line once per process: the first call decides (log=False: never), as the compilation
+    cache's line."""
+    global _reported
+    if not _reported and log and (line := describe(backend)):
         print(line, file=sys.stderr, flush=True)
+    _reported = True
+
+
+_reported = False
