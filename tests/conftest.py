@@ -20,6 +20,12 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusi
 # tcmalloc where it is installed (`.ci/run` installs it), as the `reft-jax` command does for itself
 # (reft_jax/runtime/malloc.py): set before xdist starts the workers, so they and every process the tests start
 # load it.
+def without_preload(**extra) -> dict:
+    """The environment for a `reft-jax` process that must put itself on tcmalloc, as a user's does."""
+    return {**{k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}, **extra}
+
+
+TCMALLOC = malloc.preload_env(without_preload()) is not None  # a command started so restarts on tcmalloc
 _PRELOAD = malloc.preload_env(os.environ)
 if _PRELOAD:
     os.environ.update(_PRELOAD)
@@ -142,9 +148,8 @@ def demo_run(tmp_path_factory, worker_id):
     workdir = shared / "demo_tiny"
     with filelock.FileLock(str(shared / "demo_tiny.lock")):
         if not (workdir / "report.json").exists():  # the run's last file
-            env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # the command preloads tcmalloc
             proc = subprocess.run([sys.executable, "-m", "reft_jax.cli", "run", "--workdir", str(workdir), *TINY],
-                                  capture_output=True, text=True, timeout=900, env=env)
+                                  capture_output=True, text=True, timeout=900, env=without_preload())
             assert proc.returncode == 0, proc.stderr[-3000:]
             (shared / "demo_tiny.stderr").write_text(proc.stderr)
     return workdir

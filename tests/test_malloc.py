@@ -2,16 +2,15 @@
 again with it, once, and not when it is turned off; the demo run's command ends up on it (its /proc/self/maps)."""
 
 import ctypes.util
-import os
 import subprocess
 import sys
 
 import pytest
+from conftest import TCMALLOC, without_preload
 
 from reft_jax.runtime import malloc
 
-needs_tcmalloc = pytest.mark.skipif(not ctypes.util.find_library(malloc.LIBRARY),
-                                    reason="tcmalloc not installed (apt-get install libtcmalloc-minimal4)")
+needs_tcmalloc = pytest.mark.skipif(not TCMALLOC, reason="tcmalloc not installed (apt-get install libtcmalloc-minimal4)")
 
 # Prints a line, restarts on tcmalloc as the command does, then prints the library mapped and the argv it got.
 PROGRAM = ("import sys; print('started', flush=True); from reft_jax.runtime import malloc; "
@@ -19,9 +18,8 @@ PROGRAM = ("import sys; print('started', flush=True); from reft_jax.runtime impo
 
 
 def _run(**env):
-    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", malloc.ENV)}
     out = subprocess.run([sys.executable, "-c", PROGRAM, "a", "--b=c"], capture_output=True, text=True,
-                         env={**base, **env}, timeout=120)
+                         env=without_preload(**env), timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY, copy_run
+from conftest import TCMALLOC, TINY, copy_run, without_preload
 
 
 STUDENT_STEPS = 6
@@ -23,7 +23,7 @@ def free_port() -> int:
 
 def finetune(workdir, devices, extra=(), process=None):
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    env = without_preload(XLA_FLAGS=flags, JAX_PLATFORMS="cpu")  # each process restarts on tcmalloc, as a user's
     args = [sys.executable, "-m", "reft_jax.cli", "finetune", "--workdir", str(workdir), *TINY,
             f"--config.student.steps={STUDENT_STEPS}", "--config.checkpoint.every=3", "--config.logging.every=1",
             *extra]
@@ -66,6 +66,7 @@ def test_two_processes_match_one_process_and_restore_in_one(prepared):
     port = free_port()
     out = wait(finetune(two, 2, process=(0, 2, port)), finetune(two, 2, process=(1, 2, port)))
     assert "2 process(es), 4 cpu device(s)" in out
+    assert ("memory allocator: tcmalloc (" in out) == TCMALLOC and out.count("memory allocator:") == 1  # process 0
     reference, distributed = losses(one), losses(two)
     assert [s for s, _ in reference] == [s for s, _ in distributed] == list(range(1, STUDENT_STEPS + 1))
     for (_, a), (_, b) in zip(reference, distributed):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TCMALLOC, TINY
 
 from reft_jax import stages
 from reft_jax.runtime.workdir import Workdir
@@ -71,7 +71,8 @@ def submit(cluster, workdir: Path, *sbatch_args) -> str:
     """sbatch of launch/slurm.sbatch on the demo config with STAGES=run; returns the job id."""
     proc = subprocess.run(["sbatch", "--parsable", "--ntasks=2", f"--chdir={ROOT}", f"--output={workdir}.out",
                            *sbatch_args, "launch/slurm.sbatch", "configs/demo.py", str(workdir), *TINY],
-                          cwd=ROOT, env={**cluster, "STAGES": "run"}, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env={**cluster, "STAGES": "run", "LD_PRELOAD": ""}, capture_output=True, text=True,
+                          timeout=900)  # no LD_PRELOAD: each task restarts itself on tcmalloc, as a user's does
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
@@ -160,5 +161,6 @@ def test_a_preempted_job_and_a_job_with_a_dead_task_both_end_as_one_process(clus
     assert wait_for(cluster, job) == "COMPLETED", out.read_text()[-3000:]
     log = out.read_text()
     assert "2 task(s), 0 GPU(s) per task" in log and "reft-jax run: 2 process(es), 2 cpu device(s)" in log
+    assert ("memory allocator: tcmalloc (" in log) == TCMALLOC
     assert teacher_done.stat().st_mtime == finished  # the finished teacher was not redone
     assert_same_run(one_process, workdir)
