@@ -96,6 +96,7 @@ def test_bench_reports_both_frameworks_on_the_same_work(tmp_path, capsys):
     assert len(report["ratios"]) == 4 and all(r["ratio"] > 0 for r in report["ratios"])
     assert report["peak_flops"]["source"] == "measured_matmul" and report["peak_flops"]["value"] > 0
     assert report["workload"]["same_weights"] and report["versions"]["torch"] and report["versions"]["jax"]
+    assert ("tcmalloc" in report["host"]["malloc"]) == ("/libtcmalloc" in Path("/proc/self/maps").read_text())
 
 
 def test_torch_compile_variant(tmp_path, capsys):

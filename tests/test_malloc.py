@@ -71,3 +71,20 @@ def test_the_demo_command_ran_on_tcmalloc(demo_run):
     """conftest starts the demo run without LD_PRELOAD: the command restarted itself and said so."""
     stderr = (demo_run.parent / "demo_tiny.stderr").read_text()
     assert "memory allocator: tcmalloc (/" in stderr and stderr.count("memory allocator:") == 1
+
+
+# 400 MB freed, then a block that takes 200 MB: the block's peak must show them, not reuse the freed memory unseen.
+HOST_PEAK = ("import numpy as np; from reft_jax.bench.workload import HostPeak\n"
+             "a = np.ones(50_000_000); del a\n"
+             "with HostPeak() as peak:\n    b = np.ones(25_000_000); del b\n"
+             "print(peak.bytes)")
+
+
+@pytest.mark.parametrize("preload", [pytest.param(True, marks=needs_tcmalloc), False], ids=["tcmalloc", "glibc"])
+def test_the_benchmarks_host_peak_sees_a_block_after_a_larger_free(preload):
+    """`reft-jax bench`'s PyTorch memory on a CPU: tcmalloc keeps freed memory, which glibc's malloc_trim cannot
+    hand back (the block read 0 bytes on tcmalloc before `malloc.release_free_memory`)."""
+    env = without_preload(**({"LD_PRELOAD": ctypes.util.find_library(malloc.LIBRARY)} if preload else {}))
+    out = subprocess.run([sys.executable, "-c", HOST_PEAK], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 180 * 2**20 < int(out.stdout) < 260 * 2**20  # the 200 MB (190.7 MiB) block, and little else

@@ -27,6 +27,7 @@ from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError
 from reft_jax.models.config import ModelConfig, from_hf_dict
 from reft_jax.models.from_config import lora_config
+from reft_jax.runtime import malloc
 
 FRAMEWORKS = ("jax", "torch")
 TORCH_VARIANTS = ("eager", "compile")
@@ -215,7 +216,8 @@ def _report(cfg: RunConfig, sides: dict, measured: dict, same_weights: bool, com
                       compile_only=b.compile_only, same_weights=same_weights),
         peak_flops=dict(value=peak, source="config" if b.peak_flops else "measured_matmul", measured=peaks),
         devices={f: s["device"] for f, s in sides.items()},
-        host=dict(processor=processor(), cpu_count=os.cpu_count()),
+        host=dict(processor=processor(), cpu_count=os.cpu_count(),
+                  malloc=malloc.loaded() or "default"),  # both sides' too: they inherit its LD_PRELOAD
         versions=dict(python=platform.python_version(), **{k: v for s in sides.values()
                                                            for k, v in s["versions"].items()}),
         results=results, ratios=ratios(results))

@@ -6,13 +6,14 @@ whose first quarter is the prompt), so the work per step is identical by constru
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import gc
 import time
 from typing import Callable
 
 import numpy as np
+
+from reft_jax.runtime import malloc
 
 STEPS = ("student", "teacher")
 FINETUNES = ("full", "lora")
@@ -143,15 +144,12 @@ def _status_kib(field: str) -> int | None:
 class HostPeak:
     """Peak resident memory over a block, above the resident memory at its start (Linux: VmHWM reset through
     /proc/self/clear_refs). `bytes` is None where the kernel does not allow the reset. Memory that earlier
-    blocks freed is first handed back to the system (malloc_trim), else the block would reuse it unseen."""
+    blocks freed is first handed back to the system (by glibc or tcmalloc), else the block would reuse it unseen."""
 
     def __enter__(self):
         self.bytes = None
         gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass
+        malloc.release_free_memory()
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")

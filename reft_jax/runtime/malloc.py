@@ -73,6 +73,19 @@ def describe(backend: str, maps: str = "/proc/self/maps") -> str | None:
     return None
 
 
+def release_free_memory() -> None:
+    """Hands what this process has freed back to the system, from whichever malloc holds it: tcmalloc keeps freed
+    memory for reuse (glibc's malloc_trim does not reach it), glibc keeps some in its arenas."""
+    process = ctypes.CDLL(None)
+    release = getattr(process, "MallocExtension_ReleaseFreeMemory", None)  # tcmalloc's (gperftools) C API
+    if release is not None:
+        release()
+        return
+    trim = getattr(process, "malloc_trim", None)  # glibc
+    if trim is not None:
+        trim(0)
+
+
 def report(backend: str, *, log: bool = True) -> None:
     """Prints `describe`'s line once per process: the first call decides (log=False: never), as the compilation
     cache's line."""
