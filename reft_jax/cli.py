@@ -81,8 +81,10 @@ def _sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command; argv None: this process's own command line, which first restarts itself on tcmalloc."""
-    if argv is None:
+    """The command; argv None: this process's own command line. The `reft-jax` command (or `python -m
+    reft_jax.cli`) first restarts itself on tcmalloc; a script or a notebook that calls main() is never restarted."""
+    command = Path(sys.argv[0])
+    if argv is None and (command.name == "reft-jax" or command.resolve() == Path(__file__).resolve()):
         malloc.run_on_tcmalloc()
     args, overrides = _parser().parse_known_args(argv)
     sys.unraisablehook = _unraisable

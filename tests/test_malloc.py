@@ -10,7 +10,8 @@ from conftest import TCMALLOC, without_preload
 
 from reft_jax.runtime import malloc
 
-needs_tcmalloc = pytest.mark.skipif(not TCMALLOC, reason="tcmalloc not installed (apt-get install libtcmalloc-minimal4)")
+needs_tcmalloc = pytest.mark.skipif(not TCMALLOC,
+                                    reason="tcmalloc not installed (apt-get install libtcmalloc-minimal4)")
 
 # Prints a line, restarts on tcmalloc as the command does, then prints the library mapped and the argv it got.
 PROGRAM = ("import sys; print('started', flush=True); from reft_jax.runtime import malloc; "
@@ -46,6 +47,18 @@ def test_the_line_names_the_malloc_the_process_has(tmp_path):
     assert "glibc's malloc; a CPU run is faster on tcmalloc" in malloc.describe("cpu", maps("libm.so.6"))
     assert malloc.describe("gpu", maps("libm.so.6")) is None  # a device's memory is not malloc's: nothing to say
     assert malloc.loaded(str(tmp_path / "absent")) is None
+
+
+@needs_tcmalloc
+def test_only_the_command_restarts_not_a_script_that_calls_main():
+    script = ("import sys; print('started', flush=True); sys.argv[1:] = ['--help']; "
+              "from reft_jax.cli import main; main()")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=without_preload())
+    assert out.returncode == 0 and out.stdout.count("started") == 1 and "usage: reft-jax" in out.stdout, out.stderr
+    command = subprocess.run([sys.executable, "-m", "reft_jax.cli", "--help"], capture_output=True, text=True,
+                             env=without_preload(PYTHONVERBOSE="1"))  # prints each import: twice when restarted
+    assert command.returncode == 0, command.stderr[-2000:]
+    assert command.stderr.count("import 'reft_jax.runtime.malloc'") == 2
 
 
 @needs_tcmalloc
