@@ -17,15 +17,15 @@ os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
 # XLA's newer CPU fusion emitters (MLIR) take about twice as long to compile a small program as the classic ones,
 # for no gain at the tests' sizes (docs/benchmarks.md); an XLA flag, so for the whole process and those it starts.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false".strip()
-# tcmalloc where it is installed (`.ci/run` installs it), as the `reft-jax` command does for itself
-# (reft_jax/runtime/malloc.py): set before xdist starts the workers, so they and every process the tests start
-# load it.
 def without_preload(**extra) -> dict:
     """The environment for a `reft-jax` process that must put itself on tcmalloc, as a user's does."""
     return {**{k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}, **extra}
 
 
 TCMALLOC = malloc.preload_env(without_preload()) is not None  # a command started so restarts on tcmalloc
+# tcmalloc where it is installed (`.ci/run` installs it), as the `reft-jax` command does for itself
+# (reft_jax/runtime/malloc.py): set before xdist starts the workers, so they and every process the tests start
+# load it.
 _PRELOAD = malloc.preload_env(os.environ)
 if _PRELOAD:
     os.environ.update(_PRELOAD)

@@ -30,7 +30,7 @@ def preload_env(environ: Mapping[str, str]) -> dict[str, str] | None:
     malloc already (this one or the user's), or off Linux."""
     preload = environ.get("LD_PRELOAD", "")
     if (environ.get(ENV, "").strip().lower() in OFF or any(name in preload for name in MALLOCS)
-            or not sys.platform.startswith("linux")):
+            or sys.platform != "linux"):
         return None
     library = ctypes.util.find_library(LIBRARY)
     if not library:
