@@ -48,9 +48,10 @@ TINY = ["--config.teacher.steps=16", "--config.optim.warmup_steps=2", "--config.
         "--config.filter.calibrate_recall=0"]  # tau = 0: a 16-step teacher is too weak for a calibrated tau
 
 
-# One persistent compilation cache for the whole suite: its worker processes and the runs they start compile
-# a program once between them (kept across local runs; CI starts it empty).
-os.environ.setdefault("REFT_JAX_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+# One persistent compilation cache for the whole suite (.pytest_cache/jax, the `jax` folder of this cache root):
+# its worker processes and the runs they start compile a program once between them (kept across local runs; CI
+# starts it empty).
+os.environ.setdefault("REFT_JAX_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache"))
 
 import jax  # noqa: E402  (after JAX_PLATFORMS)
 import pytest  # noqa: E402

@@ -56,8 +56,8 @@ def test_where_the_cache_lives(monkeypatch, tmp_path):
     monkeypatch.delenv(compile_cache.ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compile_cache.cache_dir() == tmp_path / "xdg" / "reft-jax" / "jax"
-    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "env"))
-    assert compile_cache.cache_dir() == tmp_path / "env"
+    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "env"))  # the root of reft-jax's caches
+    assert compile_cache.cache_dir() == tmp_path / "env" / "jax"
     assert compile_cache.cache_dir(str(tmp_path / "cfg")) == tmp_path / "cfg"  # the config field wins
     assert compile_cache.cache_dir("off") is None
     monkeypatch.setenv(compile_cache.ENV, "off")

@@ -56,6 +56,25 @@ def test_conversion_is_reused_and_redone_for_another_dtype(converted, capsys):
     assert json.loads((converted / gguf.SOURCE_FILE).read_text())["dtype"] == "float32"
 
 
+def test_from_pretrained_converts_into_the_gguf_folder_of_the_cache_root(tmp_path, monkeypatch):
+    """$REFT_JAX_CACHE is the root of the caches: conversions in its `gguf` folder, compiled programs in `jax`;
+    `off` turns the compilation cache off and sends conversions to the default root, never to a folder ./off."""
+    from reft_jax.models.hf_io import checkpoint_folder
+    from reft_jax.runtime import compile_cache
+
+    monkeypatch.setattr(gguf, "_convert", lambda path, out, dtype, record: out)  # where, not the conversion
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("REFT_JAX_CACHE", str(tmp_path / "root"))
+    assert checkpoint_folder(tmp_path / "m.gguf", "bfloat16") == tmp_path / "root" / "gguf" / "m-bfloat16"
+    assert compile_cache.cache_dir() == tmp_path / "root" / "jax"
+    monkeypatch.setenv("REFT_JAX_CACHE", "off")
+    assert checkpoint_folder(tmp_path / "m.gguf") == tmp_path / "xdg" / "reft-jax" / "gguf" / "m-float32"
+    assert compile_cache.cache_dir() is None
+    monkeypatch.delenv("REFT_JAX_CACHE")
+    assert checkpoint_folder(tmp_path / "m.gguf") == tmp_path / "xdg" / "reft-jax" / "gguf" / "m-float32"
+    assert compile_cache.cache_dir() == tmp_path / "xdg" / "reft-jax" / "jax"
+
+
 def _write_gguf(path, arch: str):
     import gguf as gguf_lib
 

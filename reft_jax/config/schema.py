@@ -415,7 +415,7 @@ class RunConfig:
                           "no_defense always run")
     expected_time: str = option("", "printed when `run` starts: how long this config took where it was measured")
     compile_cache: str = option("", "JAX's persistent compilation cache (reft_jax.runtime.compile_cache): a folder, "
-                                "\"\" = $REFT_JAX_CACHE or else ~/.cache/reft-jax/jax, \"off\" = compile every "
+                                "\"\" = $REFT_JAX_CACHE/jax or else ~/.cache/reft-jax/jax, \"off\" = compile every "
                                 "program in every process")
     baselines: BaselinesSection = section(BaselinesSection)
     defences: DefencesSection = section(DefencesSection)

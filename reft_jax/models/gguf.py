@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reft_jax.config import cache
 from reft_jax.errors import CheckpointError
 
 # GGUF `general.architecture` values whose models this package implements (llama.cpp files Mistral as llama).
@@ -88,10 +89,13 @@ def _source_record(path: Path, dtype: str) -> dict:
     return {"file": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "dtype": dtype}
 
 
-def convert(path: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32") -> Path:
+def convert(path: str | os.PathLike, out: str | os.PathLike | None = None, dtype: str = "float32") -> Path:
     """Converts the GGUF file `path` into the Hugging Face folder `out` (config.json, model.safetensors in
-    `dtype`, the tokenizer with its chat template); reuses `out` when it already holds this file's conversion."""
-    path, out = Path(path), Path(out)
+    `dtype`, the tokenizer with its chat template); reuses `out` when it already holds this file's conversion.
+    The one conversion of the package: a run's into WORKDIR/base_model, `from_pretrained`'s into the default `out`,
+    the cache's `gguf` folder (reft_jax.config.cache: $REFT_JAX_CACHE/gguf/STEM-DTYPE)."""
+    path = Path(path)
+    out = Path(out) if out is not None else cache.cache_folder("gguf") / f"{path.stem}-{dtype}"
     record = _source_record(path, dtype) if path.is_file() else None
     if record and (out / SOURCE_FILE).exists() and json.loads((out / SOURCE_FILE).read_text()) == record:
         print(f"using the converted GGUF model at {out}", flush=True)

@@ -126,22 +126,26 @@ def _default_placer(shape, axes, read):
     return jnp.asarray(read(tuple(slice(None) for _ in shape)))
 
 
+def checkpoint_folder(path: str | os.PathLike, param_dtype=jnp.float32) -> Path:
+    """The local folder a model path names: a folder as it is, a hub id's snapshot (downloaded once into the hub's
+    cache: models/hub.py), or a GGUF file's conversion in param_dtype (made once into the cache: gguf.convert)."""
+    folder = hub.download(str(path)) if hub.is_hub_id(str(path)) else Path(path)
+    return gguf.convert(folder, dtype=jnp.dtype(param_dtype).name) if gguf.is_gguf(folder) else folder
+
+
 def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None, *, lora: LoraConfig | None = None,
                     attention: str = "xla", remat: str = "none", scan_layers: bool = False, seed: int = 0,
                     placer: Placer | None = None) -> Transformer:
     """Loads a Hugging Face checkpoint folder (config.json + safetensors, single file or sharded), a hub id
     (`org/name[@revision]`, downloaded once into the hub's cache: models/hub.py), or a GGUF file (converted once
-    into a folder under $REFT_JAX_CACHE, default ~/.cache/reft_jax, and reused).
+    into $REFT_JAX_CACHE/gguf, default ~/.cache/reft-jax/gguf, and reused): see `checkpoint_folder`.
 
     dtype: compute dtype; param_dtype: storage dtype of the weights (default: dtype). lora: adapters to add
     (initialised from `seed`). placer(shape, axes, read) -> jax.Array places each parameter, reading only the
     slices it needs via read(index) (a mesh-aware placer reads just each device's shard); default: one device.
     """
     param_dtype = jnp.dtype(param_dtype or dtype)
-    folder = hub.download(str(path)) if hub.is_hub_id(str(path)) else Path(path)
-    if gguf.is_gguf(folder):
-        cache = Path(os.environ.get("REFT_JAX_CACHE", "~/.cache/reft_jax")).expanduser()
-        folder = gguf.convert(folder, cache / "gguf" / f"{folder.stem}-{param_dtype.name}", param_dtype.name)
+    folder = checkpoint_folder(path, param_dtype)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a model folder")
     cfg, _ = load_hf_config(folder)

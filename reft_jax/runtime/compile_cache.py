@@ -1,12 +1,12 @@
 """JAX's persistent compilation cache, on for every run: a program compiled once (a train step, a generation
 step) is read back from disk by later stages, reruns and other processes instead of being compiled again.
 
-Where: config `compile_cache` if set, else $REFT_JAX_CACHE, else $XDG_CACHE_HOME/reft-jax/jax (~/.cache/...);
-"off" in either disables it. JAX keys each entry by the program, the jax/jaxlib version, the backend and its
-version, the XLA flags and the compile options, so one folder is safe to share between runs, processes and
-installs: an entry made under other settings is never read. JAX reads an entry that fails to decompress (a
-truncated or damaged file) as a miss with a warning and compiles again; a folder that cannot be written falls
-back to no cache with one warning.
+Where: config `compile_cache` if set, else the `jax` folder of reft-jax's cache root (reft_jax.config.cache):
+$REFT_JAX_CACHE/jax, by default $XDG_CACHE_HOME/reft-jax/jax (~/.cache/...); "off" in either disables it. JAX
+keys each entry by the program, the jax/jaxlib version, the backend and its version, the XLA flags and the
+compile options, so one folder is safe to share between runs, processes and installs: an entry made under other
+settings is never read. JAX reads an entry that fails to decompress (a truncated or damaged file) as a miss with
+a warning and compiles again; a folder that cannot be written falls back to no cache with one warning.
 """
 
 from __future__ import annotations
@@ -19,25 +19,21 @@ from pathlib import Path
 
 import jax
 
-ENV = "REFT_JAX_CACHE"
-OFF = ("off", "none", "0", "false")
+from reft_jax.config import cache
+
+ENV = cache.ENV
 MAX_BYTES = 8 << 30  # least recently used entries are evicted past this; a bound also makes JAX lock the folder
 _PROBE_BYTES = 1 << 20  # what a cache entry of a real step program weighs, about: a full disk fails this write
 
 _enabled: Path | None = None
 
 
-def default_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reft-jax" / "jax"
-
-
 def cache_dir(setting: str = "") -> Path | None:
-    """The cache folder a run uses: `setting` (config `compile_cache`), else $REFT_JAX_CACHE, else the default;
-    None when the one that applies says off."""
-    value = (setting or os.environ.get(ENV, "")).strip()
-    if value.lower() in OFF:
-        return None
-    return Path(value).expanduser() if value else default_dir()
+    """The cache folder a run uses: `setting` (config `compile_cache`), else $REFT_JAX_CACHE/jax, else the
+    default; None when the one that applies says off."""
+    if setting.strip():
+        return None if cache.is_off(setting) else Path(setting.strip()).expanduser()
+    return None if cache.is_off(os.environ.get(ENV, "")) else cache.cache_folder("jax")
 
 
 def _writable(folder: Path) -> str:
