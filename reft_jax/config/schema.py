@@ -354,7 +354,7 @@ class CheckpointSection:
 
 @config
 class MeshSection:
-    """Device mesh (reft_jax.runtime.parallel): sizes of the named axes, -1 = the devices the others leave."""
+    """Device mesh (reft_jax.models.sharding): sizes of the named axes, -1 = the devices the others leave."""
     data: int = option(-1, "data parallel: whole model per device, rows split")
     fsdp: int = option(1, "data parallel with weights and optimizer state split too (ZeRO-3)")
     tensor: int = option(1, "tensor parallel: heads, MLP columns and vocabulary split")

@@ -1,7 +1,7 @@
 """Building blocks of the decoder: linear layers with optional LoRA, RMSNorm, RoPE and attention.
 
 Every parameter carries `axes`, its logical axis names (e.g. ("embed", "mlp")); the sharding rules in
-`reft_jax.runtime.parallel` map them to mesh axes. Parameters are stored in `param_dtype` and cast to the compute
+`reft_jax.models.sharding` map them to mesh axes. Parameters are stored in `param_dtype` and cast to the compute
 `dtype` at use; numerically sensitive parts (norm statistics, RoPE angles, softmax) run in float32.
 """
 
