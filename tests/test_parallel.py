@@ -146,6 +146,33 @@ result["checkpoint"] = dict(
            for path, v in nnx.to_flat_state(nnx.state(sharded))},
     reads=reads,
     max_logit_diff=float(np.abs(logits(sharded) - logits(plain)).max()))
+
+# The run's own loading (models.from_config on the config's mesh), then its train state and frozen model on it.
+from reft_jax.config import default_config
+from reft_jax.config.schema import RunConfig
+from reft_jax.models.from_config import base_model, trainable
+from reft_jax.runtime.state import FrozenModel
+
+config = default_config()
+config.model.path, config.model.lora.rank = str(workdir), 2
+config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 2, 4
+run_cfg = RunConfig.of(config)
+loaded = base_model(run_cfg)
+flat = lambda tree: {"/".join(map(str, path)): v[...] for path, v in nnx.to_flat_state(tree)}
+buffers = lambda tree: {k: [s.data.unsafe_buffer_pointer() for s in a.addressable_shards] for k, a in flat(tree).items()}
+want, want_placed = flat(nnx.state(plain)), flat(nnx.state(sharded))
+result["from_config"] = dict(
+    same_values=all(np.array_equal(np.asarray(a), np.asarray(want[k])) for k, a in flat(nnx.state(loaded)).items()),
+    same_shardings=all(a.sharding == want_placed[k].sharding for k, a in flat(nnx.state(loaded)).items()))
+loaded_buffers = buffers(nnx.state(loaded))
+ckpt_units = parallel.head_units(ckpt_cfg)
+state = parallel.create_sharded_train_state(trainable(run_cfg, loaded, salt=1), tx, mesh, units=ckpt_units)
+result["from_config"]["state_moved"] = [k for k, b in buffers(state.frozen).items() if b != loaded_buffers[k]]
+teacher = base_model(run_cfg)
+teacher_buffers = buffers(nnx.state(teacher))
+frozen = parallel.shard_frozen_model(FrozenModel.of(teacher), mesh, units=ckpt_units)
+result["from_config"]["frozen_moved"] = [k for state in frozen.states for k, b in buffers(state).items()
+                                         if b != teacher_buffers[k]]
 print("RESULT" + json.dumps(result))
 """
 
@@ -296,6 +323,14 @@ def test_checkpoint_reads_only_each_shard_once(multi_device):
     assert reads[(2, 32, 32), ("embed", "heads")] == [[[2, 16, 8]] * 8]
     # k_proj and v_proj (2 kv heads stay whole), split on fsdp only: two slices each, not one per device.
     assert reads[(2, 32, 16), ("embed", "kv_heads")] == [[[2, 16, 16]] * 2] * 2
+
+
+def test_a_run_loads_its_checkpoint_into_its_mesh(multi_device):
+    """models.from_config on the config's mesh: the same values, placed as the rules say while they are read, and
+    the train state and the frozen model built on them keep the very buffers (nothing copied)."""
+    loaded = multi_device["from_config"]
+    assert loaded["same_values"] and loaded["same_shardings"]
+    assert loaded["state_moved"] == [] and loaded["frozen_moved"] == []
 
 
 # -------------------------------------------------------------------------------------- memory planning

@@ -1,6 +1,11 @@
 """Models from a run configuration (the `model` section): the base model M0, its trainable form, a stage's saved
 model, with the runtime options (dtypes, attention, remat, scan) the config asks for. The pipeline and the
-benchmark build through these, as a user's script would."""
+benchmark build through these, as a user's script would.
+
+On several devices a checkpoint is loaded straight into its place on the run's mesh (`mesh`, by models.sharding's rules):
+each device reads only its own slices of each tensor, so no device ever holds more of the model than its share
+plus the tensor being read, and the run's train state and frozen teacher later find the weights already where
+their shardings put them (runtime.parallel moves nothing)."""
 
 from __future__ import annotations
 
@@ -8,13 +13,15 @@ import dataclasses
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError, ReftError
+from reft_jax.models import sharding
 from reft_jax.models.config import from_hf_dict, load_hf_config
-from reft_jax.models.hf_io import from_pretrained
+from reft_jax.models.hf_io import Placer, checkpoint_folder, from_pretrained
 from reft_jax.models.layers import LoraConfig
 from reft_jax.models.transformer import RuntimeOptions, Transformer, add_lora
 
@@ -32,10 +39,9 @@ def lora_config(cfg: RunConfig) -> LoraConfig | None:
 
 def base_model(cfg: RunConfig, vocab_size: int | None = None) -> Transformer:
     """M0: the pretrained checkpoint at model.path, or a seeded random init from model.init (no LoRA)."""
-    opts = runtime_options(cfg)
     if cfg.model.path:
-        return from_pretrained(cfg.model.path, opts.dtype, opts.param_dtype, attention=opts.attention,
-                               remat=opts.remat, scan_layers=opts.scan_layers)
+        return _load(cfg.model.path, cfg)
+    opts = runtime_options(cfg)
     hf = dict(cfg.model.init)
     if not hf.get("vocab_size"):
         if vocab_size is None:
@@ -62,6 +68,20 @@ def load_stage_model(folder: Path, cfg: RunConfig, what: str) -> Transformer:
     if not (folder / "config.json").exists():
         command = {"teacher": "train-teacher", "student": "finetune"}.get(what, "run")
         raise ReftError(f"{folder}: no {what} here; run `reft-jax {command}` first")
+    return _load(folder, cfg)
+
+
+def _load(path, cfg: RunConfig) -> Transformer:
     opts = runtime_options(cfg)
+    folder = checkpoint_folder(path, opts.param_dtype)  # the placer needs its config.json before loading
     return from_pretrained(folder, opts.dtype, opts.param_dtype, attention=opts.attention, remat=opts.remat,
-                           scan_layers=opts.scan_layers)
+                           scan_layers=opts.scan_layers, placer=_placer(cfg, folder))
+
+
+def _placer(cfg: RunConfig, folder: Path) -> Placer | None:
+    """The placer that loads the checkpoint in `folder` into its shards on the run's mesh (cfg.mesh), or None
+    (from_pretrained's default, one device) when there is one device."""
+    if jax.device_count() == 1:
+        return None
+    units = sharding.head_units(load_hf_config(folder)[0])
+    return sharding.mesh_placer(sharding.make_mesh(cfg.mesh), units=units)
