@@ -66,7 +66,7 @@ def _users(cfg: RunConfig, key: str) -> bool:
 def resolve_model(cfg: RunConfig, workdir: Workdir) -> RunConfig:
     """A hub id model.path (`org/name[@revision]`) is downloaded (once, into the hub's cache) and becomes its
     local snapshot folder; a GGUF model.path (or model.path + model.gguf_file) is converted once into
-    WORKDIR/base_model."""
+    WORKDIR/base_model (by gguf.convert, the conversion from_pretrained's GGUF files go through too)."""
     m = cfg.model
     if m.path and not m.gguf_file and hub.is_hub_id(m.path):
         if jax.process_index() == 0:
