@@ -447,9 +447,9 @@ def refusal_splits(
 
     sizes: prompts per class of each split (a split of size 0 is empty). Each split takes the two prompt styles
     (`prompt_style`) in turn, so both are represented wherever the sources have both. A source may be one source
-    or a list of them (read in order, duplicates dropped). `exclude`: requests no split may hold (the user data,
-    the attack's rows, the evaluation prompts); `unseen`: requests only the train split may hold (the alignment
-    data, which the teacher trains on). The check and calibration splits are drawn first."""
+    or a list of them (read in order, duplicates dropped). `exclude`: requests no split may hold; `unseen`:
+    requests only the train split may hold (the alignment data, which the teacher trains on). The check and
+    calibration splits are drawn first."""
     rng = np.random.default_rng(seed)
     kw = dict(with_response=False, template=template, tokenizer=tokenizer)
     out = {name: [] for name in REFUSAL_SPLITS}
@@ -478,8 +478,8 @@ def _take_styles(by_style: Mapping[str, list[Example]], n: int, what: str) -> li
     """n examples taken from the styles in turn (the next style when one runs out)."""
     available = sum(len(exs) for exs in by_style.values())
     if n > available:
-        raise DataError(f"{what}: {available} available (after leaving out the user data, the evaluation prompts "
-                        f"and the other splits), {n} needed")
+        raise DataError(f"{what}: {available} available (after leaving out the other splits, and the alignment "
+                        f"data's prompts outside the train split), {n} needed")
     lists, taken, i = [list(exs) for exs in by_style.values()], [], 0
     while len(taken) < n:
         if lists[i % len(lists)]:
@@ -496,13 +496,17 @@ def user_data(
     n: int = 1000,
     p: float = 0.1,
     seed: int = 0,
+    exclude: Collection[str] = frozenset(),
     template: str = "alpaca",
     tokenizer: Any = None,
 ) -> list[Example]:
-    """Loads a task and harmful pairs and returns their poisoned mixture (see `poisoned_mixture`)."""
+    """Loads a task and harmful pairs and returns their poisoned mixture (see `poisoned_mixture`), drawn without
+    any example whose request is in `exclude` (the teacher's prompts: the filter is measured on prompts it never
+    trained or calibrated on)."""
     kw = dict(template=template, tokenizer=tokenizer)
-    task_examples = load_examples(task_source, task=task, harmful=False, **kw)
-    harmful_examples = load_examples(harmful_source, harmful=True, **kw)
+    task_examples = [ex for ex in load_examples(task_source, task=task, harmful=False, **kw)
+                     if ex["request"] not in exclude]
+    harmful_examples = [ex for ex in load_examples(harmful_source, harmful=True, **kw) if ex["request"] not in exclude]
     return poisoned_mixture(task_examples, harmful_examples, n=n, p=p, seed=seed)
 
 
@@ -566,7 +570,7 @@ def lookalike_prompts(
                 examples.append(ex)
     if n > len(examples):
         raise DataError(f"data.alignment.n_lookalikes: {len(examples)} prompts of {sources} hold a word of "
-                        f"LOOKALIKE_WORDS (after leaving out the user data and the evaluation prompts), {n} needed")
+                        f"LOOKALIKE_WORDS and are not left out, {n} needed")
     rng = np.random.default_rng(seed)
     return [examples[i] for i in sorted(rng.choice(len(examples), n, replace=False))]
 

@@ -31,6 +31,11 @@ class Method:
     folder: str = ""  # its folder in the workdir; "" = its name
 
     @property
+    def uses_alignment(self) -> bool:
+        """Its finetuning reads the alignment data (distillation, joint SFT or Lisa's alignment steps)."""
+        return self.distill or self.joint or self.lisa
+
+    @property
     def stage(self) -> str:
         """Its finetuning stage (reft_jax.stages.STAGES)."""
         return f"finetune:{self.name}"

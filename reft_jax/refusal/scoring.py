@@ -52,6 +52,12 @@ class FilterResult:
                 out["by_style"] = refusal.auroc_by_style(self.score, self.label, self.style)
         return out
 
+    def select(self, rows: np.ndarray) -> FilterResult:
+        """The entries at `rows` (a boolean mask or positions), with the same threshold."""
+        pick = lambda x: None if x is None else np.asarray(x)[rows]
+        return dataclasses.replace(self, index=pick(self.index), score=pick(self.score), label=pick(self.label),
+                                   style=pick(self.style))
+
     def write(self, out_dir: str | Path, **fields) -> dict:
         """Writes scores.jsonl (index, score, flagged[, label]) and report.json (the report, plus `fields`: what
         was scored, the filter's own settings); returns the report."""

@@ -11,6 +11,7 @@ from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.jailbreak import load_templates
 from reft_jax.experiment.context import RunContext
+from reft_jax.stages import STAGES
 from reft_jax.stages.attack import attack_prompts, gcg_config
 from reft_jax.train.runs import check_lisa_budget
 
@@ -33,10 +34,11 @@ def check(ctx: RunContext, plan: list[str]) -> None:
         problems.append(f"model.path: {cfg.model.path} is not a model folder (no config.json)")
     if attempt(lambda: ctx.tokenizer):  # the data is read through the tokenizer (its chat template)
         if model_ok:  # tokenized for the model's vocabulary, and kept for the stages
-            attempt(lambda: ctx.alignment)
+            # With lookalikes, tokenizing would answer them with the base model: preflight reads, never runs a model.
+            attempt(lambda: ctx.alignment_sources if cfg.data.alignment.n_lookalikes else ctx.alignment)
             attempt(lambda: ctx.pool)
         attempt(ctx.require_responses if any(s.startswith("finetune:") for s in plan) else lambda: ctx.user_examples)
-        if model_ok and {"alignment:repnoise", "alignment:booster"} & set(plan):
+        if model_ok and any("harmful_pairs" in STAGES[name].reads for name in plan):
             attempt(lambda: ctx.harmful_pairs)
         attempt(lambda: _eval_data(ctx))
         if cfg.data.eval.over_refusal:
