@@ -408,11 +408,9 @@ class RunConfig:
     model: ModelSection = section(ModelSection)
     data: DataSection = section(DataSection)
     eval: EvalSection = section(EvalSection)
-    methods: str = option("ref_teacher,no_defense", "methods trained and compared by `run` "
-                          "(reft_jax.experiment.methods): \"all\", or comma-separated names out of ref_teacher, "
-                          "no_defense, sa_ft, sa_plus_ft, filter_only, distill_only, saft, llamaguard_filter, "
-                          "sa_ft+filter, sa_plus_ft+filter, vaccine, repnoise, booster, lisa. ref_teacher and "
-                          "no_defense always run")
+    methods: str = option("ref_teacher,no_defense", "methods trained and compared by `run`: \"all\", or "
+                          "comma-separated names of reft_jax.experiment.methods.METHODS (an unknown name's error "
+                          "lists them). ref_teacher and no_defense always run")
     expected_time: str = option("", "printed when `run` starts: how long this config took where it was measured")
     compile_cache: str = option("", "JAX's persistent compilation cache (reft_jax.runtime.compile_cache): a folder, "
                                 "\"\" = $REFT_JAX_CACHE or else ~/.cache/reft-jax/jax, \"off\" = compile every "
