@@ -1,10 +1,10 @@
-"""Finetune Accuracy and filter metrics, in the shape the evaluation report writes them."""
+"""Finetune Accuracy, in the shape the evaluation report writes it (the filter's metrics are
+`reft_jax.refusal.filter_metrics`, re-exported by `reft_jax.evaluation`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reft_jax import refusal
 from reft_jax.data.tasks import Task, accuracy, get_task
 
 
@@ -18,11 +18,3 @@ def finetune_accuracy(task: str | Task, predictions: Sequence[str], labels: Sequ
                          f"(first: {missing[0]}); finetune accuracy needs one per example")
     return {"finetune_accuracy": accuracy(task, predictions, labels), "task": task.name,
             "n": len(labels)}
-
-
-def filter_metrics(flagged, harmful, scores=None) -> dict:
-    """Precision, recall, F1 (positive class = harmful), AUROC of the scores (None without scores or
-    without both classes), the share of harmless examples flagged, and the confusion counts."""
-    metrics = refusal.binary_metrics(flagged, harmful)
-    metrics["auroc"] = None if scores is None else refusal.auroc(scores, harmful)
-    return metrics
