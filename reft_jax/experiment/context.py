@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from reft_jax import data as rdata
-from reft_jax.config.schema import RunConfig, leaf_fields
+from reft_jax.config.schema import RunConfig
+from reft_jax.config.typed import leaf_fields
 from reft_jax.errors import ConfigError, DataError
 from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
