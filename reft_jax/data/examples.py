@@ -10,7 +10,7 @@ An *example* is a plain dict:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from reft_jax.data.sources import SourceSpec, load_records
@@ -66,6 +66,19 @@ def load_examples(
         if with_response is not False and turns and sum(m["role"] == "assistant" for m in turns) > 1:
             example.update(conversation(turns, template=template, tokenizer=tokenizer, where=rec["source"]))
         examples.append(example)
+    return examples
+
+
+def unique_prompts(sources: Any, *, harmful: bool | None, exclude: Collection[str] = (), template: str = "alpaca",
+                   tokenizer: Any = None) -> list[Example]:
+    """The prompts of one source or a list of them (read in order, responses not read): each request once, none
+    of them in `exclude`."""
+    examples, seen = [], set(exclude)
+    for source in as_sources(sources):
+        for ex in load_examples(source, harmful=harmful, with_response=False, template=template, tokenizer=tokenizer):
+            if ex["request"] not in seen:
+                seen.add(ex["request"])
+                examples.append(ex)
     return examples
 
 

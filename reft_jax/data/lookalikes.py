@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from reft_jax.data.examples import Example, as_sources, load_examples
+from reft_jax.data.examples import Example, unique_prompts
 from reft_jax.errors import DataError
 
 
@@ -35,12 +35,8 @@ def lookalike_prompts(
 ) -> list[Example]:
     """n harmless prompts that look harmful: requests holding a word of LOOKALIKE_WORDS, drawn at random (with the
     seed) from `sources` (one or a list; prompts only, labelled harmless), none of them in `exclude`."""
-    examples, seen = [], set(exclude)
-    for source in as_sources(sources):
-        for ex in load_examples(source, harmful=False, with_response=False, template=template, tokenizer=tokenizer):
-            if ex["request"] not in seen and LOOKALIKE_WORDS & set(re.findall(r"[a-z]+", ex["request"].lower())):
-                seen.add(ex["request"])
-                examples.append(ex)
+    prompts = unique_prompts(sources, harmful=False, exclude=exclude, template=template, tokenizer=tokenizer)
+    examples = [ex for ex in prompts if LOOKALIKE_WORDS & set(re.findall(r"[a-z]+", ex["request"].lower()))]
     if n > len(examples):
         raise DataError(f"data.alignment.n_lookalikes: {len(examples)} prompts of {sources} hold a word of "
                         f"LOOKALIKE_WORDS (after leaving out the user data and the evaluation prompts), {n} needed")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from reft_jax.data.examples import Example, as_sources, load_examples
+from reft_jax.data.examples import Example, unique_prompts
 from reft_jax.data.mixtures import alignment_data
 from reft_jax.errors import DataError
 
@@ -64,15 +64,9 @@ def refusal_splits(
     the attack's rows, the evaluation prompts); `unseen`: requests only the train split may hold (the alignment
     data, which the teacher trains on). The check and calibration splits are drawn first."""
     rng = np.random.default_rng(seed)
-    kw = dict(with_response=False, template=template, tokenizer=tokenizer)
     out = {name: [] for name in REFUSAL_SPLITS}
     for harmful, sources in ((True, harmful_sources), (False, harmless_sources)):
-        examples, seen = [], set(exclude)
-        for source in as_sources(sources):
-            for ex in load_examples(source, harmful=harmful, **kw):
-                if ex["request"] not in seen:
-                    seen.add(ex["request"])
-                    examples.append(ex)
+        examples = unique_prompts(sources, harmful=harmful, exclude=exclude, template=template, tokenizer=tokenizer)
         by_style = {style: [] for style in STYLES}
         for i in rng.permutation(len(examples)):
             by_style[prompt_style(examples[i]["request"])].append(examples[i])
