@@ -14,8 +14,8 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from reft_jax.config.schema import EvalData
-from reft_jax.data.recipes import format_prompt
 from reft_jax.data.sources import SourceSpec, load_records
+from reft_jax.data.templates import format_prompt
 from reft_jax.errors import DataError
 
 

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 
 from reft_jax import data as rdata
-from reft_jax.config.schema import RunConfig, leaf_fields
+from reft_jax.config.schema import RunConfig
+from reft_jax.config.typed import leaf_fields
 from reft_jax.errors import ConfigError, DataError, ReftError
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment.resolve import resolve

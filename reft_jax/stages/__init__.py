@@ -31,7 +31,7 @@ from typing import Callable
 
 import jax
 
-from reft_jax.config.schema import leaf_fields
+from reft_jax.config.typed import leaf_fields
 from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
 from reft_jax.experiment.methods import METHODS, Method

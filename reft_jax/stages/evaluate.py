@@ -10,7 +10,7 @@ import json
 
 import jax
 
-from reft_jax.data.recipes import format_prompt
+from reft_jax.data.templates import format_prompt
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import jailbreak, judges, metrics, over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
