@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reft_jax import load_config, refusal
-from reft_jax.config.schema import replace
+from reft_jax.config.typed import replace
 from reft_jax.data import DataError, prompt_style, refusal_splits
 from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
