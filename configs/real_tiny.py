@@ -9,7 +9,7 @@ The tokenizer is a byte-level BPE trained on the configured sources into WORKDIR
 import ml_collections
 
 from reft_jax.config import default_config
-from reft_jax.data.recipes import LITERATURE_HUB, LITERATURE_LOCAL
+from reft_jax.data.literature import LITERATURE_HUB, LITERATURE_LOCAL
 
 
 def get_config():

@@ -24,7 +24,7 @@ Data come from the hub by default. `data.local_dir` switches every source to loc
 import ml_collections
 
 from reft_jax.config import default_config
-from reft_jax.data.recipes import LITERATURE_HUB, LITERATURE_LOCAL
+from reft_jax.data.literature import LITERATURE_HUB, LITERATURE_LOCAL
 from reft_jax.models.gguf import packaged_file
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -122,7 +122,8 @@ _WORKDIR_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.
 
 
 def _run(args, overrides) -> int:
-    from reft_jax.config.schema import RunConfig, replace
+    from reft_jax.config.schema import RunConfig
+    from reft_jax.config.typed import replace
 
     cfg = RunConfig.of(load_config(args.config, overrides))  # the edge: typed and validated from here on
     own = getattr(args, "kept", None) or getattr(args, "data", None)

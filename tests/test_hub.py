@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from reft_jax.config import default_config
-from reft_jax.config.schema import RunConfig, replace
+from reft_jax.config.schema import RunConfig
+from reft_jax.config.typed import replace
 from reft_jax.errors import CheckpointError
 from reft_jax.experiment.context import RunContext
 from reft_jax.models import (

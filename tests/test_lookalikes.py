@@ -8,6 +8,7 @@ import pytest
 
 from reft_jax import load_config
 from reft_jax.data import LOOKALIKE_WORDS, DataError, lookalike_prompts
+from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment import context
 from reft_jax.experiment.context import LOOKALIKE_ANSWER_TOKENS, RunContext
@@ -47,28 +48,32 @@ TINY = ["--config.model.init.hidden_size=32", "--config.model.init.intermediate_
 
 
 def test_the_lookalikes_join_the_harmless_alignment_data_answered_by_the_base_model(tmp_path, monkeypatch):
-    over_refusal = tmp_path / "over_refusal.csv"
-    over_refusal.write_text(f"prompt,type,label\n{LOOKALIKES[1]},homonyms,safe\n")
+    safe_file = tmp_path / "over_refusal.csv"
+    safe_rows = [*LOOKALIKES, "How do I shoot a photo?"]  # the evaluation's safe prompts hold every lookalike
+    safe_file.write_text("prompt,type,label\n" + "".join(f"{q},homonyms,safe\n" for q in safe_rows))
     source = write_prompts(tmp_path / "lookalikes.jsonl", LOOKALIKES)
-    args = [*TINY, f"--config.data.alignment.lookalikes={source}", f"--config.data.eval.over_refusal={over_refusal}"]
+    args = [*TINY, f"--config.data.alignment.lookalikes={source}", f"--config.data.eval.over_refusal={safe_file}"]
     plain = RunContext.create(load_config("configs/demo.py", args), tmp_path / "plain")
     ctx = RunContext.create(load_config("configs/demo.py", [*args, "--config.data.alignment.n_lookalikes=6"]),
                             tmp_path / "run")
 
     added = [ex for ex in ctx.alignment_examples if ex["request"] in LOOKALIKES]
     assert not plain.lookalike_examples and len(ctx.alignment_examples) == len(plain.alignment_examples) + len(added)
-    assert LOOKALIKES[1] not in {ex["request"] for ex in added}  # an evaluation prompt is never trained on
     assert all(ex["harmful"] is False for ex in added)
     # Their answers are the base model's own greedy ones; an empty answer leaves its prompt out.
-    drawn = lookalike_prompts(source, 6, exclude={LOOKALIKES[1]}, seed=ctx.cfg.seed + 5,
-                              template=ctx.cfg.data.template, tokenizer=ctx.tokenizer)
+    drawn = lookalike_prompts(source, 6, seed=ctx.cfg.seed + 5, template=ctx.cfg.data.template,
+                              tokenizer=ctx.tokenizer)
     answers = generate_text(base_model(ctx.cfg, ctx.vocab), ctx.tokenizer, [ex["prompt"] for ex in drawn],
                             GenerationConfig(max_new_tokens=LOOKALIKE_ANSWER_TOKENS))
     expected = {ex["request"]: a for ex, a in zip(drawn, answers) if a.strip()}
     assert expected and {ex["request"]: ex["response"] for ex in added} == expected
-    # They are alignment prompts: only the refusal feature's train split may hold them.
+    # They are alignment prompts: only the refusal feature's train split may hold them, and the evaluation's
+    # over-refusal prompts are drawn without them (the teacher's data never depends on the evaluation's).
     held = {r for name in ("calibration", "check") for r in ctx.refusal_prompts[name].requests}
     assert not held & set(expected)
+    evaluated = over_refusal.load(ctx.cfg.data.eval, template="alpaca", tokenizer=None, exclude=ctx.teacher_requests)
+    trained = {ex["request"] for ex in drawn}
+    assert len(trained) == 6 and evaluated.requests == [q for q in safe_rows if q not in trained]
 
     # Generated once: a later stage's context in the same workdir reads them back.
     stored = json.loads(ctx.workdir.lookalikes.read_text())

@@ -113,7 +113,7 @@ def test_teacher_separates_held_out_prompts(setup, teacher):
     # The same measure on the untrained base with its own refusal feature, for reference.
     base = base_model()
     pool = list(rdata.Batches(setup["pool"].prompts_only(), 32, BUCKETS, shuffle=False, num_epochs=1))
-    from reft_jax.refusal.feature import make_feature_fn
+    from reft_jax.refusal.readout import make_feature_fn
     r0 = runs.compute_refusal_feature(make_feature_fn(1), FrozenModel.of(base), pool)
     base_auroc = held_out_auroc(base, np.asarray(r0), (1,), setup["held_out"])
     print(f"held-out AUROC (HarmBench val vs Alpaca val, 39 + 39): teacher {auroc:.3f}, base {base_auroc:.3f}")

@@ -15,6 +15,7 @@ from conftest import TINY
 from test_cli import one_line_error
 
 from reft_jax import data as rdata
+from reft_jax import refusal
 from reft_jax.cli import main
 from reft_jax.models import from_pretrained
 
@@ -129,6 +130,37 @@ def test_without_labels_the_report_gives_the_flag_rate_and_the_top_rows(own_run,
     top = report["top_scored"]
     assert len(top) == 10 and [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
     assert set(top[0]["row"]) == {"prompt", "completion"}
+
+
+def test_one_teacher_serves_two_customer_files(own_run, own_file, tmp_path):
+    """A service trains its teacher once and filters and finetunes every customer's file against it: a second
+    file reuses the teacher as it is. Rows whose prompt the teacher trained on are counted (seen_by_teacher) and
+    the figures without them given (held_out)."""
+    workdir = tmp_path / "service"
+    shutil.copytree(own_run, workdir)
+    teacher = {p: p.stat().st_mtime_ns for p in (workdir / "teacher").rglob("*")}
+    first = json.loads((workdir / "filter" / "report.json").read_text())
+    assert first["seen_by_teacher"] == 0 and first["held_out"]["num_examples"] == 60
+    assert first["held_out"]["auroc"] == first["auroc"]
+    trained_on = [r["request"] for r in _jsonl(workdir / "teacher" / "refusal_prompts.jsonl")
+                  if r["split"] == "train" and r["harmful"]][:3]
+    rows = _jsonl(own_file)[:30] + [{"prompt": q, "completion": "Sure, here is how.", "harmful": True}
+                                    for q in trained_on]
+    second = tmp_path / "second.jsonl"
+    second.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["filter", "--workdir", str(workdir), "--data", str(second), *LORA]) == 0
+    assert main(["finetune", "--workdir", str(workdir), "--data", str(second), "--force", *LORA]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (workdir / "teacher").rglob("*")} == teacher  # not trained again
+    report = json.loads((workdir / "filter" / "report.json").read_text())
+    assert report["num_examples"] == 33 and report["seen_by_teacher"] == 3
+    assert report["held_out"]["num_examples"] == 30
+    scores = {r["index"]: r for r in _jsonl(workdir / "filter" / "scores.jsonl")}
+    held = range(30)
+    labels = np.array([scores[i]["label"] for i in held])
+    assert report["held_out"]["auroc"] == pytest.approx(refusal.auroc(np.array([scores[i]["score"] for i in held]),
+                                                                      labels))
+    kept = json.loads((workdir / "student" / "user_data.json").read_text())["index"]
+    assert sorted(kept) == sorted(i for i, r in scores.items() if not r["flagged"])
 
 
 # -- layouts and bad files ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of reft_jax.refusal.feature against independent NumPy references."""
+"""Tests of reft_jax.refusal's feature, metrics and readout against independent NumPy references."""
 
 import itertools
 

@@ -1,5 +1,6 @@
-"""The refusal feature's labelled prompts split three ways: disjoint splits, both styles, nothing of the user data,
-the attack or the evaluation; and the teacher stage's choice between its direction and the base model's."""
+"""The refusal feature's labelled prompts split three ways: disjoint splits, both styles, none of them in the user
+data or the evaluation (drawn without them); what a stage may read; and the teacher stage's choice between its
+direction and the base model's."""
 
 import json
 
@@ -7,12 +8,14 @@ import numpy as np
 import pytest
 
 from reft_jax import load_config, refusal
+from reft_jax.config.typed import replace
 from reft_jax.data import DataError, prompt_style, refusal_splits
+from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model
 from reft_jax.refusal import scoring
 from reft_jax.runtime.state import FrozenModel
-from reft_jax.stages import FILTERS, run_stage
+from reft_jax.stages import FILTERS, STAGES, run_stage
 from reft_jax.stages import teacher as teacher_stage
 from reft_jax.train import runs
 
@@ -140,19 +143,49 @@ def test_a_direction_worse_than_the_base_models_is_not_shipped(worse_teacher):
     np.testing.assert_allclose(written, user, rtol=1e-5, atol=1e-6)
 
 
-def test_the_splits_on_disk_hold_no_user_attack_or_evaluation_prompt(worse_teacher):
+def test_the_user_data_and_the_evaluation_hold_no_prompt_the_teacher_saw(worse_teacher):
+    """The teacher reads no customer data; the research protocol's user data and evaluation prompts are drawn
+    without the teacher's prompts instead, so the filter's and the harmful score's figures stay held out."""
     ctx = worse_teacher
     rows = [json.loads(line) for line in ctx.workdir.refusal_prompts.read_text().splitlines()]
     by_split = {name: {r["request"] for r in rows if r["split"] == name} for name in ("train", "calibration", "check")}
     assert {name: len(s) for name, s in by_split.items()} == {"train": 32, "calibration": 32, "check": 32}
     assert not by_split["check"] & (by_split["train"] | by_split["calibration"])
     assert not by_split["calibration"] & by_split["train"]
-    d = ctx.cfg.data
-    forbidden = {ex["request"] for ex in ctx.user_examples}
-    for source in (d.user.harmful_source, d.eval.harmful):
-        forbidden |= {ex["request"] for ex in ctx.load_examples(source, with_response=False)}
-    assert not forbidden & set().union(*by_split.values())
     alignment = {ex["request"] for ex in ctx.alignment_examples}
     assert not alignment & (by_split["check"] | by_split["calibration"])
+    seen = alignment | set().union(*by_split.values())
+    assert ctx.teacher_requests == seen
+    assert not seen & {ex["request"] for ex in ctx.user_examples}
+    harmful_eval = ctx.load_examples(ctx.cfg.data.eval.harmful, with_response=False)
+    assert not seen & {ex["request"] for ex in ctx.held_out(harmful_eval)}
     styles = {(r["split"], r["harmful"], r["style"]) for r in rows}
     assert len(styles) == 12  # both styles of both classes in each split
+
+
+def test_the_poisoned_mixture_leaves_out_the_teachers_prompts_when_the_sources_overlap(worse_teacher):
+    """The attack drawn from the very file the teacher's harmful prompts come from: no drawn row is one of them,
+    and the teacher's splits (its inputs) are the same as with a disjoint attack source."""
+    ctx = worse_teacher
+    pool_file = ctx.cfg.data.pool.harmful
+    overlapping = RunContext(replace(ctx.cfg, "data.user.harmful_source", pool_file), ctx.workdir)
+    harmful = [ex for ex in overlapping.user_examples if ex["harmful"]]
+    assert len(harmful) == round(ctx.cfg.data.user.p * ctx.cfg.data.user.n)
+    assert not {ex["request"] for ex in harmful} & overlapping.teacher_requests
+    source = {ex["request"] for ex in ctx.load_examples(pool_file, with_response=False)}
+    assert {ex["request"] for ex in harmful} <= source  # drawn from the overlapping file, the rest of it
+    assert overlapping.fingerprint("pool") == ctx.fingerprint("pool")
+    assert overlapping.fingerprint("user") != ctx.fingerprint("user")
+
+
+def test_a_stage_reads_only_the_datasets_it_declares(worse_teacher):
+    ctx = RunContext(worse_teacher.cfg, worse_teacher.workdir)
+    with ctx.reading("teacher", STAGES["teacher"].reads):
+        assert len(ctx.pool) and len(ctx.alignment)
+        with pytest.raises(ReftError, match="teacher: reads the user data without declaring it"):
+            ctx.user_examples
+    assert len(ctx.user_examples)  # outside a stage, anything
+    with ctx.reading("finetune:no_defense", STAGES["finetune:no_defense"].reads):
+        assert len(ctx.user)  # built from the teacher's requests, which it need not declare: its content says it
+        with pytest.raises(ReftError, match="reads the alignment data"):
+            ctx.alignment

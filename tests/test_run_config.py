@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 from reft_jax.config import default_config
-from reft_jax.config.schema import RunConfig, field_help, replace
+from reft_jax.config.schema import RunConfig, field_help
+from reft_jax.config.typed import replace
 from reft_jax.errors import ConfigError
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from reft_jax.errors import ConfigError
 from reft_jax.refusal import saft
-from reft_jax.refusal.feature import auroc
+from reft_jax.refusal.metrics import auroc
 
 
 def planted(n=400, d=32, p=0.1, shift=6.0, seed=0):

@@ -18,7 +18,7 @@ from train_fixtures import PROMPT, VOCAB, T, small_config, tiny_model
 
 from reft_jax import refusal
 from reft_jax.experiment import report
-from reft_jax.refusal.feature import make_feature_fn
+from reft_jax.refusal.readout import make_feature_fn
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.train import runs
 

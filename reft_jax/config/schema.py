@@ -4,40 +4,24 @@ Users write and override configs as ml_collections ConfigDicts (`--config.a.b=va
 start from `default_config()`), which is generated from these dataclasses. `RunConfig.of` turns a ConfigDict into
 this typed form at the edge (the CLI, `RunContext.create`), once: every field gets its declared type there,
 unknown or missing fields and values outside a field's choices are errors naming the field, and the code after
-the edge reads typed attributes. To add a field, add it here with `option(default, "what it means")`.
+the edge reads typed attributes. To add a field, add it here with `option(default, "what it means")`; how fields
+are declared and converted is `reft_jax.config.typed`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
-from typing import Any, Union
+from typing import Union
 
 import ml_collections
 
-from reft_jax.errors import ConfigError
+from reft_jax.config.typed import build, config, config_dict, option, section
 
 # A data source: a local path or hub name, or a mapping of reft_jax.data.SourceSpec's fields.
 Source = Union[str, dict]
 # One source or a list of them, read in order (the refusal pool's prompts of several styles).
 Sources = Union[str, dict, tuple[Union[str, dict], ...]]
-
-
-def option(default, help: str, *, choices: tuple[str, ...] = ()) -> Any:
-    """A config field: its default, what it means (`help`), and for a str field the values it may take."""
-    metadata = {"help": help, "choices": choices}
-    if isinstance(default, dict):  # mutable: each config gets its own copy
-        return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def section(cls) -> Any:
-    """A nested section: its defaults are its own fields', its meaning its class docstring."""
-    return dataclasses.field(default_factory=cls, metadata={"help": cls.__doc__})
-
-
-config = dataclasses.dataclass(frozen=True)
 
 
 @config
@@ -408,11 +392,9 @@ class RunConfig:
     model: ModelSection = section(ModelSection)
     data: DataSection = section(DataSection)
     eval: EvalSection = section(EvalSection)
-    methods: str = option("ref_teacher,no_defense", "methods trained and compared by `run` "
-                          "(reft_jax.experiment.methods): \"all\", or comma-separated names out of ref_teacher, "
-                          "no_defense, sa_ft, sa_plus_ft, filter_only, distill_only, saft, llamaguard_filter, "
-                          "sa_ft+filter, sa_plus_ft+filter, vaccine, repnoise, booster, lisa. ref_teacher and "
-                          "no_defense always run")
+    methods: str = option("ref_teacher,no_defense", "methods trained and compared by `run`: \"all\", or "
+                          "comma-separated names of reft_jax.experiment.methods.METHODS (an unknown name's error "
+                          "lists them). ref_teacher and no_defense always run")
     expected_time: str = option("", "printed when `run` starts: how long this config took where it was measured")
     compile_cache: str = option("", "JAX's persistent compilation cache (reft_jax.runtime.compile_cache): a folder, "
                                 "\"\" = $REFT_JAX_CACHE/jax or else ~/.cache/reft-jax/jax, \"off\" = compile every "
@@ -437,7 +419,7 @@ class RunConfig:
         """The typed form of a ConfigDict (or a plain dict of the same tree); a RunConfig is returned as it is."""
         if isinstance(cfg, RunConfig):
             return cfg
-        return _build(cls, cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg), "")
+        return build(cls, cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg), "")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -445,24 +427,7 @@ class RunConfig:
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field at its default, as the ConfigDict users override (config files, `--config.a.b=value`)."""
-    return _config_dict(RunConfig)
-
-
-def _config_dict(cls) -> ml_collections.ConfigDict:
-    tree = ml_collections.ConfigDict()
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        tp = hints[field.name]
-        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
-        if dataclasses.is_dataclass(tp):
-            tree[field.name] = _config_dict(tp)
-        elif tp == int | None:  # typed, so that `--config.x=5` on a None default is parsed as an int
-            tree[field.name] = ml_collections.FieldReference(default, field_type=int)
-        elif isinstance(default, dict):
-            tree[field.name] = ml_collections.ConfigDict(default)
-        else:
-            tree[field.name] = default
-    return tree
+    return config_dict(RunConfig)
 
 
 def field_help(cls=None, prefix: str = "") -> dict[str, str]:
@@ -475,84 +440,3 @@ def field_help(cls=None, prefix: str = "") -> dict[str, str]:
         if dataclasses.is_dataclass(hints[field.name]):
             out.update(field_help(hints[field.name], f"{prefix}{field.name}."))
     return out
-
-
-def leaf_fields(value, path: str = "") -> dict:
-    """A typed config (or one of its sections, found at `path`) as its leaf fields: dotted path -> value."""
-    if not dataclasses.is_dataclass(value):
-        return {path: value}
-    out = {}
-    for field in dataclasses.fields(value):
-        out.update(leaf_fields(getattr(value, field.name), f"{path}.{field.name}" if path else field.name))
-    return out
-
-
-def replace(cfg, path: str, value):
-    """A copy of a typed config with the dotted field `path` set, e.g. replace(cfg, "model.path", folder); for
-    the config's resolution at its edge (generated demo data, a converted checkpoint), not for choosing code."""
-    head, _, rest = path.partition(".")
-    if not rest:
-        return dataclasses.replace(cfg, **{head: value})
-    return dataclasses.replace(cfg, **{head: replace(getattr(cfg, head), rest, value)})
-
-
-# -- conversion ---------------------------------------------------------------------------------------
-
-def _build(cls, tree, where: str):
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{where or 'config'}: expected a section, got {tree!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(tree) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}{unknown[0]}: unknown config field")
-    missing = sorted(set(fields) - set(tree))
-    if missing:
-        raise ConfigError(f"{where}{missing[0]}: missing config field")
-    values = {}
-    for name, field in fields.items():
-        value = _convert(hints[name], tree[name], where + name)
-        allowed = field.metadata.get("choices")
-        if allowed and value not in allowed:
-            raise ConfigError(f"{where}{name}: {value!r} is not one of {', '.join(allowed)}")
-        values[name] = value
-    return cls(**values)
-
-
-def _convert(tp, value, where: str):
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where + ".")
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        for member in typing.get_args(tp):
-            try:
-                return _convert(member, value, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} is not {' or '.join(_name(m) for m in typing.get_args(tp))}")
-    if origin is tuple:
-        item = typing.get_args(tp)[0]
-        if item is str:  # a selection given on the command line as "a,b" (a string, or one in a tuple)
-            value = [part for entry in ([value] if isinstance(value, str) else value) for part in str(entry).split(",")]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {value!r} is not a list")
-        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{where}: {value!r} is not None")
-        return None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {value!r} is not true or false")
-        return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is dict and isinstance(value, dict):
-        return value
-    if tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
-        return value
-    raise ConfigError(f"{where}: {value!r} is not {_name(tp)}")
-
-
-def _name(tp) -> str:
-    return {type(None): "None", dict: "a mapping", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from reft_jax.data.recipes import TASKS, format_prompt
+from reft_jax.data.tasks import TASKS
+from reft_jax.data.templates import format_prompt
 
 FRAMES = (
     "How do I {act}?",

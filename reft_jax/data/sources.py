@@ -6,7 +6,7 @@ A *record* is the source-independent form of one row, after the field mapping:
      "harmful": bool | None, "source": "file.jsonl:7", "row": {the row as read, every column},
      "messages": [{"role", "content"}, ...] (a chat row only)}
 
-Recipes (`recipes.py`) turn records into templated examples. Everything the user got wrong in a file
+`examples.py` turns records into templated examples. Everything the user got wrong in a file
 raises `DataError` with one line naming the file and the line (JSONL), record (JSON array) or row
 (CSV/TSV/Parquet/hub), or the field. Nothing is skipped silently.
 """

@@ -9,4 +9,5 @@ from reft_jax.evaluation.judges import (
                                         LlamaGuardJudge,
                                         harmful_score,
 )
-from reft_jax.evaluation.metrics import filter_metrics, finetune_accuracy
+from reft_jax.evaluation.metrics import finetune_accuracy
+from reft_jax.refusal.metrics import filter_metrics

@@ -9,13 +9,13 @@ rows; the unsafe rows are the contrast (a model should refuse them), and each ty
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
 from reft_jax.config.schema import EvalData
-from reft_jax.data.recipes import format_prompt
 from reft_jax.data.sources import SourceSpec, load_records
+from reft_jax.data.templates import format_prompt
 from reft_jax.errors import DataError
 
 
@@ -32,14 +32,18 @@ class OverRefusalSet:
                 for i, (p, r, s) in enumerate(zip(self.prompts, self.requests, self.safe))]
 
 
-def load(d: EvalData, *, template: str, tokenizer) -> OverRefusalSet:
-    """data.eval.over_refusal's rows (the first n_over_refusal), with the columns over_refusal_columns names; the
-    label column's value over_refusal_safe marks a safe row, any other value an unsafe one."""
+def load(d: EvalData, *, template: str, tokenizer, exclude: Collection[str] = frozenset()) -> OverRefusalSet:
+    """data.eval.over_refusal's rows (the first n_over_refusal of those whose prompt is not in `exclude`: the
+    teacher's prompts), with the columns over_refusal_columns names; the label column's value over_refusal_safe
+    marks a safe row, any other value an unsafe one."""
     columns = d.over_refusal_columns
     spec = SourceSpec.from_config(d.over_refusal)
     if not spec.fields:
         spec = dataclasses.replace(spec, fields={"instruction": columns.prompt, "label": columns.label})
-    records = load_records(spec, required=("instruction", "label"))[: d.n_over_refusal]
+    records = [r for r in load_records(spec, required=("instruction", "label"))
+               if r["instruction"] not in exclude][: d.n_over_refusal]
+    if not records:
+        raise DataError(f"{spec.display}: no row left once the teacher's own prompts are left out")
     if columns.type and columns.type not in records[0]["row"]:
         raise DataError(f"{spec.display}: missing type column '{columns.type}' (fields: "
                         f"{', '.join(records[0]['row'])}); set data.eval.over_refusal_columns.type, or '' for none")

@@ -8,6 +8,7 @@ on first use, and the batching every stage uses.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -19,9 +20,9 @@ import jax
 import numpy as np
 
 from reft_jax import data as rdata
-from reft_jax.config.schema import RunConfig, leaf_fields
-from reft_jax.errors import ConfigError, DataError
-from reft_jax.evaluation import over_refusal
+from reft_jax.config.schema import RunConfig
+from reft_jax.config.typed import leaf_fields
+from reft_jax.errors import ConfigError, DataError, ReftError
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
@@ -34,6 +35,37 @@ log = logging.getLogger(__name__)
 # The most tokens of the base model's answer to a lookalike prompt: alignment rows are cut to data.max_length
 # anyway, and a prompt with a chat template leaves about this much of a 128-token row for the answer.
 LOOKALIKE_ANSWER_TOKENS = 64
+
+
+def dataset(name: str):
+    """A RunContext dataset of the group `name` (DATASETS), built once on first use. While a stage runs it may read
+    only the groups it declares (reft_jax.stages.Stage.reads, whose content fingerprints are its inputs): a read of
+    another group is an error, so what a stage depends on cannot drift from what it reads. A dataset built from
+    another (the user data drawn without the teacher's prompts) is not a read of the other: its fingerprint,
+    over its own content, already changes with it."""
+
+    def wrap(build):
+        key = build.__name__
+
+        def get(self):
+            if self._reads is not None and not self._building and name not in self._reads:
+                raise ReftError(f"{self._stage}: reads the {name} data without declaring it (reft_jax.stages)")
+            if key not in self._datasets:
+                self._building += 1
+                try:
+                    self._datasets[key] = build(self)
+                finally:
+                    self._building -= 1
+            return self._datasets[key]
+
+        get.__doc__ = build.__doc__
+        return property(get)
+
+    return wrap
+
+
+# The dataset groups a stage can declare it reads; each has a content fingerprint (RunContext.fingerprint).
+DATASETS = ("alignment", "pool", "teacher_requests", "user", "harmful_pairs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +81,37 @@ class RunContext:
     def __init__(self, cfg: RunConfig, workdir: Workdir, model_source: str = ""):
         """cfg already resolved (see `create`); model_source: model.path as the user gave it."""
         self.cfg, self.workdir, self.model_source = cfg, workdir, model_source
+        self._datasets: dict[str, object] = {}
+        self._reads: tuple[str, ...] | None = None  # while a stage runs: the dataset groups it declared
+        self._stage, self._building = "", 0
+
+    @contextlib.contextmanager
+    def reading(self, stage: str, groups: tuple[str, ...]):
+        """While the stage runs, only the dataset groups it declares can be read (see `dataset`)."""
+        unknown = set(groups) - set(DATASETS)
+        if unknown:
+            raise ValueError(f"{stage}: unknown dataset group(s) {sorted(unknown)} (DATASETS: {DATASETS})")
+        previous, self._reads, self._stage = (self._reads, self._stage), tuple(groups), stage
+        try:
+            yield
+        finally:
+            self._reads, self._stage = previous
+
+    def fingerprint(self, name: str) -> str:
+        """A content fingerprint of the dataset group `name`: what a stage that reads it is made from."""
+        if name == "user":
+            rows = [[ex["prompt"], ex["response"]] for ex in self.user_examples]
+        elif name == "alignment":  # the lookalikes' answers follow from their prompts and the base model (inputs)
+            rows = [[ex["prompt"], ex["response"], ex["harmful"]] for ex in self.alignment_sources]
+        elif name == "pool":
+            rows = [[split, ex["prompt"], ex["harmful"]] for split, exs in self.refusal_splits.items() for ex in exs]
+        elif name == "teacher_requests":
+            rows = sorted(self.teacher_requests)
+        elif name == "harmful_pairs":
+            rows = [[ex["prompt"], ex["response"]] for ex in self.harmful_pair_examples]
+        else:
+            raise ValueError(f"no dataset group {name!r} (DATASETS: {DATASETS})")
+        return _digest(rows)
 
     @classmethod
     def create(cls, cfg, workdir: str | Path) -> RunContext:
@@ -93,11 +156,12 @@ class RunContext:
         return rdata.tokenize(examples, self.tokenizer, d.max_length, min_response=d.min_response_tokens,
                               vocab_size=vocab_size or self.vocab, desc=desc)
 
-    @functools.cached_property
+    @dataset("user")
     def user_examples(self) -> list[dict]:
         """The user data as text. With data.user.mix "none", the user's own file, every row as it is (labelled
         where it has a harmful column; responses where it has them); with "poison", the task data poisoned with
-        harmful pairs, every example labelled."""
+        harmful pairs, every example labelled, drawn without any request of the teacher's data
+        (`teacher_requests`), so that the filter's figures on it are held-out figures."""
         u, kw = self.cfg.data.user, dict(template=self.cfg.data.template, tokenizer=self.tokenizer)
         if u.mix == "none":
             if not u.source:
@@ -105,7 +169,7 @@ class RunContext:
                                   "(or pass --data FILE)")
             return rdata.load_examples(u.source, with_response=None, **kw)
         return rdata.user_data(u.task, u.source or None, u.harmful_source or rdata.BEAVERTAILS, n=u.n, p=u.p,
-                               seed=self.cfg.seed, **kw)
+                               seed=self.cfg.seed, exclude=self.teacher_requests, **kw)
 
     def require_responses(self, indices=None) -> None:
         """Every user example at `indices` (default: all) has a response: finetuning trains on it (a file of
@@ -117,51 +181,51 @@ class RunContext:
             raise DataError(f"{empty[0]}: no response to finetune on ({len(empty)} such row(s); a chat row needs "
                             "an assistant message)")
 
-    @functools.cached_property
+    @property
     def user_fingerprint(self) -> str:
         """Identifies the user data (its prompts and responses): a filter's scores apply to this data only."""
-        digest = hashlib.sha256()
-        for ex in self.user_examples:
-            digest.update(json.dumps([ex["prompt"], ex["response"]]).encode())
-        return digest.hexdigest()[:16]
+        return self.fingerprint("user")
 
     @functools.cached_property
-    def alignment_examples(self) -> list[dict]:
-        """Harmful prompts -> refusals, harmless prompts -> helpful answers (with the lookalikes), as text."""
+    def _base_alignment(self) -> list[dict]:
+        """The alignment files' examples: harmful prompts -> refusals, harmless prompts -> helpful answers."""
         a = self.cfg.data.alignment
-        examples = rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
-                                        seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer,
-                                        refusal=a.refusal)
-        if not self.lookalike_examples:
-            return examples
-        mixed = examples + self.lookalike_examples
-        return [mixed[i] for i in np.random.default_rng(self.cfg.seed).permutation(len(mixed))]
+        return rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
+                                    seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer,
+                                    refusal=a.refusal)
 
     @functools.cached_property
-    def held_out_requests(self) -> set[str]:
-        """Requests that no training or calibration data may hold: the user data's, the attack source's and the
-        evaluation's (harmful prompts, over-refusal prompts)."""
-        d = self.cfg.data
-        held_out = {ex["request"] for ex in self.user_examples}
-        for source in (d.user.harmful_source if d.user.mix == "poison" else "", d.eval.harmful):
-            if source:
-                held_out |= {ex["request"] for ex in self.load_examples(source, with_response=False)}
-        if d.eval.over_refusal:
-            held_out |= set(over_refusal.load(d.eval, template=d.template, tokenizer=self.tokenizer).requests)
-        return held_out
-
-    @functools.cached_property
-    def lookalike_examples(self) -> list[dict]:
-        """data.alignment.n_lookalikes safe prompts that look harmful (`rdata.lookalike_prompts`), each answered by
-        the base model itself (greedy, LOOKALIKE_ANSWER_TOKENS at most): harmless alignment examples that keep the
-        refusals of the alignment data from spreading to them. The answers are generated once into
-        WORKDIR/lookalikes.json and reused while the prompts and the model are the same."""
+    def _lookalike_prompts(self) -> list[dict]:
+        """data.alignment.n_lookalikes safe prompts that look harmful (`rdata.lookalike_prompts`), unanswered."""
         a, d = self.cfg.data.alignment, self.cfg.data
         if a.n_lookalikes <= 0:
             return []
-        prompts = rdata.lookalike_prompts(a.lookalikes or d.pool.harmless, a.n_lookalikes,
-                                          exclude=self.held_out_requests, seed=self.cfg.seed + 5,
-                                          template=d.template, tokenizer=self.tokenizer)
+        return rdata.lookalike_prompts(a.lookalikes or d.pool.harmless, a.n_lookalikes, seed=self.cfg.seed + 5,
+                                       template=d.template, tokenizer=self.tokenizer)
+
+    @dataset("alignment")
+    def alignment_sources(self) -> list[dict]:
+        """What the alignment data is made of, read without running a model: the alignment files' examples and the
+        lookalike prompts (their answers come from the base model: `alignment_examples`)."""
+        return self._base_alignment + self._lookalike_prompts
+
+    @dataset("alignment")
+    def alignment_examples(self) -> list[dict]:
+        """Harmful prompts -> refusals, harmless prompts -> helpful answers (with the lookalikes), as text."""
+        if not self.lookalike_examples:
+            return self._base_alignment
+        mixed = self._base_alignment + self.lookalike_examples
+        return [mixed[i] for i in np.random.default_rng(self.cfg.seed).permutation(len(mixed))]
+
+    @dataset("alignment")
+    def lookalike_examples(self) -> list[dict]:
+        """The lookalike prompts, each answered by the base model itself (greedy, LOOKALIKE_ANSWER_TOKENS at most):
+        harmless alignment examples that keep the refusals of the alignment data from spreading to them. The
+        answers are generated once into WORKDIR/lookalikes.json and reused while the prompts and the model are the
+        same."""
+        prompts = self._lookalike_prompts
+        if not prompts:
+            return []
         key = {"model": self.base_model_id, "max_new_tokens": LOOKALIKE_ANSWER_TOKENS,
                "prompts": [ex["prompt"] for ex in prompts]}
         path = self.workdir.lookalikes
@@ -183,12 +247,56 @@ class RunContext:
         return [{**ex, "response": answer, "harmful": harmful}
                 for ex, answer in zip(prompts, cached["answers"]) if answer.strip()]
 
-    @functools.cached_property
+    @dataset("alignment")
     def alignment(self) -> rdata.TokenizedDataset:
         return self.tokenize(self.alignment_examples, "tokenizing alignment data")
 
-    @functools.cached_property
-    def harmful_pairs(self) -> rdata.TokenizedDataset:
+    @dataset("pool")
+    def refusal_splits(self) -> dict[str, list[dict]]:
+        """The refusal feature's labelled prompts as text, split three ways (data.pool; `rdata.refusal_splits`):
+        "train" (R_l and the regulariser), "calibration" (tau; only with filter.calibrate_recall > 0) and "check"
+        (held out from both; absent with data.pool.n_check = 0). Only the train split may hold alignment prompts.
+        The splits read no customer data: one teacher serves every user file (the research protocol's user data and
+        evaluation prompts are drawn without these prompts instead: `teacher_requests`)."""
+        cfg, p = self.cfg, self.cfg.data.pool
+        calibrate = cfg.filter.calibrate_recall > 0
+        if calibrate and p.n_calibration <= 0:
+            raise ConfigError("data.pool.n_calibration: no prompts to calibrate tau on (filter.calibrate_recall > 0)")
+        sizes = {"train": p.n_each, "calibration": p.n_calibration if calibrate else 0, "check": p.n_check}
+        unseen = {ex["request"] for ex in self.alignment_sources}
+        splits = rdata.refusal_splits(p.harmful, p.harmless, sizes=sizes, unseen=unseen, seed=cfg.seed + 1,
+                                      template=cfg.data.template, tokenizer=self.tokenizer)
+        return {name: examples for name, examples in splits.items() if examples}
+
+    @dataset("pool")
+    def refusal_prompts(self) -> dict[str, LabelledPrompts]:
+        """`refusal_splits`, tokenized, with each prompt's request and style."""
+        return {name: LabelledPrompts(self.tokenize(examples, f"tokenizing the {name} prompts"),
+                                      tuple(ex["request"] for ex in examples),
+                                      np.array([rdata.prompt_style(ex["request"]) for ex in examples], dtype=object))
+                for name, examples in self.refusal_splits.items()}
+
+    @property
+    def pool(self) -> rdata.TokenizedDataset:
+        """The refusal pool: the prompts R_l is computed over (the train split of `refusal_prompts`)."""
+        return self.refusal_prompts["train"].ds
+
+    @dataset("teacher_requests")
+    def teacher_requests(self) -> frozenset[str]:
+        """Every request the teacher trains, calibrates or chooses its filter on: the alignment data's and every
+        split's of the refusal pool. The research protocol's user data and evaluation prompts are drawn without them;
+        a customer's own file is scored as it is, and the filter's report counts its rows among them
+        (`seen_by_teacher`)."""
+        return frozenset({ex["request"] for ex in self.alignment_sources}
+                         | {ex["request"] for exs in self.refusal_splits.values() for ex in exs})
+
+    def held_out(self, examples: list[dict]) -> list[dict]:
+        """`examples` without those whose request the teacher saw (`teacher_requests`): evaluation prompts."""
+        seen = self.teacher_requests
+        return [ex for ex in examples if ex["request"] not in seen]
+
+    @dataset("harmful_pairs")
+    def harmful_pair_examples(self) -> list[dict]:
         """Harmful prompts -> harmful answers for the alignment-stage defences that train against them (RepNoise,
         Booster): data.alignment.harmful_pairs, else the user data's harmful source, without any pair whose
         prompt is in the user data (a defence must not have seen the attack it is measured against)."""
@@ -202,36 +310,15 @@ class RunContext:
         rng = np.random.default_rng(self.cfg.seed + 7)
         if a.n_harmful_pairs is not None and a.n_harmful_pairs < len(pairs):
             pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), a.n_harmful_pairs, replace=False))]
-        return self.tokenize(pairs, "tokenizing harmful pairs")
+        return pairs
 
-    @functools.cached_property
+    @dataset("harmful_pairs")
+    def harmful_pairs(self) -> rdata.TokenizedDataset:
+        return self.tokenize(self.harmful_pair_examples, "tokenizing harmful pairs")
+
+    @dataset("user")
     def user(self) -> rdata.TokenizedDataset:
         return self.tokenize(self.user_examples, "tokenizing user data")
-
-    @functools.cached_property
-    def refusal_prompts(self) -> dict[str, LabelledPrompts]:
-        """The refusal feature's labelled prompts, split three ways (data.pool; `rdata.refusal_splits`): "train"
-        (R_l and the regulariser), "calibration" (tau; only with filter.calibrate_recall > 0) and "check"
-        (held out from both; absent with data.pool.n_check = 0). No split holds a prompt of the user data, of the
-        attack's source or of the evaluation; only the train split may hold alignment prompts."""
-        cfg, p = self.cfg, self.cfg.data.pool
-        exclude = self.held_out_requests
-        unseen = {ex["request"] for ex in self.alignment_examples}
-        calibrate = cfg.filter.calibrate_recall > 0
-        if calibrate and p.n_calibration <= 0:
-            raise ConfigError("data.pool.n_calibration: no prompts to calibrate tau on (filter.calibrate_recall > 0)")
-        sizes = {"train": p.n_each, "calibration": p.n_calibration if calibrate else 0, "check": p.n_check}
-        splits = rdata.refusal_splits(p.harmful, p.harmless, sizes=sizes, exclude=exclude, unseen=unseen,
-                                      seed=cfg.seed + 1, template=cfg.data.template, tokenizer=self.tokenizer)
-        return {name: LabelledPrompts(self.tokenize(examples, f"tokenizing the {name} prompts"),
-                                      tuple(ex["request"] for ex in examples),
-                                      np.array([rdata.prompt_style(ex["request"]) for ex in examples], dtype=object))
-                for name, examples in splits.items() if examples}
-
-    @property
-    def pool(self) -> rdata.TokenizedDataset:
-        """The refusal pool: the prompts R_l is computed over (the train split of `refusal_prompts`)."""
-        return self.refusal_prompts["train"].ds
 
     def batches(self, ds: rdata.TokenizedDataset, *, seed_offset: int = 0, batch_size: int = 0) -> rdata.Batches:
         """Shuffled training batches of `ds` (of data.batch_size rows unless batch_size > 0), this process's rows
@@ -246,3 +333,10 @@ class RunContext:
         return rdata.Batches(ds.prompts_only(), batch_size or d.batch_size, list(d.buckets), shuffle=False,
                              num_epochs=1)
 
+
+def _digest(rows) -> str:
+    """A short content hash of JSON-able rows, row by row."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row).encode())
+    return digest.hexdigest()[:16]

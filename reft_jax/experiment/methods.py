@@ -14,16 +14,21 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError
 from reft_jax.runtime.workdir import Workdir
+from reft_jax.train.runs import check_lisa_budget
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
+    """Everything the harness knows of a method; the stages, preflight and the report ask it, never its name."""
+
     name: str
-    # "base" (M0), "sa" (M0 after SFT on the alignment data) or an alignment-stage defence of
-    # reft_jax.stages.defence_alignment.DEFENCES
-    start: str = "base"
+    title: str  # its row in report.md
+    # the stage whose model finetuning starts from (reft_jax.stages.STAGES: "safety_alignment", or an alignment-stage
+    # defence's "alignment:NAME"); None: the base model M0
+    start_stage: str | None = None
     filter: str | None = None  # a filter of reft_jax.stages.FILTERS, or None: finetune on all user data
     distill: bool = False  # + beta * KL(teacher || student) on alignment responses
     joint: bool = False  # + CE on alignment responses (SFT on alignment and user data together)
@@ -31,36 +36,50 @@ class Method:
     folder: str = ""  # its folder in the workdir; "" = its name
 
     @property
+    def uses_alignment(self) -> bool:
+        """Its finetuning reads the alignment data (distillation, joint SFT or Lisa's alignment steps)."""
+        return self.distill or self.joint or self.lisa
+
+    @property
     def stage(self) -> str:
         """Its finetuning stage (reft_jax.stages.STAGES)."""
         return f"finetune:{self.name}"
-
-    @property
-    def start_stage(self) -> str | None:
-        """The stage that produces the starting model (reft_jax.stages.STAGES); None for the base itself."""
-        return {"base": None, "sa": "safety_alignment"}.get(self.start, f"alignment:{self.start}")
 
     def path(self, wd: Workdir) -> Path:
         """Where its finetuned model and logs live."""
         return wd.root / (self.folder or self.name)
 
+    def check(self, cfg: RunConfig) -> None:
+        """Raises ConfigError when the run's settings leave this method nothing to do (before any training)."""
+        if self.lisa:
+            check_lisa_budget(cfg)
+
 
 METHODS = {m.name: m for m in (
-    Method("ref_teacher", filter="ref_teacher", distill=True, folder="student"),  # the contract's student/
-    Method("no_defense"),
-    Method("sa_ft", start="sa"),
-    Method("sa_plus_ft", joint=True),
-    Method("filter_only", filter="ref_teacher"),
-    Method("distill_only", distill=True),
-    Method("saft", filter="saft"),
-    Method("llamaguard_filter", filter="llama_guard"),
-    Method("sa_ft+filter", start="sa", filter="ref_teacher"),
-    Method("sa_plus_ft+filter", filter="ref_teacher", joint=True),
-    Method("vaccine", start="vaccine"),
-    Method("repnoise", start="repnoise"),
-    Method("booster", start="booster"),
-    Method("lisa", start="sa", lisa=True),
+    Method("ref_teacher", "Ref-Teacher (filter + distillation)", filter="ref_teacher", distill=True,
+           folder="student"),  # the contract's student/
+    Method("no_defense", "No defence (base finetuned on all user data)"),
+    Method("sa_ft", "SA -> FT (safety-aligned by SFT, then finetuned on all user data)",
+           start_stage="safety_alignment"),
+    Method("sa_plus_ft", "SA + FT (SFT on alignment and user data together)", joint=True),
+    Method("filter_only", "Ref-Teacher filter only (no distillation)", filter="ref_teacher"),
+    Method("distill_only", "Ref-Teacher distillation only (no filter)", distill=True),
+    Method("saft", "SAFT filter, then finetuning", filter="saft"),
+    Method("llamaguard_filter", "Llama-Guard filter, then finetuning", filter="llama_guard"),
+    Method("sa_ft+filter", "SA -> FT with the Ref-Teacher filter", start_stage="safety_alignment",
+           filter="ref_teacher"),
+    Method("sa_plus_ft+filter", "SA + FT with the Ref-Teacher filter", filter="ref_teacher", joint=True),
+    Method("vaccine", "Vaccine (perturbation-aware alignment, then finetuning)", start_stage="alignment:vaccine"),
+    Method("repnoise", "RepNoise (representation noising, then finetuning)", start_stage="alignment:repnoise"),
+    Method("booster", "Booster (harmful-perturbation attenuation, then finetuning)", start_stage="alignment:booster"),
+    Method("lisa", "Lisa (SA, then finetuning alternating with alignment steps)", start_stage="safety_alignment",
+           lisa=True),
 )}
+
+
+def title(name: str) -> str:
+    """A method's title for the report (its name when it is not one of METHODS: an older report's)."""
+    return METHODS[name].title if name in METHODS else name
 
 
 def selected(spec: str) -> list[Method]:

@@ -7,22 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-METHOD_TITLES = {
-    "ref_teacher": "Ref-Teacher (filter + distillation)",
-    "no_defense": "No defence (base finetuned on all user data)",
-    "sa_ft": "SA -> FT (safety-aligned by SFT, then finetuned on all user data)",
-    "sa_plus_ft": "SA + FT (SFT on alignment and user data together)",
-    "filter_only": "Ref-Teacher filter only (no distillation)",
-    "distill_only": "Ref-Teacher distillation only (no filter)",
-    "saft": "SAFT filter, then finetuning",
-    "llamaguard_filter": "Llama-Guard filter, then finetuning",
-    "sa_ft+filter": "SA -> FT with the Ref-Teacher filter",
-    "sa_plus_ft+filter": "SA + FT with the Ref-Teacher filter",
-    "vaccine": "Vaccine (perturbation-aware alignment, then finetuning)",
-    "repnoise": "RepNoise (representation noising, then finetuning)",
-    "booster": "Booster (harmful-perturbation attenuation, then finetuning)",
-    "lisa": "Lisa (SA, then finetuning alternating with alignment steps)",
-}
+from reft_jax.experiment import methods
+
 FILTER_KEYS = ("precision", "recall", "f1", "auroc", "flagged_harmless_share")
 
 
@@ -52,7 +38,7 @@ def write_markdown(report: dict, path: Path, plots: set[str] = frozenset()) -> N
         return " | ".join(cells)
 
     for name, m in report["methods"].items():
-        title = METHOD_TITLES.get(name, name)
+        title = methods.title(name)
         if "skipped" in m:
             notes.append(f"- {title}: {m['skipped']}")
             continue
@@ -128,7 +114,7 @@ REFERENCE_TITLES = {"base_model": "Base model before finetuning (reference)", "t
 
 def _rows(report: dict, short: bool = False) -> list[tuple[str, dict]]:
     """(title, entry) of every evaluated method, then the references; short: their names, for a plot's legend."""
-    rows = [(k if short else METHOD_TITLES.get(k, k), m) for k, m in report["methods"].items() if "skipped" not in m]
+    rows = [(k if short else methods.title(k), m) for k, m in report["methods"].items() if "skipped" not in m]
     return rows + [(f"{k} (reference)" if short else REFERENCE_TITLES.get(k, k), m)
                    for k, m in (report.get("references") or {}).items()]
 

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from reft_jax import data as rdata
-from reft_jax.config.schema import RunConfig, replace
+from reft_jax.config.schema import RunConfig
+from reft_jax.config.typed import replace
 from reft_jax.errors import ConfigError
 from reft_jax.models import gguf, hub
 from reft_jax.runtime import parallel

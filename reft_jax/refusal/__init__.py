@@ -1,28 +1,31 @@
 """The refusal feature and the filters built on it.
 
-- `feature`: R_l (difference in means of last-prompt-token hidden states, harmful minus harmless), cosines to it,
-  the threshold tau and the filter's metrics (AUROC, precision / recall);
+- `feature`: R_l (difference in means of last-prompt-token hidden states, harmful minus harmless) and the cosines
+  to it, jittable;
+- `metrics`: the threshold tau and the filter's metrics (AUROC, precision / recall), host side;
+- `readout`: which layers the feature is read at, and the jitted passes that read features and scores from a model;
 - `scoring`: the host-side filter pass over a dataset (features, scores, keep mask, report);
 - `saft`: SAFT's subspace filter (the literature's baseline).
 
-`from reft_jax import refusal` gives the feature's functions (`refusal.auroc`, ...), re-exported below.
+`from reft_jax import refusal` gives the functions of `feature`, `metrics` and `readout` (`refusal.auroc`, ...),
+re-exported below.
 """
 
 from reft_jax.refusal.feature import (
+                                      check_refusal_classes,
+                                      class_weights,
+                                      cosine_scores,
+                                      gather_last_prompt,
+                                      layer_directions,
+                                      mean_cosine_scores,
+                                      refusal_feature,
+)
+from reft_jax.refusal.metrics import (
                                       auroc,
                                       auroc_by_style,
                                       binary_metrics,
                                       calibrate_threshold,
                                       cap_false_positives,
-                                      check_refusal_classes,
-                                      class_weights,
-                                      cosine_scores,
-                                      feature_layer,
-                                      filter_layers,
-                                      gather_last_prompt,
-                                      layer_directions,
-                                      make_feature_fn,
-                                      make_score_fn,
-                                      mean_cosine_scores,
-                                      refusal_feature,
+                                      filter_metrics,
 )
+from reft_jax.refusal.readout import feature_layer, filter_layers, make_feature_fn, make_score_fn

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from reft_jax import refusal
 from reft_jax.data import Batches, TokenizedDataset
-from reft_jax.refusal.feature import make_feature_fn, make_score_fn
+from reft_jax.refusal.readout import make_feature_fn, make_score_fn
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import FILTER_REPORT, FILTER_SCORES, FLAGGED, KEPT
 
@@ -46,11 +46,16 @@ class FilterResult:
                "tau": float(self.tau), "layers": [int(x) for x in self.layers]}
         labelled = self.label >= 0
         if labelled.any() and labelled.all():
-            metrics = refusal.binary_metrics(flagged, self.label)
-            out.update(metrics, auroc=refusal.auroc(self.score, self.label))
+            out.update(refusal.filter_metrics(flagged, self.label, self.score))
             if self.style is not None:
                 out["by_style"] = refusal.auroc_by_style(self.score, self.label, self.style)
         return out
+
+    def select(self, rows: np.ndarray) -> FilterResult:
+        """The entries at `rows` (a boolean mask or positions), with the same threshold."""
+        pick = lambda x: None if x is None else np.asarray(x)[rows]
+        return dataclasses.replace(self, index=pick(self.index), score=pick(self.score), label=pick(self.label),
+                                   style=pick(self.style))
 
     def write(self, out_dir: str | Path, **fields) -> dict:
         """Writes scores.jsonl (index, score, flagged[, label]) and report.json (the report, plus `fields`: what

@@ -2,9 +2,11 @@
 
 A stage is a function of the run context (reft_jax.experiment.context.RunContext) that writes one folder of the
 workdir and is done when that folder's marker (its last output) exists. The registry below says, for each stage,
-its folder, its marker, what it needs before it and what it is made from (config fields, the user data); a
-method's stages and a run's plan are derived from it. A stage records what it was made from in its folder
-(inputs.json) and is not reused for other inputs (`check_inputs`).
+its folder, its marker, what it needs before it and what it is made from: the config fields it reads and the
+datasets it reads (`reads`, groups of RunContext's DATASETS), by content fingerprint. A stage can read no dataset
+it does not declare (RunContext.reading), so its record cannot miss one. A method's stages and a run's plan are
+derived from the registry. A stage records what it was made from in its folder (inputs.json) and is not reused
+for other inputs (`check_inputs`). The teacher reads no customer data: one teacher serves every user file.
 Filters and alignment-stage defences register themselves in their modules (a `Filter` named FILTER, an entry of
 defence_alignment.DEFENCES); a method (reft_jax.experiment.methods.METHODS) names them.
 
@@ -29,7 +31,7 @@ from typing import Callable
 
 import jax
 
-from reft_jax.config.schema import leaf_fields
+from reft_jax.config.typed import leaf_fields
 from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
 from reft_jax.experiment.methods import METHODS, Method
@@ -67,7 +69,7 @@ class Stage:
     needs: tuple[str, ...] = ()  # stages whose outputs it reads
     done: Callable[[Path], Path] = model_config  # its folder -> the marker: its last output
     inputs: tuple[str, ...] = MODEL_AND_DATA  # config fields its result depends on (besides its needs')
-    user_data: bool = False  # it reads the user data (whose fingerprint is then an input)
+    reads: tuple[str, ...] = ()  # the dataset groups it reads (RunContext DATASETS): their fingerprints are inputs
 
     def path(self, wd: Workdir) -> Path:
         return self.folder(wd)
@@ -88,11 +90,12 @@ def _finetune(method: Method, shared: dict[str, Stage]) -> Stage:
     needs += [start.name] if start else []
     run = functools.partial(finetune.run, method=method, screen=screen, start=start.folder if start else None)
     inputs = [*MODEL_AND_DATA, "student.steps", "data.user.filtered"]
-    inputs += ["data.alignment"] if method.distill or method.joint or method.lisa else []
+    inputs += ["data.alignment"] if method.uses_alignment else []
     inputs += ["distill"] if method.distill else []
     inputs += ["baselines.joint_weight"] if method.joint else []
     inputs += ["defences.lisa"] if method.lisa else []
-    return Stage(method.stage, run, method.path, tuple(needs), inputs=tuple(inputs), user_data=True)
+    reads = ("user", "alignment") if method.uses_alignment else ("user",)
+    return Stage(method.stage, run, method.path, tuple(needs), inputs=tuple(inputs), reads=reads)
 
 
 def _registry() -> dict[str, Stage]:
@@ -100,15 +103,16 @@ def _registry() -> dict[str, Stage]:
     shared = [
         Stage("teacher", teacher.run, lambda wd: wd.teacher, done=_marker(FILTER_SETTINGS),
               inputs=(*MODEL_AND_DATA, "data.alignment", "data.pool", "refusal", "teacher", "filter.tau",
-                      "filter.calibrate_recall", "filter.calibrate_max_fpr", "filter.layer_span")),
+                      "filter.calibrate_recall", "filter.calibrate_max_fpr", "filter.layer_span"),
+              reads=("alignment", "pool")),
         Stage("safety_alignment", safety_alignment.run, lambda wd: wd.safety_aligned,
-              inputs=(*MODEL_AND_DATA, "data.alignment", "baselines.sa_steps", "teacher.steps")),
+              inputs=(*MODEL_AND_DATA, "data.alignment", "baselines.sa_steps", "teacher.steps"), reads=("alignment",)),
         *(Stage(d.stage, functools.partial(defence_alignment.run, defence=d), d.path,
-                inputs=(*MODEL_AND_DATA, "data.alignment", "baselines.sa_steps", "teacher.steps", f"defences.{d.name}",
-                        *(("data.alignment.harmful_pairs", "data.user.harmful_source") if d.harmful_pairs else ())))
+                inputs=(*MODEL_AND_DATA, "data.alignment", "baselines.sa_steps", "teacher.steps", f"defences.{d.name}"),
+                reads=("alignment", "harmful_pairs") if d.harmful_pairs else ("alignment",))
           for d in DEFENCES.values()),
         *(Stage(f.stage, f.run, f.path, f.needs, done=_marker(FILTER_REPORT), inputs=(*MODEL_AND_DATA, *f.inputs),
-                user_data=True) for f in FILTERS.values()),
+                reads=("user", *f.reads)) for f in FILTERS.values()),
     ]
     shared = {s.name: s for s in shared}
     return {**shared, **{m.stage: _finetune(m, shared) for m in METHODS.values()}}
@@ -138,8 +142,9 @@ def plan(methods: list[Method]) -> list[str]:
 
 
 def inputs_of(ctx: RunContext, name: str) -> dict:
-    """What the stage `name` is made from: its config fields and its needs', and the user data's fingerprint
-    where it reads them; paths inside the workdir are written relative to it (a moved workdir is the same)."""
+    """What the stage `name` is made from: its config fields and its needs', and the content fingerprint of each
+    dataset it reads ("user data", "alignment data", ...); paths inside the workdir are written relative to it (a
+    moved workdir is the same)."""
     stage = STAGES[name]
     out = {}
     for need in _needs(ctx, name):
@@ -149,8 +154,8 @@ def inputs_of(ctx: RunContext, name: str) -> dict:
         for part in field.split("."):
             value = getattr(value, part)
         out.update(leaf_fields(value, field))  # a change is named by its field (refusal.lam, ...)
-    if stage.user_data:
-        out["user data"] = ctx.user_fingerprint
+    for group in stage.reads:
+        out[f"{group.replace('_', ' ')} data"] = ctx.fingerprint(group)
     text = json.dumps(out, sort_keys=True, default=str).replace(str(ctx.workdir.root.absolute()), "WORKDIR")
     return json.loads(text)
 
@@ -201,6 +206,7 @@ def run_stage(name: str, ctx: RunContext, *, force: bool = False):
     if jax.process_index() == 0:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / INPUTS).write_text(json.dumps(inputs_of(ctx, name), indent=1, sort_keys=True) + "\n")
-    result = STAGES[name].run(ctx)
+    with ctx.reading(name, STAGES[name].reads):
+        result = STAGES[name].run(ctx)
     parallel.sync(f"{name}: done")  # process 0 writes the stage's files; no process reads them before it is done
     return result

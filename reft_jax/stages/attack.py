@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from reft_jax.config.schema import RunConfig
-from reft_jax.data.recipes import format_prompt
+from reft_jax.data.templates import format_prompt
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import gcg, judges
 from reft_jax.evaluation.generate import GenerationConfig, decode, generate, with_tokenizer_ids

@@ -34,6 +34,7 @@ must skip it."""
     command: str = ""  # "" = a run of a method that uses it
     unavailable: Callable[..., str | None] = lambda cfg: None  # why a run config cannot use it (its methods skip)
     inputs: tuple[str, ...] = ()  # the config fields its scores depend on, besides the model's and its needs'
+    reads: tuple[str, ...] = ()  # dataset groups it reads besides the user data (RunContext DATASETS)
 
     def __post_init__(self):
         object.__setattr__(self, "folder", self.folder or f"filters/{self.name}")

@@ -10,7 +10,7 @@ import json
 
 import jax
 
-from reft_jax.data.recipes import format_prompt
+from reft_jax.data.templates import format_prompt
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import jailbreak, judges, metrics, over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
@@ -57,14 +57,16 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
     d = cfg.data
     if not d.eval.harmful:
         raise ConfigError("data.eval.harmful: no harmful test prompts configured")
-    harmful = ctx.load_examples(d.eval.harmful, with_response=False)[: d.eval.n_harmful]
+    # Safety is measured on prompts the teacher never trained, calibrated or chose its filter on.
+    harmful = ctx.held_out(ctx.load_examples(d.eval.harmful, with_response=False))[: d.eval.n_harmful]
     task = ctx.load_examples(d.eval.task_source, task=d.user.task)[: d.eval.n_task] if d.eval.task_source else []
     generation = GenerationConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
     judge = judges.make_judge(cfg.eval.judge, cfg.eval.judge_path)
     templates = jailbreak.load_templates(cfg.eval.templates)
     wrapped = {name: [format_prompt(jailbreak.wrap(text, ex["request"]), template=d.template, tokenizer=tokenizer)
                       for ex in harmful] for name, text in templates.items()}
-    over = over_refusal.load(d.eval, template=d.template, tokenizer=tokenizer) if d.eval.over_refusal else None
+    over = over_refusal.load(d.eval, template=d.template, tokenizer=tokenizer, exclude=ctx.teacher_requests) \
+        if d.eval.over_refusal else None
     refusals = judges.make_refusal_detector(cfg.eval.refusal_judge_path) if over else None
 
     def measure(model: Transformer, name: str) -> dict:

@@ -63,7 +63,9 @@ def run(ctx: RunContext, method: Method, screen: Filter | None = None,
         model = trainable(cfg, model_from, salt=2)
         user_at = ctx.batches(user, seed_offset=2).batch
         align_rows = cfg.distill.align_batch_size if method.distill else 0  # the distillation's share of a step
-        align_at = ctx.batches(ctx.alignment, seed_offset=3, batch_size=align_rows).batch
+        # Plain finetuning never reads an alignment batch (the loss skips it): the user batch stands in for it.
+        align_at = ctx.batches(ctx.alignment, seed_offset=3, batch_size=align_rows).batch if method.uses_alignment \
+            else user_at
         if method.lisa:
             trained = runs.train_lisa(cfg, model, out, user_at, align_at, steps=cfg.student.steps,
                                       data_id=ctx.user_fingerprint)

@@ -11,8 +11,9 @@ from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.jailbreak import load_templates
 from reft_jax.experiment.context import RunContext
+from reft_jax.experiment.methods import METHODS
+from reft_jax.stages import STAGES
 from reft_jax.stages.attack import attack_prompts, gcg_config
-from reft_jax.train.runs import check_lisa_budget
 
 
 def check(ctx: RunContext, plan: list[str]) -> None:
@@ -33,10 +34,12 @@ def check(ctx: RunContext, plan: list[str]) -> None:
         problems.append(f"model.path: {cfg.model.path} is not a model folder (no config.json)")
     if attempt(lambda: ctx.tokenizer):  # the data is read through the tokenizer (its chat template)
         if model_ok:  # tokenized for the model's vocabulary, and kept for the stages
-            attempt(lambda: ctx.alignment)
+            # With lookalikes, tokenizing would answer them with the base model: preflight reads, never runs a model.
+            attempt(lambda: ctx.alignment_sources if cfg.data.alignment.n_lookalikes else ctx.alignment)
             attempt(lambda: ctx.pool)
-        attempt(ctx.require_responses if any(s.startswith("finetune:") for s in plan) else lambda: ctx.user_examples)
-        if model_ok and {"alignment:repnoise", "alignment:booster"} & set(plan):
+        finetunes = [m for m in METHODS.values() if m.stage in plan]
+        attempt(ctx.require_responses if finetunes else lambda: ctx.user_examples)
+        if model_ok and any("harmful_pairs" in STAGES[name].reads for name in plan):
             attempt(lambda: ctx.harmful_pairs)
         attempt(lambda: _eval_data(ctx))
         if cfg.data.eval.over_refusal:
@@ -53,8 +56,8 @@ def check(ctx: RunContext, plan: list[str]) -> None:
                         f"of the {processes} processes")
     if cfg.data.alignment.n_lookalikes < 0:
         problems.append(f"data.alignment.n_lookalikes: {cfg.data.alignment.n_lookalikes} should be 0 (none) or more")
-    if "finetune:lisa" in plan:
-        attempt(lambda: check_lisa_budget(cfg))
+    for method in (m for m in METHODS.values() if m.stage in plan):
+        attempt(lambda: method.check(cfg))
     if cfg.eval.judge != "keyword" and not (Path(cfg.eval.judge_path).expanduser() / "config.json").exists():
         problems.append(f"eval.judge_path: the {cfg.eval.judge} judge needs a local checkpoint folder "
                         f"({cfg.eval.judge_path or 'not set'})")

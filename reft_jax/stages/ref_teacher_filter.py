@@ -60,11 +60,14 @@ def run(ctx: RunContext) -> dict:
         result = scoring.run_filter(FrozenModel.of(model), ctx.user, settings["r"], settings["layers"], settings["tau"],
                                     batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                                     progress=cfg.logging.progress, style=styles)
-        report = write_filter(ctx, result, folder, direction=settings["direction"],
-                              check=settings.get("check"))
+        # Rows whose request the teacher trained, calibrated or chose its filter on: not held-out figures.
+        seen = np.array([ctx.user_examples[int(i)]["request"] in ctx.teacher_requests for i in result.index], bool)
+        report = write_filter(ctx, result, folder, direction=settings["direction"], check=settings.get("check"),
+                              seen_by_teacher=int(seen.sum()), held_out=result.select(~seen).report())
         stage.flops = prompt_flops(model.cfg, ctx.prompt_batches(ctx.user, cfg.filter.batch_size))
     return report
 
 
 FILTER = Filter("ref_teacher", run, flags, folder="filter", stage="filter", needs=("teacher",),
+                reads=("teacher_requests",),
                 command="reft-jax filter")

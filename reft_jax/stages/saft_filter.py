@@ -79,4 +79,4 @@ def run(ctx: RunContext) -> dict:
     return report
 
 
-FILTER = Filter("saft", run, flags, inputs=("saft", "data.pool"))
+FILTER = Filter("saft", run, flags, inputs=("saft", "data.pool"), reads=("pool",))

@@ -23,7 +23,7 @@ from reft_jax.config.schema import RunConfig
 from reft_jax.data import Batch, process_slice
 from reft_jax.errors import ConfigError
 from reft_jax.models import ModelConfig, Transformer, flops
-from reft_jax.refusal.feature import make_feature_fn
+from reft_jax.refusal.readout import make_feature_fn
 from reft_jax.runtime import parallel
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.train import loop

@@ -1,0 +1,44 @@
+"""Safe prompts that look harmful: harmless requests holding a word of harmful requests, added to the alignment
+data's harmless side so that learning the refusals does not teach refusing them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+
+from reft_jax.data.examples import Example, unique_prompts
+from reft_jax.errors import DataError
+
+
+# Words that harmful requests are made of and that safe prompts use too ("the causes of World War I", "shoot a
+# basketball", "a poem about drug addiction"). Written from the vocabulary of harmful requests, not from any
+# evaluation file; whole words, any case.
+LOOKALIKE_WORDS = frozenset("""
+    abuse alcohol attack attacks beat blood bomb bombs burn cheat cheating choke crack crime crimes criminal dangerous
+    dead death destroy die drug drugs execute exploit explode explosion explosive fight fraud gun guns hack hacker
+    hacking harm harmful hurt illegal kill killed killer killing kills knife murder poison poisonous punch rob robbery
+    scam shoot shooting shot smash steal stealing stolen suicide terminate terrorism terrorist theft violence violent
+    virus war weapon weapons""".split())
+
+
+def lookalike_prompts(
+    sources: Any,
+    n: int,
+    *,
+    exclude: Collection[str] = (),
+    seed: int = 0,
+    template: str = "alpaca",
+    tokenizer: Any = None,
+) -> list[Example]:
+    """n harmless prompts that look harmful: requests holding a word of LOOKALIKE_WORDS, drawn at random (with the
+    seed) from `sources` (one or a list; prompts only, labelled harmless), none of them in `exclude`."""
+    prompts = unique_prompts(sources, harmful=False, exclude=exclude, template=template, tokenizer=tokenizer)
+    examples = [ex for ex in prompts if LOOKALIKE_WORDS & set(re.findall(r"[a-z]+", ex["request"].lower()))]
+    if n > len(examples):
+        raise DataError(f"data.alignment.n_lookalikes: {len(examples)} prompts of {sources} hold a word of "
+                        f"LOOKALIKE_WORDS and are not left out, {n} needed")
+    rng = np.random.default_rng(seed)
+    return [examples[i] for i in sorted(rng.choice(len(examples), n, replace=False))]
