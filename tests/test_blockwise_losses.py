@@ -108,7 +108,7 @@ def test_teacher_step_losses_and_gradients_equal_the_plain_ones(family):
     align = batch(2, model.cfg.vocab_size)
     r = jax.random.normal(jax.random.key(3), (model.cfg.hidden_size,))
     for block in (4, 64):  # blocks dividing the sequence, and one block longer than the sequence
-        assert_same(*both_losses_and_grads(TeacherLoss(layer=1), TeacherLoss(layer=1, block=block), model, align, r))
+        assert_same(*both_losses_and_grads(TeacherLoss(layer=1), TeacherLoss(layer=1, block=block), model, r, align))
 
 
 def test_blockwise_token_mean_matches_numpy_and_keeps_float64(x64):

@@ -19,7 +19,8 @@ from reft_jax.models import from_pretrained
 from reft_jax.models.hf_io import _hf_tensors
 from reft_jax.runtime.state import create_train_state
 from reft_jax.train import runs
-from reft_jax.train.defences import Booster, Lisa, RepNoise, Vaccine, lisa_phase
+from reft_jax.train.defences import Booster, Lisa, RepNoise, Vaccine
+from reft_jax.train.steps import SFTLoss
 
 PROMPT = 4  # the first tokens of each test row are its prompt
 
@@ -46,7 +47,7 @@ def run_update(state, update, *args, step=0):
     def model_of(params):
         return nnx.merge(state.graphdef, params, state.frozen)
 
-    loss, metrics, grads = jax.jit(lambda p, s, *a: update(model_of, p, s, *a))(state.params, step, *args)
+    loss, metrics, grads = jax.jit(lambda p, s, *a: update.grads(model_of, p, s, *a))(state.params, step, *args)
     named = dict(_hf_tensors(nnx.merge(state.graphdef, grads, state.frozen), np.float32))
     return float(loss), {k: float(v) for k, v in metrics.items()}, named
 
@@ -167,7 +168,7 @@ def test_boosters_term_vanishes_with_the_harmful_gradient(models):
     align, harmful = batch(2), batch(3)
     harmful["example_weight"][:] = 0.0
     loss, metrics, grads = run_update(state, Booster(lam=5.0, alpha=0.1), align, harmful)
-    sft_loss, _, sft_grads = run_update(state, Lisa(rho=0.0), align, state.params)  # CE alone
+    sft_loss, _, sft_grads = run_update(state, SFTLoss(), align)  # CE alone
     assert metrics["harmful_grad_norm"] == 0.0 and metrics["harmful_ce"] == metrics["harmful_ce_after"] == 0.0
     assert loss == pytest.approx(sft_loss, rel=1e-6)
     for name, g in sft_grads.items():
@@ -241,7 +242,7 @@ def test_lisa_matches_the_pytorch_reference(models, step):
     torch_model, state = models
     b = batch(6)
     anchor = jax.tree.map(lambda p: p + 0.01 * jnp.cos(jnp.arange(p.size).reshape(p.shape)), state.params)
-    loss, metrics, grads = run_update(state, Lisa(rho=0.7, prox_from=3), b, anchor, step=step)
+    loss, metrics, grads = run_update(state, Lisa(rho=0.7, prox_from=3), anchor, b, step=step)
     named_anchor = {n: torch.tensor(a) for n, a in _hf_tensors(nnx.merge(state.graphdef, anchor, state.frozen),
                                                               np.float32)}
     torch_model.zero_grad()
@@ -256,7 +257,7 @@ def test_lisa_matches_the_pytorch_reference(models, step):
 
 
 def test_lisa_alternates_and_its_proximal_term_is_zero_at_each_switch(tmp_path):
-    assert [lisa_phase(i, 2, 3) for i in range(10)] == [True, True, False, False, False] * 2
+    assert [Lisa(align_steps=2, user_steps=3).aligning(i) for i in range(10)] == [True, True, False, False, False] * 2
     cfg = small_config(**{"defences.lisa.align_steps": 2, "defences.lisa.user_steps": 3, "defences.lisa.rho": 1.0,
                           "optim.schedule": "constant", "optim.warmup_steps": 0})
     align = lambda i: synthetic_batch(i, seed=1)  # noqa: E731

@@ -63,8 +63,8 @@ def _build_step(cfg: RunConfig, case: workload.Case, data: dict, r, abstract: bo
         else jax.device_put
     align = put(data["align"])
     if case.step == "teacher":
-        return steps.make_teacher_step(tx, loss), (state, align, put(jnp.asarray(r)))
-    return steps.make_student_step(tx, loss), (state, teacher, put(data["user"]), align)
+        return steps.make_step(tx, loss), (state, put(jnp.asarray(r)), align)
+    return steps.make_step(tx, loss), (state, teacher, put(data["user"]), align)
 
 
 def prepare(cfg: RunConfig, case: workload.Case) -> workload.Prepared:

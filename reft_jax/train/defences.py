@@ -1,11 +1,11 @@
 """The harmful-finetuning defences of the literature as pure updates: Vaccine, Booster, RepNoise and Lisa.
 
-Each is a frozen dataclass whose call `update(model_of, params, step, *args) -> (loss, metrics, grads)` computes
-one step's gradient (model_of(params) is the model at those parameters; step is the state's step counter), and
-`make_update_step` turns it into a jitted, donated step like the teacher's and the student's; `flops(cfg, lora,
-*shapes)` counts one call's model FLOPs from the (rows, tokens) shapes of its batches. Where a defence
-needs more than one gradient per step (Vaccine, Booster) the update assembles them itself, as the authors' code
-does; the algorithms follow the papers and their public code (the differences are said where they are).
+Each is an objective of reft_jax.train.steps (the teacher's and the student's protocol): a frozen dataclass whose
+`grads(model_of, params, step, *args) -> (loss, metrics, grads)` computes one step's gradient (model_of(params) is
+the model at those parameters; step is the state's step counter) and whose `flops(cfg, lora, *shapes)` counts one
+call's model FLOPs from the (rows, tokens) shapes of its batches; `steps.make_step` makes the jitted, donated step.
+Where a defence needs more than one gradient per step (Vaccine, Booster) it assembles them itself, as the authors'
+code does; the algorithms follow the papers and their public code (the differences are said where they are).
 
     Vaccine  (Huang et al., 2024)  alignment; the gradient under the worst attention-output perturbation of norm rho
     Booster  (Huang et al., 2024)  alignment + lam (h(w) - h(w - alpha g_h / |g_h|)), h the harmful-answer loss
@@ -20,13 +20,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
 
 from reft_jax.data import Batch
 from reft_jax.models import LoraConfig, ModelConfig, flops
 from reft_jax.train import losses
-from reft_jax.train.steps import Shape, apply_gradients, forward, jit_step, response_ce
+from reft_jax.train.steps import Shape, forward, response_ce
 
 _EPS = 1e-7  # the authors' guard in the perturbation normalisations
 
@@ -69,7 +67,7 @@ class Vaccine:
         g = g.astype(jnp.float32)
         return jax.lax.stop_gradient(self.rho * g / (jnp.sqrt(jnp.sum(g * g)) + _EPS)), clean
 
-    def __call__(self, model_of, params, step, align: Batch):
+    def grads(self, model_of, params, step, align: Batch):
         del step
         eps, clean = self.perturbation(model_of, params, align)
 
@@ -97,7 +95,7 @@ class Booster:
     alpha: float = 0.1
     block: int = 0
 
-    def __call__(self, model_of, params, step, align: Batch, harmful: Batch):
+    def grads(self, model_of, params, step, align: Batch, harmful: Batch):
         del step
         grad = jax.value_and_grad(_ce_of(model_of, self.block), has_aux=True)
         (h, _), g_h = grad(params, harmful)
@@ -154,7 +152,7 @@ class RepNoise:
         loss = ce - self.alpha * jnp.log1p(ascent) + self.beta * mmd
         return loss, dict(ce=ce, harmful_ce=ascent, mmd=mmd, tokens=tokens)
 
-    def __call__(self, model_of, params, step, align: Batch, harmful: Batch):
+    def grads(self, model_of, params, step, align: Batch, harmful: Batch):
         model = model_of(params)
         (b, t), cfg = harmful["input_ids"].shape, model.cfg
         noise = self.noise(step, (cfg.num_layers, b, t, cfg.hidden_size))
@@ -170,15 +168,22 @@ class RepNoise:
 
 @dataclasses.dataclass(frozen=True)
 class Lisa:
-    """Lazy safety alignment, one step: the CE of the step's batch (alignment or user data, by `lisa_phase`) plus
-    rho/2 ||w - anchor||^2, anchor the weights at the last switch between the two (as the authors' code does in
-    both states); the proximal term is off before step `prox_from`."""
+    """Lazy safety alignment, one step: the CE of the step's batch plus rho/2 ||w - anchor||^2, anchor the weights at
+    the last switch between alignment and user steps (as the authors' code does in both states); the proximal term
+    is off before step `prox_from`. Each cycle is `align_steps` steps on alignment data, then `user_steps` on user
+    data (`aligning`); a step's metrics say which it was (alignment_step)."""
 
     rho: float = 1.0
     prox_from: int = 0
+    align_steps: int = 100
+    user_steps: int = 900
     block: int = 0
 
-    def __call__(self, model_of, params, step, batch: Batch, anchor):
+    def aligning(self, step):
+        """Whether step `step` (an int, or the traced step counter) is an alignment step."""
+        return step % (self.align_steps + self.user_steps) < self.align_steps
+
+    def grads(self, model_of, params, step, anchor, batch: Batch):
         def loss(params):
             ce, tokens = _ce_of(model_of, self.block)(params, batch)
             prox = 0.5 * _sq_norm(jax.tree.map(lambda p, a: p - a, params, anchor))
@@ -186,27 +191,8 @@ class Lisa:
             return ce + weight * prox, dict(ce=ce, proximal=prox, tokens=tokens)
 
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        return value, metrics, grads
+        return value, dict(metrics, alignment_step=jnp.asarray(self.aligning(step), jnp.float32)), grads
 
     def flops(self, cfg: ModelConfig, lora: LoraConfig | None, batch: Shape) -> int:
         """A train pass on the step's batch (the proximal term is elementwise)."""
         return flops.train_flops(cfg, *batch, lora)
-
-
-def lisa_phase(step: int, align_steps: int, user_steps: int) -> bool:
-    """Whether Lisa's step `step` is an alignment step: each cycle is align_steps of them, then user_steps."""
-    return step % (align_steps + user_steps) < align_steps
-
-
-def make_update_step(tx: optax.GradientTransformation, update, *, state_sharding=None, arg_shardings=(),
-                     activation_sharding=None):
-    """step(state, *args) -> (state, metrics) of an update above: jitted once per shape, the state donated.
-    arg_shardings: one per argument (a batch's, or the state's params' for Lisa's anchor), or () without a mesh."""
-    def step(state, *args):
-        def model_of(params):
-            return nnx.merge(state.graphdef, params, state.frozen)
-
-        loss, metrics, grads = update(model_of, state.params, state.step, *args)
-        return apply_gradients(state, tx, grads, loss, metrics)
-
-    return jit_step(step, (state_sharding, *arg_shardings), (state_sharding, None), activation_sharding)

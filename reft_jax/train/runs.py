@@ -10,7 +10,6 @@ recomputation logs the pool's (and the check split's) mean cosines and AUROC in 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,9 +26,9 @@ from reft_jax.refusal.feature import make_feature_fn
 from reft_jax.runtime import parallel
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.train import loop
-from reft_jax.train.defences import Lisa, lisa_phase, make_update_step
+from reft_jax.train.defences import Lisa
 from reft_jax.train.optim import make_optimizer
-from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
+from reft_jax.train.steps import StudentLoss, TeacherLoss, make_step
 
 
 def _loop_config(cfg: RunConfig, steps: int) -> loop.LoopConfig:
@@ -160,8 +159,9 @@ def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, batch
     tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
     place = _Placement(cfg, model, tx, batch_at(0))
     loss_fn = TeacherLoss(layer=layer, lam=cfg.refusal.lam, kind=cfg.refusal.kind, block=cfg.model.loss_block)
-    step = make_teacher_step(tx, loss_fn, state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
-                             activation_sharding=place.activation_sharding, with_pool=cfg.refusal.reg_pool)
+    step = make_step(tx, loss_fn, state_sharding=place.state_sharding,
+                     arg_shardings=(None,) + (place.batch_sharding,) * (2 if cfg.refusal.reg_pool else 1),
+                     activation_sharding=place.activation_sharding)
     features = make_feature_fn(layer)
     zero = jax.device_put(jnp.zeros((model.cfg.hidden_size,), jnp.float32), parallel.replicated(place.mesh))
     refresh = RefusalRefresh(features, pool, check, cfg.refusal.update_every, zero, base_check_auroc)
@@ -170,11 +170,9 @@ def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, batch
         return (batch_at(i), local_rows(pool[i % len(pool)])) if cfg.refusal.reg_pool else (batch_at(i),)
 
     def step_fn(state, i):
-        batch, *pool_batch = map(place.batch, batches_at(i))
-        return step(state, batch, refresh.carry, *pool_batch)
+        return step(state, refresh.carry, *map(place.batch, batches_at(i)))
 
-    place.check_memory(step, place.state, place.batch(batch_at(0)), refresh.carry,
-                       *map(place.batch, batches_at(0)[1:]), what="teacher step")
+    place.check_memory(step, place.state, refresh.carry, *map(place.batch, batches_at(0)), what="teacher step")
     state = loop.run("teacher", workdir, _loop_config(cfg, steps), place.state, step_fn, hooks=[refresh],
                      meta={"seed": cfg.seed, "layer": layer}, run_config=cfg.to_dict())
     # The feature the filter uses is the final teacher's own: the hook's last call, after the last step.
@@ -199,8 +197,9 @@ def train_student(cfg: RunConfig, model: Transformer, teacher: Transformer | Non
                                                                                    units=place.units)
     loss_fn = StudentLoss(beta=beta, temperature=cfg.distill.temperature, alpha=alpha, block=cfg.model.loss_block,
                           kl_positions=cfg.distill.positions)
-    step = make_student_step(tx, loss_fn, state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
-                             activation_sharding=place.activation_sharding, teacher_sharding=teacher_sharding)
+    step = make_step(tx, loss_fn, state_sharding=place.state_sharding,
+                     arg_shardings=(teacher_sharding, place.batch_sharding, place.batch_sharding),
+                     activation_sharding=place.activation_sharding)
 
     def batches_at(i):
         return user_at(i), align_at(i)
@@ -222,9 +221,9 @@ def train_alignment_defence(cfg: RunConfig, model: Transformer, workdir: str | P
     tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
     place = _Placement(cfg, model, tx, align_at(0))
     sources = [align_at] + ([harmful_at] if harmful_at is not None else [])
-    step = make_update_step(tx, update, state_sharding=place.state_sharding,
-                            arg_shardings=(place.batch_sharding,) * len(sources),
-                            activation_sharding=place.activation_sharding)
+    step = make_step(tx, update, state_sharding=place.state_sharding,
+                     arg_shardings=(place.batch_sharding,) * len(sources),
+                     activation_sharding=place.activation_sharding)
 
     def batches_at(i):
         return tuple(at(i) for at in sources)
@@ -243,13 +242,12 @@ class LisaAnchor(loop.Hook):
     """Lisa's anchor: the weights at the last switch between alignment and user steps (at first, the starting
     weights), copied so that the donated state does not take them along; checkpointed as the hook's carry."""
 
-    def __init__(self, params, align_steps: int, user_steps: int):
-        self.align_steps, self.user_steps = align_steps, user_steps
+    def __init__(self, params, lisa: Lisa):
+        self.lisa = lisa
         self.carry = jax.tree.map(jnp.copy, params)
 
     def __call__(self, state, step: int) -> dict[str, float]:
-        phase = functools.partial(lisa_phase, align_steps=self.align_steps, user_steps=self.user_steps)
-        if 0 < step and phase(step) != phase(step - 1):
+        if 0 < step and self.lisa.aligning(step) != self.lisa.aligning(step - 1):
             self.carry = jax.tree.map(jnp.copy, state.params)
         return {}
 
@@ -271,20 +269,20 @@ def train_lisa(cfg: RunConfig, model: Transformer, workdir: str | Path, user_at:
     check_lisa_budget(cfg, steps)
     tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
     place = _Placement(cfg, model, tx, user_at(0))
-    lisa = Lisa(rho=c.rho, prox_from=int(c.prox_warmup * steps), block=cfg.model.loss_block)
-    step = make_update_step(tx, lisa, state_sharding=place.state_sharding,
-                            arg_shardings=(place.batch_sharding, getattr(place.state_sharding, "params", None)),
-                            activation_sharding=place.activation_sharding)
-    anchor = LisaAnchor(place.state.params, c.align_steps, c.user_steps)
+    lisa = Lisa(rho=c.rho, prox_from=int(c.prox_warmup * steps), align_steps=c.align_steps,
+                user_steps=c.user_steps, block=cfg.model.loss_block)
+    step = make_step(tx, lisa, state_sharding=place.state_sharding,
+                     arg_shardings=(getattr(place.state_sharding, "params", None), place.batch_sharding),
+                     activation_sharding=place.activation_sharding)
+    anchor = LisaAnchor(place.state.params, lisa)
 
     def batches_at(i):  # the user batch of an alignment step is skipped, as the authors' trainer discards it
-        return (align_at(i) if lisa_phase(i, c.align_steps, c.user_steps) else user_at(i),)
+        return (align_at(i) if lisa.aligning(i) else user_at(i),)
 
     def step_fn(state, i):
-        state, metrics = step(state, *map(place.batch, batches_at(i)), anchor.carry)
-        return state, {**metrics, "alignment_step": float(lisa_phase(i, c.align_steps, c.user_steps))}
+        return step(state, anchor.carry, *map(place.batch, batches_at(i)))
 
-    place.check_memory(step, place.state, place.batch(user_at(0)), anchor.carry, what="Lisa step")
+    place.check_memory(step, place.state, anchor.carry, place.batch(user_at(0)), what="Lisa step")
     state = loop.run("lisa", workdir, _loop_config(cfg, steps), place.state, step_fn, hooks=[anchor],
                      meta={"seed": cfg.seed, "user_data": data_id}, run_config=cfg.to_dict())
     return Trained(state.model(), steps_flops(lisa, model, batches_at, steps))
