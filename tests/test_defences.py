@@ -227,8 +227,8 @@ def test_repnoise_mmd_falls_as_training_runs(tmp_path):
     cfg = small_config(**{"optim.learning_rate": 3e-2, "optim.schedule": "constant", "optim.warmup_steps": 0,
                           "optim.clip_norm": 0.0})
     repnoise = RepNoise(alpha=0.0, beta=1.0, seed=0)
-    runs.train_alignment_defence(cfg, tiny_model(), tmp_path, repnoise, synthetic_batch,
-                                 lambda i: synthetic_batch(i, seed=1), steps=12)
+    runs.train(cfg, tiny_model(), tmp_path,
+               runs.alignment_defence(repnoise, synthetic_batch, lambda i: synthetic_batch(i, seed=1), steps=12))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     mmd = [r["mmd"] for r in records]
     assert len(mmd) == 12 and np.mean(mmd[-3:]) < 0.8 * mmd[0], mmd
@@ -261,7 +261,7 @@ def test_lisa_alternates_and_its_proximal_term_is_zero_at_each_switch(tmp_path):
     cfg = small_config(**{"defences.lisa.align_steps": 2, "defences.lisa.user_steps": 3, "defences.lisa.rho": 1.0,
                           "optim.schedule": "constant", "optim.warmup_steps": 0})
     align = lambda i: synthetic_batch(i, seed=1)  # noqa: E731
-    runs.train_lisa(cfg, tiny_model(), tmp_path, synthetic_batch, align, steps=10)
+    runs.train(cfg, tiny_model(), tmp_path, runs.lisa(cfg, synthetic_batch, align, steps=10))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["alignment_step"] for r in records] == [1.0, 1.0, 0.0, 0.0, 0.0] * 2
     switches = {0, 2, 5, 7}  # the steps (0-based) that begin a phase: the anchor is the weights there
@@ -272,7 +272,7 @@ def test_lisa_alternates_and_its_proximal_term_is_zero_at_each_switch(tmp_path):
 def test_lisa_needs_user_steps_within_the_budget(tmp_path):
     cfg = small_config(**{"defences.lisa.align_steps": 10})
     with pytest.raises(Exception, match="defences.lisa.align_steps: 10 alignment steps leave none"):
-        runs.train_lisa(cfg, tiny_model(), tmp_path, synthetic_batch, synthetic_batch, steps=10)
+        runs.lisa(cfg, synthetic_batch, synthetic_batch, steps=10)
 
 
 def test_vaccine_and_repnoise_read_the_same_layers_when_they_are_scanned(models, tmp_path):

@@ -345,8 +345,9 @@ def test_a_run_counts_the_flops_its_own_steps_report(tmp_path):
 
     for beta in (1.0, 0.0):
         cfg = small_config(**{"student.steps": 3})
-        student = runs.train_student(cfg, tiny_model(), tiny_model(seed=1) if beta else None,
-                                     tmp_path / f"student{beta}", synthetic_batch, synthetic_batch, steps=3, beta=beta)
+        spec = runs.student(cfg, tiny_model(seed=1) if beta else None, synthetic_batch, synthetic_batch, steps=3,
+                            beta=beta)
+        student = runs.train(cfg, tiny_model(), tmp_path / f"student{beta}", spec)
         own = StudentLoss(beta=beta).flops(student.model.cfg, None, shape, shape)
         assert student.flops == 3 * own
         # distilling: both batches trained and the teacher's forward; plain finetuning: the user batch alone
