@@ -354,6 +354,12 @@ def test_a_run_counts_the_flops_its_own_steps_report(tmp_path):
         passes = 2 * flops.train_flops(student.model.cfg, *shape) + flops.forward_flops(student.model.cfg, *shape)
         assert own == (passes if beta else flops.train_flops(student.model.cfg, *shape))
 
+    # the safety alignment: SFT on its one batch a step, in a run of its own name
+    spec = runs.safety_alignment(cfg, synthetic_batch, steps=3)
+    assert spec.name == "safety_alignment" and len(spec.batches) == 1
+    aligned = runs.train(cfg, tiny_model(), tmp_path / "safety_aligned", spec)
+    assert aligned.flops == 3 * flops.train_flops(aligned.model.cfg, *shape)
+
 
 QUIET = """
 import asyncio, gc, types

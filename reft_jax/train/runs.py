@@ -7,7 +7,7 @@ Lisa's anchor; then its batches, each a pure function of the step index, so that
 step calls, the run's name and the facts a resumed run must agree with. `train` does the rest the same way for
 every run: the optimizer, the placement on the mesh, the jitted step (`steps.make_step`), the memory check, the
 loop of `loop.py` (checkpoints, logs, hooks) and the FLOPs of its steps and hooks. The builders below (`teacher`,
-`student`, `alignment_defence`, `lisa`) make each run's spec from the config.
+`student`, `safety_alignment`, `alignment_defence`, `lisa`) make each run's spec from the config.
 
 The teacher's R_l is recomputed by the current teacher over a fixed prompt pool every `refusal.update_every`
 steps, the first time from the base model, and is checkpointed with the state (the carry of a hook the step
@@ -267,6 +267,11 @@ def student(cfg: RunConfig, teacher_model: Transformer | None, user_at: Callable
     loss = StudentLoss(beta=beta, temperature=cfg.distill.temperature, alpha=alpha, block=cfg.model.loss_block,
                        kl_positions=cfg.distill.positions)
     return Spec("student", loss, (user_at, align_at), steps, held=(Frozen(teacher_model),), meta=meta)
+
+
+def safety_alignment(cfg: RunConfig, align_at: Callable[[int], Batch], *, steps: int) -> Spec:
+    """sa_ft's first stage: `steps` step calls of SFT on the alignment data (the CE of its responses)."""
+    return Spec("safety_alignment", SFTLoss(block=cfg.model.loss_block), (align_at,), steps)
 
 
 def alignment_defence(update, align_at: Callable[[int], Batch], harmful_at: Callable[[int], Batch] | None = None,
