@@ -16,7 +16,6 @@ code does; the algorithms follow the papers and their public code (the differenc
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,19 +23,9 @@ import jax.numpy as jnp
 from reft_jax.data import Batch
 from reft_jax.models import LoraConfig, ModelConfig, flops
 from reft_jax.train import losses
-from reft_jax.train.steps import Shape, forward, response_ce
+from reft_jax.train.steps import SFTLoss, Shape, forward, response_ce
 
 _EPS = 1e-7  # the authors' guard in the perturbation normalisations
-
-
-def _ce_of(model_of: Callable, block: int):
-    """ce(params, batch) -> (response CE, tokens) of the model at params."""
-
-    def ce(params, batch: Batch):
-        model = model_of(params)
-        return response_ce(model, forward(model, batch, block), batch, block)
-
-    return ce
 
 
 def _sq_norm(tree) -> jax.Array:
@@ -97,16 +86,17 @@ class Booster:
 
     def grads(self, model_of, params, step, align: Batch, harmful: Batch):
         del step
-        grad = jax.value_and_grad(_ce_of(model_of, self.block), has_aux=True)
+        grad = jax.value_and_grad(lambda p, batch: SFTLoss(self.block)(model_of(p), batch), has_aux=True)
         (h, _), g_h = grad(params, harmful)
         norm = jnp.sqrt(_sq_norm(g_h))
         scale = self.alpha / (norm + _EPS)
         stepped = jax.tree.map(lambda p, g: p - (scale * g).astype(p.dtype), params, g_h)
         (h_after, _), g_after = grad(stepped, harmful)
-        (f, tokens), g_f = grad(params, align)
+        (f, sft), g_f = grad(params, align)
         grads = jax.tree.map(lambda a, now, after: a + self.lam * (now - after), g_f, g_h, g_after)
         loss = f + self.lam * (h - h_after)
-        return loss, dict(ce=f, harmful_ce=h, harmful_ce_after=h_after, harmful_grad_norm=norm, tokens=tokens), grads
+        metrics = dict(ce=f, harmful_ce=h, harmful_ce_after=h_after, harmful_grad_norm=norm, tokens=sft["tokens"])
+        return loss, metrics, grads
 
     def flops(self, cfg: ModelConfig, lora: LoraConfig | None, align: Shape, harmful: Shape) -> int:
         """The harmful loss's train passes at w and at w', and the alignment's."""
@@ -134,7 +124,7 @@ class RepNoise:
         return jax.random.normal(jax.random.fold_in(jax.random.key(self.seed), step), shape, jnp.float32)
 
     def loss(self, model, align: Batch, harmful: Batch, noise: jax.Array):
-        ce, tokens = response_ce(model, forward(model, align, self.block), align, self.block)
+        ce, sft = SFTLoss(self.block)(model, align)
         out = model(harmful["input_ids"], harmful["attention_mask"], output_hidden_states=True, output_mlp=True,
                     logits=False)
         states = [model.norm(h) for h in out.hidden_states[:-1]] + [out.hidden_states[-1]]  # the last is normed
@@ -150,7 +140,7 @@ class RepNoise:
                                                  (n * mask).reshape(b, -1))
                                   for act, n in zip(out.mlp_outputs, noise)]))
         loss = ce - self.alpha * jnp.log1p(ascent) + self.beta * mmd
-        return loss, dict(ce=ce, harmful_ce=ascent, mmd=mmd, tokens=tokens)
+        return loss, dict(ce=ce, harmful_ce=ascent, mmd=mmd, tokens=sft["tokens"])
 
     def grads(self, model_of, params, step, align: Batch, harmful: Batch):
         model = model_of(params)
@@ -185,10 +175,10 @@ class Lisa:
 
     def grads(self, model_of, params, step, anchor, batch: Batch):
         def loss(params):
-            ce, tokens = _ce_of(model_of, self.block)(params, batch)
+            ce, metrics = SFTLoss(self.block)(model_of(params), batch)
             prox = 0.5 * _sq_norm(jax.tree.map(lambda p, a: p - a, params, anchor))
             weight = jnp.where(step >= self.prox_from, self.rho, 0.0)
-            return ce + weight * prox, dict(ce=ce, proximal=prox, tokens=tokens)
+            return ce + weight * prox, dict(metrics, proximal=prox)
 
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
         return value, dict(metrics, alignment_step=jnp.asarray(self.aligning(step), jnp.float32)), grads
