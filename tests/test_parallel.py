@@ -16,14 +16,14 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
-from train_fixtures import small_config, synthetic_batch, tiny_model
+from train_fixtures import small_config, synthetic_batch, teacher_loss, tiny_model
 
 from reft_jax.config import default_config
 from reft_jax.errors import ConfigError
 from reft_jax.runtime import parallel
 from reft_jax.runtime.state import create_train_state
 from reft_jax.train.optim import make_optimizer
-from reft_jax.train.steps import TeacherLoss, make_step
+from reft_jax.train.steps import make_step
 
 HERE = Path(__file__).parent
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2), (1, 2, 4)]  # the last: 2 kv heads on tensor=4
@@ -37,12 +37,12 @@ jax.config.update("jax_disable_most_optimizations", True)
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from train_fixtures import small_config, synthetic_batch
+from train_fixtures import small_config, student_loss, synthetic_batch, teacher_loss
 from reft_jax.runtime import parallel
 from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer, from_pretrained, save_pretrained
 from reft_jax.train.optim import make_optimizer
 from reft_jax.runtime.state import FrozenModel, create_train_state
-from reft_jax.train.steps import StudentLoss, TeacherLoss, make_step
+from reft_jax.train.steps import make_step
 
 MESHES, workdir = json.loads(sys.argv[1]), sys.argv[2]
 CFG = ModelConfig("llama", 64, 32, 64, 2, 4, 2, 8)  # vocab, hidden, mlp, layers, heads, kv heads, head_dim
@@ -64,13 +64,13 @@ def batch(i):  # 8 rows, so that every mesh splits them
 def losses(mesh, lora=False):
     if mesh is None:  # one device, jax.jit's own placement: the reference
         teacher_state = create_train_state(model(0, lora), tx)
-        teacher_step = make_step(tx, TeacherLoss(layer=1))
+        teacher_step = make_step(tx, teacher_loss())
     else:
         # On the mesh: blockwise losses and activation constraints too; the reference has neither.
         teacher_state = parallel.create_sharded_train_state(model(0, lora), tx, mesh, units=UNITS)
         state_sharding = parallel.train_state_sharding(teacher_state, mesh, units=UNITS)
         batch_sharding = parallel.batch_sharding(batch(0), mesh)
-        teacher_step = make_step(tx, TeacherLoss(layer=1, block=8), state_sharding=state_sharding,
+        teacher_step = make_step(tx, teacher_loss(block=8), state_sharding=state_sharding,
                                  arg_shardings=(None, batch_sharding),
                                  activation_sharding=parallel.activation_sharding(mesh))
     out = []
@@ -80,12 +80,12 @@ def losses(mesh, lora=False):
     teacher = FrozenModel.of_train_state(teacher_state)
     if mesh is None:
         student = create_train_state(model(1, lora), tx)
-        student_step = make_step(tx, StudentLoss())
+        student_step = make_step(tx, student_loss())
     else:
         student = parallel.create_sharded_train_state(model(1, lora), tx, mesh, units=UNITS)
         state_sharding = parallel.train_state_sharding(student, mesh, units=UNITS)
         batch_sharding = parallel.batch_sharding(batch(0), mesh)
-        student_step = make_step(tx, StudentLoss(block=8), state_sharding=state_sharding,
+        student_step = make_step(tx, student_loss(block=8), state_sharding=state_sharding,
                                  arg_shardings=(parallel.frozen_model_sharding(teacher, mesh, units=UNITS),
                                                 batch_sharding, batch_sharding),
                                  activation_sharding=parallel.activation_sharding(mesh))
@@ -303,7 +303,7 @@ def test_checkpoint_reads_only_each_shard_once(multi_device):
 
 def test_memory_report_and_fit_check():
     tx = make_optimizer(small_config().optim, 10)
-    step = make_step(tx, TeacherLoss(layer=1))
+    step = make_step(tx, teacher_loss())
     state = create_train_state(tiny_model(), tx)
     memory = parallel.compiled_memory(step, state, jnp.ones((32,), jnp.float32), synthetic_batch(0))
     assert memory["peak_bytes"] > 0 and memory["argument_bytes"] > 0 and memory["output_bytes"] > 0

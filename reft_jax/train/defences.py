@@ -6,6 +6,8 @@ the model at those parameters; step is the state's step counter) and whose `flop
 call's model FLOPs from the (rows, tokens) shapes of its batches; `steps.make_step` makes the jitted, donated step.
 Where a defence needs more than one gradient per step (Vaccine, Booster) it assembles them itself, as the authors'
 code does; the algorithms follow the papers and their public code (the differences are said where they are).
+Their settings have no defaults here: the config declares them (`defences.*`, `model.loss_block`), and
+`stages.defence_alignment.DEFENCES` and `runs.lisa` build them from it.
 
     Vaccine  (Huang et al., 2024)  alignment; the gradient under the worst attention-output perturbation of norm rho
     Booster  (Huang et al., 2024)  alignment + lam (h(w) - h(w - alpha g_h / |g_h|)), h the harmful-answer loss
@@ -39,8 +41,8 @@ class Vaccine:
     over all layers; the step's gradient is that of the CE with eps added to those outputs (a constant: two
     forward/backward passes, the first one's weight gradients unused)."""
 
-    rho: float = 2.0
-    block: int = 0
+    rho: float  # defences.vaccine.rho
+    block: int  # model.loss_block (0: the CE from whole logits)
 
     def perturbation(self, model_of, params, batch: Batch):
         """(eps [L, B, T, D] float32, the unperturbed CE)."""
@@ -80,9 +82,9 @@ class Booster:
     little. First order, as the authors': the gradient is g_f + lam (g_h(w) - g_h(w')), three forward/backward
     passes (h at w, h at w' on the same harmful batch, f)."""
 
-    lam: float = 5.0
-    alpha: float = 0.1
-    block: int = 0
+    lam: float  # defences.booster.lam
+    alpha: float  # defences.booster.alpha
+    block: int  # model.loss_block (0: the CE from whole logits)
 
     def grads(self, model_of, params, step, align: Batch, harmful: Batch):
         del step
@@ -114,10 +116,10 @@ class RepNoise:
     here the two batches are drawn apart (as Booster's port of RepNoise does) and the mask is the harmful
     batch's answer tokens."""
 
-    alpha: float = 1.0
-    beta: float = 0.001
-    block: int = 0
-    seed: int = 0
+    alpha: float  # defences.repnoise.alpha
+    beta: float  # defences.repnoise.beta
+    block: int  # model.loss_block (0: the CE from whole logits)
+    seed: int  # the run's seed (the noise of step s is drawn from it and s)
 
     def noise(self, step, shape) -> jax.Array:
         """The step's Gaussian noise [L, B, T, D] (float32)."""
@@ -163,11 +165,11 @@ class Lisa:
     is off before step `prox_from`. Each cycle is `align_steps` steps on alignment data, then `user_steps` on user
     data (`aligning`); a step's metrics say which it was (alignment_step)."""
 
-    rho: float = 1.0
-    prox_from: int = 0
-    align_steps: int = 100
-    user_steps: int = 900
-    block: int = 0
+    rho: float  # defences.lisa.rho
+    prox_from: int  # the first step with the proximal term (defences.lisa.prox_warmup x the steps)
+    align_steps: int  # defences.lisa.align_steps
+    user_steps: int  # defences.lisa.user_steps
+    block: int  # model.loss_block (0: the CE from whole logits)
 
     def aligning(self, step):
         """Whether step `step` (an int, or the traced step counter) is an alignment step."""

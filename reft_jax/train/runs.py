@@ -228,13 +228,12 @@ def teacher(cfg: RunConfig, model_cfg: ModelConfig, align_at: Callable[[int], Ba
     check: labelled prompt batches never trained on (the pool's check split); at each recomputation of R_l their
     mean cosines and AUROC are logged (check_*), beside base_check_auroc (the base model's, check_auroc_base).
     """
-    layer = refusal.feature_layer(cfg.refusal.layer, model_cfg.num_layers)
-    loss = TeacherLoss(layer=layer, lam=cfg.refusal.lam, kind=cfg.refusal.kind, block=cfg.model.loss_block)
-    refresh = RefusalRefresh(make_feature_fn(layer), pool, check, cfg.refusal.update_every, model_cfg.hidden_size,
+    loss = TeacherLoss.of(cfg, model_cfg.num_layers)
+    refresh = RefusalRefresh(make_feature_fn(loss.layer), pool, check, cfg.refusal.update_every, model_cfg.hidden_size,
                              base_check_auroc)
     # the alignment batch, and the pool batch of the regulariser (refusal.reg_pool)
     batches = (align_at, lambda i: local_rows(pool[i % len(pool)])) if cfg.refusal.reg_pool else (align_at,)
-    return Spec("teacher", loss, batches, cfg.teacher.steps, held=(refresh,), meta={"layer": layer})
+    return Spec("teacher", loss, batches, cfg.teacher.steps, held=(refresh,), meta={"layer": loss.layer})
 
 
 def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, align_at: Callable[[int], Batch],
@@ -264,9 +263,8 @@ def student(cfg: RunConfig, teacher_model: Transformer | None, user_at: Callable
     meta = {"user_data": data_id}
     if beta == 0 and alpha == 0:
         return Spec("student", SFTLoss(block=cfg.model.loss_block), (user_at,), steps, meta=meta)
-    loss = StudentLoss(beta=beta, temperature=cfg.distill.temperature, alpha=alpha, block=cfg.model.loss_block,
-                       kl_positions=cfg.distill.positions)
-    return Spec("student", loss, (user_at, align_at), steps, held=(Frozen(teacher_model),), meta=meta)
+    return Spec("student", StudentLoss.of(cfg, beta, alpha), (user_at, align_at), steps,
+                held=(Frozen(teacher_model),), meta=meta)
 
 
 def safety_alignment(cfg: RunConfig, align_at: Callable[[int], Batch], *, steps: int) -> Spec:

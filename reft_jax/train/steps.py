@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from reft_jax import refusal
+from reft_jax.config.schema import RunConfig
 from reft_jax.data import Batch
 from reft_jax.models import LoraConfig, ModelConfig, Transformer, flops
 from reft_jax.models.activations import sharded_activations
@@ -57,12 +58,19 @@ class TeacherLoss(Loss):
     """L_teacher = CE(alignment responses) + lam * L_reg(features at `layer`, R_l).
 
     With a `pool` batch (prompts of the refusal pool R_l is computed over), L_reg is the mean over the rows of
-    both batches (why: `refusal.reg_pool` in reft_jax.config.schema)."""
+    both batches (why: `refusal.reg_pool` in reft_jax.config.schema). Its settings have no defaults here: the
+    config declares them (`of`)."""
 
-    layer: int
-    lam: float = 1.0
-    kind: str = "squared"
-    block: int = 0  # > 0: the CE is blockwise over this many positions (model.loss_block)
+    layer: int  # the hidden state L_reg reads (refusal.layer, resolved against the depth)
+    lam: float  # refusal.lam
+    kind: str  # refusal.kind
+    block: int  # model.loss_block; > 0: the CE is blockwise over this many positions, 0: from whole logits
+
+    @classmethod
+    def of(cls, cfg: RunConfig, num_layers: int) -> "TeacherLoss":
+        """The teacher's loss as the run's config sets it, for a model of `num_layers` blocks."""
+        return cls(layer=refusal.feature_layer(cfg.refusal.layer, num_layers), lam=cfg.refusal.lam,
+                   kind=cfg.refusal.kind, block=cfg.model.loss_block)
 
     def __call__(self, model: Transformer, r: jax.Array, batch: Batch, pool: Batch | None = None):
         out = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=[self.layer, -1],
@@ -101,7 +109,7 @@ def response_ce(model: Transformer, out, batch: Batch, block: int):
 class SFTLoss(Loss):
     """Supervised finetuning: the CE of one batch's responses (the safety alignment; plain finetuning)."""
 
-    block: int = 0  # > 0: the CE is blockwise over this many positions (model.loss_block)
+    block: int  # model.loss_block; > 0: the CE is blockwise over this many positions, 0: from whole logits
 
     def __call__(self, model: Transformer, batch: Batch):
         ce, tokens = response_ce(model, forward(model, batch, self.block), batch, self.block)
@@ -123,13 +131,20 @@ def _cos_means(cos, batch):
 @dataclasses.dataclass(frozen=True)
 class StudentLoss(Loss):
     """L_student = CE(kept user data) + beta * T^2 * KL(teacher^T || student^T) on alignment responses
-    [+ alpha * CE(alignment responses): the joint-SFT baselines, no teacher]."""
+    [+ alpha * CE(alignment responses): the joint-SFT baselines, no teacher]. Its settings have no defaults here:
+    the config declares them (`of`)."""
 
-    beta: float = 1.0
-    temperature: float = 1.0
-    alpha: float = 0.0
-    block: int = 0  # > 0: CE and KL are blockwise over this many positions (model.loss_block)
-    kl_positions: str = "response"  # distill.positions: "all" also matches the teacher on the prompts' tokens
+    beta: float  # distill.beta, or 0 (no distillation)
+    temperature: float  # distill.temperature
+    alpha: float  # baselines.joint_weight for the joint baselines, else 0
+    block: int  # model.loss_block; > 0: CE and KL are blockwise over this many positions, 0: from whole logits
+    kl_positions: str  # distill.positions: "all" also matches the teacher on the prompts' tokens
+
+    @classmethod
+    def of(cls, cfg: RunConfig, beta: float, alpha: float = 0.0) -> "StudentLoss":
+        """The student's loss with these weights and the rest as the run's config sets it."""
+        return cls(beta=beta, temperature=cfg.distill.temperature, alpha=alpha, block=cfg.model.loss_block,
+                   kl_positions=cfg.distill.positions)
 
     def __call__(self, model: Transformer, teacher: Transformer | None, user: Batch, align: Batch):
         loss, metrics = SFTLoss(self.block)(model, user)
