@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 from hf_fixtures import FAMILIES, hf_config
+from train_fixtures import student_loss, teacher_loss
 
 from reft_jax.models import LoraConfig, RuntimeOptions, Transformer
 from reft_jax.models.config import from_hf_dict
 from reft_jax.runtime.state import trainable_filter
 from reft_jax.train import losses
-from reft_jax.train.steps import StudentLoss, TeacherLoss
 
 B, T, PROMPT = 3, 12, 4
 TOL = 1e-5
@@ -98,7 +98,7 @@ def test_student_step_losses_and_gradients_equal_the_plain_ones(family, lora):
     # User CE, alignment CE (the joint baselines' alpha) and the KL at a temperature, in one loss; the block of
     # 5 positions does not divide the 12.
     kwargs = dict(beta=0.5, alpha=1.0, temperature=2.0)
-    assert_same(*both_losses_and_grads(StudentLoss(**kwargs), StudentLoss(block=5, **kwargs), student, teacher,
+    assert_same(*both_losses_and_grads(student_loss(**kwargs), student_loss(block=5, **kwargs), student, teacher,
                                        user, align))
 
 
@@ -108,7 +108,7 @@ def test_teacher_step_losses_and_gradients_equal_the_plain_ones(family):
     align = batch(2, model.cfg.vocab_size)
     r = jax.random.normal(jax.random.key(3), (model.cfg.hidden_size,))
     for block in (4, 64):  # blocks dividing the sequence, and one block longer than the sequence
-        assert_same(*both_losses_and_grads(TeacherLoss(layer=1), TeacherLoss(layer=1, block=block), model, align, r))
+        assert_same(*both_losses_and_grads(teacher_loss(), teacher_loss(block=block), model, r, align))
 
 
 def test_blockwise_token_mean_matches_numpy_and_keeps_float64(x64):
@@ -125,7 +125,7 @@ def test_blockwise_token_mean_matches_numpy_and_keeps_float64(x64):
 def test_all_masked_gives_zero_loss_and_zero_gradient():
     model = model_of("llama", 0)
     align = dict(batch(0, model.cfg.vocab_size), loss_mask=jnp.zeros((B, T)))
-    loss, metrics, grads = loss_and_grads(StudentLoss(beta=1.0, block=5), model, model, align, align)
+    loss, metrics, grads = loss_and_grads(student_loss(block=5), model, model, align, align)
     assert float(loss) == 0.0 and float(metrics["tokens"]) == 0.0
     assert all(bool(jnp.all(g == 0)) for g in jax.tree.leaves(grads))
 
@@ -145,8 +145,8 @@ def test_the_kl_on_every_token_covers_the_prompts_too():
     for positions, targets in (("all", align["attention_mask"]), ("response", align["loss_mask"])):
         w = np.asarray(targets, np.float64)[:, 1:] * row
         expected = (kl * w).sum() / w.sum()
-        plain, blockwise = both_losses_and_grads(StudentLoss(beta=1.0, kl_positions=positions),
-                                                 StudentLoss(beta=1.0, kl_positions=positions, block=5),
+        plain, blockwise = both_losses_and_grads(student_loss(kl_positions=positions),
+                                                 student_loss(kl_positions=positions, block=5),
                                                  student, teacher, user, align)
         assert_same(plain, blockwise)
         np.testing.assert_allclose(plain[1]["kl"], expected, rtol=1e-4)

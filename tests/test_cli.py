@@ -341,11 +341,11 @@ def test_the_distillations_alignment_batch_takes_its_own_size(run_dir, tmp_path,
 
     rows = {}
 
-    def train_student(cfg, model, teacher, out, user_at, align_at, **kw):  # the batches, not the training
-        rows[Path(out).name] = (len(user_at(0)["input_ids"]), len(align_at(0)["input_ids"]))
+    def train(cfg, model, out, spec):  # the batches, not the training
+        rows[Path(out).name] = tuple(len(batch(0)["input_ids"]) for batch in spec.batches)
         return runs.Trained(model, 0)
 
-    monkeypatch.setattr(runs, "train_student", train_student)
+    monkeypatch.setattr(runs, "train", train)
     workdir = copy_run(run_dir, tmp_path / "run", ("student",))
     ctx = RunContext.create(load_config(str(DEMO_CONFIG), [*TINY, "--config.distill.align_batch_size=16"]), workdir)
     for name in ("ref_teacher", "sa_plus_ft"):

@@ -19,7 +19,8 @@ from reft_jax.models import from_pretrained
 from reft_jax.models.hf_io import _hf_tensors
 from reft_jax.runtime.state import create_train_state
 from reft_jax.train import runs
-from reft_jax.train.defences import Booster, Lisa, RepNoise, Vaccine, lisa_phase
+from reft_jax.train.defences import Booster, Lisa, RepNoise, Vaccine
+from reft_jax.train.steps import SFTLoss
 
 PROMPT = 4  # the first tokens of each test row are its prompt
 
@@ -46,7 +47,7 @@ def run_update(state, update, *args, step=0):
     def model_of(params):
         return nnx.merge(state.graphdef, params, state.frozen)
 
-    loss, metrics, grads = jax.jit(lambda p, s, *a: update(model_of, p, s, *a))(state.params, step, *args)
+    loss, metrics, grads = jax.jit(lambda p, s, *a: update.grads(model_of, p, s, *a))(state.params, step, *args)
     named = dict(_hf_tensors(nnx.merge(state.graphdef, grads, state.frozen), np.float32))
     return float(loss), {k: float(v) for k, v in metrics.items()}, named
 
@@ -117,7 +118,7 @@ def test_vaccine_matches_the_pytorch_reference(models, block):
 def test_vaccines_perturbation_has_norm_rho_and_raises_the_loss(models):
     _, state = models
     b = batch(1)
-    vaccine = Vaccine(rho=0.3)
+    vaccine = Vaccine(rho=0.3, block=0)
 
     def model_of(params):
         return nnx.merge(state.graphdef, params, state.frozen)
@@ -154,7 +155,7 @@ def torch_booster(model, align, harmful, lam, alpha):
 def test_booster_matches_the_pytorch_reference(models):
     torch_model, state = models
     align, harmful = batch(2), batch(3)
-    loss, metrics, grads = run_update(state, Booster(lam=5.0, alpha=0.1), align, harmful)
+    loss, metrics, grads = run_update(state, Booster(lam=5.0, alpha=0.1, block=0), align, harmful)
     ref_loss, ref_grads = torch_booster(torch_model, align, harmful, 5.0, 0.1)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert metrics["harmful_ce_after"] < metrics["harmful_ce"]  # one harmful step lowers the harmful loss
@@ -166,8 +167,8 @@ def test_boosters_term_vanishes_with_the_harmful_gradient(models):
     _, state = models
     align, harmful = batch(2), batch(3)
     harmful["example_weight"][:] = 0.0
-    loss, metrics, grads = run_update(state, Booster(lam=5.0, alpha=0.1), align, harmful)
-    sft_loss, _, sft_grads = run_update(state, Lisa(rho=0.0), align, state.params)  # CE alone
+    loss, metrics, grads = run_update(state, Booster(lam=5.0, alpha=0.1, block=0), align, harmful)
+    sft_loss, _, sft_grads = run_update(state, SFTLoss(block=0), align)  # CE alone
     assert metrics["harmful_grad_norm"] == 0.0 and metrics["harmful_ce"] == metrics["harmful_ce_after"] == 0.0
     assert loss == pytest.approx(sft_loss, rel=1e-6)
     for name, g in sft_grads.items():
@@ -225,9 +226,9 @@ def test_repnoise_mmd_falls_as_training_runs(tmp_path):
     """The MLP outputs start near 0, a flat spot of the MMD to noise; a few large steps get them off it."""
     cfg = small_config(**{"optim.learning_rate": 3e-2, "optim.schedule": "constant", "optim.warmup_steps": 0,
                           "optim.clip_norm": 0.0})
-    repnoise = RepNoise(alpha=0.0, beta=1.0, seed=0)
-    runs.train_alignment_defence(cfg, tiny_model(), tmp_path, repnoise, synthetic_batch,
-                                 lambda i: synthetic_batch(i, seed=1), steps=12)
+    repnoise = RepNoise(alpha=0.0, beta=1.0, block=0, seed=0)
+    runs.train(cfg, tiny_model(), tmp_path,
+               runs.alignment_defence(repnoise, synthetic_batch, lambda i: synthetic_batch(i, seed=1), steps=12))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     mmd = [r["mmd"] for r in records]
     assert len(mmd) == 12 and np.mean(mmd[-3:]) < 0.8 * mmd[0], mmd
@@ -241,7 +242,8 @@ def test_lisa_matches_the_pytorch_reference(models, step):
     torch_model, state = models
     b = batch(6)
     anchor = jax.tree.map(lambda p: p + 0.01 * jnp.cos(jnp.arange(p.size).reshape(p.shape)), state.params)
-    loss, metrics, grads = run_update(state, Lisa(rho=0.7, prox_from=3), b, anchor, step=step)
+    lisa = Lisa(rho=0.7, prox_from=3, align_steps=1, user_steps=1, block=0)
+    loss, metrics, grads = run_update(state, lisa, anchor, b, step=step)
     named_anchor = {n: torch.tensor(a) for n, a in _hf_tensors(nnx.merge(state.graphdef, anchor, state.frozen),
                                                               np.float32)}
     torch_model.zero_grad()
@@ -256,11 +258,12 @@ def test_lisa_matches_the_pytorch_reference(models, step):
 
 
 def test_lisa_alternates_and_its_proximal_term_is_zero_at_each_switch(tmp_path):
-    assert [lisa_phase(i, 2, 3) for i in range(10)] == [True, True, False, False, False] * 2
+    lisa = Lisa(rho=1.0, prox_from=0, align_steps=2, user_steps=3, block=0)
+    assert [lisa.aligning(i) for i in range(10)] == [True, True, False, False, False] * 2
     cfg = small_config(**{"defences.lisa.align_steps": 2, "defences.lisa.user_steps": 3, "defences.lisa.rho": 1.0,
                           "optim.schedule": "constant", "optim.warmup_steps": 0})
     align = lambda i: synthetic_batch(i, seed=1)  # noqa: E731
-    runs.train_lisa(cfg, tiny_model(), tmp_path, synthetic_batch, align, steps=10)
+    runs.train(cfg, tiny_model(), tmp_path, runs.lisa(cfg, synthetic_batch, align, steps=10))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["alignment_step"] for r in records] == [1.0, 1.0, 0.0, 0.0, 0.0] * 2
     switches = {0, 2, 5, 7}  # the steps (0-based) that begin a phase: the anchor is the weights there
@@ -271,7 +274,7 @@ def test_lisa_alternates_and_its_proximal_term_is_zero_at_each_switch(tmp_path):
 def test_lisa_needs_user_steps_within_the_budget(tmp_path):
     cfg = small_config(**{"defences.lisa.align_steps": 10})
     with pytest.raises(Exception, match="defences.lisa.align_steps: 10 alignment steps leave none"):
-        runs.train_lisa(cfg, tiny_model(), tmp_path, synthetic_batch, synthetic_batch, steps=10)
+        runs.lisa(cfg, synthetic_batch, synthetic_batch, steps=10)
 
 
 def test_vaccine_and_repnoise_read_the_same_layers_when_they_are_scanned(models, tmp_path):
@@ -280,7 +283,8 @@ def test_vaccine_and_repnoise_read_the_same_layers_when_they_are_scanned(models,
     torch_model.save_pretrained(tmp_path)
     scanned = create_train_state(from_pretrained(tmp_path, scan_layers=True), optax.sgd(0.0))
     align, harmful = batch(8), batch(9)
-    for update, args in ((Vaccine(rho=0.5), (align,)), (RepNoise(beta=1.0), (align, harmful))):
+    for update, args in ((Vaccine(rho=0.5, block=0), (align,)),
+                         (RepNoise(alpha=1.0, beta=1.0, block=0, seed=0), (align, harmful))):
         loss, metrics, grads = run_update(state, update, *args)
         scan_loss, scan_metrics, scan_grads = run_update(scanned, update, *args)
         assert scan_loss == pytest.approx(loss, rel=1e-5) and scan_metrics.keys() == metrics.keys()

@@ -143,10 +143,10 @@ def test_distilled_student_refuses_more_and_learns_the_task(setup, teacher):
     align_batches = batches(setup["alignment"], seed=3).batch
     cfg = config()
     steps = cfg.student.steps
-    defended = runs.train_student(cfg, base_model(), teacher_model, setup["folder"] / "defended",
-                                  batches(kept, seed=2).batch, align_batches, steps=steps, beta=cfg.distill.beta).model
-    undefended = runs.train_student(cfg, base_model(), teacher_model, setup["folder"] / "undefended",
-                                    batches(setup["user"], seed=2).batch, align_batches, steps=steps, beta=0.0).model
+    defended = runs.train(cfg, base_model(), setup["folder"] / "defended", runs.student(
+        cfg, teacher_model, batches(kept, seed=2).batch, align_batches, steps=steps, beta=cfg.distill.beta)).model
+    undefended = runs.train(cfg, base_model(), setup["folder"] / "undefended", runs.student(
+        cfg, None, batches(setup["user"], seed=2).batch, align_batches, steps=steps, beta=0.0)).model
     rates = {name: refusal_preference(m, setup) for name, m in
              (("base", base_model()), ("no_defense", undefended), ("ref_teacher", defended))}
     ce = [json.loads(line)["ce"] for line in (setup["folder"] / "defended" / "metrics.jsonl").read_text().splitlines()]

@@ -16,14 +16,14 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
-from train_fixtures import small_config, synthetic_batch, tiny_model
+from train_fixtures import small_config, synthetic_batch, teacher_loss, tiny_model
 
 from reft_jax.config import default_config
 from reft_jax.errors import ConfigError
 from reft_jax.runtime import parallel
 from reft_jax.runtime.state import create_train_state
 from reft_jax.train.optim import make_optimizer
-from reft_jax.train.steps import TeacherLoss, make_teacher_step
+from reft_jax.train.steps import make_step
 
 HERE = Path(__file__).parent
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2), (1, 2, 4)]  # the last: 2 kv heads on tensor=4
@@ -37,12 +37,12 @@ jax.config.update("jax_disable_most_optimizations", True)
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from train_fixtures import small_config, synthetic_batch
+from train_fixtures import small_config, student_loss, synthetic_batch, teacher_loss
 from reft_jax.runtime import parallel
 from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer, from_pretrained, save_pretrained
 from reft_jax.train.optim import make_optimizer
 from reft_jax.runtime.state import FrozenModel, create_train_state
-from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
+from reft_jax.train.steps import make_step
 
 MESHES, workdir = json.loads(sys.argv[1]), sys.argv[2]
 CFG = ModelConfig("llama", 64, 32, 64, 2, 4, 2, 8)  # vocab, hidden, mlp, layers, heads, kv heads, head_dim
@@ -64,30 +64,31 @@ def batch(i):  # 8 rows, so that every mesh splits them
 def losses(mesh, lora=False):
     if mesh is None:  # one device, jax.jit's own placement: the reference
         teacher_state = create_train_state(model(0, lora), tx)
-        teacher_step = make_teacher_step(tx, TeacherLoss(layer=1))
+        teacher_step = make_step(tx, teacher_loss())
     else:
         # On the mesh: blockwise losses and activation constraints too; the reference has neither.
         teacher_state = parallel.create_sharded_train_state(model(0, lora), tx, mesh, units=UNITS)
         state_sharding = parallel.train_state_sharding(teacher_state, mesh, units=UNITS)
         batch_sharding = parallel.batch_sharding(batch(0), mesh)
-        teacher_step = make_teacher_step(tx, TeacherLoss(layer=1, block=8), state_sharding=state_sharding,
-                                         batch_sharding=batch_sharding,
-                                         activation_sharding=parallel.activation_sharding(mesh))
+        teacher_step = make_step(tx, teacher_loss(block=8), state_sharding=state_sharding,
+                                 arg_shardings=(None, batch_sharding),
+                                 activation_sharding=parallel.activation_sharding(mesh))
     out = []
     for i in range(3):
-        teacher_state, metrics = teacher_step(teacher_state, batch(i), r)
+        teacher_state, metrics = teacher_step(teacher_state, r, batch(i))
         out.append(float(metrics["loss"]))
     teacher = FrozenModel.of_train_state(teacher_state)
     if mesh is None:
         student = create_train_state(model(1, lora), tx)
-        student_step = make_student_step(tx, StudentLoss())
+        student_step = make_step(tx, student_loss())
     else:
         student = parallel.create_sharded_train_state(model(1, lora), tx, mesh, units=UNITS)
         state_sharding = parallel.train_state_sharding(student, mesh, units=UNITS)
-        student_step = make_student_step(tx, StudentLoss(block=8), state_sharding=state_sharding,
-                                         batch_sharding=parallel.batch_sharding(batch(0), mesh),
-                                         teacher_sharding=parallel.frozen_model_sharding(teacher, mesh, units=UNITS),
-                                         activation_sharding=parallel.activation_sharding(mesh))
+        batch_sharding = parallel.batch_sharding(batch(0), mesh)
+        student_step = make_step(tx, student_loss(block=8), state_sharding=state_sharding,
+                                 arg_shardings=(parallel.frozen_model_sharding(teacher, mesh, units=UNITS),
+                                                batch_sharding, batch_sharding),
+                                 activation_sharding=parallel.activation_sharding(mesh))
     for i in range(3):
         student, metrics = student_step(student, teacher, parallel.shard_batch(batch(10 + i), mesh)
                                         if mesh else batch(10 + i), batch(20 + i))
@@ -337,12 +338,12 @@ def test_a_run_loads_its_checkpoint_into_its_mesh(multi_device):
 
 def test_memory_report_and_fit_check():
     tx = make_optimizer(small_config().optim, 10)
-    step = make_teacher_step(tx, TeacherLoss(layer=1))
+    step = make_step(tx, teacher_loss())
     state = create_train_state(tiny_model(), tx)
-    memory = parallel.compiled_memory(step, state, synthetic_batch(0), jnp.ones((32,), jnp.float32))
+    memory = parallel.compiled_memory(step, state, jnp.ones((32,), jnp.float32), synthetic_batch(0))
     assert memory["peak_bytes"] > 0 and memory["argument_bytes"] > 0 and memory["output_bytes"] > 0
     lines = []
-    assert parallel.plan_memory(step, state, synthetic_batch(0), jnp.ones((32,), jnp.float32),
+    assert parallel.plan_memory(step, state, jnp.ones((32,), jnp.float32), synthetic_batch(0),
                                 available=2**40, log=lines.append) == memory
     assert len(lines) == 1 and "per device" in lines[0]
     assert "fit check skipped" in parallel.check_memory_fits(memory)  # the CPU does not say its memory

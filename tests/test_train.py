@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_fixtures import small_config, synthetic_batch, tiny_model
+from train_fixtures import small_config, student_loss, synthetic_batch, teacher_loss, tiny_model
 
 from reft_jax.config.schema import CheckpointSection, LoggingSection
 from reft_jax.models import flops
@@ -21,7 +21,7 @@ from reft_jax.runtime import parallel
 from reft_jax.runtime.state import FrozenModel, create_train_state
 from reft_jax.train import loop, runs
 from reft_jax.train.optim import make_optimizer
-from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
+from reft_jax.train.steps import make_step
 
 HERE = Path(__file__).parent
 
@@ -34,13 +34,13 @@ def read_losses(workdir):
 def test_teacher_and_student_steps_compile_once(tmp_path, lora):
     cfg = small_config()
     tx = make_optimizer(cfg.optim, 10)
-    teacher_step = make_teacher_step(tx, TeacherLoss(layer=1))
+    teacher_step = make_step(tx, teacher_loss())
     state = create_train_state(tiny_model(lora=lora), tx)
     r = jnp.ones((32,), jnp.float32)
     for i in range(4):
-        state, metrics = teacher_step(state, synthetic_batch(i), r)
+        state, metrics = teacher_step(state, r, synthetic_batch(i))
     assert teacher_step._cache_size() == 1
-    student_step = make_student_step(tx, StudentLoss())
+    student_step = make_step(tx, student_loss())
     student = create_train_state(tiny_model(seed=1, lora=lora), tx)
     teacher = FrozenModel.of_train_state(state)
     losses = []
@@ -55,7 +55,7 @@ def test_weight_zero_examples_do_not_change_the_update():
     """A flagged (or padding) row has weight 0: perturbing its tokens leaves the student update unchanged."""
     cfg = small_config(**{"optim.warmup_steps": 0, "optim.schedule": "constant"})  # lr > 0 at the first step
     tx = make_optimizer(cfg.optim, 10)
-    step = make_student_step(tx, StudentLoss())
+    step = make_step(tx, student_loss())
     teacher = FrozenModel.of(tiny_model(seed=7))
     user, align = synthetic_batch(0), synthetic_batch(1)
     user["example_weight"][2] = 0.0
@@ -300,10 +300,10 @@ def test_gradient_accumulation_matches_the_full_batch():
     for accum, batches in ((1, [batch]), (2, [_half(batch, 0), _half(batch, 1)])):
         cfg = small_config(**{"optim.grad_accum": accum, "optim.warmup_steps": 0, "optim.schedule": "constant"})
         tx = make_optimizer(cfg.optim, 4)
-        step = make_teacher_step(tx, TeacherLoss(layer=1))
+        step = make_step(tx, teacher_loss())
         state = create_train_state(tiny_model(), tx)
         for b in batches:
-            state, _ = step(state, b, r)
+            state, _ = step(state, r, b)
         results.append(jax.tree.map(np.asarray, state.params))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *results)  # Adam: atol ~1% of an update
 
@@ -318,11 +318,11 @@ def test_bfloat16_compute_with_float32_master_weights():
     for dtype in (jnp.float32, jnp.bfloat16):
         model = Transformer(ModelConfig("llama", 61, 32, 48, 2, 4, 2, 8),
                             RuntimeOptions(dtype=dtype, param_dtype=jnp.float32), rngs=nnx.Rngs(0))
-        step = make_teacher_step(tx, TeacherLoss(layer=1))
+        step = make_step(tx, teacher_loss())
         state = create_train_state(model, tx)
         values = []
         for i in range(3):
-            state, metrics = step(state, synthetic_batch(i), jnp.ones((32,)))
+            state, metrics = step(state, jnp.ones((32,)), synthetic_batch(i))
             values.append(float(metrics["loss"]))
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
         losses[dtype] = values
@@ -339,19 +339,26 @@ def test_a_run_counts_the_flops_its_own_steps_report(tmp_path):
     trained = runs.train_teacher(cfg, model, tmp_path / "teacher", synthetic_batch, pool)
     records = [json.loads(line) for line in (tmp_path / "teacher" / "metrics.jsonl").read_text().splitlines()]
     recomputations = sum("refusal_step" in r for r in records)
-    per_step = TeacherLoss(layer=1).flops(model.cfg, model.opts.lora, shape, shape)  # reg_pool: a pool batch
+    per_step = teacher_loss().flops(model.cfg, model.opts.lora, shape, shape)  # reg_pool: a pool batch
     assert per_step > flops.train_flops(model.cfg, *shape, model.opts.lora)
     assert trained.flops == 6 * per_step + recomputations * len(pool) * flops.forward_flops(model.cfg, *shape)
 
     for beta in (1.0, 0.0):
         cfg = small_config(**{"student.steps": 3})
-        student = runs.train_student(cfg, tiny_model(), tiny_model(seed=1) if beta else None,
-                                     tmp_path / f"student{beta}", synthetic_batch, synthetic_batch, steps=3, beta=beta)
-        own = StudentLoss(beta=beta).flops(student.model.cfg, None, shape, shape)
+        spec = runs.student(cfg, tiny_model(seed=1) if beta else None, synthetic_batch, synthetic_batch, steps=3,
+                            beta=beta)
+        student = runs.train(cfg, tiny_model(), tmp_path / f"student{beta}", spec)
+        own = student_loss(beta=beta).flops(student.model.cfg, None, shape, shape)
         assert student.flops == 3 * own
         # distilling: both batches trained and the teacher's forward; plain finetuning: the user batch alone
         passes = 2 * flops.train_flops(student.model.cfg, *shape) + flops.forward_flops(student.model.cfg, *shape)
         assert own == (passes if beta else flops.train_flops(student.model.cfg, *shape))
+
+    # the safety alignment: SFT on its one batch a step, in a run of its own name
+    spec = runs.safety_alignment(cfg, synthetic_batch, steps=3)
+    assert spec.name == "safety_alignment" and len(spec.batches) == 1
+    aligned = runs.train(cfg, tiny_model(), tmp_path / "safety_aligned", spec)
+    assert aligned.flops == 3 * flops.train_flops(aligned.model.cfg, *shape)
 
 
 QUIET = """

@@ -9,6 +9,7 @@ from flax import nnx
 from reft_jax.config import default_config
 from reft_jax.config.schema import RunConfig
 from reft_jax.models import LoraConfig, ModelConfig, RuntimeOptions, Transformer
+from reft_jax.train.steps import StudentLoss, TeacherLoss
 
 VOCAB, B, T, PROMPT = 61, 4, 16, 8
 
@@ -29,6 +30,19 @@ def synthetic_batch(step: int, seed: int = 0, harmful=(1, 0, 1, 0)) -> dict:
     return dict(input_ids=ids, attention_mask=np.ones((B, T), np.int32), loss_mask=loss_mask,
                 prompt_end=np.full(B, PROMPT - 1, np.int32), example_weight=np.ones(B, np.float32),
                 harmful=harmful, index=np.arange(B, dtype=np.int32) + step * B)
+
+
+def teacher_loss(**fields) -> TeacherLoss:
+    """The tests' teacher loss (the losses have no defaults): L_reg at layer 1, lam 1.0, squared, the CE from
+    whole logits; `fields` change any of them."""
+    return TeacherLoss(**{"layer": 1, "lam": 1.0, "kind": "squared", "block": 0, **fields})
+
+
+def student_loss(**fields) -> StudentLoss:
+    """The tests' student loss: distillation at beta 1.0 and temperature 1.0 on the responses, no joint CE, CE and
+    KL from whole logits; `fields` change any of them."""
+    return StudentLoss(**{"beta": 1.0, "temperature": 1.0, "alpha": 0.0, "block": 0, "kl_positions": "response",
+                          **fields})
 
 
 def small_config(**overrides):

@@ -15,7 +15,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from reft_jax import refusal
 from reft_jax.bench import profile, workload
 from reft_jax.config.schema import RunConfig
 from reft_jax.models import save_pretrained
@@ -31,11 +30,9 @@ def _log(message: str) -> None:
 
 def step_loss(cfg: RunConfig, case: workload.Case) -> steps.TeacherLoss | steps.StudentLoss:
     """The loss of the case's step, as the run configures it (it also counts the step's FLOPs)."""
-    block = cfg.model.loss_block
     if case.step == "teacher":
-        layer = refusal.feature_layer(cfg.refusal.layer, cfg.model.init["num_hidden_layers"])
-        return steps.TeacherLoss(layer, cfg.refusal.lam, cfg.refusal.kind, block)
-    return steps.StudentLoss(cfg.distill.beta, cfg.distill.temperature, block=block)
+        return steps.TeacherLoss.of(cfg, cfg.model.init["num_hidden_layers"])
+    return steps.StudentLoss.of(cfg, cfg.distill.beta)
 
 
 def step_shapes(cfg: RunConfig, case: workload.Case) -> list[tuple[int, int]]:
@@ -63,8 +60,8 @@ def _build_step(cfg: RunConfig, case: workload.Case, data: dict, r, abstract: bo
         else jax.device_put
     align = put(data["align"])
     if case.step == "teacher":
-        return steps.make_teacher_step(tx, loss), (state, align, put(jnp.asarray(r)))
-    return steps.make_student_step(tx, loss), (state, teacher, put(data["user"]), align)
+        return steps.make_step(tx, loss), (state, put(jnp.asarray(r)), align)
+    return steps.make_step(tx, loss), (state, teacher, put(data["user"]), align)
 
 
 def prepare(cfg: RunConfig, case: workload.Case) -> workload.Prepared:

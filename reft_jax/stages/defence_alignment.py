@@ -43,7 +43,7 @@ def run(ctx: RunContext, defence: Defence) -> Path:
         model = trainable(cfg, base_model(cfg, ctx.vocab), salt=4)
         align = ctx.batches(ctx.alignment, seed_offset=5).batch
         harmful = ctx.batches(ctx.harmful_pairs, seed_offset=6).batch if defence.harmful_pairs else None
-        aligned = runs.train_alignment_defence(cfg, model, out, defence.update(cfg), align, harmful, steps=steps)
+        aligned = runs.train(cfg, model, out, runs.alignment_defence(defence.update(cfg), align, harmful, steps=steps))
         save_model(aligned.model, ctx.tokenizer, model_dir(out))
         stage.flops = aligned.flops
     return out

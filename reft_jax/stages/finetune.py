@@ -67,13 +67,13 @@ def run(ctx: RunContext, method: Method, screen: Filter | None = None,
         align_at = ctx.batches(ctx.alignment, seed_offset=3, batch_size=align_rows).batch if method.uses_alignment \
             else user_at
         if method.lisa:
-            trained = runs.train_lisa(cfg, model, out, user_at, align_at, steps=cfg.student.steps,
-                                      data_id=ctx.user_fingerprint)
+            spec = runs.lisa(cfg, user_at, align_at, steps=cfg.student.steps, data_id=ctx.user_fingerprint)
         else:
-            trained = runs.train_student(cfg, model, teacher, out, user_at, align_at, steps=cfg.student.steps,
-                                         beta=cfg.distill.beta if method.distill else 0.0,
-                                         alpha=cfg.baselines.joint_weight if method.joint else 0.0,
-                                         data_id=ctx.user_fingerprint)
+            spec = runs.student(cfg, teacher, user_at, align_at, steps=cfg.student.steps,
+                                beta=cfg.distill.beta if method.distill else 0.0,
+                                alpha=cfg.baselines.joint_weight if method.joint else 0.0,
+                                data_id=ctx.user_fingerprint)
+        trained = runs.train(cfg, model, out, spec)
         save_model(trained.model, ctx.tokenizer, model_dir(out))
         if trained.model.opts.lora is not None:  # the adapter alone too, for PEFT users (`reft-jax export --adapter`)
             save_adapter(trained.model, adapter_dir(out), base_model=ctx.base_model_id)

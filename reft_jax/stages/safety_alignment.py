@@ -20,7 +20,7 @@ def run(ctx: RunContext) -> Path:
     with cost.StageCost(out, "safety_alignment") as stage:
         model = trainable(cfg, base_model(cfg, ctx.vocab), salt=4)
         align = ctx.batches(ctx.alignment, seed_offset=5)
-        aligned = runs.train_student(cfg, model, None, out, align.batch, align.batch, steps=steps, beta=0.0)
+        aligned = runs.train(cfg, model, out, runs.safety_alignment(cfg, align.batch, steps=steps))
         save_model(aligned.model, ctx.tokenizer, model_dir(out))
         stage.flops = aligned.flops
     return out

@@ -1,11 +1,13 @@
 """The harmful-finetuning defences of the literature as pure updates: Vaccine, Booster, RepNoise and Lisa.
 
-Each is a frozen dataclass whose call `update(model_of, params, step, *args) -> (loss, metrics, grads)` computes
-one step's gradient (model_of(params) is the model at those parameters; step is the state's step counter), and
-`make_update_step` turns it into a jitted, donated step like the teacher's and the student's; `flops(cfg, lora,
-*shapes)` counts one call's model FLOPs from the (rows, tokens) shapes of its batches. Where a defence
-needs more than one gradient per step (Vaccine, Booster) the update assembles them itself, as the authors' code
-does; the algorithms follow the papers and their public code (the differences are said where they are).
+Each is an objective of reft_jax.train.steps (the teacher's and the student's protocol): a frozen dataclass whose
+`grads(model_of, params, step, *args) -> (loss, metrics, grads)` computes one step's gradient (model_of(params) is
+the model at those parameters; step is the state's step counter) and whose `flops(cfg, lora, *shapes)` counts one
+call's model FLOPs from the (rows, tokens) shapes of its batches; `steps.make_step` makes the jitted, donated step.
+Where a defence needs more than one gradient per step (Vaccine, Booster) it assembles them itself, as the authors'
+code does; the algorithms follow the papers and their public code (the differences are said where they are).
+Their settings have no defaults here: the config declares them (`defences.*`, `model.loss_block`), and
+`stages.defence_alignment.DEFENCES` and `runs.lisa` build them from it.
 
     Vaccine  (Huang et al., 2024)  alignment; the gradient under the worst attention-output perturbation of norm rho
     Booster  (Huang et al., 2024)  alignment + lam (h(w) - h(w - alpha g_h / |g_h|)), h the harmful-answer loss
@@ -16,29 +18,16 @@ does; the algorithms follow the papers and their public code (the differences ar
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
 
 from reft_jax.data import Batch
 from reft_jax.models import LoraConfig, ModelConfig, flops
 from reft_jax.train import losses
-from reft_jax.train.steps import Shape, apply_gradients, forward, jit_step, response_ce
+from reft_jax.train.steps import SFTLoss, Shape, forward, response_ce
 
 _EPS = 1e-7  # the authors' guard in the perturbation normalisations
-
-
-def _ce_of(model_of: Callable, block: int):
-    """ce(params, batch) -> (response CE, tokens) of the model at params."""
-
-    def ce(params, batch: Batch):
-        model = model_of(params)
-        return response_ce(model, forward(model, batch, block), batch, block)
-
-    return ce
 
 
 def _sq_norm(tree) -> jax.Array:
@@ -52,8 +41,8 @@ class Vaccine:
     over all layers; the step's gradient is that of the CE with eps added to those outputs (a constant: two
     forward/backward passes, the first one's weight gradients unused)."""
 
-    rho: float = 2.0
-    block: int = 0
+    rho: float  # defences.vaccine.rho
+    block: int  # model.loss_block (0: the CE from whole logits)
 
     def perturbation(self, model_of, params, batch: Batch):
         """(eps [L, B, T, D] float32, the unperturbed CE)."""
@@ -69,7 +58,7 @@ class Vaccine:
         g = g.astype(jnp.float32)
         return jax.lax.stop_gradient(self.rho * g / (jnp.sqrt(jnp.sum(g * g)) + _EPS)), clean
 
-    def __call__(self, model_of, params, step, align: Batch):
+    def grads(self, model_of, params, step, align: Batch):
         del step
         eps, clean = self.perturbation(model_of, params, align)
 
@@ -93,22 +82,23 @@ class Booster:
     little. First order, as the authors': the gradient is g_f + lam (g_h(w) - g_h(w')), three forward/backward
     passes (h at w, h at w' on the same harmful batch, f)."""
 
-    lam: float = 5.0
-    alpha: float = 0.1
-    block: int = 0
+    lam: float  # defences.booster.lam
+    alpha: float  # defences.booster.alpha
+    block: int  # model.loss_block (0: the CE from whole logits)
 
-    def __call__(self, model_of, params, step, align: Batch, harmful: Batch):
+    def grads(self, model_of, params, step, align: Batch, harmful: Batch):
         del step
-        grad = jax.value_and_grad(_ce_of(model_of, self.block), has_aux=True)
+        grad = jax.value_and_grad(lambda p, batch: SFTLoss(self.block)(model_of(p), batch), has_aux=True)
         (h, _), g_h = grad(params, harmful)
         norm = jnp.sqrt(_sq_norm(g_h))
         scale = self.alpha / (norm + _EPS)
         stepped = jax.tree.map(lambda p, g: p - (scale * g).astype(p.dtype), params, g_h)
         (h_after, _), g_after = grad(stepped, harmful)
-        (f, tokens), g_f = grad(params, align)
+        (f, sft), g_f = grad(params, align)
         grads = jax.tree.map(lambda a, now, after: a + self.lam * (now - after), g_f, g_h, g_after)
         loss = f + self.lam * (h - h_after)
-        return loss, dict(ce=f, harmful_ce=h, harmful_ce_after=h_after, harmful_grad_norm=norm, tokens=tokens), grads
+        metrics = dict(ce=f, harmful_ce=h, harmful_ce_after=h_after, harmful_grad_norm=norm, tokens=sft["tokens"])
+        return loss, metrics, grads
 
     def flops(self, cfg: ModelConfig, lora: LoraConfig | None, align: Shape, harmful: Shape) -> int:
         """The harmful loss's train passes at w and at w', and the alignment's."""
@@ -126,17 +116,17 @@ class RepNoise:
     here the two batches are drawn apart (as Booster's port of RepNoise does) and the mask is the harmful
     batch's answer tokens."""
 
-    alpha: float = 1.0
-    beta: float = 0.001
-    block: int = 0
-    seed: int = 0
+    alpha: float  # defences.repnoise.alpha
+    beta: float  # defences.repnoise.beta
+    block: int  # model.loss_block (0: the CE from whole logits)
+    seed: int  # the run's seed (the noise of step s is drawn from it and s)
 
     def noise(self, step, shape) -> jax.Array:
         """The step's Gaussian noise [L, B, T, D] (float32)."""
         return jax.random.normal(jax.random.fold_in(jax.random.key(self.seed), step), shape, jnp.float32)
 
     def loss(self, model, align: Batch, harmful: Batch, noise: jax.Array):
-        ce, tokens = response_ce(model, forward(model, align, self.block), align, self.block)
+        ce, sft = SFTLoss(self.block)(model, align)
         out = model(harmful["input_ids"], harmful["attention_mask"], output_hidden_states=True, output_mlp=True,
                     logits=False)
         states = [model.norm(h) for h in out.hidden_states[:-1]] + [out.hidden_states[-1]]  # the last is normed
@@ -152,9 +142,9 @@ class RepNoise:
                                                  (n * mask).reshape(b, -1))
                                   for act, n in zip(out.mlp_outputs, noise)]))
         loss = ce - self.alpha * jnp.log1p(ascent) + self.beta * mmd
-        return loss, dict(ce=ce, harmful_ce=ascent, mmd=mmd, tokens=tokens)
+        return loss, dict(ce=ce, harmful_ce=ascent, mmd=mmd, tokens=sft["tokens"])
 
-    def __call__(self, model_of, params, step, align: Batch, harmful: Batch):
+    def grads(self, model_of, params, step, align: Batch, harmful: Batch):
         model = model_of(params)
         (b, t), cfg = harmful["input_ids"].shape, model.cfg
         noise = self.noise(step, (cfg.num_layers, b, t, cfg.hidden_size))
@@ -170,43 +160,31 @@ class RepNoise:
 
 @dataclasses.dataclass(frozen=True)
 class Lisa:
-    """Lazy safety alignment, one step: the CE of the step's batch (alignment or user data, by `lisa_phase`) plus
-    rho/2 ||w - anchor||^2, anchor the weights at the last switch between the two (as the authors' code does in
-    both states); the proximal term is off before step `prox_from`."""
+    """Lazy safety alignment, one step: the CE of the step's batch plus rho/2 ||w - anchor||^2, anchor the weights at
+    the last switch between alignment and user steps (as the authors' code does in both states); the proximal term
+    is off before step `prox_from`. Each cycle is `align_steps` steps on alignment data, then `user_steps` on user
+    data (`aligning`); a step's metrics say which it was (alignment_step)."""
 
-    rho: float = 1.0
-    prox_from: int = 0
-    block: int = 0
+    rho: float  # defences.lisa.rho
+    prox_from: int  # the first step with the proximal term (defences.lisa.prox_warmup x the steps)
+    align_steps: int  # defences.lisa.align_steps
+    user_steps: int  # defences.lisa.user_steps
+    block: int  # model.loss_block (0: the CE from whole logits)
 
-    def __call__(self, model_of, params, step, batch: Batch, anchor):
+    def aligning(self, step):
+        """Whether step `step` (an int, or the traced step counter) is an alignment step."""
+        return step % (self.align_steps + self.user_steps) < self.align_steps
+
+    def grads(self, model_of, params, step, anchor, batch: Batch):
         def loss(params):
-            ce, tokens = _ce_of(model_of, self.block)(params, batch)
+            ce, metrics = SFTLoss(self.block)(model_of(params), batch)
             prox = 0.5 * _sq_norm(jax.tree.map(lambda p, a: p - a, params, anchor))
             weight = jnp.where(step >= self.prox_from, self.rho, 0.0)
-            return ce + weight * prox, dict(ce=ce, proximal=prox, tokens=tokens)
+            return ce + weight * prox, dict(metrics, proximal=prox)
 
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        return value, metrics, grads
+        return value, dict(metrics, alignment_step=jnp.asarray(self.aligning(step), jnp.float32)), grads
 
     def flops(self, cfg: ModelConfig, lora: LoraConfig | None, batch: Shape) -> int:
         """A train pass on the step's batch (the proximal term is elementwise)."""
         return flops.train_flops(cfg, *batch, lora)
-
-
-def lisa_phase(step: int, align_steps: int, user_steps: int) -> bool:
-    """Whether Lisa's step `step` is an alignment step: each cycle is align_steps of them, then user_steps."""
-    return step % (align_steps + user_steps) < align_steps
-
-
-def make_update_step(tx: optax.GradientTransformation, update, *, state_sharding=None, arg_shardings=(),
-                     activation_sharding=None):
-    """step(state, *args) -> (state, metrics) of an update above: jitted once per shape, the state donated.
-    arg_shardings: one per argument (a batch's, or the state's params' for Lisa's anchor), or () without a mesh."""
-    def step(state, *args):
-        def model_of(params):
-            return nnx.merge(state.graphdef, params, state.frozen)
-
-        loss, metrics, grads = update(model_of, state.params, state.step, *args)
-        return apply_gradients(state, tx, grads, loss, metrics)
-
-    return jit_step(step, (state_sharding, *arg_shardings), (state_sharding, None), activation_sharding)

@@ -1,4 +1,4 @@
-"""The training loop shared by the teacher and the student.
+"""The training loop of every run (reft_jax.train.runs.train).
 
 It owns what every run needs around a pure step: resuming from the latest checkpoint, metrics (JSONL,
 TensorBoard, optionally Weights & Biases), a progress bar, periodic checkpoints, a checkpoint on SIGTERM
@@ -52,6 +52,12 @@ class Hook:
     def calls(self, steps: int) -> int:
         """How often a run of `steps` steps from the start calls the hook (a resumed run calls it once more)."""
         return len(range(0, steps, self.every)) + (steps > 0)
+
+    def flops(self, cfg) -> int:
+        """The model FLOPs of one call (cfg: the trained model's ModelConfig), which a run's cost counts: none unless
+        the hook runs the model."""
+        del cfg
+        return 0
 
 
 class TrainingDiverged(ReftError):

@@ -1,18 +1,25 @@
-"""Teacher and student training runs: the steps of `steps.py` driven by the loop of `loop.py`.
+"""Training runs: one `train` for the teacher, the student, the safety alignment, the alignment-stage defences and
+Lisa, each described by a `Spec`.
 
-`batch_at(step)` gives the batch of a step (a pure function of the step index, so that resuming is exact);
-the refusal feature R_l is recomputed by the current teacher over a fixed prompt pool every
-`refusal.update_every` steps, the first time from the base model, and is checkpointed with the state. With
-`refusal.reg_pool` the regulariser also covers one pool batch per step (pool[step % len(pool)]); each
+A spec says what differs between runs: what a step optimises (a loss or a defence's update, an objective of
+`steps.py`), the step's arguments after the state (first what the run holds, `Held`: R_l, the frozen teacher or
+Lisa's anchor; then its batches, each a pure function of the step index, so that resuming is exact), how many
+step calls, the run's name and the facts a resumed run must agree with. `train` does the rest the same way for
+every run: the optimizer, the placement on the mesh, the jitted step (`steps.make_step`), the memory check, the
+loop of `loop.py` (checkpoints, logs, hooks) and the FLOPs of its steps and hooks. The builders below (`teacher`,
+`student`, `safety_alignment`, `alignment_defence`, `lisa`) make each run's spec from the config.
+
+The teacher's R_l is recomputed by the current teacher over a fixed prompt pool every `refusal.update_every`
+steps, the first time from the base model, and is checkpointed with the state (the carry of a hook the step
+holds). With `refusal.reg_pool` the regulariser also covers one pool batch per step (pool[step % len(pool)]); each
 recomputation logs the pool's (and the check split's) mean cosines and AUROC in metrics.jsonl.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,39 +33,24 @@ from reft_jax.models import ModelConfig, Transformer, flops
 from reft_jax.refusal.readout import make_feature_fn
 from reft_jax.runtime import parallel
 from reft_jax.runtime.state import FrozenModel
-from reft_jax.train import loop
-from reft_jax.train.defences import Lisa, lisa_phase, make_update_step
+from reft_jax.train import loop, steps
+from reft_jax.train.defences import Lisa
 from reft_jax.train.optim import make_optimizer
-from reft_jax.train.steps import StudentLoss, TeacherLoss, make_student_step, make_teacher_step
-
-
-def _loop_config(cfg: RunConfig, steps: int) -> loop.LoopConfig:
-    return loop.LoopConfig(steps, cfg.checkpoint, cfg.logging)
+from reft_jax.train.steps import SFTLoss, StudentLoss, TeacherLoss
 
 
 @dataclasses.dataclass(frozen=True)
 class Trained:
     """What a training run gives: the trained model, the model FLOPs of all its step calls (resumed ones
-    included) counted by the step itself (its loss's or update's `flops`), and the teacher's final R_l."""
+    included) counted by the step itself (its objective's `flops`) and of its hooks' calls, and the teacher's
+    final R_l."""
 
     model: Transformer
     flops: int
     r: np.ndarray | None = None
 
 
-def local_rows(batch: Batch) -> Batch:
-    """This process's rows of a batch every process holds whole (the refusal pool's), for a step whose batches
-    are assembled from every process's rows (a multi-process run: each adds its own)."""
-    rows = process_slice(len(batch["input_ids"]), jax.process_index(), jax.process_count())
-    return {k: v[rows] for k, v in batch.items()}
-
-
-def steps_flops(step, model: Transformer, batches_at: Callable[[int], tuple[Batch, ...]], steps: int) -> int:
-    """The model FLOPs of `steps` calls of a step (a loss or update with `flops`), each on batches_at(i)."""
-    return sum(step.flops(model.cfg, model.opts.lora, *map(parallel.global_shape, batches_at(i))) for i in range(steps))
-
-
-class _Placement:
+class Placement:
     """Where a run's arrays live: the mesh of cfg.mesh and the shardings the logical-axis rules give."""
 
     def __init__(self, cfg: RunConfig, model: Transformer, tx, example_batch: Batch):
@@ -81,6 +73,85 @@ class _Placement:
     def check_memory(self, step, *args, what: str) -> None:
         if self.plan_memory and jax.process_index() == 0:
             parallel.plan_memory(step, *args, what=what)
+
+
+class Held:
+    """A step argument before the batches, the same at every step unless a hook of the run changes it:
+    `place(placement)` puts it on the run's mesh before the first step and returns its sharding (None:
+    replicated); `value` is what the step gets."""
+
+    value: Any = None
+
+    def place(self, placement: Placement) -> Any:
+        raise NotImplementedError
+
+
+class Frozen(Held):
+    """A model every step runs forward only (the student's teacher), placed once; None: no model."""
+
+    def __init__(self, model: Transformer | None):
+        self.model = model
+
+    def place(self, placement: Placement) -> Any:
+        self.value = placement.frozen(self.model)
+        if self.value is None:
+            return None
+        return parallel.frozen_model_sharding(self.value, placement.mesh, units=placement.units)
+
+
+class CarriedHook(loop.Hook, Held):
+    """A hook of the loop whose carry is a held argument of the step (R_l, Lisa's anchor)."""
+
+    @property
+    def value(self) -> Any:
+        return self.carry
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One training run, as `train` takes it (see the module's docstring)."""
+
+    name: str  # the run's name: its progress bar, messages, W&B run and memory check
+    objective: steps.Objective  # what a step optimises; it also counts a step's FLOPs
+    batches: tuple[Callable[[int], Batch], ...]  # the step's batches: batch(step), after the held arguments
+    steps: int  # step calls
+    held: tuple[Held, ...] = ()  # the step's arguments before its batches; those that are hooks run in the loop
+    meta: dict = dataclasses.field(default_factory=dict)  # what a resumed run must agree with, besides the seed
+
+
+def train(cfg: RunConfig, model: Transformer, workdir: str | Path, spec: Spec) -> Trained:
+    """Trains `model` as `spec` says, from the latest checkpoint in workdir/checkpoints (or from the start), with
+    metrics in workdir/metrics.jsonl; returns the trained model and the FLOPs of its steps and hooks."""
+    tx = make_optimizer(cfg.optim, max(spec.steps // cfg.optim.grad_accum, 1))
+    place = Placement(cfg, model, tx, spec.batches[0](0))
+    held_shardings = tuple(held.place(place) for held in spec.held)
+    step = steps.make_step(tx, spec.objective, state_sharding=place.state_sharding,
+                           arg_shardings=held_shardings + (place.batch_sharding,) * len(spec.batches),
+                           activation_sharding=place.activation_sharding)
+
+    def batches_at(i):
+        return tuple(batch(i) for batch in spec.batches)
+
+    def args_at(i):
+        return (*(held.value for held in spec.held), *map(place.batch, batches_at(i)))
+
+    place.check_memory(step, place.state, *args_at(0), what=f"{spec.name} step")
+    hooks = [held for held in spec.held if isinstance(held, loop.Hook)]
+    state = loop.run(spec.name, workdir, loop.LoopConfig(spec.steps, cfg.checkpoint, cfg.logging), place.state,
+                     lambda state, i: step(state, *args_at(i)), hooks=hooks, meta={"seed": cfg.seed, **spec.meta},
+                     run_config=cfg.to_dict())
+    cost = sum(spec.objective.flops(model.cfg, model.opts.lora, *map(parallel.global_shape, batches_at(i)))
+               for i in range(spec.steps))
+    return Trained(state.model(), cost + sum(hook.calls(spec.steps) * hook.flops(model.cfg) for hook in hooks))
+
+
+# ------------------------------------------------------------------------------------------------ the teacher
+
+def local_rows(batch: Batch) -> Batch:
+    """This process's rows of a batch every process holds whole (the refusal pool's), for a step whose batches
+    are assembled from every process's rows (a multi-process run: each adds its own)."""
+    rows = process_slice(len(batch["input_ids"]), jax.process_index(), jax.process_count())
+    return {k: v[rows] for k, v in batch.items()}
 
 
 def labelled_features(features_fn, frozen: FrozenModel, batches: Sequence[Batch]):
@@ -113,16 +184,19 @@ def separation_metrics(feats, harmful, weight, r, prefix: str) -> dict[str, floa
     return {k: float(v) for k, v in out.items()}
 
 
-class RefusalRefresh(loop.Hook):
+class RefusalRefresh(CarriedHook):
     """The teacher's every-N hook: R_l recomputed by the current teacher over the fixed pool (its carry, which
-    the step reads), with the pool's and the check split's separation, the base model's check AUROC beside it,
-    and how far R_l turned since the last recomputation as metrics."""
+    the step holds; zeros before the first recomputation), with the pool's and the check split's separation, the
+    base model's check AUROC beside it, and how far R_l turned since the last recomputation as metrics."""
 
-    def __init__(self, features_fn, pool: Sequence[Batch], check: Sequence[Batch], every: int, initial,
+    def __init__(self, features_fn, pool: Sequence[Batch], check: Sequence[Batch], every: int, size: int,
                  base_check_auroc: float | None = None):
-        self.features_fn, self.pool, self.check, self.every = features_fn, pool, check, every
+        self.features_fn, self.pool, self.check, self.every, self.size = features_fn, pool, check, every, size
         self.base_check_auroc = base_check_auroc
-        self.carry = initial
+
+    def place(self, placement: Placement) -> None:
+        self.carry = jax.device_put(jnp.zeros((self.size,), jnp.float32), parallel.replicated(placement.mesh))
+        return None
 
     def __call__(self, state, step: int) -> dict[str, float]:
         frozen = FrozenModel.of_train_state(state)
@@ -146,110 +220,80 @@ class RefusalRefresh(loop.Hook):
         return sum(flops.forward_flops(cfg, *parallel.global_shape(b)) for b in (*self.pool, *self.check))
 
 
-def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, batch_at: Callable[[int], Batch],
-                  pool: Sequence[Batch], check: Sequence[Batch] = (),
-                  base_check_auroc: float | None = None) -> Trained:
-    """Trains the Ref-Teacher from `model` (the base); returns the teacher, its final R_l and the FLOPs of its
-    steps and R_l recomputations.
+def teacher(cfg: RunConfig, model_cfg: ModelConfig, align_at: Callable[[int], Batch], pool: Sequence[Batch],
+            check: Sequence[Batch] = (), base_check_auroc: float | None = None) -> Spec:
+    """The Ref-Teacher's run (teacher.steps): L_teacher on alignment batches (and pool batches with
+    refusal.reg_pool), R_l recomputed over the pool's batches as it trains.
 
     check: labelled prompt batches never trained on (the pool's check split); at each recomputation of R_l their
     mean cosines and AUROC are logged (check_*), beside base_check_auroc (the base model's, check_auroc_base).
     """
-    layer = refusal.feature_layer(cfg.refusal.layer, model.cfg.num_layers)
-    steps = cfg.teacher.steps
-    tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
-    place = _Placement(cfg, model, tx, batch_at(0))
-    loss_fn = TeacherLoss(layer=layer, lam=cfg.refusal.lam, kind=cfg.refusal.kind, block=cfg.model.loss_block)
-    step = make_teacher_step(tx, loss_fn, state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
-                             activation_sharding=place.activation_sharding, with_pool=cfg.refusal.reg_pool)
-    features = make_feature_fn(layer)
-    zero = jax.device_put(jnp.zeros((model.cfg.hidden_size,), jnp.float32), parallel.replicated(place.mesh))
-    refresh = RefusalRefresh(features, pool, check, cfg.refusal.update_every, zero, base_check_auroc)
+    loss = TeacherLoss.of(cfg, model_cfg.num_layers)
+    refresh = RefusalRefresh(make_feature_fn(loss.layer), pool, check, cfg.refusal.update_every, model_cfg.hidden_size,
+                             base_check_auroc)
+    # the alignment batch, and the pool batch of the regulariser (refusal.reg_pool)
+    batches = (align_at, lambda i: local_rows(pool[i % len(pool)])) if cfg.refusal.reg_pool else (align_at,)
+    return Spec("teacher", loss, batches, cfg.teacher.steps, held=(refresh,), meta={"layer": loss.layer})
 
-    def batches_at(i):  # the alignment batch, and the pool batch of the regulariser (refusal.reg_pool)
-        return (batch_at(i), local_rows(pool[i % len(pool)])) if cfg.refusal.reg_pool else (batch_at(i),)
 
-    def step_fn(state, i):
-        batch, *pool_batch = map(place.batch, batches_at(i))
-        return step(state, batch, refresh.carry, *pool_batch)
-
-    place.check_memory(step, place.state, place.batch(batch_at(0)), refresh.carry,
-                       *map(place.batch, batches_at(0)[1:]), what="teacher step")
-    state = loop.run("teacher", workdir, _loop_config(cfg, steps), place.state, step_fn, hooks=[refresh],
-                     meta={"seed": cfg.seed, "layer": layer}, run_config=cfg.to_dict())
+def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, align_at: Callable[[int], Batch],
+                  pool: Sequence[Batch], check: Sequence[Batch] = (),
+                  base_check_auroc: float | None = None) -> Trained:
+    """Trains the Ref-Teacher from `model` (the base) as `teacher` says; returns the teacher, the FLOPs of its
+    steps and R_l recomputations, and its final R_l."""
+    spec = teacher(cfg, model.cfg, align_at, pool, check, base_check_auroc)
+    trained = train(cfg, model, workdir, spec)
     # The feature the filter uses is the final teacher's own: the hook's last call, after the last step.
-    r = refresh.carry if steps > 0 else compute_refusal_feature(features, FrozenModel.of(model), pool)
-    cost = steps_flops(loss_fn, model, batches_at, steps) + refresh.calls(steps) * refresh.flops(model.cfg)
-    return Trained(state.model(), cost, np.asarray(r))
+    refresh, = spec.held
+    r = refresh.carry if spec.steps > 0 else compute_refusal_feature(refresh.features_fn, FrozenModel.of(model), pool)
+    return dataclasses.replace(trained, r=np.asarray(r))
 
 
-def train_student(cfg: RunConfig, model: Transformer, teacher: Transformer | None, workdir: str | Path,
-                  user_at: Callable[[int], Batch], align_at: Callable[[int], Batch], *, steps: int,
-                  beta: float, alpha: float = 0.0, data_id: str = "") -> Trained:
-    """Finetunes the student from `model` (the base) for `steps` step calls on kept user data, plus
-    beta x KL(teacher || student) on alignment data (distill.temperature) and alpha x the CE of the alignment
-    responses (joint SFT on both datasets). teacher None (beta = 0): plain finetuning, the no-defence baseline.
-    data_id names the user data; a checkpoint of other data is not resumed (an error says so)."""
-    if teacher is None and beta != 0:
+# -------------------------------------------------------------------------------- finetuning and alignment
+
+def student(cfg: RunConfig, teacher_model: Transformer | None, user_at: Callable[[int], Batch],
+            align_at: Callable[[int], Batch], *, steps: int, beta: float, alpha: float = 0.0,
+            data_id: str = "") -> Spec:
+    """The student's run from the base model: `steps` step calls on kept user data, plus beta x KL(teacher ||
+    student) on alignment data (distill.temperature) and alpha x the CE of the alignment responses (joint SFT on
+    both datasets). teacher_model None (beta = 0): plain finetuning (the user batches alone), the no-defence
+    baseline. data_id names the user data; a checkpoint of other data is not resumed (an error says so)."""
+    if teacher_model is None and beta != 0:
         raise ConfigError("distill.beta must be 0 when finetuning without a teacher")
-    tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
-    place = _Placement(cfg, model, tx, user_at(0))
-    frozen_teacher = place.frozen(teacher)
-    teacher_sharding = None if teacher is None else parallel.frozen_model_sharding(frozen_teacher, place.mesh,
-                                                                                   units=place.units)
-    loss_fn = StudentLoss(beta=beta, temperature=cfg.distill.temperature, alpha=alpha, block=cfg.model.loss_block,
-                          kl_positions=cfg.distill.positions)
-    step = make_student_step(tx, loss_fn, state_sharding=place.state_sharding, batch_sharding=place.batch_sharding,
-                             activation_sharding=place.activation_sharding, teacher_sharding=teacher_sharding)
-
-    def batches_at(i):
-        return user_at(i), align_at(i)
-
-    def step_fn(state, i):
-        return step(state, frozen_teacher, *map(place.batch, batches_at(i)))
-
-    place.check_memory(step, place.state, frozen_teacher, *map(place.batch, batches_at(0)), what="student step")
-    state = loop.run("student", workdir, _loop_config(cfg, steps), place.state, step_fn,
-                     meta={"seed": cfg.seed, "user_data": data_id}, run_config=cfg.to_dict())
-    return Trained(state.model(), steps_flops(loss_fn, model, batches_at, steps))
+    meta = {"user_data": data_id}
+    if beta == 0 and alpha == 0:
+        return Spec("student", SFTLoss(block=cfg.model.loss_block), (user_at,), steps, meta=meta)
+    return Spec("student", StudentLoss.of(cfg, beta, alpha), (user_at, align_at), steps,
+                held=(Frozen(teacher_model),), meta=meta)
 
 
-def train_alignment_defence(cfg: RunConfig, model: Transformer, workdir: str | Path, update,
-                            align_at: Callable[[int], Batch], harmful_at: Callable[[int], Batch] | None = None, *,
-                            steps: int) -> Trained:
-    """An alignment-stage defence (defences.Vaccine / Booster / RepNoise) trained from `model` for `steps` step
-    calls on alignment batches, and harmful-answer batches where the defence takes them."""
-    tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
-    place = _Placement(cfg, model, tx, align_at(0))
-    sources = [align_at] + ([harmful_at] if harmful_at is not None else [])
-    step = make_update_step(tx, update, state_sharding=place.state_sharding,
-                            arg_shardings=(place.batch_sharding,) * len(sources),
-                            activation_sharding=place.activation_sharding)
+def safety_alignment(cfg: RunConfig, align_at: Callable[[int], Batch], *, steps: int) -> Spec:
+    """sa_ft's first stage: `steps` step calls of SFT on the alignment data (the CE of its responses)."""
+    return Spec("safety_alignment", SFTLoss(block=cfg.model.loss_block), (align_at,), steps)
 
-    def batches_at(i):
-        return tuple(at(i) for at in sources)
 
-    def step_fn(state, i):
-        return step(state, *map(place.batch, batches_at(i)))
-
-    place.check_memory(step, place.state, *map(place.batch, batches_at(0)), what="alignment step")
+def alignment_defence(update, align_at: Callable[[int], Batch], harmful_at: Callable[[int], Batch] | None = None,
+                      *, steps: int) -> Spec:
+    """An alignment-stage defence's run (defences.Vaccine / Booster / RepNoise): `steps` step calls on alignment
+    batches, and harmful-answer batches where the defence takes them."""
     name = type(update).__name__.lower()
-    state = loop.run(name, workdir, _loop_config(cfg, steps), place.state, step_fn,
-                     meta={"seed": cfg.seed, "defence": name}, run_config=cfg.to_dict())
-    return Trained(state.model(), steps_flops(update, model, batches_at, steps))
+    batches = (align_at,) if harmful_at is None else (align_at, harmful_at)
+    return Spec(name, update, batches, steps, meta={"defence": name})
 
 
-class LisaAnchor(loop.Hook):
+class LisaAnchor(CarriedHook):
     """Lisa's anchor: the weights at the last switch between alignment and user steps (at first, the starting
     weights), copied so that the donated state does not take them along; checkpointed as the hook's carry."""
 
-    def __init__(self, params, align_steps: int, user_steps: int):
-        self.align_steps, self.user_steps = align_steps, user_steps
-        self.carry = jax.tree.map(jnp.copy, params)
+    def __init__(self, lisa: Lisa):
+        self.lisa = lisa
+
+    def place(self, placement: Placement) -> Any:
+        self.carry = jax.tree.map(jnp.copy, placement.state.params)
+        return placement.state_sharding.params
 
     def __call__(self, state, step: int) -> dict[str, float]:
-        phase = functools.partial(lisa_phase, align_steps=self.align_steps, user_steps=self.user_steps)
-        if 0 < step and phase(step) != phase(step - 1):
+        if 0 < step and self.lisa.aligning(step) != self.lisa.aligning(step - 1):
             self.carry = jax.tree.map(jnp.copy, state.params)
         return {}
 
@@ -262,29 +306,17 @@ def check_lisa_budget(cfg: RunConfig, steps: int | None = None) -> None:
                           "student steps to the user data; lower it (or raise student.steps)")
 
 
-def train_lisa(cfg: RunConfig, model: Transformer, workdir: str | Path, user_at: Callable[[int], Batch],
-               align_at: Callable[[int], Batch], *, steps: int, data_id: str = "") -> Trained:
-    """Lisa's finetuning from `model` (the safety-aligned one): `steps` step calls, each cycle
-    defences.lisa.align_steps on alignment batches then user_steps on user batches, with the proximal term
-    toward the weights at the last switch (defences.Lisa)."""
+def lisa(cfg: RunConfig, user_at: Callable[[int], Batch], align_at: Callable[[int], Batch], *, steps: int,
+         data_id: str = "") -> Spec:
+    """Lisa's finetuning (from the safety-aligned model): `steps` step calls, each cycle defences.lisa.align_steps
+    on alignment batches then user_steps on user batches, with the proximal term toward the weights at the last
+    switch (defences.Lisa)."""
     c = cfg.defences.lisa
     check_lisa_budget(cfg, steps)
-    tx = make_optimizer(cfg.optim, max(steps // cfg.optim.grad_accum, 1))
-    place = _Placement(cfg, model, tx, user_at(0))
-    lisa = Lisa(rho=c.rho, prox_from=int(c.prox_warmup * steps), block=cfg.model.loss_block)
-    step = make_update_step(tx, lisa, state_sharding=place.state_sharding,
-                            arg_shardings=(place.batch_sharding, getattr(place.state_sharding, "params", None)),
-                            activation_sharding=place.activation_sharding)
-    anchor = LisaAnchor(place.state.params, c.align_steps, c.user_steps)
+    update = Lisa(rho=c.rho, prox_from=int(c.prox_warmup * steps), align_steps=c.align_steps,
+                  user_steps=c.user_steps, block=cfg.model.loss_block)
 
-    def batches_at(i):  # the user batch of an alignment step is skipped, as the authors' trainer discards it
-        return (align_at(i) if lisa_phase(i, c.align_steps, c.user_steps) else user_at(i),)
+    def batch_at(i):  # the user batch of an alignment step is skipped, as the authors' trainer discards it
+        return align_at(i) if update.aligning(i) else user_at(i)
 
-    def step_fn(state, i):
-        state, metrics = step(state, *map(place.batch, batches_at(i)), anchor.carry)
-        return state, {**metrics, "alignment_step": float(lisa_phase(i, c.align_steps, c.user_steps))}
-
-    place.check_memory(step, place.state, place.batch(user_at(0)), anchor.carry, what="Lisa step")
-    state = loop.run("lisa", workdir, _loop_config(cfg, steps), place.state, step_fn, hooks=[anchor],
-                     meta={"seed": cfg.seed, "user_data": data_id}, run_config=cfg.to_dict())
-    return Trained(state.model(), steps_flops(lisa, model, batches_at, steps))
+    return Spec("lisa", update, (batch_at,), steps, held=(LisaAnchor(update),), meta={"user_data": data_id})

@@ -1,13 +1,21 @@
-"""Pure train steps of the teacher and the student: their losses, and the jitted, donated update.
+"""The step protocol: what a train step optimises (an objective), and `make_step`, the one jitted, donated step
+of every run (teacher, student, safety alignment, the defences).
 
-The state they update (reft_jax.runtime.state.TrainState) is a pure function of arrays that `jax.jit` compiles once.
-Each loss also counts its step's model FLOPs (`flops`, from the (rows, tokens) shapes of the batches the step
-takes): the stages' cost.json and the benchmark's MFU ask it, so a change to a step changes its cost with it.
+An objective is a frozen dataclass with
+- `grads(model_of, params, step, *args) -> (loss, metrics, grads)`: one step's gradient, model_of(params) the model
+  at those parameters, `step` the state's step counter, `args` the step's arguments after the state (what the
+  run holds, such as R_l or the frozen teacher, then the step's batches);
+- `flops(cfg, lora, *shapes)`: one step's model FLOPs from the (rows, tokens) shapes of its batches (the stages'
+  cost.json and the benchmark's MFU ask it, so a change to a step changes its cost with it).
+A loss (`Loss`: the teacher's, the student's, SFT's) gets `grads` from its value; a defence whose gradient is not
+one loss's (reft_jax.train.defences) writes its own. The state (reft_jax.runtime.state.TrainState) is a pure
+function of arrays that `jax.jit` compiles once per batch shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +23,7 @@ import optax
 from flax import nnx
 
 from reft_jax import refusal
+from reft_jax.config.schema import RunConfig
 from reft_jax.data import Batch
 from reft_jax.models import LoraConfig, ModelConfig, Transformer, flops
 from reft_jax.models.activations import sharded_activations
@@ -24,19 +33,46 @@ from reft_jax.train import losses
 Shape = tuple[int, int]  # (rows, tokens) of a batch, every process's rows counted
 
 
+class Objective(Protocol):
+    """What a step optimises (see the module's docstring)."""
+
+    def grads(self, model_of: Callable, params, step: jax.Array, *args) -> tuple[jax.Array, dict, Any]: ...
+
+    def flops(self, cfg: ModelConfig, lora: LoraConfig | None, *shapes: Shape) -> int: ...
+
+
+class Loss:
+    """An objective whose gradient is its value's: a subclass defines `__call__(model, *args) -> (loss, metrics)`.
+    A frozen model among the arguments (the student's teacher) reaches it as a model, built outside the
+    differentiated function."""
+
+    def grads(self, model_of: Callable, params, step: jax.Array, *args):
+        del step
+        args = tuple(a.model() if isinstance(a, FrozenModel) else a for a in args)
+        (value, metrics), grads = jax.value_and_grad(lambda p: self(model_of(p), *args), has_aux=True)(params)
+        return value, metrics, grads
+
+
 @dataclasses.dataclass(frozen=True)
-class TeacherLoss:
+class TeacherLoss(Loss):
     """L_teacher = CE(alignment responses) + lam * L_reg(features at `layer`, R_l).
 
     With a `pool` batch (prompts of the refusal pool R_l is computed over), L_reg is the mean over the rows of
-    both batches (why: `refusal.reg_pool` in reft_jax.config.schema)."""
+    both batches (why: `refusal.reg_pool` in reft_jax.config.schema). Its settings have no defaults here: the
+    config declares them (`of`)."""
 
-    layer: int
-    lam: float = 1.0
-    kind: str = "squared"
-    block: int = 0  # > 0: the CE is blockwise over this many positions (model.loss_block)
+    layer: int  # the hidden state L_reg reads (refusal.layer, resolved against the depth)
+    lam: float  # refusal.lam
+    kind: str  # refusal.kind
+    block: int  # model.loss_block; > 0: the CE is blockwise over this many positions, 0: from whole logits
 
-    def __call__(self, model: Transformer, batch: Batch, r: jax.Array, pool: Batch | None = None):
+    @classmethod
+    def of(cls, cfg: RunConfig, num_layers: int) -> "TeacherLoss":
+        """The teacher's loss as the run's config sets it, for a model of `num_layers` blocks."""
+        return cls(layer=refusal.feature_layer(cfg.refusal.layer, num_layers), lam=cfg.refusal.lam,
+                   kind=cfg.refusal.kind, block=cfg.model.loss_block)
+
+    def __call__(self, model: Transformer, r: jax.Array, batch: Batch, pool: Batch | None = None):
         out = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=[self.layer, -1],
                     logits=not self.block)
         ce, tokens = response_ce(model, out, batch, self.block)
@@ -69,6 +105,21 @@ def response_ce(model: Transformer, out, batch: Batch, block: int):
     return losses.cross_entropy(out.logits, *args)
 
 
+@dataclasses.dataclass(frozen=True)
+class SFTLoss(Loss):
+    """Supervised finetuning: the CE of one batch's responses (the safety alignment; plain finetuning)."""
+
+    block: int  # model.loss_block; > 0: the CE is blockwise over this many positions, 0: from whole logits
+
+    def __call__(self, model: Transformer, batch: Batch):
+        ce, tokens = response_ce(model, forward(model, batch, self.block), batch, self.block)
+        return ce, dict(ce=ce, tokens=tokens)
+
+    def flops(self, cfg: ModelConfig, lora: LoraConfig | None, batch: Shape) -> int:
+        """A train pass on the batch."""
+        return flops.train_flops(cfg, *batch, lora)
+
+
 def _cos_means(cos, batch):
     """Mean cosine to R_l of the harmful and the harmless prompts of a batch (training diagnostics)."""
     w = batch["example_weight"].astype(jnp.float32)
@@ -78,20 +129,25 @@ def _cos_means(cos, batch):
 
 
 @dataclasses.dataclass(frozen=True)
-class StudentLoss:
+class StudentLoss(Loss):
     """L_student = CE(kept user data) + beta * T^2 * KL(teacher^T || student^T) on alignment responses
-    [+ alpha * CE(alignment responses): the joint-SFT baselines, no teacher]."""
+    [+ alpha * CE(alignment responses): the joint-SFT baselines, no teacher]. Its settings have no defaults here:
+    the config declares them (`of`)."""
 
-    beta: float = 1.0
-    temperature: float = 1.0
-    alpha: float = 0.0
-    block: int = 0  # > 0: CE and KL are blockwise over this many positions (model.loss_block)
-    kl_positions: str = "response"  # distill.positions: "all" also matches the teacher on the prompts' tokens
+    beta: float  # distill.beta, or 0 (no distillation)
+    temperature: float  # distill.temperature
+    alpha: float  # baselines.joint_weight for the joint baselines, else 0
+    block: int  # model.loss_block; > 0: CE and KL are blockwise over this many positions, 0: from whole logits
+    kl_positions: str  # distill.positions: "all" also matches the teacher on the prompts' tokens
+
+    @classmethod
+    def of(cls, cfg: RunConfig, beta: float, alpha: float = 0.0) -> "StudentLoss":
+        """The student's loss with these weights and the rest as the run's config sets it."""
+        return cls(beta=beta, temperature=cfg.distill.temperature, alpha=alpha, block=cfg.model.loss_block,
+                   kl_positions=cfg.distill.positions)
 
     def __call__(self, model: Transformer, teacher: Transformer | None, user: Batch, align: Batch):
-        out = forward(model, user, self.block)
-        ce, tokens = response_ce(model, out, user, self.block)
-        loss, metrics = ce, dict(ce=ce, tokens=tokens)
+        loss, metrics = SFTLoss(self.block)(model, user)
         if self.beta == 0 and self.alpha == 0:  # plain finetuning: skip the alignment forwards
             return loss, metrics
         student = forward(model, align, self.block)
@@ -132,17 +188,27 @@ def forward(model: Transformer, batch: Batch, block: int, **kw):
     return model(batch["input_ids"], batch["attention_mask"], **kw)
 
 
-def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads, loss, metrics):
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+def make_step(tx: optax.GradientTransformation, objective: Objective, *, state_sharding=None, arg_shardings=(),
+              activation_sharding=None):
+    """step(state, *args) -> (state, metrics): one update of `objective` (its gradient through `tx`), jitted once per
+    shape of the arguments, the state donated (the arguments are only read).
 
+    state_sharding / arg_shardings (from reft_jax.runtime.parallel; one per argument, a None in them replicated):
+    explicit in/out shardings on a mesh; the metrics are replicated. Without any jax.jit places everything itself.
+    activation_sharding (parallel.activation_sharding): the model's activations are constrained to it while the
+    step is traced.
+    """
 
-def jit_step(step, in_shardings, out_shardings, activation_sharding=None):
-    """jax.jit with the state (argument 0) donated; explicit shardings only when any is given (a None inside
-    them means replicated for an input and XLA's choice for an output, as in jax.jit). activation_sharding
-    (parallel.activation_sharding): the model's activations are constrained to it while the step is traced."""
+    def step(state: TrainState, *args):
+        def model_of(params):
+            return nnx.merge(state.graphdef, params, state.frozen)
+
+        loss, metrics, grads = objective.grads(model_of, state.params, state.step, *args)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
     if activation_sharding is not None:
         plain = step
 
@@ -150,48 +216,7 @@ def jit_step(step, in_shardings, out_shardings, activation_sharding=None):
             with sharded_activations(activation_sharding):
                 return plain(*args)
 
+    in_shardings = (state_sharding, *arg_shardings)
     if all(s is None for s in in_shardings):
         return jax.jit(step, donate_argnums=0)
-    return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
-
-
-def make_teacher_step(tx: optax.GradientTransformation, loss_fn: TeacherLoss, *, state_sharding=None,
-                      batch_sharding=None, activation_sharding=None, with_pool: bool = False):
-    """step(state, batch, r) -> (state, metrics), or step(state, batch, r, pool) with `with_pool` (a batch of
-    refusal-pool prompts that L_reg covers too, see TeacherLoss); jitted once per batch shape, the state donated.
-
-    state_sharding / batch_sharding (from reft_jax.runtime.parallel): explicit in/out shardings on a mesh (the pool batch
-    is placed like the batch); r and the metrics are replicated. Without them jax.jit places everything itself.
-    activation_sharding (parallel.activation_sharding): constraints on the model's activations on that mesh.
-    """
-
-    def step(state: TrainState, batch: Batch, r: jax.Array, pool: Batch | None = None):
-        def loss(params):
-            return loss_fn(nnx.merge(state.graphdef, params, state.frozen), batch, r, pool)
-
-        (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-        return apply_gradients(state, tx, grads, value, metrics)
-
-    in_shardings = (state_sharding, batch_sharding, None) + ((batch_sharding,) if with_pool else ())
-    return jit_step(step, in_shardings, (state_sharding, None), activation_sharding)
-
-
-def make_student_step(tx: optax.GradientTransformation, loss_fn: StudentLoss, *, state_sharding=None,
-                      batch_sharding=None, teacher_sharding=None, activation_sharding=None):
-    """step(state, teacher, user_batch, align_batch) -> (state, metrics); the teacher is read, not donated.
-
-    state_sharding / batch_sharding (both batches) / teacher_sharding / activation_sharding: placement on a
-    mesh, as in make_teacher_step.
-    """
-
-    def step(state: TrainState, teacher: FrozenModel | None, user: Batch, align: Batch):
-        teacher_model = teacher.model() if teacher is not None else None  # None: no distillation (beta = 0)
-
-        def loss(params):
-            return loss_fn(nnx.merge(state.graphdef, params, state.frozen), teacher_model, user, align)
-
-        (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-        return apply_gradients(state, tx, grads, value, metrics)
-
-    return jit_step(step, (state_sharding, teacher_sharding, batch_sharding, batch_sharding),
-                     (state_sharding, None), activation_sharding)
+    return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=(state_sharding, None))
