@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 from reft_jax.config.schema import RunConfig
+from reft_jax.data import Batch
 from reft_jax.errors import ConfigError
+from reft_jax.models import Transformer
 from reft_jax.runtime.workdir import Workdir
-from reft_jax.train.runs import check_lisa_budget
+from reft_jax.train import runs
+
+BatchAt = Callable[[int], Batch]  # a step's batch, a pure function of the step index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +57,20 @@ class Method:
     def check(self, cfg: RunConfig) -> None:
         """Raises ConfigError when the run's settings leave this method nothing to do (before any training)."""
         if self.lisa:
-            check_lisa_budget(cfg)
+            runs.check_lisa_budget(cfg)
+
+    def finetune(self, cfg: RunConfig, teacher: Transformer | None, user_at: BatchAt, align_at: BatchAt | None, *,
+                 data_id: str) -> runs.Spec:
+        """Its finetuning run (reft_jax.train.runs): Lisa's alternating steps, or the user data's CE plus the
+        distillation KL from `teacher` and the joint CE of the alignment data as the method adds them.
+        user_at / align_at: a step's user / alignment batch (align_at only where `uses_alignment`)."""
+        steps = cfg.student.steps
+        if self.lisa:
+            return runs.lisa(cfg, user_at, align_at, steps=steps, data_id=data_id)
+        return runs.student(cfg, teacher, user_at, align_at, steps=steps,
+                            beta=cfg.distill.beta if self.distill else 0.0,
+                            alpha=cfg.baselines.joint_weight if self.joint else 0.0, data_id=data_id,
+                            name=self.name)
 
 
 METHODS = {m.name: m for m in (

@@ -62,17 +62,11 @@ def run(ctx: RunContext, method: Method, screen: Filter | None = None,
             model_from = base_model(cfg, ctx.vocab)
         model = trainable(cfg, model_from, salt=2)
         user_at = ctx.batches(user, seed_offset=2).batch
-        align_rows = cfg.distill.align_batch_size if method.distill else 0  # the distillation's share of a step
-        # Plain finetuning never reads an alignment batch (the loss skips it): the user batch stands in for it.
-        align_at = ctx.batches(ctx.alignment, seed_offset=3, batch_size=align_rows).batch if method.uses_alignment \
-            else user_at
-        if method.lisa:
-            spec = runs.lisa(cfg, user_at, align_at, steps=cfg.student.steps, data_id=ctx.user_fingerprint)
-        else:
-            spec = runs.student(cfg, teacher, user_at, align_at, steps=cfg.student.steps,
-                                beta=cfg.distill.beta if method.distill else 0.0,
-                                alpha=cfg.baselines.joint_weight if method.joint else 0.0,
-                                data_id=ctx.user_fingerprint)
+        align_at = None
+        if method.uses_alignment:
+            align_rows = cfg.distill.align_batch_size if method.distill else 0  # the distillation's share of a step
+            align_at = ctx.batches(ctx.alignment, seed_offset=3, batch_size=align_rows).batch
+        spec = method.finetune(cfg, teacher, user_at, align_at, data_id=ctx.user_fingerprint)
         trained = runs.train(cfg, model, out, spec)
         save_model(trained.model, ctx.tokenizer, model_dir(out))
         if trained.model.opts.lora is not None:  # the adapter alone too, for PEFT users (`reft-jax export --adapter`)

@@ -252,18 +252,19 @@ def train_teacher(cfg: RunConfig, model: Transformer, workdir: str | Path, align
 # -------------------------------------------------------------------------------- finetuning and alignment
 
 def student(cfg: RunConfig, teacher_model: Transformer | None, user_at: Callable[[int], Batch],
-            align_at: Callable[[int], Batch], *, steps: int, beta: float, alpha: float = 0.0,
-            data_id: str = "") -> Spec:
+            align_at: Callable[[int], Batch] | None, *, steps: int, beta: float, alpha: float = 0.0,
+            data_id: str = "", name: str = "student") -> Spec:
     """The student's run from the base model: `steps` step calls on kept user data, plus beta x KL(teacher ||
     student) on alignment data (distill.temperature) and alpha x the CE of the alignment responses (joint SFT on
     both datasets). teacher_model None (beta = 0): plain finetuning (the user batches alone), the no-defence
-    baseline. data_id names the user data; a checkpoint of other data is not resumed (an error says so)."""
+    baseline (align_at unused). data_id names the user data; a checkpoint of other data is not resumed (an error
+    says so); name: the run's (its progress bar), the method's."""
     if teacher_model is None and beta != 0:
         raise ConfigError("distill.beta must be 0 when finetuning without a teacher")
     meta = {"user_data": data_id}
     if beta == 0 and alpha == 0:
-        return Spec("student", SFTLoss(block=cfg.model.loss_block), (user_at,), steps, meta=meta)
-    return Spec("student", StudentLoss.of(cfg, beta, alpha), (user_at, align_at), steps,
+        return Spec(name, SFTLoss(block=cfg.model.loss_block), (user_at,), steps, meta=meta)
+    return Spec(name, StudentLoss.of(cfg, beta, alpha), (user_at, align_at), steps,
                 held=(Frozen(teacher_model),), meta=meta)
 
 
