@@ -167,7 +167,7 @@ result["from_config"] = dict(
     same_shardings=all(a.sharding == want_placed[k].sharding for k, a in flat(nnx.state(loaded)).items()))
 loaded_buffers = buffers(nnx.state(loaded))
 ckpt_units = parallel.head_units(ckpt_cfg)
-state = parallel.create_sharded_train_state(trainable(run_cfg, loaded, salt=1), tx, mesh, units=ckpt_units)
+state = parallel.create_sharded_train_state(trainable(run_cfg, loaded, "teacher_adapters"), tx, mesh, units=ckpt_units)
 result["from_config"]["state_moved"] = [k for k, b in buffers(state.frozen).items() if b != loaded_buffers[k]]
 teacher = base_model(run_cfg)
 teacher_buffers = buffers(nnx.state(teacher))

@@ -50,7 +50,7 @@ def _build_step(cfg: RunConfig, case: workload.Case, data: dict, r, abstract: bo
 
     def models():
         base = base_model(cfg)
-        model = trainable(cfg, base, salt=1) if case.finetune == "lora" else base
+        model = trainable(cfg, base, "teacher_adapters") if case.finetune == "lora" else base
         state = create_train_state(model, tx)
         # The student's teacher: a second, merged model.
         return state, (FrozenModel.of(base_model(cfg)) if case.step == "student" else None)

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from reft_jax.config.streams import seed_of
 from reft_jax.runtime import malloc
 
 STEPS = ("student", "teacher")
@@ -35,7 +36,7 @@ def cases(bench_cfg) -> list[Case]:
 
 def batches(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
     """A user batch and an alignment batch of full-length rows; half of the alignment prompts are harmful."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed_of(seed, "bench_batches"))
     prompt = max(seq_len // 4, 1)
     loss_mask = np.zeros([batch_size, seq_len], np.int32)
     loss_mask[:, prompt:] = 1
@@ -51,7 +52,7 @@ def batches(batch_size: int, seq_len: int, vocab_size: int, seed: int) -> dict[s
 
 def refusal_direction(hidden_size: int, seed: int) -> np.ndarray:
     """A fixed unit vector standing in for R_l (the teacher step's cost does not depend on its value)."""
-    r = np.random.default_rng(seed + 1).standard_normal(hidden_size).astype(np.float32)
+    r = np.random.default_rng(seed_of(seed, "bench_direction")).standard_normal(hidden_size).astype(np.float32)
     return r / np.linalg.norm(r)
 
 

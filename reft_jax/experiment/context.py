@@ -21,6 +21,7 @@ import numpy as np
 
 from reft_jax import data as rdata
 from reft_jax.config.schema import RunConfig
+from reft_jax.config.streams import seed_of
 from reft_jax.config.typed import leaf_fields
 from reft_jax.errors import ConfigError, DataError, ReftError
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
@@ -169,7 +170,7 @@ class RunContext:
                                   "(or pass --data FILE)")
             return rdata.load_examples(u.source, with_response=None, **kw)
         return rdata.user_data(u.task, u.source or None, u.harmful_source or rdata.BEAVERTAILS, n=u.n, p=u.p,
-                               seed=self.cfg.seed, exclude=self.teacher_requests, **kw)
+                               seed=seed_of(self.cfg.seed, "user_data"), exclude=self.teacher_requests, **kw)
 
     def require_responses(self, indices=None) -> None:
         """Every user example at `indices` (default: all) has a response: finetuning trains on it (a file of
@@ -191,7 +192,8 @@ class RunContext:
         """The alignment files' examples: harmful prompts -> refusals, harmless prompts -> helpful answers."""
         a = self.cfg.data.alignment
         return rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
-                                    seed=self.cfg.seed, template=self.cfg.data.template, tokenizer=self.tokenizer,
+                                    seed=seed_of(self.cfg.seed, "alignment_data"), template=self.cfg.data.template,
+                                    tokenizer=self.tokenizer,
                                     refusal=a.refusal)
 
     @functools.cached_property
@@ -200,7 +202,7 @@ class RunContext:
         a, d = self.cfg.data.alignment, self.cfg.data
         if a.n_lookalikes <= 0:
             return []
-        return rdata.lookalike_prompts(a.lookalikes or d.pool.harmless, a.n_lookalikes, seed=self.cfg.seed + 5,
+        return rdata.lookalike_prompts(a.lookalikes or d.pool.harmless, a.n_lookalikes, seed=seed_of(self.cfg.seed, "lookalikes"),
                                        template=d.template, tokenizer=self.tokenizer)
 
     @dataset("alignment")
@@ -215,7 +217,7 @@ class RunContext:
         if not self.lookalike_examples:
             return self._base_alignment
         mixed = self._base_alignment + self.lookalike_examples
-        return [mixed[i] for i in np.random.default_rng(self.cfg.seed).permutation(len(mixed))]
+        return [mixed[i] for i in np.random.default_rng(seed_of(self.cfg.seed, "lookalike_mix")).permutation(len(mixed))]
 
     @dataset("alignment")
     def lookalike_examples(self) -> list[dict]:
@@ -264,7 +266,7 @@ class RunContext:
             raise ConfigError("data.pool.n_calibration: no prompts to calibrate tau on (filter.calibrate_recall > 0)")
         sizes = {"train": p.n_each, "calibration": p.n_calibration if calibrate else 0, "check": p.n_check}
         unseen = {ex["request"] for ex in self.alignment_sources}
-        splits = rdata.refusal_splits(p.harmful, p.harmless, sizes=sizes, unseen=unseen, seed=cfg.seed + 1,
+        splits = rdata.refusal_splits(p.harmful, p.harmless, sizes=sizes, unseen=unseen, seed=seed_of(cfg.seed, "refusal_splits"),
                                       template=cfg.data.template, tokenizer=self.tokenizer)
         return {name: examples for name, examples in splits.items() if examples}
 
@@ -307,7 +309,7 @@ class RunContext:
         if not pairs:
             raise DataError(f"data.alignment.harmful_pairs: no harmful pair of {source} is left once the user "
                             "data's prompts are taken out; name another source")
-        rng = np.random.default_rng(self.cfg.seed + 7)
+        rng = np.random.default_rng(seed_of(self.cfg.seed, "harmful_pairs"))
         if a.n_harmful_pairs is not None and a.n_harmful_pairs < len(pairs):
             pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), a.n_harmful_pairs, replace=False))]
         return pairs
@@ -320,11 +322,11 @@ class RunContext:
     def user(self) -> rdata.TokenizedDataset:
         return self.tokenize(self.user_examples, "tokenizing user data")
 
-    def batches(self, ds: rdata.TokenizedDataset, *, seed_offset: int = 0, batch_size: int = 0) -> rdata.Batches:
+    def batches(self, ds: rdata.TokenizedDataset, stream: str, *, batch_size: int = 0) -> rdata.Batches:
         """Shuffled training batches of `ds` (of data.batch_size rows unless batch_size > 0), this process's rows
-        of each."""
+        of each, in the order of the random stream `stream` (reft_jax.config.streams)."""
         d = self.cfg.data
-        return rdata.Batches(ds, batch_size or d.batch_size, list(d.buckets), seed=self.cfg.seed + seed_offset,
+        return rdata.Batches(ds, batch_size or d.batch_size, list(d.buckets), seed=seed_of(self.cfg.seed, stream),
                              process_index=jax.process_index(), process_count=jax.process_count())
 
     def prompt_batches(self, ds: rdata.TokenizedDataset, batch_size: int | None = None) -> rdata.Batches:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from reft_jax import data as rdata
 from reft_jax.config.schema import RunConfig
+from reft_jax.config.streams import seed_of
 from reft_jax.config.typed import replace
 from reft_jax.errors import ConfigError
 from reft_jax.models import gguf, hub
@@ -89,7 +90,7 @@ def resolve_demo(cfg: RunConfig, workdir: Workdir) -> RunConfig:
         return cfg
     folder = workdir.demo
     if jax.process_index() == 0 and not (folder / "tokenizer" / "tokenizer.json").exists():
-        rdata.demo.write(str(folder), seed=cfg.seed)
+        rdata.demo.write(str(folder), seed=seed_of(cfg.seed, "demo_data"))
     parallel.sync("demo data")
     for key, split in DEMO_SPLITS.items():
         if not _users(cfg, key):

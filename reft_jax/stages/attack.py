@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from reft_jax.config.schema import RunConfig
+from reft_jax.config.streams import seed_of
 from reft_jax.data.templates import format_prompt
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.evaluation import gcg, judges
@@ -121,7 +122,7 @@ def run(ctx: RunContext, name: str) -> dict:
             continue
         layout = gcg.Layout.of(ids, before_length, target_length, pad=pad)
         found = gcg.run_gcg(frozen, layout, config, tokenizer=tokenizer, allowed=allowed,
-                            key=jax.random.fold_in(jax.random.key(cfg.seed), i), progress=cfg.logging.progress)
+                            key=jax.random.fold_in(jax.random.key(seed_of(cfg.seed, "gcg")), i), progress=cfg.logging.progress)
         with_suffix, without = answers([*ids.before, *found.suffix, *ids.after], [*ids.before, *ids.after])
         harmful = judge.judge([prompt["prompt"]] * 2, [with_suffix, without])
         results.append({"request": prompt["request"], "target": prompt["target"], "suffix": found.suffix_text,

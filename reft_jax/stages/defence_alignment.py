@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from reft_jax.config.schema import RunConfig
+from reft_jax.config.streams import seed_of
 from reft_jax.experiment import cost
 from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model, trainable
@@ -40,9 +41,9 @@ def run(ctx: RunContext, defence: Defence) -> Path:
     out = defence.path(ctx.workdir)
     steps = cfg.baselines.sa_steps or cfg.teacher.steps
     with cost.StageCost(out, defence.stage) as stage:
-        model = trainable(cfg, base_model(cfg, ctx.vocab), salt=4)
-        align = ctx.batches(ctx.alignment, seed_offset=5).batch
-        harmful = ctx.batches(ctx.harmful_pairs, seed_offset=6).batch if defence.harmful_pairs else None
+        model = trainable(cfg, base_model(cfg, ctx.vocab), "alignment_adapters")
+        align = ctx.batches(ctx.alignment, "alignment_batches").batch
+        harmful = ctx.batches(ctx.harmful_pairs, "harmful_pair_batches").batch if defence.harmful_pairs else None
         aligned = runs.train(cfg, model, out, runs.alignment_defence(defence.update(cfg), align, harmful, steps=steps))
         save_model(aligned.model, ctx.tokenizer, model_dir(out))
         stage.flops = aligned.flops
@@ -52,7 +53,7 @@ def run(ctx: RunContext, defence: Defence) -> Path:
 DEFENCES = {d.name: d for d in (
     Defence("vaccine", lambda cfg: defences.Vaccine(rho=cfg.defences.vaccine.rho, block=cfg.model.loss_block)),
     Defence("repnoise", lambda cfg: defences.RepNoise(alpha=cfg.defences.repnoise.alpha, beta=cfg.defences.repnoise.beta,
-                                                      block=cfg.model.loss_block, seed=cfg.seed), harmful_pairs=True),
+                                                      block=cfg.model.loss_block, seed=seed_of(cfg.seed, "repnoise_noise")), harmful_pairs=True),
     Defence("booster", lambda cfg: defences.Booster(lam=cfg.defences.booster.lam, alpha=cfg.defences.booster.alpha,
                                                     block=cfg.model.loss_block), harmful_pairs=True),
 )}

@@ -60,12 +60,12 @@ def run(ctx: RunContext, method: Method, screen: Filter | None = None,
             model_from = load_stage_model(model_dir(start(wd)), cfg, f"{method.start_stage} model")
         else:
             model_from = base_model(cfg, ctx.vocab)
-        model = trainable(cfg, model_from, salt=2)
-        user_at = ctx.batches(user, seed_offset=2).batch
+        model = trainable(cfg, model_from, "student_adapters")
+        user_at = ctx.batches(user, "user_batches").batch
         align_at = None
         if method.uses_alignment:
             align_rows = cfg.distill.align_batch_size if method.distill else 0  # the distillation's share of a step
-            align_at = ctx.batches(ctx.alignment, seed_offset=3, batch_size=align_rows).batch
+            align_at = ctx.batches(ctx.alignment, "distillation_batches", batch_size=align_rows).batch
         spec = method.finetune(cfg, teacher, user_at, align_at, data_id=ctx.user_fingerprint)
         trained = runs.train(cfg, model, out, spec)
         save_model(trained.model, ctx.tokenizer, model_dir(out))

@@ -18,8 +18,8 @@ def run(ctx: RunContext) -> Path:
     out = ctx.workdir.safety_aligned
     steps = cfg.baselines.sa_steps or cfg.teacher.steps
     with cost.StageCost(out, "safety_alignment") as stage:
-        model = trainable(cfg, base_model(cfg, ctx.vocab), salt=4)
-        align = ctx.batches(ctx.alignment, seed_offset=5)
+        model = trainable(cfg, base_model(cfg, ctx.vocab), "alignment_adapters")
+        align = ctx.batches(ctx.alignment, "alignment_batches")
         aligned = runs.train(cfg, model, out, runs.safety_alignment(cfg, align.batch, steps=steps))
         save_model(aligned.model, ctx.tokenizer, model_dir(out))
         stage.flops = aligned.flops

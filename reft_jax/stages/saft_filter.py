@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from reft_jax.config.schema import SaftSection
+from reft_jax.config.streams import seed_of
 from reft_jax.data import TokenizedDataset
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.experiment import cost
@@ -44,7 +45,7 @@ def saft_layers(cfg: SaftSection, num_layers: int) -> tuple[int, ...]:
 
 def labelled_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Positions of n // 2 harmful and n - n // 2 harmless examples (fewer if a class has fewer), seeded."""
-    rng = np.random.default_rng(seed + 7)
+    rng = np.random.default_rng(seed)
     harmful, harmless = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     k = min(n // 2, len(harmful))
     picks = [rng.choice(harmful, k, replace=False), rng.choice(harmless, min(n - k, len(harmless)), replace=False)]
@@ -62,7 +63,7 @@ def run(ctx: RunContext) -> dict:
         user_ds = ctx.user
         user = scoring.prompt_features(frozen, user_ds, layers, desc="saft: user prompts", **kw)
         if s.val_source == "user":
-            pick = labelled_sample(user_ds.harmful, s.n_val, cfg.seed)
+            pick = labelled_sample(user_ds.harmful, s.n_val, seed_of(cfg.seed, "saft_validation"))
             val, val_labels = user[:, pick], user_ds.harmful[pick]
         else:
             val = scoring.prompt_features(frozen, ctx.pool, layers, desc="saft: validation pool", **kw)

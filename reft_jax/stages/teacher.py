@@ -77,7 +77,7 @@ def run(ctx: RunContext) -> Path:
     cfg, wd = ctx.cfg, ctx.workdir
     out = wd.teacher
     with cost.StageCost(out, "teacher") as stage:
-        model = trainable(cfg, base_model(cfg, ctx.vocab), salt=1)  # fresh adapters: still M0's function
+        model = trainable(cfg, base_model(cfg, ctx.vocab), "teacher_adapters")  # fresh adapters: still M0's function
         layer = refusal.feature_layer(cfg.refusal.layer, model.cfg.num_layers)
         layers = refusal.filter_layers(cfg.filter.layer_span, cfg.refusal.layer, model.cfg.num_layers)
         prompts = ctx.refusal_prompts
@@ -90,7 +90,7 @@ def run(ctx: RunContext) -> Path:
         # The base model's own directions, read before training (which donates the weights it starts from).
         base = measure(FrozenModel.of(model), prompts, layers, layer, **kw)
         base_check = check_report(base.scores.get("check"), prompts.get("check"))
-        align = ctx.batches(ctx.alignment)
+        align = ctx.batches(ctx.alignment, "teacher_batches")
         trained_run = runs.train_teacher(cfg, model, out, align.batch, pool, check, base.check_at_layer)
         teacher = trained_run.model
         trained = measure(FrozenModel.of(teacher), prompts, layers, layer, **kw)
