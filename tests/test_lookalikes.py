@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from reft_jax import load_config
+from reft_jax.config.streams import seed_of
 from reft_jax.data import LOOKALIKE_WORDS, DataError, lookalike_prompts
 from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
@@ -61,7 +62,7 @@ def test_the_lookalikes_join_the_harmless_alignment_data_answered_by_the_base_mo
     assert not plain.lookalike_examples and len(ctx.alignment_examples) == len(plain.alignment_examples) + len(added)
     assert all(ex["harmful"] is False for ex in added)
     # Their answers are the base model's own greedy ones; an empty answer leaves its prompt out.
-    drawn = lookalike_prompts(source, 6, seed=ctx.cfg.seed + 5, template=ctx.cfg.data.template,
+    drawn = lookalike_prompts(source, 6, seed=seed_of(ctx.cfg.seed, "lookalikes"), template=ctx.cfg.data.template,
                               tokenizer=ctx.tokenizer)
     answers = generate_text(base_model(ctx.cfg, ctx.vocab), ctx.tokenizer, [ex["prompt"] for ex in drawn],
                             GenerationConfig(max_new_tokens=LOOKALIKE_ANSWER_TOKENS))

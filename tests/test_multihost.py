@@ -76,7 +76,7 @@ def test_two_processes_match_one_process_and_restore_in_one(prepared):
     shutil.rmtree(two / "student" / "checkpoints" / str(STUDENT_STEPS))
     shutil.rmtree(two / "student" / "model")
     out = wait(finetune(two, 1))
-    assert "resuming student from step 3" in out
+    assert "resuming ref_teacher from step 3" in out  # the run is named after its method
     resumed = losses(two)
     assert [s for s, _ in resumed] == list(range(1, STUDENT_STEPS + 1)) and resumed[:3] == distributed[:3]
     for (_, a), (_, b) in zip(distributed[3:], resumed[3:]):

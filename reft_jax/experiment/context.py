@@ -1,6 +1,8 @@
 """What the stages of one run share, built once: the resolved typed config, the workdir, the tokenizer, the
-vocabulary size and the run's datasets (alignment data, the user data, the refusal-feature pool), each loaded
-on first use, and the batching every stage uses.
+vocabulary size and the run's datasets (alignment data, the user data, the refusal-feature pool, ...), each built
+on first use, in groups (DATASETS) that a stage declares it reads, with their content fingerprints, and the
+batching every stage uses. Reading the alignment data's tokens answers its lookalike prompts with the base model
+(once per workdir); `alignment_sources` reads what it is made of without running a model.
 
     ctx = RunContext.create(config, "runs/mine")   # a ConfigDict or a RunConfig
     stages.run_stage("teacher", ctx)
