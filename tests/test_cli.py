@@ -29,7 +29,9 @@ def run_dir(tmp_path_factory, demo_run):
 def test_stages_write_the_contract_files(run_dir):
     teacher = run_dir / "teacher"
     settings = json.loads((teacher / "filter.json").read_text())
-    assert settings.keys() == {"layers", "tau", "direction", "check"} and settings["direction"] in ("teacher", "base")
+    assert settings.keys() == {"layers", "tau", "direction", "scorer", "check"}
+    assert settings["direction"] in ("teacher", "base")
+    assert settings["scorer"] == "cosine" and not (teacher / "probe.npz").exists()  # the default: the paper's
     assert settings["layers"] == [1]  # filter.layer_span (0.2, 0.8) of TINY's 2 layers: at least one, never 0
     for direction in ("teacher", "base"):
         assert set(settings["check"][direction]["by_style"]) == {"instruction", "question"}
@@ -98,6 +100,12 @@ def one_line_error(capsys, *fragments):
 def test_unknown_override_is_a_one_line_error(tmp_path, capsys):
     assert main(["train-teacher", "--workdir", str(tmp_path), "--config.teacher.stepz=3"]) == 2
     one_line_error(capsys, "stepz")
+
+
+def test_an_unknown_scorer_is_a_one_line_error_before_training(tmp_path, capsys):
+    assert main(["train-teacher", "--workdir", str(tmp_path / "run"), "--config.filter.scorer=nope"]) == 2
+    one_line_error(capsys, "filter.scorer", "'nope'", "cosine, probe, best")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_config_file(tmp_path, capsys):

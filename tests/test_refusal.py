@@ -149,6 +149,48 @@ def test_the_filter_score_is_the_mean_over_layers_of_each_layers_own_direction()
                                rtol=1e-5, atol=1e-6)
 
 
+def test_the_probe_scores_what_scikit_learns_pipeline_decides(tmp_path):
+    """The probe (its scaler folded into its weights), scored by the jitted probe_scores, against the decision function
+    of the same pipeline fitted by scikit-learn: each layer's rows unit-normalised, the layers side by side,
+    StandardScaler, LogisticRegression with the C of the grid whose pipeline ranks the held-out rows best."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from reft_jax.refusal import probe
+
+    rng = np.random.default_rng(1)
+    shift = rng.normal(size=(3, 1, 16))  # a harmful direction per layer
+    loud = shift + rng.normal(size=(3, 1, 16))  # and a loud one along it: neither the least nor the most C is best
+
+    def features(n):
+        harmful = rng.permutation(np.arange(n) % 2)
+        h = rng.normal(size=(3, n, 16)) + 0.5 * shift * harmful[:, None] + 3 * rng.normal(size=(1, n, 1)) * loud
+        return (h * rng.uniform(0.5, 20.0, size=(1, n, 1))).astype(np.float32), harmful  # rows of any scale
+
+    (train, y), (held, held_y), (test, _) = features(60), features(40), features(25)
+
+    def design(h):
+        units = h / np.linalg.norm(h.astype(np.float64), axis=-1, keepdims=True)
+        return units.transpose(1, 0, 2).reshape(h.shape[1], -1)
+
+    pipelines = [make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=probe.MAX_ITER)).fit(design(train), y)
+                 for C in probe.GRID]
+    aurocs = [roc_auc_score(held_y, p.decision_function(design(held))) for p in pipelines]
+    fitted = probe.fit_probe(train, y, held, held_y)
+    assert fitted.C == probe.GRID[int(np.argmax(aurocs))] == 0.1
+    assert fitted.w.shape == (3, 16) and fitted.w.dtype == np.float32
+    got = jax.jit(refusal.probe_scores)(test, *fitted.params)
+    assert got.dtype == jnp.float32 and got.shape == (25,)
+    want = pipelines[probe.GRID.index(fitted.C)].decision_function(design(test))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    fitted.save(tmp_path / "probe.npz")
+    loaded = probe.Probe.load(tmp_path / "probe.npz")
+    np.testing.assert_array_equal(loaded.w, fitted.w)
+    assert (loaded.b, loaded.C) == (fitted.b, fitted.C)
+
+
 @pytest.mark.parametrize("span, num_layers, layers", [
     ((0.2, 0.8), 30, tuple(range(6, 24))),  # SmolLM2: layers 6-23
     ((0.2, 0.8), 4, (1, 2)),  # the demo's model

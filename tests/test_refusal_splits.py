@@ -13,10 +13,11 @@ from reft_jax.data import DataError, prompt_style, refusal_splits
 from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model
-from reft_jax.refusal import scoring
+from reft_jax.refusal import probe, scoring
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.stages import FILTERS, STAGES, run_stage
 from reft_jax.stages import teacher as teacher_stage
+from reft_jax.stages.ref_teacher_filter import filter_model
 from reft_jax.train import runs
 
 
@@ -75,12 +76,16 @@ def test_too_few_prompts_is_a_one_line_error(sources):
         refusal_splits(instructions, harmless, sizes={"check": 31})
 
 
-def test_choose_direction():
-    good, bad = {"auroc": 0.9}, {"auroc": 0.7}
-    assert teacher_stage.choose_direction(good, bad) == "teacher"
-    assert teacher_stage.choose_direction(bad, good) == "base"
-    assert teacher_stage.choose_direction(good, good) == "teacher"  # a tie keeps the teacher
-    assert teacher_stage.choose_direction(good, None) == "teacher"  # no check split
+def test_choose_filter():
+    good, bad, best = {"auroc": 0.9}, {"auroc": 0.7}, {"auroc": 0.95}
+    choose = teacher_stage.choose_filter
+    assert choose({("cosine", "teacher"): good, ("cosine", "base"): bad}) == ("cosine", "teacher")
+    assert choose({("cosine", "teacher"): bad, ("cosine", "base"): good}) == ("cosine", "base")
+    assert choose({("cosine", "teacher"): good, ("cosine", "base"): good}) == ("cosine", "teacher")  # a tie
+    assert choose({("cosine", "teacher"): None, ("cosine", "base"): None}) == ("cosine", "teacher")  # no check split
+    four = {("cosine", "teacher"): bad, ("cosine", "base"): good, ("probe", "teacher"): good, ("probe", "base"): best}
+    assert choose(four) == ("probe", "base")
+    assert choose({**four, ("probe", "base"): good}) == ("cosine", "base")  # a tie keeps the cosine, then the teacher
 
 
 TINY = ["--config.teacher.steps=4", "--config.optim.warmup_steps=1", "--config.data.user.n=80",
@@ -141,6 +146,49 @@ def test_a_direction_worse_than_the_base_models_is_not_shipped(worse_teacher):
     user = scoring.score(m0, ctx.user, base_r, settings["layers"], batch_size=32, buckets=[64, 96], progress=False)
     written = [json.loads(line)["score"] for line in (FILTERS["ref_teacher"].path(ctx.workdir) / "scores.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(written, user, rtol=1e-5, atol=1e-6)
+
+
+def test_the_best_scorer_ships_the_highest_check_auroc_and_the_filter_scores_with_it(tmp_path):
+    """filter.scorer = "best": the cosine and the probe, each on the teacher's and the base model's features, and the
+    one with the highest check AUROC ships (the first of equals: the cosine, then the teacher); tau is calibrated with
+    it and the filter stage's scores are its scores of the user data."""
+    ctx = RunContext.create(load_config("configs/demo.py", [*TINY, "--config.filter.scorer=best"]), tmp_path)
+    run_stage("teacher", ctx)
+    settings = json.loads(ctx.workdir.filter_settings.read_text())
+    reported = {(scorer, d): settings[key][d]["auroc"]
+                for scorer, key in (("cosine", "check"), ("probe", "probe_check")) for d in ("teacher", "base")}
+    assert (settings["scorer"], settings["direction"]) == max(reported, key=reported.get)
+    for d in ("teacher", "base"):
+        probe_report = settings["probe_check"][d]
+        assert probe_report["C"] in probe.GRID and probe_report["C_chosen_on"] == "calibration"
+        assert set(probe_report["by_style"]) == {"instruction", "question"}
+    assert ctx.workdir.probe.exists() == (settings["scorer"] == "probe")
+    score_by = probe.Probe.load(ctx.workdir.probe) if settings["scorer"] == "probe" else None
+    model = FrozenModel.of(filter_model(ctx, {"direction": settings["direction"]}))
+
+    def shipped(ds, scorer=settings["scorer"]):  # the scorer on the host, from the features
+        features = scoring.prompt_features(model, ds, settings["layers"], batch_size=32, buckets=[64, 96],
+                                           progress=False)
+        if scorer == "probe":
+            return score_by.scores(features)
+        return np.asarray(refusal.mean_cosine_scores(features, np.load(ctx.workdir.refusal_feature)))
+
+    calibration = shipped(ctx.refusal_prompts["calibration"].ds)
+    labels = ctx.refusal_prompts["calibration"].ds.harmful == 1
+    assert settings["tau"] == refusal.cap_false_positives(refusal.calibrate_threshold(calibration, labels, 0.9),
+                                                          calibration, labels, ctx.cfg.filter.calibrate_max_fpr)
+    report = run_stage("filter", ctx)
+    assert (report["scorer"], report["direction"]) == (settings["scorer"], settings["direction"])
+    assert report["probe_check"] == settings["probe_check"]
+    scores = FILTERS["ref_teacher"].path(ctx.workdir) / "scores.jsonl"
+    written = [json.loads(line)["score"] for line in scores.read_text().splitlines()]
+    np.testing.assert_allclose(written, shipped(ctx.user), rtol=1e-5, atol=1e-6)
+    # An earlier workdir's filter.json names no scorer: the cosine (on this demo the probe ships, so the filter stage
+    # scores with each of the two here).
+    ctx.workdir.filter_settings.write_text(json.dumps({k: v for k, v in settings.items() if k != "scorer"}))
+    assert run_stage("filter", ctx)["scorer"] == "cosine"
+    written = [json.loads(line)["score"] for line in scores.read_text().splitlines()]
+    np.testing.assert_allclose(written, shipped(ctx.user, "cosine"), rtol=1e-5, atol=1e-6)
 
 
 def test_the_user_data_and_the_evaluation_hold_no_prompt_the_teacher_saw(worse_teacher):

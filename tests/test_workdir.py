@@ -18,6 +18,7 @@ def test_contract_paths():
     assert model_dir(wd.teacher) == Path("/runs/x/teacher/model")
     assert wd.refusal_feature == Path("/runs/x/teacher/refusal_feature.npy")
     assert wd.filter_settings == Path("/runs/x/teacher/filter.json")
+    assert wd.probe == Path("/runs/x/teacher/probe.npz")
     assert FILTERS["ref_teacher"].path(wd) == Path("/runs/x/filter")
     assert FILTERS["saft"].path(wd) == Path("/runs/x/filters/saft")
     assert METHODS["ref_teacher"].path(wd) == Path("/runs/x/student") and METHODS["sa_ft"].path(wd) == Path("/runs/x/sa_ft")

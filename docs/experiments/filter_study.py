@@ -27,10 +27,10 @@ from reft_jax.stages.ref_teacher_filter import filter_model, teacher_settings
 def main(workdir: str, heldout: str, *overrides: str) -> dict:
     ctx = RunContext.create(load_config("configs/smollm2.py", list(overrides)), workdir)
     settings = teacher_settings(ctx.workdir)
-    model, r, layers = FrozenModel.of(filter_model(ctx, settings)), settings["r"], settings["layers"]
+    model, by, layers = FrozenModel.of(filter_model(ctx, settings)), settings["score_by"], settings["layers"]
 
     def score(ds):
-        return scoring.score(model, ds, r, layers, batch_size=32, buckets=list(ctx.cfg.data.buckets), progress=False)
+        return scoring.score(model, ds, by, layers, batch_size=32, buckets=list(ctx.cfg.data.buckets), progress=False)
 
     sets = {"user": (score(ctx.user), ctx.user.harmful == 1, [prompt_style(ex["request"]) for ex in ctx.user_examples])}
     for path in sorted(Path(heldout).glob("*.jsonl")):

@@ -258,8 +258,14 @@ class SaftSection:
 
 @config
 class FilterSection:
-    """The Ref-Teacher filter: flag a user prompt when its cosine with R_l, averaged over the layers l of
-    layer_span, is > tau."""
+    """The Ref-Teacher filter: flag a user prompt when its score, the cosine with R_l averaged over the layers l of
+    layer_span (the paper's) or a probe over the features at those layers, is > tau."""
+    scorer: str = option(
+        "cosine", "the score: \"cosine\", the paper's mean over the layers of cos(f_l, R_l); \"probe\", a logistic "
+        "regression over the unit-normalised features at the layers, fitted on the pool's train split, its C chosen "
+        "on the calibration split (the check split without one); \"best\": both, for the teacher and the base "
+        "model, and the filter ships the one with the highest check-split AUROC (a tie keeps the cosine)",
+        choices=("cosine", "probe", "best"))
     layer_span: tuple[float, ...] = option(
         (0.2, 0.8), "the span of the model's depth (fractions: start, end) whose layers the filter's score "
         "averages cos(f_l, R_l) over, each layer with its own R_l; () = refusal.layer alone, the paper's single "

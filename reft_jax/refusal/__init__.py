@@ -1,7 +1,8 @@
 """The refusal feature and the filters built on it.
 
-- `feature`: R_l (difference in means of last-prompt-token hidden states, harmful minus harmless) and the cosines
-  to it, jittable;
+- `feature`: R_l (difference in means of last-prompt-token hidden states, harmful minus harmless), the cosines
+  to it and a linear probe's scores, jittable;
+- `probe`: the learned filter (filter.scorer = "probe"), a logistic regression fitted on the host;
 - `metrics`: the threshold tau and the filter's metrics (AUROC, precision / recall), host side;
 - `readout`: which layers the feature is read at, and the jitted passes that read features and scores from a model;
 - `scoring`: the host-side filter pass over a dataset (features, scores, keep mask, report);
@@ -18,7 +19,9 @@ from reft_jax.refusal.feature import (
                                       gather_last_prompt,
                                       layer_directions,
                                       mean_cosine_scores,
+                                      probe_scores,
                                       refusal_feature,
+                                      unit_rows,
 )
 from reft_jax.refusal.metrics import (
                                       auroc,

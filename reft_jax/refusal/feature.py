@@ -4,11 +4,13 @@
     `gather_last_prompt`  f_l at the last prompt token of each row
     `cosine_scores`       s(x) = cos(f_l(x), R_l)
     `layer_directions`    R_l at each of several layers
-    `mean_cosine_scores`  the filter's score: cos(f_l(x), R_l) averaged over its layers
+    `mean_cosine_scores`  the filter's score (the paper's): cos(f_l(x), R_l) averaged over its layers
+    `unit_rows`           f / |f|, each row of the features unit-normalised
+    `probe_scores`        the learned filter's score: sum_l w_l . f_l(x) / |f_l(x)| + b (a linear probe)
 
-and `check_refusal_classes`, the host-side check that both classes are there. The threshold tau and the filter's
-metrics are in `reft_jax.refusal.metrics`; which layers the feature is read at and the jitted passes that read it
-from a model in `reft_jax.refusal.readout`.
+(`SCORERS` names the filter's two scores) and `check_refusal_classes`, the host-side check that both classes are
+there. The threshold tau and the filter's metrics are in `reft_jax.refusal.metrics`; which layers the feature is read
+at and the jitted passes that read it from a model in `reft_jax.refusal.readout`.
 
 A prompt is flagged as harmful when `score > tau` (strictly), everywhere in the project.
 """
@@ -124,6 +126,23 @@ def mean_cosine_scores(hidden: Array, r: Array) -> Array:
     """The filter's score: hidden [K, N, D] and R [K, D] (one direction per layer) -> [N] float32, each row's
     cosine with its layer's direction, averaged over the K layers."""
     return jnp.mean(jax.vmap(cosine_scores)(hidden, r), axis=0)
+
+
+def unit_rows(hidden: Array, eps: float = 1e-6) -> Array:
+    """Each row (last axis) divided by its norm |v|_eps, in (at least) float32: a zero row stays zero."""
+    h = _f32(hidden)
+    return h / _norm(h, eps)[..., None]
+
+
+def probe_scores(hidden: Array, w: Array, b: Array | float) -> Array:
+    """A linear probe's score (reft_jax.refusal.probe fits it): hidden [K, N, D], w [K, D] (one weight vector per
+    layer) and the offset b -> [N] float32, sum over the K layers of w_l . f_l / |f_l|_eps, plus b."""
+    # Elementwise sums rather than a matmul, as in refusal_feature: TPUs run f32 matmuls at reduced precision.
+    return jnp.sum(unit_rows(hidden) * _f32(w)[:, None, :], axis=(0, 2)) + _f32(b)
+
+
+# The filter's scores by name (filter.scorer, filter.json's "scorer"): fn(features [K, N, D], *params) -> [N].
+SCORERS = {"cosine": mean_cosine_scores, "probe": probe_scores}
 
 
 # ---------------------------------------------------------------------------------------------

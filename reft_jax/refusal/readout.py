@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from reft_jax.data import Batch
 from reft_jax.errors import ConfigError
-from reft_jax.refusal.feature import gather_last_prompt, mean_cosine_scores
+from reft_jax.refusal.feature import SCORERS, gather_last_prompt
 from reft_jax.runtime.state import FrozenModel
 
 
@@ -48,13 +48,15 @@ def make_feature_fn(layer: int | tuple[int, ...]):
     return features
 
 
-def make_score_fn(layers: tuple[int, ...]):
-    """score(frozen_model, batch, r) -> [B] float32: the filter's score (`mean_cosine_scores`) of each row, with
-    R [len(layers), D]; only the scores leave the device."""
-    features = make_feature_fn(tuple(layers))
+def make_score_fn(layers: tuple[int, ...], scorer: str = "cosine"):
+    """score(frozen_model, batch, *params) -> [B] float32: the filter's score of each row, by `scorer` (a name of
+    `SCORERS`): "cosine" with params (R [len(layers), D],), the paper's `mean_cosine_scores`; "probe" with
+    (w [len(layers), D], b), `probe_scores`. The parameters are arguments, not constants: one compilation serves any
+    values of them. Only the scores leave the device."""
+    features, fn = make_feature_fn(tuple(layers)), SCORERS[scorer]
 
     @jax.jit
-    def score(frozen: FrozenModel, batch: Batch, r: jax.Array) -> jax.Array:
-        return mean_cosine_scores(features(frozen, batch), r)
+    def score(frozen: FrozenModel, batch: Batch, *params) -> jax.Array:
+        return fn(features(frozen, batch), *params)
 
     return score

@@ -1,7 +1,7 @@
 """The host-side filter pass: the frozen teacher scores every user prompt, scores become a keep mask.
 
-score(x) = the mean over the filter's layers l of cos(f_l^teacher(prompt x), R_l); x is flagged harmful when
-score > tau. Flagged examples are
+score(x) = the mean over the filter's layers l of cos(f_l^teacher(prompt x), R_l) (the paper's), or a fitted probe's
+sum_l w_l . f_l(x) / |f_l(x)| + b (reft_jax.refusal.probe); x is flagged harmful when score > tau. Flagged examples are
 removed before batching (`kept_dataset`), so the student's batches are packed densely with kept examples and
 only the padding rows of the last batch carry weight 0: a flagged example never reaches a loss or a gradient.
 """
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from reft_jax import refusal
 from reft_jax.data import Batches, TokenizedDataset
+from reft_jax.refusal.probe import Probe
 from reft_jax.refusal.readout import make_feature_fn, make_score_fn
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import FILTER_REPORT, FILTER_SCORES, FLAGGED, KEPT
@@ -113,20 +114,22 @@ def prompt_features(model: FrozenModel, ds: TokenizedDataset, layers: tuple[int,
     return np.moveaxis(rows_first, 0, 1)
 
 
-def score(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layers: tuple[int, ...], *, batch_size: int,
-          buckets: Sequence[int], progress: bool = True) -> np.ndarray:
-    """The filter's score of each example, in dataset order (float32): its cosine with R [len(layers), D] at
-    each of `layers`, averaged (refusal.mean_cosine_scores)."""
-    r = np.asarray(r, np.float32).reshape(len(layers), -1)
-    fn = make_score_fn(tuple(layers))
-    return _per_example(lambda b: fn(teacher, b, r), ds, batch_size=batch_size, buckets=buckets,
+def score(teacher: FrozenModel, ds: TokenizedDataset, scorer: np.ndarray | Probe, layers: tuple[int, ...], *,
+          batch_size: int, buckets: Sequence[int], progress: bool = True) -> np.ndarray:
+    """The filter's score of each example, in dataset order (float32), at each of `layers`: with `scorer` R
+    [len(layers), D], the cosine with R_l averaged over the layers (refusal.mean_cosine_scores, the paper's); with a
+    Probe, the probe's (refusal.probe_scores)."""
+    kind, params = (("probe", scorer.params) if isinstance(scorer, Probe) else
+                    ("cosine", (np.asarray(scorer, np.float32).reshape(len(layers), -1),)))
+    fn = make_score_fn(tuple(layers), kind)
+    return _per_example(lambda b: fn(teacher, b, *params), ds, batch_size=batch_size, buckets=buckets,
                         progress=progress, desc="filter")
 
 
-def run_filter(teacher: FrozenModel, ds: TokenizedDataset, r: np.ndarray, layers: tuple[int, ...], tau: float,
-               *, batch_size: int, buckets: Sequence[int], progress: bool = True,
+def run_filter(teacher: FrozenModel, ds: TokenizedDataset, scorer: np.ndarray | Probe, layers: tuple[int, ...],
+               tau: float, *, batch_size: int, buckets: Sequence[int], progress: bool = True,
                style: np.ndarray | None = None) -> FilterResult:
-    s = score(teacher, ds, r, layers, batch_size=batch_size, buckets=buckets, progress=progress)
+    s = score(teacher, ds, scorer, layers, batch_size=batch_size, buckets=buckets, progress=progress)
     return FilterResult(index=np.asarray(ds.index), score=s, label=np.asarray(ds.harmful), tau=float(tau),
                         layers=tuple(layers), style=style)
 

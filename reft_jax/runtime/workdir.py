@@ -6,7 +6,8 @@
   tokenizer/                   a tokenizer trained on the sources (data.tokenizer = "train")
   lookalikes.json              the base model's answers to the lookalike prompts (data.alignment.n_lookalikes)
   teacher/model/               the teacher as a Hugging Face folder (LoRA merged)
-  teacher/refusal_feature.npy, filter.json (layers, tau, direction, check)  the filter's directions and settings
+  teacher/refusal_feature.npy, filter.json (layers, tau, direction, scorer, check)  the filter's directions and settings
+  teacher/probe.npz            the filter's probe, when it ships one (filter.json's scorer = "probe")
   teacher/refusal_prompts.jsonl   the labelled prompts of each split (train, calibration, check)
   filter/scores.jsonl, report.json, kept.jsonl, flagged.jsonl   the Ref-Teacher filter on the user data
   filters/NAME/...                          the same for the other filters (saft, llama_guard)
@@ -32,7 +33,7 @@ COST = "cost.json"
 MODEL = "model"
 ADAPTER = "adapter"
 FILTER_REPORT = "report.json"
-FILTER_SETTINGS = "filter.json"  # the teacher stage's filter: layer, tau, direction, check figures
+FILTER_SETTINGS = "filter.json"  # the teacher stage's filter: layers, tau, direction, scorer, check figures
 FILTER_SCORES = "scores.jsonl"
 KEPT = "kept.jsonl"  # a filter's kept and flagged user rows, as read, with their scores
 FLAGGED = "flagged.jsonl"
@@ -60,6 +61,7 @@ class Workdir:
     report = _under_root("report.json")
     refusal_feature = _under_root("teacher", "refusal_feature.npy")
     filter_settings = _under_root("teacher", FILTER_SETTINGS)
+    probe = _under_root("teacher", "probe.npz")
     refusal_prompts = _under_root("teacher", "refusal_prompts.jsonl")
 
     def attack(self, name: str) -> Path:

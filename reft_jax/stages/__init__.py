@@ -103,7 +103,7 @@ def _registry() -> dict[str, Stage]:
     shared = [
         Stage("teacher", teacher.run, lambda wd: wd.teacher, done=_marker(FILTER_SETTINGS),
               inputs=(*MODEL_AND_DATA, "data.alignment", "data.pool", "refusal", "teacher", "filter.tau",
-                      "filter.calibrate_recall", "filter.calibrate_max_fpr", "filter.layer_span"),
+                      "filter.calibrate_recall", "filter.calibrate_max_fpr", "filter.layer_span", "filter.scorer"),
               reads=("alignment", "pool")),
         Stage("safety_alignment", safety_alignment.run, lambda wd: wd.safety_aligned,
               inputs=(*MODEL_AND_DATA, "data.alignment", "baselines.sa_steps", "teacher.steps"), reads=("alignment",)),

@@ -1,7 +1,7 @@
-"""Stage 2: the Ref-Teacher filter. The frozen teacher (or the base model, when the teacher stage found its direction
-better on the check split) scores the user data by the cosine of each prompt's features with R_l, averaged over
-the filter's layers, and flags what scores above tau (WORKDIR/filter/: scores.jsonl, kept.jsonl, flagged.jsonl,
-report.json)."""
+"""Stage 2: the Ref-Teacher filter. The frozen teacher (or the base model, when the teacher stage found its features
+better on the check split) scores the user data by the teacher stage's scorer: the cosine of each prompt's features
+with R_l, averaged over the filter's layers (the paper's), or its probe over those features; and flags what scores
+above tau (WORKDIR/filter/: scores.jsonl, kept.jsonl, flagged.jsonl, report.json)."""
 
 from __future__ import annotations
 
@@ -16,21 +16,25 @@ from reft_jax.experiment.context import RunContext
 from reft_jax.models import Transformer
 from reft_jax.models.from_config import base_model, load_stage_model
 from reft_jax.refusal import scoring
+from reft_jax.refusal.probe import Probe
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import Workdir, model_dir
 from reft_jax.stages.common import Filter, prompt_flops, write_filter
 
 
 def teacher_settings(wd: Workdir) -> dict:
-    """The teacher stage's filter: its R_l at each of its layers ("r", [len(layers), D]), and filter.json's
-    layers, tau, direction and check figures. A workdir of a single-layer filter ("layer") reads as one layer."""
+    """The teacher stage's filter: its R_l at each of its layers ("r", [len(layers), D]), filter.json's layers, tau,
+    direction, scorer and check figures, and what scores ("score_by": R for the cosine, the Probe for the probe). A
+    workdir of a single-layer filter ("layer") reads as one layer, and one without a scorer as the cosine."""
     try:
         r = np.load(wd.refusal_feature)
-        settings = json.loads(wd.filter_settings.read_text())
+        settings = {"direction": "teacher", "scorer": "cosine", **json.loads(wd.filter_settings.read_text())}
+        layers = tuple(settings.pop("layers", None) or [settings.pop("layer")])
+        r = r.reshape(len(layers), -1)
+        score_by = Probe.load(wd.probe) if settings["scorer"] == "probe" else r
     except FileNotFoundError as e:
         raise ReftError(f"{e.filename}: missing; run `reft-jax train-teacher` first") from None
-    layers = tuple(settings.pop("layers", None) or [settings.pop("layer")])
-    return {"direction": "teacher", **settings, "layers": layers, "r": r.reshape(len(layers), -1)}
+    return {**settings, "layers": layers, "r": r, "score_by": score_by}
 
 
 def filter_model(ctx: RunContext, settings: dict) -> Transformer:
@@ -44,7 +48,7 @@ def filter_model(ctx: RunContext, settings: dict) -> Transformer:
 def flags(ctx: RunContext, examples: list[dict], ds: TokenizedDataset) -> np.ndarray:
     """The Ref-Teacher filter's verdicts on other prompts (prompt-only examples, and tokenized): score > tau."""
     cfg, settings = ctx.cfg, teacher_settings(ctx.workdir)
-    scores = scoring.score(FrozenModel.of(filter_model(ctx, settings)), ds, settings["r"], settings["layers"],
+    scores = scoring.score(FrozenModel.of(filter_model(ctx, settings)), ds, settings["score_by"], settings["layers"],
                            batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                            progress=cfg.logging.progress)
     return scores > settings["tau"]
@@ -57,13 +61,15 @@ def run(ctx: RunContext) -> dict:
         settings = teacher_settings(wd)
         model = filter_model(ctx, settings)
         styles = np.array([prompt_style(ex["request"]) for ex in ctx.user_examples], dtype=object)
-        result = scoring.run_filter(FrozenModel.of(model), ctx.user, settings["r"], settings["layers"], settings["tau"],
-                                    batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
+        result = scoring.run_filter(FrozenModel.of(model), ctx.user, settings["score_by"], settings["layers"],
+                                    settings["tau"], batch_size=cfg.filter.batch_size, buckets=list(cfg.data.buckets),
                                     progress=cfg.logging.progress, style=styles)
         # Rows whose request the teacher trained, calibrated or chose its filter on: not held-out figures.
         seen = np.array([ctx.user_examples[int(i)]["request"] in ctx.teacher_requests for i in result.index], bool)
-        report = write_filter(ctx, result, folder, direction=settings["direction"], check=settings.get("check"),
-                              seen_by_teacher=int(seen.sum()), held_out=result.select(~seen).report())
+        probe_check = {"probe_check": settings["probe_check"]} if "probe_check" in settings else {}
+        report = write_filter(ctx, result, folder, direction=settings["direction"], scorer=settings["scorer"],
+                              check=settings.get("check"), **probe_check, seen_by_teacher=int(seen.sum()),
+                              held_out=result.select(~seen).report())
         stage.flops = prompt_flops(model.cfg, ctx.prompt_batches(ctx.user, cfg.filter.batch_size))
     return report
 

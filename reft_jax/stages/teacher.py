@@ -6,7 +6,9 @@ filter.layer_span), the filter's settings (filter.json) and the labelled prompts
 regulariser train on one split, tau is calibrated on another (filter.calibrate_recall > 0), and the third, the
 check split, is held out from both. On the check split the teacher's final directions are compared with the base
 model's own (R_l of M0, before any training); the filter ships the better of the two, so training the teacher can
-never leave the filter worse than the base model on prompts nobody trained or calibrated on."""
+never leave the filter worse than the base model on prompts nobody trained or calibrated on. With filter.scorer =
+"probe" or "best", a probe (reft_jax.refusal.probe) is fitted on each model's features too and takes part in that
+choice (teacher/probe.npz when it ships)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from reft_jax.experiment.context import LabelledPrompts, RunContext
 from reft_jax.models.from_config import base_model, trainable
 from reft_jax.models.hf_io import save_model
 from reft_jax.refusal import scoring
+from reft_jax.refusal.probe import Probe, fit_probe
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import model_dir
 from reft_jax.stages.common import prompt_flops
@@ -37,25 +40,38 @@ def check_report(scores: np.ndarray | None, prompts: LabelledPrompts | None) -> 
     return {"auroc": refusal.auroc(scores, labels), "by_style": refusal.auroc_by_style(scores, labels, prompts.styles)}
 
 
-def choose_direction(teacher: dict | None, base: dict | None) -> str:
-    """"teacher" unless the base model's direction separates the check split better (no check split: "teacher")."""
-    if teacher is None or base is None:
-        return "teacher"
-    return "base" if base["auroc"] > teacher["auroc"] else "teacher"
+def choose_filter(checks: dict[tuple[str, str], dict | None]) -> tuple[str, str]:
+    """The (scorer, direction) of `checks` (their check_report) with the highest check-split AUROC; a tie keeps the
+    first listed (the cosine before the probe, the teacher's before the base model's), as does a run without a
+    check split."""
+    return max(checks, key=lambda k: -np.inf if checks[k] is None or checks[k]["auroc"] is None else checks[k]["auroc"])
+
+
+def probe_split(prompts: dict[str, LabelledPrompts]) -> str | None:
+    """The split the probe's C is chosen on: the calibration split, else the check split (whose probe AUROC is then
+    not quite held out), else none (C = 1)."""
+    return next((split for split in ("calibration", "check") if split in prompts), None)
 
 
 @dataclasses.dataclass
 class Directions:
-    """A model's filter: R_l at each filter layer over the train split, and the filter's scores of each split."""
+    """A model's filter: R_l at each filter layer over the train split, and the filter's scores of each split; with a
+    probe, the probe fitted on the same features and its scores."""
 
     r: np.ndarray  # [len(layers), D]
-    scores: dict[str, np.ndarray]  # split -> [N]
+    scores: dict[str, np.ndarray]  # split -> [N], the cosine's
     check_at_layer: float | None  # the check split's AUROC at the regulariser's layer alone (the training log's)
+    probe: Probe | None = None
+    probe_scores: dict[str, np.ndarray] | None = None  # split -> [N]
+
+    def scores_by(self, scorer: str) -> dict[str, np.ndarray]:
+        return self.scores if scorer == "cosine" else self.probe_scores
 
 
 def measure(frozen: FrozenModel, prompts: dict[str, LabelledPrompts], layers: tuple[int, ...], layer: int, *,
-            batch_size: int, buckets: list[int]) -> Directions:
-    """One forward pass over the labelled splits at the filter's layers and the regulariser's."""
+            batch_size: int, buckets: list[int], with_probe: bool = False) -> Directions:
+    """One forward pass over the labelled splits at the filter's layers and the regulariser's; with_probe: the probe
+    too, fitted on the train split's features (its C chosen on `probe_split`)."""
     read = tuple(sorted({*layers, layer}))
     feats = {split: scoring.prompt_features(frozen, p.ds, read, batch_size=batch_size, buckets=buckets,
                                             progress=False) for split, p in prompts.items()}
@@ -63,14 +79,21 @@ def measure(frozen: FrozenModel, prompts: dict[str, LabelledPrompts], layers: tu
     refusal.check_refusal_classes(labels)
     r_all = np.asarray(refusal.layer_directions(feats["train"], labels == 1))
     pick = [read.index(x) for x in layers]
-    scores = {split: np.asarray(refusal.mean_cosine_scores(f[pick], r_all[pick]), np.float32)
-              for split, f in feats.items()}
+    at_filter = {split: f[pick] for split, f in feats.items()}
+    scores = {split: np.asarray(refusal.mean_cosine_scores(f, r_all[pick]), np.float32)
+              for split, f in at_filter.items()}
     at_layer = None
     if "check" in feats:
         i = read.index(layer)
         at_layer = refusal.auroc(np.asarray(refusal.cosine_scores(feats["check"][i], r_all[i])),
                                  prompts["check"].ds.harmful == 1)
-    return Directions(r_all[pick], scores, at_layer)
+    directions = Directions(r_all[pick], scores, at_layer)
+    if with_probe:
+        held = probe_split(prompts)
+        fitted = fit_probe(at_filter["train"], labels, at_filter.get(held),
+                           None if held is None else prompts[held].ds.harmful)
+        directions.probe, directions.probe_scores = fitted, {split: fitted.scores(f) for split, f in at_filter.items()}
+    return directions
 
 
 def run(ctx: RunContext) -> Path:
@@ -87,22 +110,26 @@ def run(ctx: RunContext) -> Path:
         pass_flops = sum(prompt_flops(model.cfg, ctx.prompt_batches(p.ds, cfg.filter.batch_size))
                          for p in prompts.values())
 
+        with_probe, probe_on = cfg.filter.scorer != "cosine", probe_split(prompts)
+        measured = ("cosine", "probe") if with_probe else ("cosine",)  # the cosine's figures are always reported
+        candidates = measured if cfg.filter.scorer == "best" else (cfg.filter.scorer,)
+
         # The base model's own directions, read before training (which donates the weights it starts from).
-        base = measure(FrozenModel.of(model), prompts, layers, layer, **kw)
-        base_check = check_report(base.scores.get("check"), prompts.get("check"))
+        base = measure(FrozenModel.of(model), prompts, layers, layer, with_probe=with_probe, **kw)
         align = ctx.batches(ctx.alignment, "teacher_batches")
         trained_run = runs.train_teacher(cfg, model, out, align.batch, pool, check, base.check_at_layer)
         teacher = trained_run.model
-        trained = measure(FrozenModel.of(teacher), prompts, layers, layer, **kw)
-        teacher_check = check_report(trained.scores.get("check"), prompts.get("check"))
-        direction = choose_direction(teacher_check, base_check)
-        if base_check and jax.process_index() == 0:
-            print(f"teacher: check split AUROC {teacher_check['auroc']:.3f} for the teacher's directions, "
-                  f"{base_check['auroc']:.3f} for the base model's: the filter uses the {direction}'s", flush=True)
-        chosen = trained if direction == "teacher" else base
+        trained = measure(FrozenModel.of(teacher), prompts, layers, layer, with_probe=with_probe, **kw)
+        models = {"teacher": trained, "base": base}
+        checks = {(s, d): check_report(m.scores_by(s).get("check"), prompts.get("check"))
+                  for s in measured for d, m in models.items()}
+        scorer, direction = choose_filter({key: c for key, c in checks.items() if key[0] in candidates})
+        chosen = models[direction]
+        if "check" in prompts and jax.process_index() == 0:
+            print(_summary(checks, measured, scorer, direction, probe_on), flush=True)
         tau = cfg.filter.tau
         if cfg.filter.calibrate_recall > 0:
-            calibrated, labels = chosen.scores["calibration"], prompts["calibration"].ds.harmful == 1
+            calibrated, labels = chosen.scores_by(scorer)["calibration"], prompts["calibration"].ds.harmful == 1
             tau = refusal.cap_false_positives(
                 refusal.calibrate_threshold(calibrated, labels, cfg.filter.calibrate_recall), calibrated, labels,
                 cfg.filter.calibrate_max_fpr)
@@ -110,11 +137,28 @@ def run(ctx: RunContext) -> Path:
         if jax.process_index() == 0:
             np.save(wd.refusal_feature, chosen.r)
             write_prompts(prompts, wd.refusal_prompts)
-            settings = {"layers": list(layers), "tau": tau, "direction": direction,
-                        "check": {"teacher": teacher_check, "base": base_check}}
+            settings = {"layers": list(layers), "tau": tau, "direction": direction, "scorer": scorer,
+                        "check": {d: checks["cosine", d] for d in models}}
+            if with_probe:  # the probe's figures, with its C and the split C was chosen on
+                settings["probe_check"] = {d: checks["probe", d] and {**checks["probe", d], "C": m.probe.C,
+                                                                      "C_chosen_on": probe_on}
+                                           for d, m in models.items()}
+            if scorer == "probe":
+                chosen.probe.save(wd.probe)
             wd.filter_settings.write_text(json.dumps(settings, indent=2) + "\n")
         stage.flops = trained_run.flops + 2 * pass_flops
     return out
+
+
+def _summary(checks: dict[tuple[str, str], dict], measured: tuple[str, ...], scorer: str, direction: str,
+             probe_on: str | None) -> str:
+    """One line: each measured scorer's check AUROC on both models' features, and what the filter ships."""
+    whose = {"teacher": "the teacher's", "base": "the base model's"}
+    figures = "; ".join(f"{s} {checks[s, 'teacher']['auroc']:.3f} on the teacher's features, "
+                        f"{checks[s, 'base']['auroc']:.3f} on the base model's" for s in measured)
+    note = (" (the probe's C was chosen on the check split: there is no calibration split)"
+            if "probe" in measured and probe_on == "check" else "")
+    return f"teacher: check split AUROC {figures}: the filter ships the {scorer} on {whose[direction]} features{note}"
 
 
 def write_prompts(prompts: dict[str, LabelledPrompts], path: Path) -> None:
