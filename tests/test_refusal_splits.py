@@ -15,7 +15,7 @@ from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model
 from reft_jax.refusal import probe, scoring
 from reft_jax.runtime.state import FrozenModel
-from reft_jax.stages import FILTERS, STAGES, run_stage
+from reft_jax.stages import FILTERS, STAGES, check_inputs, run_stage
 from reft_jax.stages import teacher as teacher_stage
 from reft_jax.stages.ref_teacher_filter import filter_model
 from reft_jax.train import runs
@@ -237,3 +237,20 @@ def test_a_stage_reads_only_the_datasets_it_declares(worse_teacher):
         assert len(ctx.user)  # built from the teacher's requests, which it need not declare: its content says it
         with pytest.raises(ReftError, match="reads the alignment data"):
             ctx.alignment
+
+
+def test_an_input_the_record_predates_is_taken_as_it_was(worse_teacher, tmp_path):
+    """A record written by an older version (no dataset fingerprints) still lets its teacher be reused; an input it
+    does name must still match."""
+    ctx = worse_teacher
+    path = ctx.workdir.teacher / "inputs.json"
+    record = json.loads(path.read_text())
+    assert {"alignment data", "pool data"} <= set(record) and "user data" not in record
+    try:
+        path.write_text(json.dumps({k: v for k, v in record.items() if not k.endswith(" data")}))
+        check_inputs(ctx, "teacher")
+        path.write_text(json.dumps({**record, "refusal.lam": record["refusal.lam"] + 1}))
+        with pytest.raises(ReftError, match="refusal.lam"):
+            check_inputs(ctx, "teacher")
+    finally:
+        path.write_text(json.dumps(record))

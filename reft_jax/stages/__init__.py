@@ -168,7 +168,8 @@ def _needs(ctx: RunContext, name: str) -> list[str]:
 
 def check_inputs(ctx: RunContext, name: str) -> None:
     """Stops with one line when the stage's folder, or that of a stage it needs, was made (or begun) from other
-    inputs than this run's; a folder without a record (an older workdir) is taken as it is."""
+    inputs than this run's; a folder without a record (an older workdir) is taken as it is, and so is an input its
+    record predates (a field or dataset added by a later version), so an upgrade does not retrain a teacher."""
     for need in _needs(ctx, name):
         check_inputs(ctx, need)
     folder = STAGES[name].path(ctx.workdir)
@@ -176,7 +177,8 @@ def check_inputs(ctx: RunContext, name: str) -> None:
     if not path.exists():
         return
     recorded, now = json.loads(path.read_text()), inputs_of(ctx, name)
-    changed = [k for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+    # An input the record does not name (an older version's record) or no longer needed is taken as it was.
+    changed = [k for k in sorted(set(recorded) & set(now)) if recorded[k] != now[k]]
     if changed:
         first = changed[0]
         more = f", and {len(changed) - 1} more" if len(changed) > 1 else ""
