@@ -96,8 +96,8 @@ class UserData:
 @config
 class PoolData:
     """The labelled prompts of the refusal feature (reft_jax.data.refusal_splits), split three ways with no prompt
-    in two splits and both prompt styles (instructions, questions) in each; none is a prompt of the user data, the
-    attack's source or the evaluation, and only the train split may hold alignment prompts."""
+    in two splits and both prompt styles (instructions, questions) in each; only the train split may hold alignment
+    prompts. No customer data is read: the research protocol's user data and evaluation are drawn without them."""
     harmful: Sources = option("", "harmful prompts: a source, or a list of sources (e.g. instructions and questions)")
     harmless: Sources = option("", "harmless prompts: a source, or a list of sources")
     n_each: int = option(128, "per class, the train split: what R_l is computed over (and L_reg with reg_pool)")
