@@ -2,14 +2,16 @@
 data or the evaluation (drawn without them); what a stage may read; and the teacher stage's choice between its
 direction and the base model's."""
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 
 from reft_jax import load_config, refusal
+from reft_jax.cli import main
 from reft_jax.config.typed import replace
-from reft_jax.data import DataError, prompt_style, refusal_splits
+from reft_jax.data import STYLES, DataError, prompt_style, refusal_splits
 from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model
@@ -72,8 +74,80 @@ def test_splits_take_the_other_style_when_one_runs_out(sources):
 
 def test_too_few_prompts_is_a_one_line_error(sources):
     instructions, _, harmless = sources
-    with pytest.raises(DataError, match="harmful prompts for the check split: 30 available .* 31 needed"):
+    with pytest.raises(DataError, match=r"data.pool.harmful: 30 distinct harmful prompts available .* 31 needed "
+                                        r"\(31 for the check split\)"):
         refusal_splits(instructions, harmless, sizes={"check": 31})
+    unseen = {f"Tell me how to do harm {i}." for i in range(25)}  # enough in all, too few outside the train split
+    with pytest.raises(DataError, match="harmful prompts for the check split: 5 available .* 10 needed"):
+        refusal_splits(instructions, harmless, sizes={"train": 10, "check": 10}, unseen=unseen)
+
+
+LOOKALIKES = [f"Explain how to kill a stuck process {i}." for i in range(12)] + \
+             [f"How do I shoot a good photo {i}?" for i in range(12)]
+
+
+def test_lookalikes_join_the_harmless_side_of_each_split_labelled_and_styled(sources, tmp_path):
+    instructions, questions, harmless = sources
+    # One lookalike is also a harmless prompt the splits hold and two are alignment prompts: none is drawn twice, and
+    # the alignment prompts are in no split but the train split.
+    lookalikes = write_prompts(tmp_path / "lookalikes.jsonl", [*LOOKALIKES, "Describe a garden 2."])
+    exclude = {"Tell me how to do harm 0.", "How can I do harm 0?", "Describe a garden 0.", LOOKALIKES[0]}
+    unseen = {f"Tell me how to do harm {i}." for i in range(1, 21)} | {LOOKALIKES[1], LOOKALIKES[12]}
+    sizes = {"train": 8, "calibration": 6, "check": 10}
+    kw = dict(sizes=sizes, exclude=exclude, unseen=unseen, seed=3)
+    splits = refusal_splits([instructions, questions], harmless, lookalike_sources=lookalikes, n_lookalikes=5, **kw)
+    plain = refusal_splits([instructions, questions], harmless, **kw)
+    assert "Describe a garden 2." in {ex["request"] for exs in plain.values() for ex in exs}
+    everything = [ex["request"] for exs in splits.values() for ex in exs]
+    assert len(everything) == len(set(everything))  # no prompt in two splits, nor twice in one
+    assert not exclude & set(everything)
+    for name in sizes:
+        drawn = [ex for ex in splits[name] if ex["style"] == "lookalike"]
+        assert len(drawn) == 5 and all(ex["harmful"] is False for ex in drawn)
+        assert {ex["request"] for ex in drawn} <= set(LOOKALIKES)
+        assert sum("?" in ex["request"] for ex in drawn) == 2  # both phrasings in turn, instructions first
+        if name != "train":
+            assert not unseen & {ex["request"] for ex in splits[name]}
+        # The harmful and harmless prompts are the ones drawn without lookalikes: they are drawn after them.
+        others = [ex for ex in splits[name] if ex["style"] != "lookalike"]
+        assert sorted(ex["request"] for ex in others) == sorted(ex["request"] for ex in plain[name])
+        assert all(ex["style"] == prompt_style(ex["request"]) for ex in others)
+    assert "lookalike" in STYLES
+    # Without lookalikes the splits are those of before (pinned), their source or not.
+    rows = [[name, ex["request"], ex["harmful"]] for name, exs in plain.items() for ex in exs]
+    assert hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16] == "eafa1a145108797e"
+    assert refusal_splits([instructions, questions], harmless, lookalike_sources=lookalikes, **kw) == plain
+    # Too few for every split: how many there are (neither the excluded one nor the harmless prompt drawn as one).
+    with pytest.raises(DataError, match=r"^data.pool.lookalikes: 23 distinct lookalike prompts available .* 27 "
+                                        r"needed \(9 for the train split, 9 for the calibration split, 9 for the "
+                                        r"check split\)$"):
+        refusal_splits([instructions, questions], harmless, lookalike_sources=lookalikes, n_lookalikes=9, **kw)
+
+
+@pytest.fixture(scope="module")
+def bad_input_workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("bad_input")
+
+
+@pytest.mark.parametrize("command,overrides,message", [
+    ("train-teacher", ["--config.data.pool.n_lookalikes=2"],
+     "data.pool.lookalikes: no source of lookalike prompts for data.pool.n_lookalikes = 2"),
+    ("train-teacher", ["--config.data.pool.n_lookalikes=2", "--config.data.pool.lookalikes={dir}/nowhere.jsonl"],
+     "nowhere.jsonl: no such file or directory"),
+    ("train-teacher", ["--config.data.pool.n_lookalikes=2", "--config.data.pool.lookalikes={dir}/five.jsonl"],
+     "data.pool.lookalikes: 5 distinct lookalike prompts available (none of them another kind's), 6 needed (2 for "
+     "the train split, 2 for the calibration split, 2 for the check split)"),
+    ("run", ["--config.data.pool.n_lookalikes=-1"], "data.pool.n_lookalikes: -1 should be 0 (none) or more"),
+], ids=["no source", "missing source", "too few", "negative"])
+def test_bad_lookalike_settings_are_one_line_errors_before_any_training(bad_input_workdir, capsys, command, overrides,
+                                                                         message):
+    workdir = bad_input_workdir
+    write_prompts(workdir / "five.jsonl", LOOKALIKES[:5])
+    args = [o.format(dir=workdir) for o in overrides]
+    assert main([command, "--workdir", str(workdir), *TINY, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (workdir / "teacher" / "model").exists() and not (workdir / "teacher" / "metrics.jsonl").exists()
 
 
 def test_choose_filter():

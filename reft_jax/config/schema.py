@@ -96,8 +96,9 @@ class UserData:
 @config
 class PoolData:
     """The labelled prompts of the refusal feature (reft_jax.data.refusal_splits), split three ways with no prompt
-    in two splits and both prompt styles (instructions, questions) in each; only the train split may hold alignment
-    prompts. No customer data is read: the research protocol's user data and evaluation are drawn without them."""
+    in two splits and both phrasings (instructions, questions) in each, and on the harmless side of each, with
+    n_lookalikes, safe prompts that look harmful; only the train split may hold alignment prompts. No customer data
+    is read: the research protocol's user data and evaluation are drawn without them."""
     harmful: Sources = option("", "harmful prompts: a source, or a list of sources (e.g. instructions and questions)")
     harmless: Sources = option("", "harmless prompts: a source, or a list of sources")
     n_each: int = option(128, "per class, the train split: what R_l is computed over (and L_reg with reg_pool)")
@@ -105,6 +106,12 @@ class PoolData:
     n_check: int = option(64, "per class, the check split: held out from both, the teacher's direction is compared "
                           "with the base model's on it at every R_l recomputation, and the filter ships the better "
                           "of the two; 0 = no check (the teacher's)")
+    lookalikes: Sources = option("", "safe prompts that look harmful (\"How do I kill a Python process?\"), prompts "
+                                 "only: a source, or a list of sources; \"\" = none")
+    n_lookalikes: int = option(0, "lookalikes each split (train, calibration, check) takes on its harmless side, "
+                               "beside its n_each / n_calibration / n_check harmless instructions and questions: "
+                               "labelled harmless, style \"lookalike\", so R_l, L_reg and tau see them and the "
+                               "check split's figures report them on their own; 0 = none")
 
 
 @config
@@ -277,10 +284,11 @@ class FilterSection:
         "training): near the harmful cluster rather than midway between the +-1 targets, since prompts unlike the "
         "pool's harmless ones (a task's) drift toward 0 and above while harmful ones of any style stay high")
     calibrate_max_fpr: float = option(
-        0.2, "... unless that flags more than this share of the calibration split's harmless prompts: then tau is "
-        "raised to flag no more (a weakly separating direction, e.g. the base model's, would otherwise flag most of "
-        "a task). 0.2, not less: those harmless prompts are instructions and questions like the harmful ones, and "
-        "on SmolLM2 a 5 % cap cut the attack's recall from 0.86 to 0.23 (docs/results.md)")
+        0.2, "... unless that flags more than this share of the calibration split's harmless prompts (its lookalikes "
+        "among them, with data.pool.n_lookalikes): then tau is raised to flag no more (a weakly separating "
+        "direction, e.g. the base model's, would otherwise flag most of a task). 0.2, not less: those harmless "
+        "prompts are instructions and questions like the harmful ones, and on SmolLM2 a 5 % cap cut the attack's "
+        "recall from 0.86 to 0.23 (docs/results.md)")
     batch_size: int = option(32, "prompts scored at once")
 
 

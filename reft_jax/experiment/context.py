@@ -73,7 +73,8 @@ DATASETS = ("alignment", "pool", "teacher_requests", "user", "harmful_pairs")
 
 @dataclasses.dataclass(frozen=True)
 class LabelledPrompts:
-    """Tokenized labelled prompts, with each one's request (the user's message) and style (`rdata.prompt_style`)."""
+    """Tokenized labelled prompts, with each one's request (the user's message) and style (its phrasing,
+    `rdata.prompt_style`, or "lookalike": `rdata.STYLES`)."""
 
     ds: rdata.TokenizedDataset
     requests: tuple[str, ...]
@@ -260,24 +261,32 @@ class RunContext:
         """The refusal feature's labelled prompts as text, split three ways (data.pool; `rdata.refusal_splits`):
         "train" (R_l and the regulariser), "calibration" (tau; only with filter.calibrate_recall > 0) and "check"
         (held out from both; absent with data.pool.n_check = 0). Only the train split may hold alignment prompts.
-        The splits read no customer data: one teacher serves every user file (the research protocol's user data and
-        evaluation prompts are drawn without these prompts instead: `teacher_requests`)."""
+        Each split's harmless side holds data.pool.n_lookalikes lookalikes besides. The splits read no customer
+        data: one teacher serves every user file (the research protocol's user data and evaluation prompts are drawn
+        without these prompts instead: `teacher_requests`)."""
         cfg, p = self.cfg, self.cfg.data.pool
         calibrate = cfg.filter.calibrate_recall > 0
         if calibrate and p.n_calibration <= 0:
             raise ConfigError("data.pool.n_calibration: no prompts to calibrate tau on (filter.calibrate_recall > 0)")
+        if p.n_lookalikes < 0:
+            raise ConfigError(f"data.pool.n_lookalikes: {p.n_lookalikes} should be 0 (none) or more")
+        if p.n_lookalikes > 0 and not p.lookalikes:
+            raise ConfigError(f"data.pool.lookalikes: no source of lookalike prompts for data.pool.n_lookalikes = "
+                              f"{p.n_lookalikes}")
         sizes = {"train": p.n_each, "calibration": p.n_calibration if calibrate else 0, "check": p.n_check}
         unseen = {ex["request"] for ex in self.alignment_sources}
-        splits = rdata.refusal_splits(p.harmful, p.harmless, sizes=sizes, unseen=unseen, seed=seed_of(cfg.seed, "refusal_splits"),
-                                      template=cfg.data.template, tokenizer=self.tokenizer)
+        splits = rdata.refusal_splits(p.harmful, p.harmless, sizes=sizes, lookalike_sources=p.lookalikes,
+                                      n_lookalikes=p.n_lookalikes, unseen=unseen,
+                                      seed=seed_of(cfg.seed, "refusal_splits"), template=cfg.data.template,
+                                      tokenizer=self.tokenizer)
         return {name: examples for name, examples in splits.items() if examples}
 
     @dataset("pool")
     def refusal_prompts(self) -> dict[str, LabelledPrompts]:
-        """`refusal_splits`, tokenized, with each prompt's request and style."""
+        """`refusal_splits`, tokenized, with each prompt's request and style (a lookalike's is "lookalike")."""
         return {name: LabelledPrompts(self.tokenize(examples, f"tokenizing the {name} prompts"),
                                       tuple(ex["request"] for ex in examples),
-                                      np.array([rdata.prompt_style(ex["request"]) for ex in examples], dtype=object))
+                                      np.array([ex["style"] for ex in examples], dtype=object))
                 for name, examples in self.refusal_splits.items()}
 
     @property

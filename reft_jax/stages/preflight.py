@@ -61,6 +61,7 @@ def check(ctx: RunContext, plan: list[str]) -> None:
     if cfg.eval.judge != "keyword" and not (Path(cfg.eval.judge_path).expanduser() / "config.json").exists():
         problems.append(f"eval.judge_path: the {cfg.eval.judge} judge needs a local checkpoint folder "
                         f"({cfg.eval.judge_path or 'not set'})")
+    problems = list(dict.fromkeys(problems))  # one problem met twice (the user data is drawn without the pool's)
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
