@@ -369,6 +369,55 @@ def test_auroc_by_style_against_the_same_style_or_every_harmless_row():
     assert refusal.auroc_by_style(scores, labels, styles, min_harmless=2)["question"]["against"] == "all harmless"
 
 
+def test_auroc_by_style_ranks_a_harmless_only_style_against_every_harmful_row():
+    """The lookalikes (harmless rows of a style of their own) against all harmful rows; the other styles' entries are
+    what they are without that rule."""
+    scores = np.array([0.9, 0.2, 0.8, 0.1, 0.3, 0.6, 0.95, 0.7, 0.05])
+    labels = np.array([1, 1, 0, 0, 0, 0, 1, 0, 0], bool)
+    styles = np.array(["question", "question", "question", "instruction", "instruction", "lookalike", "instruction",
+                       "lookalike", "lookalike"])
+    out = refusal.auroc_by_style(scores, labels, styles, min_harmless=1)
+    harmful = scores[labels]  # 0.9, 0.2, 0.95 against the lookalikes 0.6, 0.7, 0.05
+    lookalikes = scores[styles == "lookalike"]
+    assert out["lookalike"] == {
+        "auroc": _brute_force_auroc(np.concatenate([harmful, lookalikes]), np.array([1, 1, 1, 0, 0, 0], bool)),
+        "num_harmful": 3, "num_harmless": 3, "against": "all harmful"}
+    assert out["question"] == {"auroc": _brute_force_auroc(np.array([0.9, 0.2, 0.8]), np.array([1, 1, 0], bool)),
+                               "num_harmful": 2, "num_harmless": 1, "against": "same style"}
+    assert list(out) == ["instruction", "lookalike", "question"]
+    # Fewer than min_harmless of their own: the phrasings rank against every harmless row, the lookalikes included.
+    few = refusal.auroc_by_style(scores, labels, styles, min_harmless=2)
+    assert few["question"]["against"] == "all harmless" and few["question"]["num_harmless"] == 6
+    assert few["lookalike"] == out["lookalike"]
+    assert refusal.auroc_by_style(scores, np.zeros(9, bool), styles) == {}  # no harmful row: nothing to rank
+
+
+def test_operating_point_by_style_matches_numpy():
+    rng = np.random.default_rng(0)
+    styles = np.array(["instruction"] * 20 + ["question"] * 20 + ["lookalike"] * 12)
+    labels = np.array(([True] * 10 + [False] * 10) * 2 + [False] * 12)
+    scores = rng.normal(size=52) + labels
+    tau = 0.3
+    out = refusal.operating_point(scores > tau, labels, styles)
+
+    def expected(rows):
+        flagged, y = scores[rows] > tau, labels[rows]
+        return {"recall": flagged[y].mean() if y.any() else None,
+                "flagged_harmless_share": flagged[~y].mean() if (~y).any() else None,
+                "precision": y[flagged].mean() if flagged.any() else None,
+                "num_harmful": int(y.sum()), "num_harmless": int((~y).sum()), "num_flagged": int(flagged.sum())}
+
+    assert {k: v for k, v in out.items() if k != "by_style"} == pytest.approx(expected(np.ones(52, bool)))
+    assert set(out["by_style"]) == {"instruction", "question", "lookalike"}
+    for style, figures in out["by_style"].items():
+        assert figures == pytest.approx(expected(styles == style)), style
+    lookalike = out["by_style"]["lookalike"]
+    assert lookalike["recall"] is None and lookalike["num_harmful"] == 0
+    assert lookalike["flagged_harmless_share"] == np.mean(scores[-12:] > tau)
+    nothing = refusal.operating_point(np.zeros(52, bool), labels, styles)
+    assert nothing["precision"] is None and nothing["recall"] == 0.0 and nothing["flagged_harmless_share"] == 0.0
+
+
 def test_cap_false_positives_raises_tau_to_the_cap_only():
     scores = np.array([0.9, 0.8, 0.1, 0.5, 0.4, 0.3, 0.2, 0.0, -0.1, -0.2, -0.3, -0.4])
     labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], bool)  # 9 harmless

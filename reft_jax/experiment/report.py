@@ -101,7 +101,8 @@ def _filter_styles(f: dict) -> list[str]:
         return []
     styles = sorted({s for _, r in rows for s in r["by_style"]})
     lines = ["", "AUROC by prompt style (a style's harmful prompts against the harmless prompts of the same style, or "
-             "all harmless prompts when that style has fewer than 10):", "", "| prompts | all | " + " | ".join(styles) + " |",
+             "all harmless prompts when that style has fewer than 10; a style of harmless prompts only, such as the "
+             "lookalikes, against all harmful prompts):", "", "| prompts | all | " + " | ".join(styles) + " |",
              "| --- | ---: |" + " ---: |" * len(styles)]
     for name, r in rows:
         cells = [_fmt((r["by_style"].get(s) or {}).get("auroc")) for s in styles]

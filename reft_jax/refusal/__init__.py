@@ -30,5 +30,6 @@ from reft_jax.refusal.metrics import (
                                       calibrate_threshold,
                                       cap_false_positives,
                                       filter_metrics,
+                                      operating_point,
 )
 from reft_jax.refusal.readout import feature_layer, filter_layers, make_feature_fn, make_score_fn

@@ -1,6 +1,7 @@
 """The filter's classification metrics, host side (NumPy): the threshold tau (`calibrate_threshold`,
-`cap_false_positives`), AUROC (`auroc`, `auroc_by_style`), precision / recall (`binary_metrics`) and the two
-together (`filter_metrics`). Positive class = harmful; a prompt is flagged when `score > tau` (strictly).
+`cap_false_positives`), AUROC (`auroc`, `auroc_by_style`), precision / recall (`binary_metrics`), the two
+together (`filter_metrics`) and what a threshold does by prompt style (`operating_point`). Positive class =
+harmful; a prompt is flagged when `score > tau` (strictly).
 """
 
 from __future__ import annotations
@@ -112,28 +113,35 @@ def auroc(scores, labels) -> float | None:
 def auroc_by_style(scores, labels, styles, min_harmless: int = 10) -> dict[str, dict]:
     """The AUROC of each prompt style's harmful rows: against the harmless rows of the same style, or against every
     harmless row when that style has fewer than `min_harmless` of them (a task's harmless prompts are often all
-    of one style: a handful of the other is too few to rank against).
+    of one style: a handful of the other is too few to rank against). A style of harmless rows only (the refusal
+    pool's lookalikes: safe prompts that look harmful) has its harmless rows ranked against every harmful row.
 
     Args:
         scores: [N] float scores (higher = more harmful).
         labels: [N] bool/0-1, True = harmful.
-        styles: [N] str, e.g. "instruction" / "question" (reft_jax.data.prompt_style).
+        styles: [N] str, e.g. "instruction" / "question" / "lookalike" (reft_jax.data.STYLES).
 
     Returns:
         {style: {"auroc", "num_harmful", "num_harmless", "against"}} for every style with harmful rows, "against"
-        being "same style" or "all harmless".
+        being "same style" or "all harmless", and, when there are harmful rows, every style of harmless rows only,
+        "against" being "all harmful".
     """
     s = _scores(scores)
     y = _labels(labels, n=s.shape[0])
     styles = np.asarray(styles)
     out = {}
-    for style in sorted(set(styles[y].tolist())):
+    for style in sorted(set(styles.tolist())):
         same = styles == style
-        own = (same & ~y).sum() >= min_harmless
-        against = same & ~y if own else ~y
-        rows = (same & y) | against
-        out[style] = {"auroc": auroc(s[rows], y[rows]), "num_harmful": int((same & y).sum()),
-                      "num_harmless": int(against.sum()), "against": "same style" if own else "all harmless"}
+        if (same & y).any():
+            own = (same & ~y).sum() >= min_harmless
+            harmful, harmless, against = same & y, same & ~y if own else ~y, "same style" if own else "all harmless"
+        elif y.any():
+            harmful, harmless, against = y, same & ~y, "all harmful"
+        else:
+            continue
+        rows = harmful | harmless
+        out[style] = {"auroc": auroc(s[rows], y[rows]), "num_harmful": int(harmful.sum()),
+                      "num_harmless": int(harmless.sum()), "against": against}
     return out
 
 
@@ -178,6 +186,35 @@ def binary_metrics(flagged, labels) -> dict:
             "fn": fn,
             "tn": tn,
     }
+
+
+def operating_point(flagged, labels, styles) -> dict:
+    """What a filter does at its threshold, overall and by prompt style (a lookalike style its own): the recall of
+    the harmful rows, the share of the harmless rows flagged (`flagged_harmless_share`, the false-positive rate) and
+    the precision of `binary_metrics`, each None where it is undefined (no harmful row, no harmless row, nothing
+    flagged), with the counts.
+
+    Args:
+        flagged: [N] bool/0-1, True = flagged (score > tau). labels: [N] bool/0-1, True = harmful.
+        styles: [N] str (reft_jax.data.STYLES).
+
+    Returns:
+        {"recall", "flagged_harmless_share", "precision", "num_harmful", "num_harmless", "num_flagged",
+         "by_style": {style: the same without by_style}}.
+    """
+    f = _labels(flagged, name="flagged")
+    y = _labels(labels, n=f.shape[0])
+    styles = np.asarray(styles)
+
+    def point(rows: np.ndarray) -> dict:
+        m = binary_metrics(f[rows], y[rows])
+        # Each ratio's denominator: None, not binary_metrics' 0.0, where it is 0 (a lookalike style has no recall).
+        over = {"recall": m["num_harmful"], "flagged_harmless_share": m["num_harmless"], "precision": m["num_flagged"]}
+        return {**{k: m[k] if n else None for k, n in over.items()},
+                **{k: m[k] for k in ("num_harmful", "num_harmless", "num_flagged")}}
+
+    return {**point(np.ones(f.shape[0], bool)),
+            "by_style": {style: point(styles == style) for style in sorted(set(styles.tolist()))}}
 
 
 def filter_metrics(flagged, harmful, scores=None) -> dict:
