@@ -29,12 +29,13 @@ def run_dir(tmp_path_factory, demo_run):
 def test_stages_write_the_contract_files(run_dir):
     teacher = run_dir / "teacher"
     settings = json.loads((teacher / "filter.json").read_text())
-    assert settings.keys() == {"layers", "tau", "direction", "scorer", "check"}
+    assert settings.keys() == {"layers", "tau", "direction", "scorer", "check", "at_tau"}
     assert settings["direction"] in ("teacher", "base")
     assert settings["scorer"] == "cosine" and not (teacher / "probe.npz").exists()  # the default: the paper's
     assert settings["layers"] == [1]  # filter.layer_span (0.2, 0.8) of TINY's 2 layers: at least one, never 0
     for direction in ("teacher", "base"):
         assert set(settings["check"][direction]["by_style"]) == {"instruction", "question"}
+    assert set(settings["at_tau"]["by_style"]) == {"instruction", "question"}  # no lookalikes by default
     assert {json.loads(line)["split"] for line in (teacher / "refusal_prompts.jsonl").read_text().splitlines()} == {
         "train", "check"}  # no calibration split without filter.calibrate_recall
     assert np.load(teacher / "refusal_feature.npy").shape == (1, 32)  # R_l per filter layer

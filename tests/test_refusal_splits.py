@@ -2,6 +2,7 @@
 data or the evaluation (drawn without them); what a stage may read; and the teacher stage's choice between its
 direction and the base model's."""
 
+import collections
 import hashlib
 import json
 
@@ -263,6 +264,42 @@ def test_the_best_scorer_ships_the_highest_check_auroc_and_the_filter_scores_wit
     assert run_stage("filter", ctx)["scorer"] == "cosine"
     written = [json.loads(line)["score"] for line in scores.read_text().splitlines()]
     np.testing.assert_allclose(written, shipped(ctx.user, "cosine"), rtol=1e-5, atol=1e-6)
+
+
+def test_a_teacher_with_lookalikes_reports_them_on_their_own_and_its_operating_point(tmp_path):
+    """The demo teacher with lookalikes in its pool: refusal_prompts.jsonl gives them their style in every split, the
+    train split that R_l and the regulariser read holds them as harmless prompts, and filter.json's check figures
+    and `at_tau` (what tau does on the check split) report them as a style of their own."""
+    source = write_prompts(tmp_path / "lookalikes.jsonl", LOOKALIKES)
+    overrides = [*TINY, f"--config.data.pool.lookalikes={source}", "--config.data.pool.n_lookalikes=4"]
+    ctx = RunContext.create(load_config("configs/demo.py", overrides), tmp_path / "run")
+    run_stage("teacher", ctx)
+    rows = [json.loads(line) for line in ctx.workdir.refusal_prompts.read_text().splitlines()]
+    lookalikes = [r for r in rows if r["style"] == "lookalike"]
+    assert collections.Counter(r["split"] for r in lookalikes) == {"train": 4, "calibration": 4, "check": 4}
+    assert all(r["harmful"] is False and r["request"] in LOOKALIKES for r in lookalikes)
+    train = ctx.refusal_prompts["train"]
+    assert ctx.pool is train.ds and set(ctx.pool.harmful[train.styles == "lookalike"].tolist()) == {0}
+    settings = json.loads(ctx.workdir.filter_settings.read_text())
+    for direction in ("teacher", "base"):
+        figures = settings["check"][direction]["by_style"]["lookalike"]
+        assert (figures["against"], figures["num_harmful"], figures["num_harmless"]) == ("all harmful", 16, 4)
+    # at_tau against the shipped filter's own scores of the check split (the cosine, the demo's scorer).
+    check = ctx.refusal_prompts["check"]
+    model = FrozenModel.of(filter_model(ctx, settings))
+    scores = scoring.score(model, check.ds, np.load(ctx.workdir.refusal_feature), settings["layers"], batch_size=32,
+                           buckets=list(ctx.cfg.data.buckets), progress=False)
+    flagged, harmful, lookalike = scores > settings["tau"], check.ds.harmful == 1, check.styles == "lookalike"
+    at_tau = settings["at_tau"]
+    assert at_tau["recall"] == pytest.approx(flagged[harmful].mean())
+    assert at_tau["flagged_harmless_share"] == pytest.approx(flagged[~harmful].mean())
+    assert at_tau["precision"] == (pytest.approx(harmful[flagged].mean()) if flagged.any() else None)
+    assert (at_tau["num_harmful"], at_tau["num_harmless"]) == (16, 20)
+    assert set(at_tau["by_style"]) == {"instruction", "question", "lookalike"}
+    assert at_tau["by_style"]["lookalike"] == {
+        "recall": None, "flagged_harmless_share": pytest.approx(flagged[lookalike].mean()),
+        "precision": 0.0 if flagged[lookalike].any() else None, "num_harmful": 0, "num_harmless": 4,
+        "num_flagged": int(flagged[lookalike].sum())}
 
 
 def test_the_user_data_and_the_evaluation_hold_no_prompt_the_teacher_saw(worse_teacher):

@@ -1,14 +1,14 @@
 """Stage 1: the Ref-Teacher, trained from the base model with the refusal-feature regulariser.
 
 Writes the teacher (WORKDIR/teacher/model), the filter's directions (refusal_feature.npy: R_l at each layer of
-filter.layer_span), the filter's settings (filter.json) and the labelled prompts of each split
-(refusal_prompts.jsonl). The labelled prompts are split three ways (RunContext.refusal_prompts): R_l and the
-regulariser train on one split, tau is calibrated on another (filter.calibrate_recall > 0), and the third, the
-check split, is held out from both. On the check split the teacher's final directions are compared with the base
-model's own (R_l of M0, before any training); the filter ships the better of the two, so training the teacher can
-never leave the filter worse than the base model on prompts nobody trained or calibrated on. With filter.scorer =
-"probe" or "best", a probe (reft_jax.refusal.probe) is fitted on each model's features too and takes part in that
-choice (teacher/probe.npz when it ships)."""
+filter.layer_span), the filter's settings (filter.json, with `at_tau`: what tau does on the check split, by
+style) and the labelled prompts of each split (refusal_prompts.jsonl). The labelled prompts are split three ways
+(RunContext.refusal_prompts): R_l and the regulariser train on one split, tau is calibrated on another
+(filter.calibrate_recall > 0), and the third, the check split, is held out from both. On the check split the
+teacher's final directions are compared with the base model's own (R_l of M0, before any training); the filter ships
+the better of the two, so training the teacher can never leave the filter worse than the base model on prompts
+nobody trained or calibrated on. With filter.scorer = "probe" or "best", a probe (reft_jax.refusal.probe) is fitted
+on each model's features too and takes part in that choice (teacher/probe.npz when it ships)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def check_report(scores: np.ndarray | None, prompts: LabelledPrompts | None) -> 
         return None
     labels = prompts.ds.harmful == 1
     return {"auroc": refusal.auroc(scores, labels), "by_style": refusal.auroc_by_style(scores, labels, prompts.styles)}
+
+
+def at_tau(scores: np.ndarray | None, prompts: LabelledPrompts | None, tau: float) -> dict | None:
+    """What the filter does at tau on a labelled split, overall and by style (`refusal.operating_point`): the figures
+    a service can state (None without the split)."""
+    if prompts is None:
+        return None
+    return refusal.operating_point(scores > tau, prompts.ds.harmful == 1, prompts.styles)
 
 
 def choose_filter(checks: dict[tuple[str, str], dict | None]) -> tuple[str, str]:
@@ -138,7 +146,8 @@ def run(ctx: RunContext) -> Path:
             np.save(wd.refusal_feature, chosen.r)
             write_prompts(prompts, wd.refusal_prompts)
             settings = {"layers": list(layers), "tau": tau, "direction": direction, "scorer": scorer,
-                        "check": {d: checks["cosine", d] for d in models}}
+                        "check": {d: checks["cosine", d] for d in models},
+                        "at_tau": at_tau(chosen.scores_by(scorer).get("check"), prompts.get("check"), tau)}
             if with_probe:  # the probe's figures, with its C and the split C was chosen on
                 settings["probe_check"] = {d: checks["probe", d] and {**checks["probe", d], "C": m.probe.C,
                                                                       "C_chosen_on": probe_on}
