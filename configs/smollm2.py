@@ -15,6 +15,9 @@ Data come from the hub by default. `data.local_dir` switches every source to loc
   alignment/safety_only_data_Instructions.json  harmful instruction -> refusal (safety-tuned-llamas)
   alignment/alpaca_eval_805.json                harmless instruction -> helpful answer (AlpacaEval)
   refusal/harmful_train.json, harmfulqa.json, harmless_train.json   the refusal feature's labelled prompts
+  lookalike/or_bench_hard_train.json            safe prompts that look harmful (OR-Bench-Hard-1K's train split and
+  lookalike/coconot_pref.jsonl                  CoCoNot's safety-concern rows; the hub: CoCoNot's alone), drawn
+                                                into the refusal feature's splits with data.pool.n_lookalikes > 0
   refusal/harmful_val.json                      held-out harmful prompts for the harmful score (HarmBench val)
   tasks/sst2_train.tsv, sst2_dev.tsv            the task (sentence, label)
   attack/pure_bad_100.jsonl                     harmful question -> harmful answer pairs (the poison)

@@ -42,6 +42,11 @@ def test_local_dir_switches_every_hub_source_to_a_local_file():
                d.pool.harmless, d.eval.harmful, d.eval.task_source]
     assert len(d.pool.harmful) == 2  # instructions and questions
     assert all(isinstance(s, str) and Path(s).is_file() for s in sources), sources
+    # The lookalikes: a file, and a file's rows of one category (a source mapping whose path is under the folder).
+    or_bench, coconot = d.pool.lookalikes
+    assert Path(or_bench).name == "or_bench_hard_train.json" and Path(coconot["path"]).is_file()
+    assert coconot["where"] == {"category": "Requests with safety concerns"}
+    assert cfg.data.pool.lookalikes.path == "allenai/coconot" and cfg.data.pool.n_lookalikes == 0  # none by default
 
 
 def test_a_users_own_data_wins_over_local_dir(tmp_path):

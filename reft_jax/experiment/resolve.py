@@ -40,22 +40,29 @@ def resolve(cfg: RunConfig, workdir: Workdir) -> RunConfig:
 
 
 def resolve_local_data(cfg: RunConfig) -> RunConfig:
-    """With data.local_dir, points every source named in data.local_files at its file under that folder."""
+    """With data.local_dir, points every source named in data.local_files at its file under that folder. A source
+    there is a relative path, a source mapping (SourceSpec's fields) with a relative `path`, or a list of them."""
     if not cfg.data.local_dir:
         return cfg
     root = Path(cfg.data.local_dir).expanduser()
     if not root.is_dir():
         raise ConfigError(f"data.local_dir: {root} is not a folder")
 
+    def is_source(value) -> bool:  # a leaf of local_files; any other mapping is a section of data
+        return not isinstance(value, dict) or "path" in value
+
     def flat(tree, prefix):
         for key, value in tree.items():
-            yield from flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)]
+            yield from [(prefix + key, value)] if is_source(value) else flat(value, f"{prefix}{key}.")
+
+    def local(source):
+        if isinstance(source, (list, tuple)):
+            return tuple(local(s) for s in source)
+        return {**source, "path": str(root / source["path"])} if isinstance(source, dict) else str(root / source)
 
     for key, relative in flat(cfg.data.local_files, "data."):
-        if _users(cfg, key):
-            continue
-        local = tuple(str(root / r) for r in relative) if isinstance(relative, (list, tuple)) else str(root / relative)
-        cfg = replace(cfg, key, local)
+        if not _users(cfg, key):
+            cfg = replace(cfg, key, local(relative))
     return cfg
 
 
