@@ -97,8 +97,8 @@ def refusal_splits(
             taken = _take_phrasings(allowed, counts.get(name, 0), f"data.pool: {kind} prompts for the {name} split")
             ids = {id(ex) for ex in taken}
             by_phrasing = {phrasing: [ex for ex in exs if id(ex) not in ids] for phrasing, exs in by_phrasing.items()}
-            out[name] += [{**ex, "harmful": harmful, "style": LOOKALIKE if kind == LOOKALIKE else
-                           prompt_style(ex["request"])} for ex in taken]
+            out[name] += [{**ex, "harmful": harmful,
+                           "style": LOOKALIKE if kind == LOOKALIKE else prompt_style(ex["request"])} for ex in taken]
     return {name: [exs[i] for i in rng.permutation(len(exs))] for name, exs in out.items()}
 
 

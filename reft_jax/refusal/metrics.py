@@ -134,8 +134,9 @@ def auroc_by_style(scores, labels, styles, min_harmless: int = 10) -> dict[str, 
         same = styles == style
         if (same & y).any():
             own = (same & ~y).sum() >= min_harmless
-            harmful, harmless, against = same & y, same & ~y if own else ~y, "same style" if own else "all harmless"
-        elif y.any():
+            harmful, harmless = same & y, same & ~y if own else ~y
+            against = "same style" if own else "all harmless"
+        elif y.any():  # harmless rows only (the lookalikes): how they rank below the harmful rows
             harmful, harmless, against = y, same & ~y, "all harmful"
         else:
             continue
