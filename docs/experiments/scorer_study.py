@@ -1,6 +1,6 @@
 """Can a learned scorer over the teacher's features tell safe lookalikes from harmful requests where the cosine to
 R_l cannot? Cosine vs a logistic probe vs a shared-covariance (LDA) scorer, trained with and without labelled
-lookalikes, read at the last token of the prompt template or of the user's own text.
+lookalikes, read at the last token of the prompt template or of the user's own text (the teacher's features).
 
     python docs/experiments/scorer_study.py WORKDIR LOOKALIKE_DIR HARMFUL_HELDOUT OUT.json [--config.a.b=value ...]
 
@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from reft_jax import load_config, refusal
 from reft_jax.experiment.context import RunContext
@@ -98,7 +98,7 @@ def main(workdir: str, lookalikes: str, harmful_heldout: str, out: str, *overrid
     results = {"layers": list(layers), "sizes": {k: int(len(v)) for k, v in labels.items()}, "rows": {}}
     models = {"teacher": lambda: load_stage_model(model_dir(ctx.workdir.teacher), cfg, "teacher"),
               "base": lambda: base_model(cfg, ctx.vocab)}
-    for model_name, position in (("teacher", "template"), ("teacher", "user_text"), ("base", "template")):
+    for model_name, position in (("teacher", "template"), ("teacher", "user_text")):
         frozen = FrozenModel.of(models[model_name]())
         feats = {}
         for k, (requests, ds) in texts.items():
@@ -108,6 +108,7 @@ def main(workdir: str, lookalikes: str, harmful_heldout: str, out: str, *overrid
             f = scoring.prompt_features(frozen, ds, layers, batch_size=32, buckets=list(cfg.data.buckets),
                                         progress=True, desc=f"{model_name}/{position}/{k}")
             feats[k] = np.moveaxis(f, 0, 1)  # [N, L, D]
+        np.savez(Path(out).with_suffix(f".{model_name}.{position}.npz"), **feats)  # to study again without a model
         for name, row in scorers(feats, labels).items():
             results["rows"][f"{model_name}/{position}/{name}"] = row
             print(f"{model_name:8s} {position:9s} {name:22s} " + " ".join(
@@ -123,6 +124,7 @@ def scorers(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict
     def unit(x):  # each layer's state on the unit sphere, then the layers side by side
         return (x / np.linalg.norm(x, axis=-1, keepdims=True)).reshape(len(x), -1)
 
+    n_layers = feats["split:train"].shape[1]
     train_pool = stack(("split:train",))
     train_all = stack(("split:train", *TRAIN_LOOKALIKES))
     calibration = stack(CALIBRATION)
@@ -141,7 +143,10 @@ def scorers(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict
         return best[2], {"C": best[1], "calibration_auroc": best[0]}
 
     logistic = lambda c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-    lda = lambda c: LinearDiscriminantAnalysis(solver="lsqr", shrinkage=min(c, 1.0))
+    # LDA (a Mahalanobis distance to two class means, one shared covariance) over the layers' mean unit state:
+    # 576 dimensions on SmolLM2 rather than the 10,368 of the layers side by side, whose covariance takes minutes.
+    lda = lambda c: make_pipeline(FunctionTransformer(lambda x: x.reshape(len(x), n_layers, -1).mean(axis=1)),
+                                  LinearDiscriminantAnalysis(solver="lsqr", shrinkage=min(c, 1.0)))
     out = {"cosine (paper)": (cosine, {})}
     for data_name, train in (("pool", train_pool), ("+lookalikes", train_all)):
         out[f"logistic {data_name}"] = fitted(logistic, train)
