@@ -70,15 +70,18 @@ TESTS = {"lookalikes_test": ("orbench_test", "contrast_test"), "harmful_test": (
 
 
 def at_user_text(ctx, ds, requests):
-    """The dataset with each prompt cut after the user's own text: its last token is the request's last."""
-    tok, cut, same = ctx.tokenizer, [], 0
+    """The dataset with each prompt cut after the user's own text, so that its last token is the request's last
+    (where the decoded prompt holds the request as it was read and its tokens are a prefix of the prompt's; else
+    the prompt is left whole); returns it and the share of prompts cut."""
+    tok, cut, found = ctx.tokenizer, [], 0
     for ids, request in zip(ds.prompt_ids, requests):
-        text = tok.decode(ids)
-        end = text.rindex(request) + len(request)
-        k = len(tok(text[:end], add_special_tokens=False)["input_ids"])
-        same += int(np.array_equal(tok(text[:end], add_special_tokens=False)["input_ids"], ids[:k]))
-        cut.append(np.asarray(ids[:k], np.int32))
-    return dataclasses.replace(ds, prompt_ids=cut), same / max(len(cut), 1)
+        text, request = tok.decode(ids), request.strip()
+        start = text.rfind(request)
+        prefix = tok(text[:start + len(request)], add_special_tokens=False)["input_ids"] if start >= 0 else []
+        ok = 0 < len(prefix) <= len(ids) and np.array_equal(prefix, ids[:len(prefix)])
+        found += int(ok)
+        cut.append(np.asarray(ids[:len(prefix)] if ok else ids, np.int32))
+    return dataclasses.replace(ds, prompt_ids=cut), found / max(len(cut), 1)
 
 
 def main(workdir: str, lookalikes: str, harmful_heldout: str, out: str, *overrides: str) -> dict:
@@ -99,16 +102,20 @@ def main(workdir: str, lookalikes: str, harmful_heldout: str, out: str, *overrid
     models = {"teacher": lambda: load_stage_model(model_dir(ctx.workdir.teacher), cfg, "teacher"),
               "base": lambda: base_model(cfg, ctx.vocab)}
     for model_name, position in (("teacher", "template"), ("teacher", "user_text")):
-        frozen = FrozenModel.of(models[model_name]())
-        feats = {}
-        for k, (requests, ds) in texts.items():
-            if position == "user_text":
-                ds, agree = at_user_text(ctx, ds, requests)
-                results.setdefault("user_text_token_agreement", {})[k] = agree
-            f = scoring.prompt_features(frozen, ds, layers, batch_size=32, buckets=list(cfg.data.buckets),
-                                        progress=True, desc=f"{model_name}/{position}/{k}")
-            feats[k] = np.moveaxis(f, 0, 1)  # [N, L, D]
-        np.savez(Path(out).with_suffix(f".{model_name}.{position}.npz"), **feats)  # to study again without a model
+        cache = Path(out).with_suffix(f".{model_name}.{position}.npz")  # a rerun reads the features back
+        if cache.exists():
+            feats = dict(np.load(cache))
+        else:
+            frozen = FrozenModel.of(models[model_name]())
+            feats = {}
+            for k, (requests, ds) in texts.items():
+                if position == "user_text":
+                    ds, found = at_user_text(ctx, ds, requests)
+                    results.setdefault("user_text_found", {})[k] = found
+                f = scoring.prompt_features(frozen, ds, layers, batch_size=32, buckets=list(cfg.data.buckets),
+                                            progress=True, desc=f"{model_name}/{position}/{k}")
+                feats[k] = np.moveaxis(f, 0, 1)  # [N, L, D]
+            np.savez(cache, **feats)
         for name, row in scorers(feats, labels).items():
             results["rows"][f"{model_name}/{position}/{name}"] = row
             print(f"{model_name:8s} {position:9s} {name:22s} " + " ".join(
