@@ -5,8 +5,9 @@ lookalikes, read at the last token of the prompt template or of the user's own t
     python docs/experiments/scorer_study.py WORKDIR LOOKALIKE_DIR HARMFUL_HELDOUT OUT.json [--config.a.b=value ...]
 
 WORKDIR: a workdir whose teacher stage is done (configs/smollm2.py; the same overrides as its run).
-LOOKALIKE_DIR: ../shared/data/lookalike (OR-Bench-Hard train/val/test, CoCoNot contrast, eval and pref).
-HARMFUL_HELDOUT: harmful prompts no training saw (../shared/data/refusal/harmful_val.json, HarmBench val).
+LOOKALIKE_DIR: a folder with OR-Bench-Hard-1K's split (or_bench_hard_{train,val,test}.json, `instruction`) and
+  CoCoNot's contrast, eval and pref sets (coconot_{contrast_eval,eval,pref}.jsonl, `id`, `category`, `prompt`).
+HARMFUL_HELDOUT: a JSON file of harmful prompts (`instruction`) no training saw, e.g. HarmBench validation.
 
 Parts, none of them in two: CoCoNot rows go to train, calibration or test by a hash of their id (fixed);
 OR-Bench-Hard keeps its own train / val / test split. Scorers are fitted on the train split of the teacher's pool
