@@ -3,10 +3,7 @@
 
 from pathlib import Path
 
-import pytest
-
 import reft_jax
-
 from reft_jax.experiment.methods import METHODS
 from reft_jax.runtime.workdir import Workdir, model_dir
 from reft_jax.stages import FILTERS, STAGES

@@ -102,7 +102,14 @@ class RunContext:
             self._reads, self._stage = previous
 
     def fingerprint(self, name: str) -> str:
-        """A content fingerprint of the dataset group `name`: what a stage that reads it is made from."""
+        """A content fingerprint of the dataset group `name`: what a stage that reads it is made from (hashed once:
+        every stage's inputs, and their needs', ask for it)."""
+        key = f"fingerprint:{name}"
+        if key not in self._datasets:
+            self._datasets[key] = self._fingerprint(name)
+        return self._datasets[key]
+
+    def _fingerprint(self, name: str) -> str:
         if name == "user":
             rows = [[ex["prompt"], ex["response"]] for ex in self.user_examples]
         elif name == "alignment":  # the lookalikes' answers follow from their prompts and the base model (inputs)

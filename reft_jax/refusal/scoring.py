@@ -54,7 +54,9 @@ class FilterResult:
 
     def select(self, rows: np.ndarray) -> FilterResult:
         """The entries at `rows` (a boolean mask or positions), with the same threshold."""
-        pick = lambda x: None if x is None else np.asarray(x)[rows]
+        def pick(x):
+            return None if x is None else np.asarray(x)[rows]
+
         return dataclasses.replace(self, index=pick(self.index), score=pick(self.score), label=pick(self.label),
                                    style=pick(self.style))
 
