@@ -144,6 +144,33 @@ def test_where_filter_and_safe_field(tmp_path):
     assert [r["harmful"] for r in load_records(path)] == [False, True, True]
 
 
+def test_part_keeps_the_rows_whose_id_hashes_to_it(tmp_path):
+    """`part` selects rows by the fixed rule the recorded studies used: sha256(id) mod 3 -> test, calibration, train;
+    with `where`, both hold."""
+    import hashlib
+
+    def oracle(row_id):
+        return ("test", "calibration", "train")[int(hashlib.sha256(row_id.encode()).hexdigest(), 16) % 3]
+
+    rows = [{"id": f"row{i}", "prompt": f"p{i}", "kind": "a" if i % 2 else "b"} for i in range(30)]
+    path = write(tmp_path, "set.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    for part in ("test", "calibration", "train"):
+        got = [r["instruction"] for r in load_records(SourceSpec(path, part={"id": part}))]
+        assert got == [r["prompt"] for r in rows if oracle(r["id"]) == part] and got
+    both = load_records(SourceSpec(path, where={"kind": "a"}, part={"id": ("test", "train")}))
+    assert [r["instruction"] for r in both] == [r["prompt"] for r in rows
+                                                if r["kind"] == "a" and oracle(r["id"]) != "calibration"]
+    assert SourceSpec(path, part={"id": "test"}).title == "set.jsonl (test part)"
+    assert SourceSpec.from_config({"path": path, "part": {"id": "test"}}) == SourceSpec(path, part={"id": "test"})
+    assert error_of(load_records, SourceSpec(path, part={"id": "dev"})) == \
+        f"{path}: part 'dev' is not one of test, calibration, train"
+    assert "missing field 'uid'" in error_of(load_records, SourceSpec(path, part={"uid": "test"}))
+    one = write(tmp_path, "one.jsonl", json.dumps({"id": "row0", "prompt": "p"}) + "\n")
+    other = next(p for p in ("test", "calibration", "train") if p != oracle("row0"))
+    assert error_of(load_records, SourceSpec(one, part={"id": other})) == \
+        f"{one}: no rows left after filtering where id in part {other} (1 rows read)"
+
+
 def test_harmful_labels_and_blank_lines(tmp_path):
     text = '{"prompt": "a", "harmful": true}\n\n{"prompt": "b", "harmful": false}\n{"prompt": "c"}\n'
     records = load_records(write(tmp_path, "labelled.jsonl", text))

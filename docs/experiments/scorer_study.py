@@ -17,7 +17,6 @@ Figures on the test parts only. Writes OUT.json and prints a table.
 """
 
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from reft_jax import load_config, refusal
+from reft_jax.data.parts import part_of
 from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model, load_stage_model
 from reft_jax.refusal import scoring
@@ -37,11 +37,6 @@ from reft_jax.runtime.workdir import model_dir
 
 SAFETY = "Requests with safety concerns"
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-
-
-def part(row_id: str) -> str:
-    """A CoCoNot row's fixed part, from its id."""
-    return ("test", "calibration", "train")[int(hashlib.sha256(row_id.encode()).hexdigest(), 16) % 3]
 
 
 def lookalike_sets(folder: Path, harmful_heldout: str) -> dict[str, tuple[list[str], bool]]:
@@ -59,8 +54,8 @@ def lookalike_sets(folder: Path, harmful_heldout: str) -> dict[str, tuple[list[s
             "pref_train": ([r["prompt"] for r in jsonl("coconot_pref.jsonl") if r["category"] == SAFETY], False),
             "harmbench_val": ([r["instruction"] for r in json.loads(Path(harmful_heldout).read_text())], True)}
     for name in ("train", "calibration", "test"):
-        sets[f"contrast_{name}"] = ([r["prompt"] for r in contrast if part(r["id"]) == name], False)
-        sets[f"coconot_harmful_{name}"] = ([r["prompt"] for r in harmful if part(r["id"]) == name], True)
+        sets[f"contrast_{name}"] = ([r["prompt"] for r in contrast if part_of(r["id"]) == name], False)
+        sets[f"coconot_harmful_{name}"] = ([r["prompt"] for r in harmful if part_of(r["id"]) == name], True)
     return sets
 
 

@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reft_jax.data.parts import PARTS, part_of
 from reft_jax.errors import DataError
 
 # Canonical record fields a mapping may target. `prompt`/`response` are aliases; `safe` is the inverse
@@ -61,6 +62,8 @@ class SourceSpec:
     columns: column names of a CSV/TSV without a header row.
     where: keep only rows whose column equals the value, e.g. {"is_safe": False} (compared with the
       value as loaded: CSV/TSV values are text).
+    part: keep only rows of a part of the fixed three-way split by a hash of an id column (reft_jax.data.parts),
+      {column: part or list of parts}, e.g. {"id": "test"}: a held-out part of a set that ships without one.
     """
 
     path: str
@@ -69,6 +72,7 @@ class SourceSpec:
     fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
     columns: Sequence[str] | None = None
     where: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    part: Mapping[str, str | Sequence[str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: Any) -> SourceSpec:
@@ -84,7 +88,7 @@ class SourceSpec:
         if not cfg.get("path"):
             raise DataError("data source: missing 'path'")
         kw = {k: v for k, v in cfg.items() if v is not None}
-        for key in ("fields", "where"):
+        for key in ("fields", "where", "part"):
             if key in kw:
                 kw[key] = dict(kw[key].items())
         if "columns" in kw:
@@ -96,6 +100,12 @@ class SourceSpec:
         if is_local(self.path):
             return self.path
         return f"{self.path}[{self.split}]" if self.name is None else f"{self.path}/{self.name}[{self.split}]"
+
+    @property
+    def title(self) -> str:
+        """A short name for reports: the file's name (or the hub dataset's) and the part selected, if any."""
+        parts = ", ".join("/".join(_part_names(self.display, v)) for v in self.part.values())
+        return _short(self) + (f" ({parts} part)" if parts else "")
 
 
 def is_local(path: str) -> bool:
@@ -120,7 +130,8 @@ def load_records(
     """
     spec = SourceSpec.from_config(spec)
     table, unit, number = _load_table(spec)
-    where = _check_columns(spec.display, table.column_names, spec.where.keys())
+    where = _check_columns(spec.display, table.column_names, [*spec.where, *spec.part])
+    parts = {column: _part_names(spec.display, names) for column, names in spec.part.items()}
     fields = _field_map(spec, table.column_names)
     missing = [f for f in required if f not in fields and not (f in ("instruction", "output") and "messages" in fields)]
     if missing:
@@ -136,13 +147,16 @@ def load_records(
     for i in range(n):
         if any(columns[c][i] != v for c, v in spec.where.items()):
             continue
+        if any(part_of(str(columns[c][i])) not in names for c, names in parts.items()):
+            continue
         loc = f"{spec.display} {unit} {number(i)}"  # where errors point
         source = f"{_short(spec)}:{number(i)}"  # where the example came from, kept with it
         row = {name: columns[col][i] for name, col in fields.items()}
         records.append({**_to_record(row, fields, required, label_names, loc, source), "row": rows[i]})
     if not records:
-        if spec.where:
-            cond = " and ".join(f"{k} == {v!r}" for k, v in spec.where.items())
+        if spec.where or spec.part:
+            cond = " and ".join([*(f"{k} == {v!r}" for k, v in spec.where.items()),
+                                 *(f"{k} in part {'/'.join(v)}" for k, v in parts.items())])
             raise DataError(f"{spec.display}: no rows left after filtering where {cond} ({n} rows read)")
         raise DataError(f"{spec.display}: no rows")
     return records
@@ -150,6 +164,15 @@ def load_records(
 
 # ---------------------------------------------------------------------------------------------------
 # Loading
+
+
+def _part_names(shown: str, names) -> tuple[str, ...]:
+    """A `part` entry's part names (one, or a list), each one of PARTS."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    unknown = [n for n in names if n not in PARTS]
+    if unknown or not names:
+        raise DataError(f"{shown}: part {unknown[0] if unknown else '(none)'!r} is not one of {', '.join(PARTS)}")
+    return names
 
 
 def _short(spec: SourceSpec) -> str:
