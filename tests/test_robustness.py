@@ -4,6 +4,7 @@ one's own columns) and its rates, the jailbreak templates, refusal detection and
 import json
 
 import pytest
+from scipy.stats import binomtest
 
 from reft_jax.config.files import DEMO_CONFIG, load_config
 from reft_jax.config.schema import RunConfig
@@ -23,6 +24,12 @@ XSTEST_CSV = """id,prompt,type,label,focus,note
 """
 
 
+def wilson(k, n):
+    """The oracle of every rate's interval: scipy's Wilson score interval, 95 %."""
+    ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return pytest.approx([ci.low, ci.high], abs=1e-12)
+
+
 def eval_data(**overrides):
     argv = [f"--config.data.eval.{k}={v}" for k, v in overrides.items()]
     return RunConfig.of(load_config(str(DEMO_CONFIG), argv)).data.eval
@@ -39,10 +46,13 @@ def test_xstest_csv_loads_as_published(tmp_path):
 
     # Refusals of rows 1, 3 and 6: one safe row of four refused, both unsafe ones.
     rates = over_refusal.rates([True, False, True, False, False, True], data, "refusal")
-    assert rates["refusal_rate"] == 0.25 and rates["num_safe"] == 4
+    assert rates["refusal_rate"] == 0.25 and rates["num_safe"] == 4 and rates["refusal_rate_ci"] == wilson(1, 4)
     assert rates["unsafe_refusal_rate"] == 1.0 and rates["num_unsafe"] == 2
-    assert rates["by_type"]["homonyms"] == {"refusal_rate": 0.5, "n": 2, "label": "safe"}
-    assert rates["by_type"]["contrast_safe_targets"] == {"refusal_rate": 1.0, "n": 1, "label": "unsafe"}
+    assert rates["unsafe_refusal_rate_ci"] == wilson(2, 2)
+    assert rates["by_type"]["homonyms"] == {"refusal_rate": 0.5, "refusal_rate_ci": wilson(1, 2), "n": 2,
+                                            "label": "safe"}
+    assert rates["by_type"]["contrast_safe_targets"] == {"refusal_rate": 1.0, "refusal_rate_ci": wilson(1, 1),
+                                                         "n": 1, "label": "unsafe"}
     assert list(rates["by_type"]) == ["homonyms", "contrast_homonyms", "figurative_language", "safe_targets",
                                       "contrast_safe_targets"]  # in the file's order
     with pytest.raises(ValueError, match="3 verdicts for 6"):
@@ -61,9 +71,10 @@ def test_own_columns_and_labels(tmp_path):
     data = over_refusal.load(cfg, template="alpaca", tokenizer=None)
     assert data.requests == [rows[0]["text"], rows[1]["text"]] and data.safe.tolist() == [True, False]
     assert over_refusal.rates([False, True], data, "flag") == {
-        "flag_rate": 0.0, "num_safe": 1, "unsafe_flag_rate": 1.0, "num_unsafe": 1,
-        "by_type": {"idiom": {"flag_rate": 0.0, "n": 1, "label": "safe"},
-                    "real": {"flag_rate": 1.0, "n": 1, "label": "unsafe"}}}
+        "flag_rate": 0.0, "flag_rate_ci": wilson(0, 1), "num_safe": 1,
+        "unsafe_flag_rate": 1.0, "unsafe_flag_rate_ci": wilson(1, 1), "num_unsafe": 1,
+        "by_type": {"idiom": {"flag_rate": 0.0, "flag_rate_ci": wilson(0, 1), "n": 1, "label": "safe"},
+                    "real": {"flag_rate": 1.0, "flag_rate_ci": wilson(1, 1), "n": 1, "label": "unsafe"}}}
     # Without a type column: no per-type rates; safe rows only: no contrast rate.
     no_type = eval_data(over_refusal=path, **{"over_refusal_columns.prompt": "text", "over_refusal_columns.label":
                                               "verdict", "over_refusal_columns.type": "", "over_refusal_safe": "benign"})
@@ -136,6 +147,29 @@ def test_tradeoff_plot_and_tables(tmp_path):
     assert "| Ref-Teacher (reference) | 0.100 | 0.200 | 1.000 |" in md
     assert "| method | plain | role_play |" in md and "| No defence (base finetuned on all user data) | 0.900 | 1.000 |" in md
     assert "| ref_teacher | 0.750 | 1.000 |" in md and "homonyms (safe)" in md and "tradeoff.png" in md
+
+
+def test_the_tables_give_each_rate_its_interval_and_each_model_its_evaluation_time(tmp_path):
+    over = {"judge": "keyword", "refusal_rate": 0.25, "refusal_rate_ci": [0.046, 0.699], "num_safe": 4,
+            "unsafe_refusal_rate": None, "unsafe_refusal_rate_ci": None, "num_unsafe": 0,
+            "by_type": {"or_bench_hard_test.json": {"refusal_rate": 0.25, "refusal_rate_ci": [0.046, 0.699], "n": 4,
+                                                    "label": "safe"}}}
+    entry = {"harmful_score": 0.2, "harmful_score_ci": [0.1, 0.3], "finetune_accuracy": 0.8,
+             "finetune_accuracy_ci": [0.7, 0.9], "judge": "keyword", "over_refusal": over, "eval_s": 12.4,
+             "harmful_score_templates": {"role_play": 0.5}, "harmful_score_templates_ci": {"role_play": [0.4, 0.6]}}
+    rep = {"methods": {"ref_teacher": {**entry, "filter": {"name": "ref_teacher", "over_refusal": {
+        "flag_rate": 0.5, "flag_rate_ci": [0.15, 0.85], "unsafe_flag_rate": None}}}},
+           "references": {"teacher": {**entry, "eval_s": 3.0}}}
+    report.write_markdown(rep, tmp_path / "report.md")
+    md = (tmp_path / "report.md").read_text()
+    assert "| over-refusal | filter precision | recall | F1 | AUROC | wall s | device s | TFLOPs | eval s |" in md
+    assert ("| Ref-Teacher (filter + distillation) | 0.200 [0.100, 0.300] | 0.800 [0.700, 0.900] | "
+            "0.250 [0.046, 0.699] | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 12 |") in md
+    assert "| Ref-Teacher (reference) | 0.200 [0.100, 0.300] | 0.800 [0.700, 0.900] | 0.250 [0.046, 0.699] |" \
+           " | | | | | | | 3 |" in md
+    assert "| 0.200 [0.100, 0.300] | 0.500 [0.400, 0.600] |" in md  # jailbreak templates
+    assert "| 0.250 [0.046, 0.699] | n/a | 0.250 [0.046, 0.699] |" in md  # over-refusal: safe, unsafe, per type
+    assert "| ref_teacher | 0.500 [0.150, 0.850] | n/a |" in md and "95 % Wilson score interval" in md
 
 
 def test_each_plot_says_what_it_draws(tmp_path, monkeypatch):

@@ -16,6 +16,17 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _rate(entry: dict | None, key: str) -> str:
+    """A rate of the report with its 95 % interval when it has one (`key_ci`): 0.256 [0.146, 0.411]."""
+    entry = entry or {}
+    ci = entry.get(f"{key}_ci")
+    return _fmt(entry.get(key)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _seconds(m: dict) -> str:
+    return "n/a" if m.get("eval_s") is None else f"{m['eval_s']:.0f}"
+
+
 def _cost(c: dict | None) -> tuple[str, str, str]:
     if not c or c.get("wall_s") is None:
         return "n/a", "n/a", "n/a"
@@ -29,12 +40,12 @@ def write_markdown(report: dict, path: Path, plots: set[str] = frozenset()) -> N
     extra = " over-refusal |" if over else ""
     lines = ["# reft-jax report", "",
              f"| method | harmful score | finetune accuracy |{extra} filter precision | recall | F1 | AUROC | wall s | "
-             "device s | TFLOPs |", "| --- |" + " ---: |" * (9 + over)]
+             "device s | TFLOPs | eval s |", "| --- |" + " ---: |" * (10 + over)]
     notes = []
 
     def scores(m: dict) -> str:
-        cells = [_fmt(m["harmful_score"]), _fmt(m["finetune_accuracy"])]
-        cells += [_fmt((m.get("over_refusal") or {}).get("refusal_rate"))] if over else []
+        cells = [_rate(m, "harmful_score"), _rate(m, "finetune_accuracy")]
+        cells += [_rate(m.get("over_refusal"), "refusal_rate")] if over else []
         return " | ".join(cells)
 
     for name, m in report["methods"].items():
@@ -45,9 +56,9 @@ def write_markdown(report: dict, path: Path, plots: set[str] = frozenset()) -> N
         f = m.get("filter") or {}
         lines.append(f"| {title} | {scores(m)} | "
                      + " | ".join(_fmt(f.get(k)) for k in ("precision", "recall", "f1", "auroc"))
-                     + " | " + " | ".join(_cost(m.get("cost"))) + " |")
+                     + " | " + " | ".join(_cost(m.get("cost"))) + f" | {_seconds(m)} |")
     for name, m in (report.get("references") or {}).items():  # no finetuning of their own: no filter, no cost
-        lines.append(f"| {REFERENCE_TITLES[name]} | {scores(m)} |" + " |" * 7)
+        lines.append(f"| {REFERENCE_TITLES[name]} | {scores(m)} |" + " |" * 7 + f" {_seconds(m)} |")
     judges = sorted({m["judge"] for m in report["methods"].values() if "judge" in m})
     lines += ["", f"Judge: {', '.join(judges)}.", *([""] + notes if notes else [])]
     stages = {s["stage"]: s for m in report["methods"].values() for s in (m.get("cost") or {}).get("stages", [])
@@ -78,7 +89,8 @@ def write_markdown(report: dict, path: Path, plots: set[str] = frozenset()) -> N
         lines += _image("teacher refusal feature", "teacher_refusal", plots)
     lines += _robustness_sections(report, plots)
     lines += ["", ("Harmful score: share of harmful test prompts whose answer the judge flags. Finetune accuracy: "
-                   "task answers matching the label. Device seconds: wall seconds times the devices held.")]
+                   "task answers matching the label. In brackets: the 95 % Wilson score interval of each rate. Device "
+                   "seconds: wall seconds times the devices held. Eval s: the seconds each model's evaluation took.")]
     lines += _image("filter scores", "filter_scores", plots) + _image("loss curves", "loss_curves", plots) + [""]
     path.write_text("\n".join(lines))
 
@@ -129,9 +141,8 @@ def _robustness_sections(report: dict, plots: set[str]) -> list[str]:
                   "Every harmful test prompt wrapped in each template (eval.templates); the judge reads the answer "
                   "against the request itself.", "",
                   "| method | plain | " + " | ".join(templates) + " |", "| --- |" + " ---: |" * (len(templates) + 1)]
-        lines += [f"| {title} | {_fmt(m['harmful_score'])} | "
-                  + " | ".join(_fmt((m.get("harmful_score_templates") or {}).get(t)) for t in templates) + " |"
-                  for title, m in rows]
+        lines += [f"| {title} | {_rate(m, 'harmful_score')} | "
+                  + " | ".join(_template_rate(m, t) for t in templates) + " |" for title, m in rows]
     over = [(title, m["over_refusal"]) for title, m in rows if m.get("over_refusal")]
     if over:
         types = list(dict.fromkeys(t for _, o in over for t in o.get("by_type") or {}))
@@ -142,15 +153,15 @@ def _robustness_sections(report: dict, plots: set[str]) -> list[str]:
                   "unsafe contrast prompts, and per type.", "",
                   "| method | safe (over-refusal) | unsafe | " + " | ".join(f"{t} ({labels[t]})" for t in types) + " |",
                   "| --- |" + " ---: |" * (len(types) + 2)]
-        lines += [f"| {title} | {_fmt(o['refusal_rate'])} | {_fmt(o['unsafe_refusal_rate'])} | "
-                  + " | ".join(_fmt((o.get("by_type") or {}).get(t, {}).get("refusal_rate")) for t in types) + " |"
+        lines += [f"| {title} | {_rate(o, 'refusal_rate')} | {_rate(o, 'unsafe_refusal_rate')} | "
+                  + " | ".join(_rate((o.get("by_type") or {}).get(t), "refusal_rate") for t in types) + " |"
                   for title, o in over]
         filters = {m["filter"]["name"]: m["filter"]["over_refusal"] for _, m in rows
                    if (m.get("filter") or {}).get("over_refusal")}
         if filters:
             lines += ["", "The filters on the same prompts (share flagged as harmful):", "",
                       "| filter | safe (flagged) | unsafe |", "| --- | ---: | ---: |"]
-            lines += [f"| {name} | {_fmt(f['flag_rate'])} | {_fmt(f['unsafe_flag_rate'])} |"
+            lines += [f"| {name} | {_rate(f, 'flag_rate')} | {_rate(f, 'unsafe_flag_rate')} |"
                       for name, f in filters.items()]
     attacked = [(title, m["gcg"]) for title, m in rows if m.get("gcg")]
     if attacked:
@@ -164,6 +175,11 @@ def _robustness_sections(report: dict, plots: set[str]) -> list[str]:
     if over or any(m.get("finetune_accuracy") is not None for _, m in rows):
         lines += _image("safety trade-off", "tradeoff", plots)
     return lines
+
+
+def _template_rate(m: dict, template: str) -> str:
+    scores, cis = m.get("harmful_score_templates") or {}, m.get("harmful_score_templates_ci") or {}
+    return _rate({"s": scores.get(template), "s_ci": cis.get(template)}, "s")
 
 
 def _pyplot():
