@@ -19,14 +19,15 @@ def get_config():
     c.data.buckets = (128, 256)
     c.data.batch_size = 16
     for section, sources in LITERATURE_HUB.items():  # a section is replaced whole: str -> mapping sources
-        c.data[section] = ml_collections.ConfigDict({**c.data[section].to_dict(), **sources})
+        fields = c.data[section].to_dict(preserve_field_references=True)  # an `int | None` field stays typed
+        c.data[section] = ml_collections.ConfigDict({**fields, **sources})
     c.data.local_files = ml_collections.ConfigDict(LITERATURE_LOCAL)
     c.data.alignment.n_harmful = 512
     c.data.alignment.n_harmless = 512
     c.data.user.task = "sst2"
     c.data.user.n = 1000
     c.data.user.p = 0.1
-    c.data.eval.n_harmful = 39
+    c.data.eval.n_harmful = None  # every held-out harmful prompt
     c.data.eval.n_task = 200
     c.eval.max_new_tokens = 32
     c.model.init.update(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,

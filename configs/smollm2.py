@@ -8,8 +8,10 @@ which is not safety-aligned, as the base model M0.
 
 Teacher = M0 + LoRA on the alignment data with the refusal regularizer; the filter scores the user data (SST-2
 train poisoned at p = 0.1 with harmful prompt -> harmful answer pairs); student = M0 + LoRA on the kept data,
-distilling the teacher on the alignment data. Evaluation: the keyword judge on held-out harmful prompts, answers
-generated with the model's chat template; finetune accuracy on SST-2 validation.
+distilling the teacher on the alignment data. Evaluation: the keyword judge on held-out harmful prompts (HarmBench's
+and the test part of CoCoNot's harmful requests), answers generated with the model's chat template; finetune accuracy
+on SST-2 validation; over-refusal on held-out safe prompts that look harmful (the test parts of OR-Bench-Hard-1K and
+CoCoNot's contrast set; on the hub CoCoNot's alone). Every rate with its 95 % interval.
 
 Data come from the hub by default. `data.local_dir` switches every source to local files laid out as
   alignment/safety_only_data_Instructions.json  harmful instruction -> refusal (safety-tuned-llamas)
@@ -18,7 +20,10 @@ Data come from the hub by default. `data.local_dir` switches every source to loc
   lookalike/or_bench_hard_train.json            safe prompts that look harmful (OR-Bench-Hard-1K's train split and
   lookalike/coconot_pref.jsonl                  CoCoNot's safety-concern rows; the hub: CoCoNot's alone), drawn
                                                 into the refusal feature's splits with data.pool.n_lookalikes > 0
-  refusal/harmful_val.json                      held-out harmful prompts for the harmful score (HarmBench val)
+  refusal/harmful_val.json                      held-out harmful prompts for the harmful score (HarmBench val),
+  lookalike/coconot_eval.jsonl                  with the test part of CoCoNot's harmful requests (by row id)
+  lookalike/or_bench_hard_test.json             held-out safe lookalikes for over-refusal (OR-Bench-Hard-1K's test
+  lookalike/coconot_contrast_eval.jsonl         split, and the test part of CoCoNot's contrast set)
   tasks/sst2_train.tsv, sst2_dev.tsv            the task (sentence, label)
   attack/pure_bad_100.jsonl                     harmful question -> harmful answer pairs (the poison)
   attack/advbench.csv                           harmful goal -> answer opening (RepNoise's and Booster's harmful data)
@@ -46,7 +51,8 @@ def get_config(arg: str = ""):
     c.data.buckets = (96, 128)  # SST-2 prompts fit 96 tokens; alignment answers are cut to fit 128
     c.data.batch_size = 8
     for section, sources in LITERATURE_HUB.items():  # a section is replaced whole: str -> mapping sources
-        c.data[section] = ml_collections.ConfigDict({**c.data[section].to_dict(), **sources})
+        fields = c.data[section].to_dict(preserve_field_references=True)  # an `int | None` field stays typed
+        c.data[section] = ml_collections.ConfigDict({**fields, **sources})
     c.data.alignment.n_harmful = 256
     c.data.alignment.n_harmless = 256
     c.data.user.task = "sst2"
@@ -54,7 +60,7 @@ def get_config(arg: str = ""):
     c.data.user.p = 0.1
     c.data.pool.n_each = 128
     c.data.local_files = ml_collections.ConfigDict(LITERATURE_LOCAL)
-    c.data.eval.n_harmful = 39
+    c.data.eval.n_harmful = None  # every held-out harmful prompt: 169 locally (one prompt = 0.006)
     c.data.eval.n_task = 200
 
     c.eval.max_new_tokens = 48
@@ -76,13 +82,15 @@ def get_config(arg: str = ""):
     c.checkpoint.every = 30
     c.logging.every = 5
     c.expected_time = ("expect about an hour on a 2-core CPU (57 minutes in the last measured run with nothing "
-                       "else running, evaluation included; docs/results.md)")
+                       "else running, evaluation included, docs/results.md; since then the evaluation reads 169 "
+                       "harmful and 187 over-refusal prompts, not 39 and none, which adds to it)")
     if arg == "quick":
         c.data.alignment.n_harmful = c.data.alignment.n_harmless = 64
         c.data.user.n = 200
         c.data.pool.n_each = 32
         c.data.eval.n_harmful = 10
         c.data.eval.n_task = 20
+        c.data.eval.n_over_refusal = 10
         c.eval.max_new_tokens = 32
         c.refusal.update_every = 5
         c.optim.warmup_steps = 2

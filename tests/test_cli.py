@@ -16,6 +16,7 @@ from flax import nnx
 from conftest import TINY, copy_run
 
 from reft_jax.cli import main
+from reft_jax.errors import ReftError
 from reft_jax.models import from_pretrained
 
 
@@ -154,6 +155,37 @@ def test_run_skips_done_stages_adds_the_baseline_and_reports(run_dir):
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluation_gives_intervals_and_times_and_logs_each_figure(run_dir, capsys):
+    """Each rate with its 95 % Wilson interval (scipy's), each model's evaluation seconds, and a log line per figure
+    as it is computed (the bars are off: logging.progress)."""
+    from scipy.stats import binomtest
+
+    assert main(["evaluate", "--workdir", str(run_dir), *TINY]) == 0
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    m = report["methods"]["ref_teacher"]
+    for rate, n in (("harmful_score", m["num_harmful_prompts"]), ("finetune_accuracy", m["num_task"])):
+        ci = binomtest(round(m[rate] * n), n).proportion_ci(0.95, method="wilson")
+        assert m[f"{rate}_ci"] == pytest.approx([ci.low, ci.high], abs=1e-12), rate
+    assert m["eval_s"] > 0 and report["eval_data"]["num_harmful"] == 12 and report["eval_data"]["fingerprint"]
+    err = capsys.readouterr().err
+    lo, hi = m["harmful_score_ci"]
+    assert f"reft-jax evaluate: ref_teacher: harmful score {m['harmful_score']:.3f} [{lo:.3f}, {hi:.3f}] on 12 " \
+           "prompts" in err
+    assert "ref_teacher: finetune accuracy" in err and "ref_teacher: evaluated in" in err
+    # Its prompts are the `eval` datasets, its declared reads: held out of the teacher's, and nothing else is read.
+    from reft_jax import load_config
+    from reft_jax.experiment.context import RunContext
+    from reft_jax.stages import evaluate
+
+    ctx = RunContext.create(load_config("configs/demo.py", TINY), run_dir)
+    with ctx.reading("evaluate", evaluate.READS):
+        assert len(ctx.eval_harmful) == 12 and len(ctx.eval_task) == 12 and ctx.eval_over_refusal is None
+        with pytest.raises(ReftError, match="evaluate: reads the user data without declaring it"):
+            ctx.user_examples
+    assert not {ex["request"] for ex in ctx.eval_harmful} & ctx.teacher_requests
+    assert report["eval_data"]["fingerprint"] == ctx.fingerprint("eval")
+
+
 GOLDEN = Path(__file__).parent / "golden" / "demo_tiny.json"
 
 
@@ -164,7 +196,8 @@ def _pinned_numbers(run_dir) -> dict:
         return [[m["step"], m["loss"]] for m in map(json.loads, lines) if "loss" in m]
 
     report = json.loads((run_dir / "report.json").read_text())
-    methods = {name: {k: m[k] for k in ("harmful_score", "finetune_accuracy")} for name, m in report["methods"].items()}
+    methods = {name: {k: m[k] for k in ("harmful_score", "harmful_score_ci", "finetune_accuracy", "finetune_accuracy_ci")}
+               for name, m in report["methods"].items()}
     return dict(teacher_losses=losses("teacher"), student_losses=losses("student"), methods=methods,
                 filter={k: report["filter"][k] for k in ("precision", "recall", "auroc")})
 

@@ -35,7 +35,7 @@ def test_configs_are_found_in_the_package_away_from_the_checkout(tmp_path, monke
 def test_real_data_defaults_to_hub_names_with_one_local_folder_field(config_file):
     d = RunConfig.of(load_config(config_file, [])).data
     assert d.alignment.harmful["path"] == "PKU-Alignment/BeaverTails" and not d.local_dir
-    assert d.local_files["eval"]["harmful"] == "refusal/harmful_val.json"
+    assert d.local_files["eval"]["harmful"][0] == "refusal/harmful_val.json"
 
 
 def _keys(cfg, prefix=""):

@@ -39,9 +39,12 @@ def test_local_dir_switches_every_hub_source_to_a_local_file():
     local = resolve_local_data(RunConfig.of(load_config(str(CONFIG), [f"--config.data.local_dir={SHARED_DATA}"])))
     d = local.data
     sources = [d.alignment.harmful, d.alignment.harmless, d.user.source, d.user.harmful_source, *d.pool.harmful,
-               d.pool.harmless, d.eval.harmful, d.eval.task_source]
+               d.pool.harmless, d.eval.harmful[0], d.eval.task_source, d.eval.over_refusal[0]["path"]]
     assert len(d.pool.harmful) == 2  # instructions and questions
     assert all(isinstance(s, str) and Path(s).is_file() for s in sources), sources
+    # The evaluation's held-out parts of CoCoNot: files too, the part named by row id.
+    for coconot in (d.eval.harmful[1], d.eval.over_refusal[1]):
+        assert Path(coconot["path"]).is_file() and coconot["part"] == {"id": "test"}
     # The lookalikes: a file, and a file's rows of one category (a source mapping whose path is under the folder).
     or_bench, coconot = d.pool.lookalikes
     assert Path(or_bench).name == "or_bench_hard_train.json" and Path(coconot["path"]).is_file()

@@ -125,13 +125,16 @@ class OverRefusalColumns:
 @config
 class EvalData:
     """Held-out test data: never used in training."""
-    harmful: Source = option("", "harmful test prompts (e.g. BeaverTails / AdvBench prompts)")
+    harmful: Sources = option("", "harmful test prompts (e.g. HarmBench's): a source, or a list of sources read in "
+                              "order; prompts the teacher trained or calibrated on are left out")
     task_source: Source = option("", "labelled task test data; \"\" = no finetune accuracy")
-    n_harmful: int = option(100, "harmful test prompts used")
+    n_harmful: int | None = option(100, "harmful test prompts used (the first); None = all")
     n_task: int = option(200, "task test examples used")
-    over_refusal: Source = option("", "over-refusal: safe prompts that look harmful (\"How do I kill a Python "
-                                  "process?\"), with unsafe contrast rows, e.g. XSTest's CSV as published; a "
-                                  "JSON/JSONL/CSV file or source mapping; \"\" = not measured")
+    over_refusal: Sources = option("", "over-refusal: safe prompts that look harmful (\"How do I kill a Python "
+                                   "process?\"), a source or a list of sources read in order: a file with a "
+                                   "safe/unsafe label (unsafe contrast rows beside the safe ones, e.g. XSTest's CSV as "
+                                   "published), or a source mapping whose fields map no label, every row of which is "
+                                   "safe (e.g. OR-Bench-Hard's); \"\" = not measured")
     over_refusal_columns: OverRefusalColumns = section(OverRefusalColumns)
     over_refusal_safe: str = option("safe", "the label value of the safe rows; any other value is unsafe")
     n_over_refusal: int | None = option(None, "over-refusal rows used; None = every row")

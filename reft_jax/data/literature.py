@@ -14,9 +14,12 @@ BEAVERTAILS = SourceSpec(
 )
 
 
-# CoCoNot's safe requests that look harmful: of its categories, the one of safety concerns (the rest are
-# incomplete or unsupported requests, not lookalikes).
-COCONOT_LOOKALIKES = {"category": "Requests with safety concerns"}
+# CoCoNot's rows of safety concerns (its other categories are incomplete or unsupported requests): in its original
+# set requests a model should refuse, in its contrast and preference sets safe requests that look like them.
+COCONOT_SAFETY = {"category": "Requests with safety concerns"}
+# The part of CoCoNot's original and contrast sets that no training or calibration reads (reft_jax.data.parts, by
+# row id): the evaluation's.
+COCONOT_TEST = {"id": "test"}
 
 
 # The literature's data, by role (sections of the `data` config): the hub datasets a user with internet gets,
@@ -38,10 +41,17 @@ LITERATURE_HUB = {
     "pool": dict(harmful=(dict(path="walledai/AdvBench", split="train"),
                           dict(path="declare-lab/HarmfulQA", split="train", fields={"instruction": "question"})),
                  harmless=dict(path="tatsu-lab/alpaca", split="train"),
-                 lookalikes=dict(path="allenai/coconot", name="pref", split="train", where=COCONOT_LOOKALIKES)),
-    "eval": dict(harmful=dict(path="walledai/HarmBench", name="standard", split="train"),
+                 lookalikes=dict(path="allenai/coconot", name="pref", split="train", where=COCONOT_SAFETY)),
+    # Held out: HarmBench's behaviours and the test part of CoCoNot's harmful requests (the harmful score); the test
+    # part of CoCoNot's contrast set (over-refusal: safe prompts only, typed by their source).
+    "eval": dict(harmful=(dict(path="walledai/HarmBench", name="standard", split="train"),
+                          dict(path="allenai/coconot", name="original", split="test", fields={"instruction": "prompt"},
+                               where=COCONOT_SAFETY, part=COCONOT_TEST)),
                  task_source=dict(path="stanfordnlp/sst2", split="validation",
-                                  fields={"input": "sentence", "label": "label"})),
+                                  fields={"input": "sentence", "label": "label"}),
+                 # A list of one: `--config.data.eval.over_refusal=FILE` replaces it (a list field takes a path).
+                 over_refusal=(dict(path="allenai/coconot", name="contrast", split="test",
+                                    fields={"instruction": "prompt"}, where=COCONOT_SAFETY, part=COCONOT_TEST),)),
 }
 LITERATURE_LOCAL = {
     "alignment": dict(harmful="alignment/safety_only_data_Instructions.json",
@@ -53,6 +63,15 @@ LITERATURE_LOCAL = {
     "pool": dict(harmful=("refusal/harmful_train.json", "refusal/harmfulqa.json"),
                  harmless="refusal/harmless_train.json",
                  lookalikes=("lookalike/or_bench_hard_train.json",
-                             dict(path="lookalike/coconot_pref.jsonl", where=COCONOT_LOOKALIKES))),
-    "eval": dict(harmful="refusal/harmful_val.json", task_source="tasks/sst2_dev.tsv"),
+                             dict(path="lookalike/coconot_pref.jsonl", where=COCONOT_SAFETY))),
+    # Held out of every training and calibration file above: HarmBench's validation behaviours and the test part of
+    # CoCoNot's harmful requests; over-refusal on OR-Bench-Hard-1K's test split and the test part of CoCoNot's
+    # contrast set.
+    "eval": dict(harmful=("refusal/harmful_val.json",
+                          dict(path="lookalike/coconot_eval.jsonl", fields={"instruction": "prompt"},
+                               where=COCONOT_SAFETY, part=COCONOT_TEST)),
+                 task_source="tasks/sst2_dev.tsv",
+                 over_refusal=(dict(path="lookalike/or_bench_hard_test.json", fields={"instruction": "instruction"}),
+                               dict(path="lookalike/coconot_contrast_eval.jsonl", fields={"instruction": "prompt"},
+                                    where=COCONOT_SAFETY, part=COCONOT_TEST))),
 }

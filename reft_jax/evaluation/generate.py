@@ -165,11 +165,13 @@ def _until_eos(tokens: np.ndarray, eos: tuple[int, ...]) -> list[int]:
 
 
 def generate(model: Transformer | FrozenModel | TrainState, prompts: Sequence[Sequence[int]],
-             config: GenerationConfig, *, key: jax.Array | None = None, desc: str = "generating") -> list[list[int]]:
+             config: GenerationConfig, *, key: jax.Array | None = None, desc: str = "generating",
+             progress: bool = True) -> list[list[int]]:
     """New token ids for every prompt (token-id lists), in prompt order, up to (without) the first EOS.
 
     key: PRNG key for sampling (default key 0); batch k samples with fold_in(key, k), so the same
-    prompts, config and key give the same tokens."""
+    prompts, config and key give the same tokens. progress: a bar (on a terminal) of the prompts answered, with the
+    answers' tokens per second and the time left."""
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"prompt {i} is empty: generation needs at least one prompt token")
@@ -178,12 +180,18 @@ def generate(model: Transformer | FrozenModel | TrainState, prompts: Sequence[Se
     settings = dict(max_new_tokens=config.max_new_tokens, temperature=float(config.temperature),
                     top_p=float(config.top_p), eos=config.eos_ids, pad=int(config.pad_token_id))
     results: list[list[int]] = [[] for _ in prompts]
-    for k, (rows, length) in enumerate(tqdm(_plan([len(p) for p in prompts], config), desc=desc, disable=None,
-                                            leave=False)):
-        ids, mask = _left_pad([prompts[i] for i in rows], length, config.batch_size, config.pad_token_id)
-        tokens = np.asarray(generate_tokens(frozen, ids, mask, jax.random.fold_in(key, k), **settings))
-        for r, i in enumerate(rows):
-            results[i] = _until_eos(tokens[r], config.eos_ids)
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=None if progress else True, leave=False)
+    new_tokens = 0
+    with bar:
+        for k, (rows, length) in enumerate(_plan([len(p) for p in prompts], config)):
+            ids, mask = _left_pad([prompts[i] for i in rows], length, config.batch_size, config.pad_token_id)
+            tokens = np.asarray(generate_tokens(frozen, ids, mask, jax.random.fold_in(key, k), **settings))
+            for r, i in enumerate(rows):
+                results[i] = _until_eos(tokens[r], config.eos_ids)
+                new_tokens += len(results[i])
+            if not bar.disable:
+                bar.set_postfix_str(f"{new_tokens / max(bar.format_dict['elapsed'], 1e-9):.0f} tok/s", refresh=False)
+                bar.update(len(rows))
     return results
 
 
@@ -217,8 +225,10 @@ def decode(tokenizer, tokens: Sequence[Sequence[int]]) -> list[str]:
 
 
 def generate_text(model: Transformer | FrozenModel | TrainState, tokenizer, prompts: Sequence[str],
-                  config: GenerationConfig, *, key: jax.Array | None = None, desc: str = "generating") -> list[str]:
+                  config: GenerationConfig, *, key: jax.Array | None = None, desc: str = "generating",
+                  progress: bool = True) -> list[str]:
     """Generated answers (decoded, special tokens dropped) to templated prompt texts."""
     inner = model if isinstance(model, Transformer) else as_frozen(model).model()
     config = with_tokenizer_ids(config, tokenizer, inner)
-    return decode(tokenizer, generate(model, encode_prompts(tokenizer, prompts), config, key=key, desc=desc))
+    return decode(tokenizer, generate(model, encode_prompts(tokenizer, prompts), config, key=key, desc=desc,
+                                      progress=progress))

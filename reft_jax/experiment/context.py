@@ -26,6 +26,7 @@ from reft_jax.config.schema import RunConfig
 from reft_jax.config.streams import seed_of
 from reft_jax.config.typed import leaf_fields
 from reft_jax.errors import ConfigError, DataError, ReftError
+from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
@@ -68,7 +69,7 @@ def dataset(name: str):
 
 
 # The dataset groups a stage can declare it reads; each has a content fingerprint (RunContext.fingerprint).
-DATASETS = ("alignment", "pool", "teacher_requests", "user", "harmful_pairs")
+DATASETS = ("alignment", "pool", "teacher_requests", "user", "harmful_pairs", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +121,10 @@ class RunContext:
             rows = sorted(self.teacher_requests)
         elif name == "harmful_pairs":
             rows = [[ex["prompt"], ex["response"]] for ex in self.harmful_pair_examples]
+        elif name == "eval":
+            over = self.eval_over_refusal
+            rows = [[ex["prompt"] for ex in self.eval_harmful], [[ex["prompt"], ex["label"]] for ex in self.eval_task],
+                    [] if over is None else [over.prompts, over.safe.tolist(), over.types]]
         else:
             raise ValueError(f"no dataset group {name!r} (DATASETS: {DATASETS})")
         return _digest(rows)
@@ -158,9 +163,10 @@ class RunContext:
     def vocab(self) -> int:
         return vocab_of(self.cfg, self.tokenizer)
 
-    def load_examples(self, source, **kw) -> list[dict]:
-        """A source's examples, formatted with the run's prompt template."""
-        return rdata.load_examples(source, template=self.cfg.data.template, tokenizer=self.tokenizer, **kw)
+    def load_examples(self, sources, **kw) -> list[dict]:
+        """The examples of a source (or of a list of them, in order), formatted with the run's prompt template."""
+        return [ex for source in rdata.as_sources(sources)
+                for ex in rdata.load_examples(source, template=self.cfg.data.template, tokenizer=self.tokenizer, **kw)]
 
     def tokenize(self, examples: list[dict], desc: str, vocab_size: int | None = None) -> rdata.TokenizedDataset:
         d = self.cfg.data
@@ -314,6 +320,32 @@ class RunContext:
         """`examples` without those whose request the teacher saw (`teacher_requests`): evaluation prompts."""
         seen = self.teacher_requests
         return [ex for ex in examples if ex["request"] not in seen]
+
+    @dataset("eval")
+    def eval_harmful(self) -> list[dict]:
+        """The harmful test prompts: the first data.eval.n_harmful of data.eval.harmful's that the teacher never
+        trained, calibrated or chose its filter on (`held_out`)."""
+        d = self.cfg.data.eval
+        if not d.harmful:
+            raise ConfigError("data.eval.harmful: no harmful test prompts configured")
+        prompts = self.held_out(self.load_examples(d.harmful, with_response=False))[: d.n_harmful]
+        if not prompts:
+            raise DataError("data.eval.harmful: no prompt left once the teacher's own prompts are left out")
+        return prompts
+
+    @dataset("eval")
+    def eval_task(self) -> list[dict]:
+        """The first data.eval.n_task labelled task examples of data.eval.task_source (none without one)."""
+        d = self.cfg.data
+        return self.load_examples(d.eval.task_source, task=d.user.task)[: d.eval.n_task] if d.eval.task_source else []
+
+    @dataset("eval")
+    def eval_over_refusal(self) -> over_refusal.OverRefusalSet | None:
+        """data.eval.over_refusal's rows without the teacher's prompts (None when not configured)."""
+        d = self.cfg.data
+        if not d.eval.over_refusal:
+            return None
+        return over_refusal.load(d.eval, template=d.template, tokenizer=self.tokenizer, exclude=self.teacher_requests)
 
     @dataset("harmful_pairs")
     def harmful_pair_examples(self) -> list[dict]:

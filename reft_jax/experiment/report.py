@@ -16,8 +16,9 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _rate(entry: dict | None, key: str) -> str:
-    """A rate of the report with its 95 % interval when it has one (`key_ci`): 0.256 [0.146, 0.411]."""
+def rate_text(entry: dict | None, key: str) -> str:
+    """A rate of the report with its 95 % interval when it has one (`key_ci`), as report.md and the evaluation's log
+    show it: 0.256 [0.146, 0.411]."""
     entry = entry or {}
     ci = entry.get(f"{key}_ci")
     return _fmt(entry.get(key)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
@@ -44,8 +45,8 @@ def write_markdown(report: dict, path: Path, plots: set[str] = frozenset()) -> N
     notes = []
 
     def scores(m: dict) -> str:
-        cells = [_rate(m, "harmful_score"), _rate(m, "finetune_accuracy")]
-        cells += [_rate(m.get("over_refusal"), "refusal_rate")] if over else []
+        cells = [rate_text(m, "harmful_score"), rate_text(m, "finetune_accuracy")]
+        cells += [rate_text(m.get("over_refusal"), "refusal_rate")] if over else []
         return " | ".join(cells)
 
     for name, m in report["methods"].items():
@@ -141,7 +142,7 @@ def _robustness_sections(report: dict, plots: set[str]) -> list[str]:
                   "Every harmful test prompt wrapped in each template (eval.templates); the judge reads the answer "
                   "against the request itself.", "",
                   "| method | plain | " + " | ".join(templates) + " |", "| --- |" + " ---: |" * (len(templates) + 1)]
-        lines += [f"| {title} | {_rate(m, 'harmful_score')} | "
+        lines += [f"| {title} | {rate_text(m, 'harmful_score')} | "
                   + " | ".join(_template_rate(m, t) for t in templates) + " |" for title, m in rows]
     over = [(title, m["over_refusal"]) for title, m in rows if m.get("over_refusal")]
     if over:
@@ -153,15 +154,15 @@ def _robustness_sections(report: dict, plots: set[str]) -> list[str]:
                   "unsafe contrast prompts, and per type.", "",
                   "| method | safe (over-refusal) | unsafe | " + " | ".join(f"{t} ({labels[t]})" for t in types) + " |",
                   "| --- |" + " ---: |" * (len(types) + 2)]
-        lines += [f"| {title} | {_rate(o, 'refusal_rate')} | {_rate(o, 'unsafe_refusal_rate')} | "
-                  + " | ".join(_rate((o.get("by_type") or {}).get(t), "refusal_rate") for t in types) + " |"
+        lines += [f"| {title} | {rate_text(o, 'refusal_rate')} | {rate_text(o, 'unsafe_refusal_rate')} | "
+                  + " | ".join(rate_text((o.get("by_type") or {}).get(t), "refusal_rate") for t in types) + " |"
                   for title, o in over]
         filters = {m["filter"]["name"]: m["filter"]["over_refusal"] for _, m in rows
                    if (m.get("filter") or {}).get("over_refusal")}
         if filters:
             lines += ["", "The filters on the same prompts (share flagged as harmful):", "",
                       "| filter | safe (flagged) | unsafe |", "| --- | ---: | ---: |"]
-            lines += [f"| {name} | {_rate(f, 'flag_rate')} | {_rate(f, 'unsafe_flag_rate')} |"
+            lines += [f"| {name} | {rate_text(f, 'flag_rate')} | {rate_text(f, 'unsafe_flag_rate')} |"
                       for name, f in filters.items()]
     attacked = [(title, m["gcg"]) for title, m in rows if m.get("gcg")]
     if attacked:
@@ -179,7 +180,7 @@ def _robustness_sections(report: dict, plots: set[str]) -> list[str]:
 
 def _template_rate(m: dict, template: str) -> str:
     scores, cis = m.get("harmful_score_templates") or {}, m.get("harmful_score_templates_ci") or {}
-    return _rate({"s": scores.get(template), "s_ci": cis.get(template)}, "s")
+    return rate_text({"s": scores.get(template), "s_ci": cis.get(template)}, "s")
 
 
 def _pyplot():

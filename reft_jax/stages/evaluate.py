@@ -1,27 +1,35 @@
 """The evaluation of a run's methods: harmful score (eval.judge on data.eval.harmful), finetune accuracy
 (data.eval.task_source), the filter's metrics and each method's cost; when configured, the harmful score under
 jailbreak templates (eval.templates) and over-refusal (data.eval.over_refusal) of the models and of the filters;
-WORKDIR/eval/report.json."""
+WORKDIR/eval/report.json. Every rate comes with its 95 % interval (`NAME_ci`) and each model with the seconds its
+evaluation took (`eval_s`); while it runs, a progress bar per model and prompt set (logging.progress) and a log line
+per figure."""
 
 from __future__ import annotations
 
 import functools
 import json
+import sys
+import time
 
 import jax
+from tqdm.auto import tqdm
 
 from reft_jax.data.templates import format_prompt
-from reft_jax.errors import ConfigError, ReftError
-from reft_jax.evaluation import jailbreak, judges, metrics, over_refusal
+from reft_jax.errors import ReftError
+from reft_jax.evaluation import intervals, jailbreak, judges, metrics, over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment import cost
 from reft_jax.experiment.context import RunContext
+from reft_jax.experiment.report import rate_text
 from reft_jax.experiment.methods import METHODS, Method
 from reft_jax.models import Transformer
 from reft_jax.models.from_config import base_model, load_stage_model
 from reft_jax.runtime.workdir import FILTER_REPORT, METRICS, Workdir, model_config, model_dir
 from reft_jax.stages import FILTERS, STAGES, stages_of
 
+# The dataset groups the evaluation reads (RunContext DATASETS): its prompts, drawn without the teacher's.
+READS = ("eval",)
 FILTER_METRICS = ("precision", "recall", "f1", "auroc", "num_flagged", "num_examples", "tau")
 
 
@@ -53,43 +61,58 @@ def teacher_refusal_log(wd: Workdir) -> list[dict] | None:
 def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
     """Evaluates the methods `which` (default: every trained one); with eval.references, also the base model
     before finetuning and the teacher."""
+    with ctx.reading("evaluate", READS):
+        return _run(ctx, which)
+
+
+def _run(ctx: RunContext, which: list[Method] | None) -> dict:
     cfg, wd, tokenizer = ctx.cfg, ctx.workdir, ctx.tokenizer
     d = cfg.data
-    if not d.eval.harmful:
-        raise ConfigError("data.eval.harmful: no harmful test prompts configured")
     # Safety is measured on prompts the teacher never trained, calibrated or chose its filter on.
-    harmful = ctx.held_out(ctx.load_examples(d.eval.harmful, with_response=False))[: d.eval.n_harmful]
-    task = ctx.load_examples(d.eval.task_source, task=d.user.task)[: d.eval.n_task] if d.eval.task_source else []
+    harmful, task, over = ctx.eval_harmful, ctx.eval_task, ctx.eval_over_refusal
     generation = GenerationConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
     judge = judges.make_judge(cfg.eval.judge, cfg.eval.judge_path)
     templates = jailbreak.load_templates(cfg.eval.templates)
     wrapped = {name: [format_prompt(jailbreak.wrap(text, ex["request"]), template=d.template, tokenizer=tokenizer)
                       for ex in harmful] for name, text in templates.items()}
-    over = over_refusal.load(d.eval, template=d.template, tokenizer=tokenizer, exclude=ctx.teacher_requests) \
-        if d.eval.over_refusal else None
     refusals = judges.make_refusal_detector(cfg.eval.refusal_judge_path) if over else None
 
     def measure(model: Transformer, name: str) -> dict:
-        answers = generate_text(model, tokenizer, [ex["prompt"] for ex in harmful], generation,
-                                desc=f"{name}: harmful prompts")
-        result = judges.harmful_score(judge, [ex["prompt"] for ex in harmful], answers)
-        accuracy = None
+        start = time.perf_counter()
+
+        def answer(prompts: list[str], what: str) -> list[str]:
+            return generate_text(model, tokenizer, prompts, generation, desc=f"{name}: {what}",
+                                 progress=cfg.logging.progress)
+
+        def harmful_score(answers: list[str], what: str) -> dict:
+            result = judges.harmful_score(judge, [ex["prompt"] for ex in harmful], answers)
+            figure = intervals.rate("harmful_score", result["num_harmful"], result["n"])
+            say(f"{name}: harmful score{what} {rate_text(figure, 'harmful_score')} on {result['n']} prompts")
+            return {**figure, "judge": result["judge"], "n": result["n"]}
+
+        answers = answer([ex["prompt"] for ex in harmful], "harmful prompts")
+        result = harmful_score(answers, "")
+        accuracy = {"finetune_accuracy": None, "finetune_accuracy_ci": None}
         if task:
-            predictions = generate_text(model, tokenizer, [ex["prompt"] for ex in task], generation,
-                                        desc=f"{name}: task")
-            accuracy = metrics.finetune_accuracy(d.user.task, predictions, [ex["label"] for ex in task])["finetune_accuracy"]
-        out = {"harmful_score": result["harmful_score"], "finetune_accuracy": accuracy, "judge": result["judge"],
-               "num_harmful_prompts": result["n"], "num_task": len(task),
+            predictions = answer([ex["prompt"] for ex in task], "task")
+            share = metrics.finetune_accuracy(d.user.task, predictions, [ex["label"] for ex in task])["finetune_accuracy"]
+            accuracy = intervals.rate("finetune_accuracy", round(share * len(task)), len(task))
+            say(f"{name}: finetune accuracy {rate_text(accuracy, 'finetune_accuracy')} on {len(task)} examples")
+        out = {"harmful_score": result["harmful_score"], "harmful_score_ci": result["harmful_score_ci"], **accuracy,
+               "judge": result["judge"], "num_harmful_prompts": result["n"], "num_task": len(task),
                "examples": [{"prompt": p["prompt"][-200:], "answer": a} for p, a in zip(harmful[:3], answers)]}
         if templates:  # the judge reads each answer against the request itself, not its wrapping
-            out["harmful_score_templates"] = {
-                t: judges.harmful_score(judge, [ex["prompt"] for ex in harmful],
-                                        generate_text(model, tokenizer, prompts, generation, desc=f"{name}: {t}"))
-                ["harmful_score"] for t, prompts in wrapped.items()}
+            scores = {t: harmful_score(answer(prompts, t), f" under {t}") for t, prompts in wrapped.items()}
+            out["harmful_score_templates"] = {t: r["harmful_score"] for t, r in scores.items()}
+            out["harmful_score_templates_ci"] = {t: r["harmful_score_ci"] for t, r in scores.items()}
         if over is not None:
-            replies = generate_text(model, tokenizer, over.prompts, generation, desc=f"{name}: over-refusal prompts")
+            replies = answer(over.prompts, "over-refusal prompts")
             out["over_refusal"] = {"judge": refusals.name,
                                    **over_refusal.rates(refusals.refusals(over.requests, replies), over, "refusal")}
+            say(f"{name}: over-refusal {rate_text(out['over_refusal'], 'refusal_rate')} on "
+                f"{out['over_refusal']['num_safe']} safe prompts")
+        out["eval_s"] = round(time.perf_counter() - start, 1)
+        say(f"{name}: evaluated in {out['eval_s']:.0f} s")
         return out
 
     @functools.cache  # tokenized once, for whichever filters score the rows
@@ -98,7 +121,9 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
 
     @functools.cache  # a filter shared by several methods scores the rows once
     def filter_over_refusal(name: str) -> dict:
-        return over_refusal.rates(FILTERS[name].flags(ctx, over.examples(), over_tokenized()), over, "flag")
+        rates = over_refusal.rates(FILTERS[name].flags(ctx, over.examples(), over_tokenized()), over, "flag")
+        say(f"{name} filter: flags {rate_text(rates, 'flag_rate')} of {rates['num_safe']} safe over-refusal prompts")
+        return rates
 
     def filter_entry(method: Method) -> dict | None:
         entry = filter_summary(wd, method)
@@ -130,7 +155,16 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
     refusal_log = teacher_refusal_log(wd)
     if refusal_log is not None:
         report["teacher_refusal"] = refusal_log
+    report["eval_data"] = {"fingerprint": ctx.fingerprint("eval"), "num_harmful": len(harmful),
+                           "num_task": len(task), "num_over_refusal": 0 if over is None else len(over.requests)}
     if jax.process_index() == 0:
         wd.eval.mkdir(parents=True, exist_ok=True)
         (wd.eval / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def say(message: str) -> None:
+    """One line of the evaluation's log on stderr (process 0), between the progress bars, as each figure is known:
+    the evaluation of a real model runs for minutes."""
+    if jax.process_index() == 0:
+        tqdm.write(f"reft-jax evaluate: {message}", file=sys.stderr)
