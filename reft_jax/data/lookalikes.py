@@ -3,8 +3,9 @@ data's harmless side so that learning the refusals does not teach refusing them.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,3 +43,21 @@ def lookalike_prompts(
                         f"LOOKALIKE_WORDS and are not left out, {n} needed")
     rng = np.random.default_rng(seed)
     return [examples[i] for i in sorted(rng.choice(len(examples), n, replace=False))]
+
+
+# CoCoNot's parts, a third of the rows each by a hash of the row's id: fixed whatever the file's order or which rows
+# a copy holds. "test" is held out of all training and tuning.
+COCONOT_PARTS = ("test", "calibration", "train")
+
+
+def coconot_part(row_id: str) -> str:
+    """The part of COCONOT_PARTS that the CoCoNot row with this id belongs to."""
+    return COCONOT_PARTS[int(hashlib.sha256(row_id.encode()).hexdigest(), 16) % 3]
+
+
+def coconot_pref_answers(rows: Iterable[Mapping[str, Any]],
+                         refusals: Mapping[str, Collection[str]]) -> list[tuple[str, str, bool]]:
+    """(prompt, answer, refuses) for both answers of each CoCoNot pref row, chosen then rejected: an answer refuses
+    when its row's id is in refusals["chosen"] or refusals["rejected"] (labels made by reading the answers; the
+    file's own rejected answers are often plain compliance, its chosen ones sometimes refusals)."""
+    return [(row["prompt"], row[side], row["id"] in refusals[side]) for row in rows for side in ("chosen", "rejected")]
