@@ -14,7 +14,8 @@ import transformers
 from conftest import SHARED_DATA
 
 from reft_jax.data.demo import train_tokenizer
-from reft_jax.data.lookalikes import coconot_part, coconot_pref_answers
+from reft_jax.data.lookalikes import coconot_pref_answers
+from reft_jax.data.parts import part_of
 from reft_jax.evaluation import (
     BeaverTailsJudge,
     KeywordJudge,
@@ -120,7 +121,7 @@ def test_keyword_refusals_on_held_out_coconot_answers():
     Compliant answers are 92 % of these: recall on the refusals and false refusals are pinned as measured."""
     labels = json.loads((Path(__file__).parent / "data" / "coconot_pref_refusals.json").read_text())["refusals"]
     rows = [json.loads(line) for line in COCONOT_PREF.read_text().splitlines()]
-    held_out = [r for r in rows if r["category"] == "Requests with safety concerns" and coconot_part(r["id"]) == "test"]
+    held_out = [r for r in rows if r["category"] == "Requests with safety concerns" and part_of(r["id"]) == "test"]
     prompts, answers, refuses = zip(*coconot_pref_answers(held_out, labels))
     out = judge_accuracy(KeywordRefusals(), prompts, answers, refuses)
     assert len(held_out) == 191 and out["num_refusals"] == 31

@@ -9,7 +9,8 @@ import pytest
 from reft_jax import load_config
 from reft_jax.config.streams import seed_of
 from reft_jax.data import LOOKALIKE_WORDS, DataError, lookalike_prompts
-from reft_jax.data.lookalikes import coconot_part, coconot_pref_answers
+from reft_jax.data.lookalikes import coconot_pref_answers
+from reft_jax.data.parts import part_of
 from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment import context
@@ -106,8 +107,8 @@ def test_the_lookalikes_join_the_harmless_alignment_data_answered_by_the_base_mo
 def test_coconot_parts_follow_the_hash_of_the_row_id():
     """The rule is part of the contract (held-out figures stay held out across copies of the file): row0..row5 are
     pinned, and a third of many ids falls in each part."""
-    assert [coconot_part(f"row{i}") for i in range(6)] == ["test"] * 4 + ["calibration", "test"]
-    counts = {p: sum(coconot_part(f"row{i}") == p for i in range(3000)) for p in ("test", "calibration", "train")}
+    assert [part_of(f"row{i}") for i in range(6)] == ["test"] * 4 + ["calibration", "test"]
+    counts = {p: sum(part_of(f"row{i}") == p for i in range(3000)) for p in ("test", "calibration", "train")}
     assert all(900 < c < 1100 for c in counts.values()), counts
 
 

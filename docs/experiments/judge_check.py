@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from reft_jax.data.lookalikes import coconot_part, coconot_pref_answers
+from reft_jax.data.lookalikes import coconot_pref_answers
+from reft_jax.data.parts import part_of
 from reft_jax.evaluation.judges import KeywordRefusals, judge_accuracy
 
 SAFETY = "Requests with safety concerns"
@@ -31,7 +32,7 @@ def main(data_dir: str) -> None:
              ("all rows, file's labels", rows, as_filed)]
     for name, chosen_rows, labels in cases:
         for part, held_out in (("development", False), ("held out", True)):
-            part_rows = [r for r in chosen_rows if (coconot_part(r["id"]) == "test") == held_out]
+            part_rows = [r for r in chosen_rows if (part_of(r["id"]) == "test") == held_out]
             prompts, answers, refuses = zip(*coconot_pref_answers(part_rows, labels))
             out = judge_accuracy(KeywordRefusals(), prompts, answers, refuses)
             print(f"{name:28s} {part:12s} rows {len(part_rows):4d}  accuracy {out['accuracy']:.4f} "

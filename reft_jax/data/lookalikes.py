@@ -3,7 +3,6 @@ data's harmless side so that learning the refusals does not teach refusing them.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -47,14 +46,6 @@ def lookalike_prompts(
 
 # CoCoNot's parts, a third of the rows each by a hash of the row's id: fixed whatever the file's order or which rows
 # a copy holds. "test" is held out of all training and tuning.
-COCONOT_PARTS = ("test", "calibration", "train")
-
-
-def coconot_part(row_id: str) -> str:
-    """The part of COCONOT_PARTS that the CoCoNot row with this id belongs to."""
-    return COCONOT_PARTS[int(hashlib.sha256(row_id.encode()).hexdigest(), 16) % 3]
-
-
 def coconot_pref_answers(rows: Iterable[Mapping[str, Any]],
                          refusals: Mapping[str, Collection[str]]) -> list[tuple[str, str, bool]]:
     """(prompt, answer, refuses) for both answers of each CoCoNot pref row, chosen then rejected: an answer refuses
