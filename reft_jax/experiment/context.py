@@ -30,7 +30,7 @@ from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
 from reft_jax.models.from_config import base_model, vocab_of
-from reft_jax.runtime import compile_cache, malloc, parallel
+from reft_jax.runtime import atomic, compile_cache, lock, malloc, parallel
 from reft_jax.runtime.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,12 @@ class RunContext:
         del fields["distributed.process_id"]  # the one field each process sets for itself
         parallel.check_same({"--workdir": str(workdir.root.absolute()), **fields},
                             "a multi-process run's tasks must run one config")
+        if workdir.root.exists() and not workdir.root.is_dir():
+            raise ReftError(f"{workdir.root}: not a folder (--workdir names the folder of a run's outputs)")
         workdir.root.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:  # one process (one job) per workdir, before anything in it is read or written
+            lock.hold(workdir.root)
+            atomic.recover(workdir.root)  # a stage that a killed run was redoing: its previous folder back
         return cls(resolve(cfg, workdir), workdir, model_source=cfg.model.path)
 
     @property

@@ -19,6 +19,7 @@ from reft_jax.experiment.context import RunContext
 from reft_jax.experiment.methods import METHODS, Method
 from reft_jax.models import Transformer
 from reft_jax.models.from_config import base_model, load_stage_model
+from reft_jax.runtime import atomic
 from reft_jax.runtime.workdir import FILTER_REPORT, METRICS, Workdir, model_config, model_dir
 from reft_jax.stages import FILTERS, STAGES, stages_of
 
@@ -132,5 +133,5 @@ def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
         report["teacher_refusal"] = refusal_log
     if jax.process_index() == 0:
         wd.eval.mkdir(parents=True, exist_ok=True)
-        (wd.eval / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic.write_text(wd.eval / "report.json", json.dumps(report, indent=2) + "\n")
     return report
