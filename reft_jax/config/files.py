@@ -50,7 +50,7 @@ def load_config(config_file: str, overrides=()):
         if line is None and not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError)):
             raise
         if line is not None:
-            first = (str(e).strip() or type(e).__name__).splitlines()[0]
+            first = e.msg if isinstance(e, SyntaxError) else (str(e).strip() or type(e).__name__).splitlines()[0]
             raise ConfigError(f"{path} line {line}: {type(e).__name__}: {first} (the config file raised it; "
                               "--debug shows the traceback)") from e
         message = next(filter(None, map(_diagnose, overrides)), None) or " ".join(str(e).split())

@@ -127,7 +127,8 @@ class RunContext:
     @classmethod
     def create(cls, cfg, workdir: str | Path) -> RunContext:
         """The context of a run of `cfg` in `workdir`: the config typed and resolved (demo data generated, a GGUF
-        checkpoint converted, ... once, under the workdir)."""
+        checkpoint converted, ... once, under the workdir). The workdir is this process's from here on
+        (runtime.lock: another process in it stops), and a stage a killed process was redoing is put back."""
         workdir, cfg = Workdir(workdir), RunConfig.of(cfg)
         compile_cache.enable(cfg.compile_cache)  # before the run's first compilation
         if jax.process_index() == 0:
