@@ -58,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="with --kept: refuse rows the filter did not score or scored above tau")
         if name in ("run", "train-teacher", "finetune"):
             p.add_argument("--force", action="store_true",
-                           help="redo the stage(s) from scratch: their folders are removed first (without it, a stage "
-                                "done or begun from other inputs stops the run)")
+                           help="redo the stage(s) from scratch, each previous folder kept aside until the new one is "
+                                "whole (without it, a stage done or begun from other inputs stops the run)")
         if name == "export":
             p.add_argument("--out", required=True, help="output folder: new, empty or a previous export of the same "
                                                         "kind, replaced whole")

@@ -22,8 +22,8 @@ defence_alignment.DEFENCES); a method (reft_jax.experiment.methods.METHODS) name
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import functools
 import json
 from pathlib import Path
