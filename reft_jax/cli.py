@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from reft_jax.config.files import DEMO_CONFIG, load_config
@@ -41,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", default=str(DEMO_CONFIG),
                        help="ml_collections config file (default: configs/demo.py)")
-        p.add_argument("--workdir", required=True, help="directory of the run's outputs and checkpoints")
+        p.add_argument("--workdir", required=True, help="directory of the run's outputs and checkpoints (one command "
+                                                        "at a time: a second one on it stops and names the first)")
+        p.add_argument("--debug", action="store_true", help="print an error's traceback before its one line")
         if name in ("run", "filter", "finetune"):
             p.add_argument("--data", metavar="FILE",
                            help="your own user data (JSON/JSONL/CSV/TSV/Parquet: instruction/input/output, "
@@ -49,13 +52,18 @@ def _parser() -> argparse.ArgumentParser:
                                 "label), used as it is instead of the config's poisoned mixture")
         if name == "finetune":
             p.add_argument("--kept", metavar="FILE",
-                           help="finetune on every row of FILE as it is: a filter's kept.jsonl, reviewed by a person")
+                           help="finetune on every row of FILE as it is: a filter's kept.jsonl, reviewed by a person "
+                                "(a warning names rows the filter did not score or scored above tau)")
+            p.add_argument("--strict", action="store_true",
+                           help="with --kept: refuse rows the filter did not score or scored above tau")
         if name in ("run", "train-teacher", "finetune"):
             p.add_argument("--force", action="store_true",
-                           help="redo the stage(s) from scratch: their folders are removed first (without it, a stage "
-                                "done or begun from other inputs stops the run)")
+                           help="redo the stage(s) from scratch, each previous folder kept aside until the new one is "
+                                "whole (without it, a stage done or begun from other inputs stops the run)")
         if name == "export":
-            p.add_argument("--out", required=True, help="output folder")
+            p.add_argument("--out", required=True, help="output folder: new, empty or a previous export of the same "
+                                                        "kind, replaced whole")
+            p.add_argument("--force", action="store_true", help="replace a folder that is not such an export, whole")
             p.add_argument("--adapter", action="store_true",
                            help="write the LoRA adapter as a PEFT folder instead of the merged model")
         if name in ("export", "attack"):
@@ -88,15 +96,26 @@ def main(argv: list[str] | None = None) -> int:
         malloc.run_on_tcmalloc()
     args, overrides = _parser().parse_known_args(argv)
     sys.unraisablehook = _unraisable
-    from reft_jax.errors import Preempted, ReftError
+    from reft_jax.errors import Interrupted, Preempted, ReftError
 
     previous = signal.signal(signal.SIGTERM, _sigterm)  # a preempted process exits PREEMPTED_EXIT, which launchers requeue
 
     try:
         return _run(args, overrides)
     except ReftError as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"reft-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # Ctrl-C in a training stage: checkpointed at the step it was in
+        print(f"reft-jax {args.command}: {e}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except KeyboardInterrupt:  # Ctrl-C elsewhere: a stage being redone is back as it was (runtime.atomic)
+        if args.debug:
+            traceback.print_exc()
+        print(f"reft-jax {args.command}: interrupted; run the same command again to go on (a training stage goes "
+              "on from its last checkpoint)", file=sys.stderr)
+        return INTERRUPTED_EXIT
     except Preempted as e:  # SIGTERM (a scheduler's preemption): checkpointed; the same command goes on
         # The process is on its way out with 75: srun, seeing the first task exit 75, sends SIGTERM to the rest
         # (--kill-on-bad-exit), which must not make them exit 143 instead (the job would fail, not requeue).
@@ -118,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL; launch/common.sh requeues a job on it
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 _WORKDIR_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
@@ -130,6 +150,7 @@ def _run(args, overrides) -> int:
     if own:  # the user's own file is the user data, every row as it is
         cfg = replace(replace(cfg, "data.user.source", own), "data.user.mix", "none")
         cfg = replace(cfg, "data.user.filtered", bool(getattr(args, "kept", None)))
+        cfg = replace(cfg, "data.user.strict", bool(getattr(args, "strict", False)))
         if not any(o.startswith("--config.data.eval.task_source=") for o in overrides):
             cfg = replace(cfg, "data.eval.task_source", "")  # no accuracy on a task the user did not give
     if args.command == "bench":  # each framework runs in its own process: no JAX backend in this one
@@ -180,7 +201,7 @@ def _run(args, overrides) -> int:
         print(json.dumps({k: v for k, v in report.items() if k != "prompts"}, indent=2))
         print(f"attack report written to {ctx.workdir.attack(args.method) / 'report.json'}")
     elif args.command == "export":
-        print(f"exported to {export(ctx, Path(args.out), args.method, adapter=args.adapter)}")
+        print(f"exported to {export(ctx, Path(args.out), args.method, adapter=args.adapter, force=args.force)}")
     return 0
 
 

@@ -22,5 +22,10 @@ class Preempted(Exception):
     once; the same command goes on from there (not an error of the input)."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) stopped a training stage after a checkpoint of the step it was in; the same command goes on
+    from there."""
+
+
 class DataError(ReftError):
     """A dataset file or field that cannot be read as asked."""

@@ -16,6 +16,7 @@ from reft_jax import stages
 from reft_jax.experiment import report as rreport
 from reft_jax.experiment.context import RunContext
 from reft_jax.experiment.methods import METHODS, selected
+from reft_jax.runtime import atomic
 from reft_jax.runtime.workdir import FILTER_SCORES, METRICS
 from reft_jax.stages import attack, evaluate, preflight
 
@@ -46,7 +47,7 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
     report["methods"] = {m.name: {"skipped": skipped[m.name]} if m.name in skipped else report["methods"][m.name]
                          for m in requested}
     if jax.process_index() == 0:
-        wd.report.write_text(json.dumps(report, indent=2) + "\n")
+        atomic.write_text(wd.report, json.dumps(report, indent=2) + "\n")
         tau = json.loads(wd.filter_settings.read_text())["tau"]
         screen = stages.FILTERS[METHODS["ref_teacher"].filter]
         curves = {"teacher (stage 1)": wd.teacher / METRICS}

@@ -208,13 +208,27 @@ def test_a_multi_turn_chat_trains_every_assistant_turn(tmp_path, demo_files):
     ('{"text_a": "x", "text_b": "y"}\n', "bad.jsonl: cannot tell which fields to use (fields: text_a, text_b)"),
     ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n'
      '{"messages": [{"role": "user", "content": "Hi again"}]}\n', "bad.jsonl:2: no response to finetune on"),
-])
+    ('{"messages": [{"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Hi"}]}\n',
+     "bad.jsonl line 1: field 'messages' starts with the 'assistant' turn"),
+    ('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n{"instruction": "e", "output": "f"}\n',
+     "bad.jsonl line 3: fields of the 'instruction' layout, line 1's of the 'prompt' layout"),
+], ids=["empty", "unknown layout", "no answer", "assistant first", "mixed layouts"])
 def test_a_bad_file_is_a_one_line_error_before_any_training(content, message, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
     assert main(["run", "--workdir", str(tmp_path / "w"), "--data", str(bad), *TINY]) == 2
     one_line_error(capsys, message)
     assert not (tmp_path / "w" / "teacher").exists()
+
+
+def test_a_problem_two_stages_meet_is_listed_once(tmp_path, capsys):
+    """RepNoise's harmful pairs are drawn without the user data's prompts: they read the bad file too."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine", "response": "ok"}\n{"prompt": broken\n')
+    assert main(["run", "--workdir", str(tmp_path / "w"), "--data", str(bad), *TINY,
+                 "--config.methods=ref_teacher,no_defense,repnoise"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reft-jax run: error: ") and err.count("bad.jsonl line 2: malformed JSON") == 1, err
 
 
 def test_every_problem_before_the_first_step_is_listed_in_one_message(tmp_path, capsys):

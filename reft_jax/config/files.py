@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import traceback
 import typing
 from pathlib import Path
 
@@ -44,9 +45,24 @@ def load_config(config_file: str, overrides=()):
     try:
         values(argv)
         return values.config
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 -- the config file is the user's code: whatever it raises is one line
+        line = _raised_in(e, Path(config_path(path)))
+        if line is None and not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError)):
+            raise
+        if line is not None:
+            first = e.msg if isinstance(e, SyntaxError) else (str(e).strip() or type(e).__name__).splitlines()[0]
+            raise ConfigError(f"{path} line {line}: {type(e).__name__}: {first} (the config file raised it; "
+                              "--debug shows the traceback)") from e
         message = next(filter(None, map(_diagnose, overrides)), None) or " ".join(str(e).split())
         raise ConfigError(f"{config_file}: {message}") from None
+
+
+def _raised_in(e: BaseException, file: Path) -> int | None:
+    """The line of the config `file` whose code raised `e` (a syntax error in it included), None when elsewhere."""
+    if isinstance(e, SyntaxError) and e.filename and Path(e.filename).resolve() == file.resolve():
+        return e.lineno
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == file.resolve()]
+    return lines[-1] if lines else None
 
 
 def _diagnose(override: str) -> str | None:

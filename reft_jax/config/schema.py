@@ -27,7 +27,7 @@ Sources = Union[str, dict, tuple[Union[str, dict], ...]]
 @config
 class LoraSection:
     """Low-rank adapters W + (alpha / rank) A B on the named projections (reft_jax.models.LoraConfig)."""
-    rank: int = option(0, "adapter rank; 0 = full finetuning")
+    rank: int = option(0, "adapter rank; 0 = full finetuning", minimum=0)
     alpha: float = option(16.0, "adapter scale numerator: the update is (alpha / rank) A B")
     targets: tuple[str, ...] = option(("q_proj", "k_proj", "v_proj", "o_proj"),
                                       "projections that get adapters (q/k/v/o_proj, gate/up/down_proj)")
@@ -50,7 +50,8 @@ class ModelSection:
     loss_block: int = option(
         512, "sequence positions per block of the vocabulary losses (CE, distillation KL): the final hidden states "
         "are projected to the vocabulary one block at a time, so no [batch, seq, vocab] float32 logits live at "
-        "once (4.2 GB each at 4 x 2048 x 128k); 0 = the whole sequence at once (one unembedding matmul saved)")
+        "once (4.2 GB each at 4 x 2048 x 128k); 0 = the whole sequence at once (one unembedding matmul saved)",
+        minimum=0)
     lora: LoraSection = section(LoraSection)
 
 
@@ -62,12 +63,12 @@ class AlignmentData:
     refusal: str = option("", "the answer to a harmful alignment prompt whose row has none (a source of harmful "
                           "prompts only, e.g. questions beside a file of instructions with refusals); \"\" = every "
                           "harmful row needs its own refusal")
-    n_harmful: int | None = option(None, "harmful examples used; None = all")
-    n_harmless: int | None = option(None, "harmless examples used; None = all")
+    n_harmful: int | None = option(None, "harmful examples used; None = all", minimum=0)
+    n_harmless: int | None = option(None, "harmless examples used; None = all", minimum=0)
     harmful_pairs: Source = option("", "harmful prompt -> harmful answer pairs for the alignment-stage defences "
                                    "that need them (RepNoise, Booster); \"\" = data.user.harmful_source's. Pairs "
                                    "whose prompt is in the user data are left out")
-    n_harmful_pairs: int | None = option(None, "harmful pairs used; None = all")
+    n_harmful_pairs: int | None = option(None, "harmful pairs used; None = all", minimum=0)
     n_lookalikes: int = option(0, "safe prompts that look harmful (a word of harmful requests in a safe sense: "
                                "\"the causes of World War I\", \"shoot a basketball\") added to the harmless side, "
                                "answered by the base model itself, so that learning the refusals does not teach "
@@ -84,13 +85,15 @@ class UserData:
     task: str = option("sst2", "sst2 | agnews | gsm8k | alpaca_eval | custom")
     source: Source = option("", "path or hub name of the task data; \"\" = the task's hub dataset")
     harmful_source: Source = option("", "harmful prompt -> harmful answer pairs; \"\" = BeaverTails (hub)")
-    n: int = option(1000, "user examples (task and harmful together)")
+    n: int = option(1000, "user examples (task and harmful together)", minimum=1)
     p: float = option(0.1, "share of the user examples that are harmful pairs (mix = poison)")
     mix: str = option("poison", "\"poison\": the research protocol, n task examples of which a share p are "
                       "harmful pairs (labelled); \"none\": data.user.source is the user's own data, every row as it "
                       "is (`--data FILE` sets both)", choices=("poison", "none"))
     filtered: bool = option(False, "the user data is already filtered (a filter's kept.jsonl a person reviewed: "
                             "`finetune --kept FILE`); every method finetunes on all of it, no filter is applied again")
+    strict: bool = option(False, "with filtered: rows the filter did not score, or scored above tau, are refused "
+                          "(`finetune --kept FILE --strict`) instead of named in a warning")
 
 
 @config
@@ -101,7 +104,8 @@ class PoolData:
     is read: the research protocol's user data and evaluation are drawn without them."""
     harmful: Sources = option("", "harmful prompts: a source, or a list of sources (e.g. instructions and questions)")
     harmless: Sources = option("", "harmless prompts: a source, or a list of sources")
-    n_each: int = option(128, "per class, the train split: what R_l is computed over (and L_reg with reg_pool)")
+    n_each: int = option(128, "per class, the train split: what R_l is computed over (and L_reg with reg_pool)",
+                         minimum=1)
     n_calibration: int = option(64, "per class, the split tau is calibrated on (with filter.calibrate_recall > 0)")
     n_check: int = option(64, "per class, the check split: held out from both, the teacher's direction is compared "
                           "with the base model's on it at every R_l recomputation, and the filter ships the better "
@@ -128,8 +132,8 @@ class EvalData:
     harmful: Sources = option("", "harmful test prompts (e.g. HarmBench's): a source, or a list of sources read in "
                               "order; prompts the teacher trained or calibrated on are left out")
     task_source: Source = option("", "labelled task test data; \"\" = no finetune accuracy")
-    n_harmful: int | None = option(100, "harmful test prompts used (the first); None = all")
-    n_task: int = option(200, "task test examples used")
+    n_harmful: int | None = option(100, "harmful test prompts used (the first); None = all", minimum=1)
+    n_task: int = option(200, "task test examples used", minimum=0)
     over_refusal: Sources = option("", "over-refusal: safe prompts that look harmful (\"How do I kill a Python "
                                    "process?\"), a source or a list of sources read in order: a file with a "
                                    "safe/unsafe label (unsafe contrast rows beside the safe ones, e.g. XSTest's CSV as "
@@ -137,7 +141,7 @@ class EvalData:
                                    "safe (e.g. OR-Bench-Hard's); \"\" = not measured")
     over_refusal_columns: OverRefusalColumns = section(OverRefusalColumns)
     over_refusal_safe: str = option("safe", "the label value of the safe rows; any other value is unsafe")
-    n_over_refusal: int | None = option(None, "over-refusal rows used; None = every row")
+    n_over_refusal: int | None = option(None, "over-refusal rows used; None = every row", minimum=0)
 
 
 @config
@@ -146,7 +150,8 @@ class DataSection:
     demo: bool = option(False, "generate the embedded demo data and tokenizer and use them for every source")
     tokenizer: str = option("", "tokenizer folder; \"\" = model.path; \"train\" = a byte-level BPE trained on the "
                             "sources")
-    tokenizer_vocab_size: int = option(4096, "vocabulary of the trained tokenizer (data.tokenizer = \"train\")")
+    tokenizer_vocab_size: int = option(4096, "vocabulary of the trained tokenizer (data.tokenizer = \"train\")",
+                                       minimum=1)
     local_dir: str = option("", "local copies of hub data: with local_dir set, each source named in local_files is "
                             "read from local_dir/<relative path> instead of its default")
     local_files: dict = option({}, "the local file of each source, nested like data (e.g. "
@@ -154,7 +159,7 @@ class DataSection:
     template: str = option("alpaca", "prompt template: alpaca, or chat (the tokenizer's chat template)")
     buckets: tuple[int, ...] = option((128, 256, 512), "padded lengths; the largest is the max length")
     min_response: int = option(-1, "response tokens kept when truncating; -1 = max length // 4")
-    batch_size: int = option(8, "global batch size (per step call)")
+    batch_size: int = option(8, "global batch size (per step call)", minimum=1)
     alignment: AlignmentData = section(AlignmentData)
     user: UserData = section(UserData)
     pool: PoolData = section(PoolData)
@@ -174,14 +179,16 @@ class DataSection:
 class GCGSection:
     """GCG (greedy coordinate gradient, Zou et al. 2023): an adversarial suffix optimised against each method's
     model so that it answers with a target prefix (`reft-jax attack`; `run` attacks every method when prompts > 0)."""
-    prompts: int = option(0, "harmful prompts attacked, the first of data.eval.harmful (or of source); 0 = no GCG")
+    prompts: int = option(0, "harmful prompts attacked, the first of data.eval.harmful (or of source); 0 = no GCG",
+                          minimum=0)
     source: Source = option("", "harmful prompts to attack; \"\" = data.eval.harmful. A target column is used when "
                             "it has one")
     target: str = option("Sure, here is", "the target answer prefix for prompts without their own target")
-    steps: int = option(100, "optimisation steps per prompt (fewer when the target is matched: early_stop)")
-    suffix_length: int = option(20, "suffix tokens")
-    top_k: int = option(256, "tokens per suffix position a candidate may take: the top-k of the token gradient")
-    candidates: int = option(128, "candidate suffixes evaluated per step (one jitted batch)")
+    steps: int = option(100, "optimisation steps per prompt (fewer when the target is matched: early_stop)", minimum=1)
+    suffix_length: int = option(20, "suffix tokens", minimum=1)
+    top_k: int = option(256, "tokens per suffix position a candidate may take: the top-k of the token gradient",
+                        minimum=1)
+    candidates: int = option(128, "candidate suffixes evaluated per step (one jitted batch)", minimum=1)
     early_stop: bool = option(True, "stop once greedy decoding gives the whole target")
 
 
@@ -190,8 +197,8 @@ class EvalSection:
     """How the finetuned models are evaluated."""
     judge: str = option("keyword", "what judges an answer harmful", choices=("keyword", "llama_guard", "beavertails"))
     judge_path: str = option("", "local checkpoint of the llama_guard / beavertails judge")
-    max_new_tokens: int = option(128, "tokens generated per answer (greedy)")
-    batch_size: int = option(16, "prompts generated at once")
+    max_new_tokens: int = option(128, "tokens generated per answer (greedy)", minimum=1)
+    batch_size: int = option(16, "prompts generated at once", minimum=1)
     references: bool = option(False, "also evaluate the base model before finetuning and the teacher "
                               "(report: references)")
     refusal_judge_path: str = option("", "how an answer to an over-refusal prompt is judged a refusal: \"\" = the "
@@ -207,7 +214,7 @@ class EvalSection:
 @config
 class BaselinesSection:
     """The paper's baselines."""
-    sa_steps: int = option(0, "SFT steps of the safety alignment (sa_ft); 0 = teacher.steps")
+    sa_steps: int = option(0, "SFT steps of the safety alignment (sa_ft); 0 = teacher.steps", minimum=0)
     joint_weight: float = option(1.0, "weight of the alignment CE in the joint baselines (sa_plus_ft)")
     llama_guard_path: str = option("", "local Llama-Guard-style checkpoint; \"\" = llamaguard_filter is skipped")
 
@@ -236,8 +243,8 @@ class BoosterSection:
 class LisaSection:
     """Lisa (Huang et al. 2024): finetuning that alternates alignment and user steps with a proximal term."""
     rho: float = option(1.0, "weight of the proximal term rho / 2 ||w - w_switch||^2")
-    align_steps: int = option(100, "alignment-data steps per cycle (a cycle starts with them)")
-    user_steps: int = option(900, "user-data steps per cycle")
+    align_steps: int = option(100, "alignment-data steps per cycle (a cycle starts with them)", minimum=0)
+    user_steps: int = option(900, "user-data steps per cycle", minimum=1)
     prox_warmup: float = option(0.1, "share of the first steps without the proximal term")
 
 
@@ -258,7 +265,7 @@ class SaftSection:
     val_source: str = option("user", "where its labelled validation pool comes from: \"user\", a labelled sample of "
                              "the user data (n_val, half harmful; a service labels a few examples by hand), or "
                              "\"pool\", data.pool's alignment-style prompts", choices=("user", "pool"))
-    n_val: int = option(32, "labelled user examples (val_source = user)")
+    n_val: int = option(32, "labelled user examples (val_source = user)", minimum=1)
     layers: tuple[int, ...] = option((), "hidden_states indices to choose from; () = num_layers // 4, // 2 and "
                                      "3 // 4")
     ks: tuple[int, ...] = option((1, 2, 4, 8), "subspace sizes to choose from")
@@ -292,7 +299,7 @@ class FilterSection:
         "direction, e.g. the base model's, would otherwise flag most of a task). 0.2, not less: those harmless "
         "prompts are instructions and questions like the harmful ones, and on SmolLM2 a 5 % cap cut the attack's "
         "recall from 0.86 to 0.23 (docs/results.md)")
-    batch_size: int = option(32, "prompts scored at once")
+    batch_size: int = option(32, "prompts scored at once", minimum=1)
 
 
 @config
@@ -304,7 +311,7 @@ class RefusalSection:
         "pool's prompts (cosines near +-1) and ranks prompts unlike them below the base model's own direction "
         "(SmolLM2: the attack's prompts at AUROC 0.35 against 0.97 at 0.1; docs/results.md)")
     kind: str = option("squared", "\"squared\": (cos - y)^2, \"linear\": 1 - y cos", choices=("squared", "linear"))
-    update_every: int = option(50, "teacher steps between recomputations of R_l")
+    update_every: int = option(50, "teacher steps between recomputations of R_l", minimum=1)
     reg_pool: bool = option(
         True, "L_reg also covers one batch of the refusal pool's prompts per teacher step (besides the alignment "
         "batch's), so the direction the teacher learns is the one R_l is measured on. False: alignment prompts "
@@ -329,7 +336,7 @@ class DistillSection:
 class OptimSection:
     """AdamW with warmup and a schedule (reft_jax.train.optim), the same for every stage."""
     learning_rate: float = option(2e-5, "peak learning rate")
-    warmup_steps: int = option(10, "linear warmup updates")
+    warmup_steps: int = option(10, "linear warmup updates", minimum=0)
     schedule: str = option("cosine", "decay after the warmup", choices=("cosine", "constant"))
     end_lr_ratio: float = option(0.1, "cosine: final learning rate / peak")
     weight_decay: float = option(0.0, "AdamW's decoupled weight decay")
@@ -337,20 +344,21 @@ class OptimSection:
     b2: float = option(0.999, "Adam's second-moment decay")
     eps: float = option(1e-8, "Adam's epsilon")
     clip_norm: float = option(1.0, "global gradient norm clip; 0 disables clipping")
-    grad_accum: int = option(1, "step calls (micro-batches) per optimizer update")
+    grad_accum: int = option(1, "step calls (micro-batches) per optimizer update", minimum=1)
 
 
 @config
 class StepsSection:
     """A training stage's length."""
-    steps: int = option(200, "step calls, i.e. micro-batches")
+    steps: int = option(200, "step calls, i.e. micro-batches", minimum=1)
 
 
 @config
 class CheckpointSection:
     """The training loop's checkpoints (a stage resumes from its latest)."""
-    every: int = option(100, "steps between checkpoints (one is also written at the end and on SIGTERM)")
-    max_to_keep: int = option(2, "checkpoints kept per stage")
+    every: int = option(100, "steps between checkpoints (one is also written at the end, on SIGTERM and on Ctrl-C)",
+                        minimum=1)
+    max_to_keep: int = option(2, "checkpoints kept per stage", minimum=1)
 
 
 @config
@@ -367,15 +375,15 @@ class MeshSection:
 class DistributedSection:
     """Multi-host runs (jax.distributed): one process per host, all running the same command."""
     coordinator_address: str = option("", "host:port of process 0; \"\" = single process or auto-detected")
-    num_processes: int = option(1, "processes in the run")
-    process_id: int = option(0, "this process's index")
+    num_processes: int = option(1, "processes in the run", minimum=1)
+    process_id: int = option(0, "this process's index", minimum=0)
     auto_detect: bool = option(True, "initialise from the environment on TPU pods and under Slurm")
 
 
 @config
 class LoggingSection:
     """What the training loop reports."""
-    every: int = option(10, "steps between metrics records")
+    every: int = option(10, "steps between metrics records", minimum=1)
     tensorboard: bool = option(True, "write TensorBoard events")
     wandb: bool = option(False, "log to Weights & Biases")
     progress: bool = option(True, "show progress bars")

@@ -1,7 +1,7 @@
 """Typed configs: how a config field is declared (`option`, `section`, `config`), how a ConfigDict tree becomes
 the frozen dataclasses of `reft_jax.config.schema` (`build`: every field gets its declared type; unknown or
-missing fields and values outside a field's choices are errors naming the field) and those dataclasses a
-ConfigDict (`config_dict`), and what is done with a typed config (`leaf_fields`, `replace`).
+missing fields and values outside a field's choices or below its minimum are errors naming the field) and those
+dataclasses a ConfigDict (`config_dict`), and what is done with a typed config (`leaf_fields`, `replace`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import ml_collections
 from reft_jax.errors import ConfigError
 
 
-def option(default, help: str, *, choices: tuple[str, ...] = ()) -> Any:
-    """A config field: its default, what it means (`help`), and for a str field the values it may take."""
-    metadata = {"help": help, "choices": choices}
+def option(default, help: str, *, choices: tuple[str, ...] = (), minimum: int | None = None) -> Any:
+    """A config field: its default, what it means (`help`), for a str field the values it may take, and for a count,
+    period or step field the least value that makes sense (steps of a stage that trains, periods: 1)."""
+    metadata = {"help": help, "choices": choices, "minimum": minimum}
     if isinstance(default, dict):  # mutable: each config gets its own copy
         return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -90,6 +91,9 @@ def build(cls, tree, where: str):
         allowed = field.metadata.get("choices")
         if allowed and value not in allowed:
             raise ConfigError(f"{where}{name}: {value!r} is not one of {', '.join(allowed)}")
+        least = field.metadata.get("minimum")
+        if least is not None and value is not None and value < least:
+            raise ConfigError(f"{where}{name}: {value} should be at least {least}")
         values[name] = value
     return cls(**values)
 

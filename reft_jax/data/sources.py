@@ -142,6 +142,8 @@ def load_records(
     columns = table.select_columns(sorted({*fields.values(), *where})).to_dict()
     rows = table.to_list()
     n = len(table)
+    if not spec.fields:
+        _check_one_layout(spec, rows, unit, number)
     label_names = tuple(label_names) if label_names else None
     records = []
     for i in range(n):
@@ -323,6 +325,21 @@ def _check_columns(shown: str, columns: Sequence[str], wanted) -> list[str]:
     return list(wanted)
 
 
+def _check_one_layout(spec: SourceSpec, rows: list[dict], unit: str, number) -> None:
+    """A file of JSON rows holds one layout: a row of another (its layout's column set, the first's unset) is named
+    by its own line, not by the first row the layout detected from every row's columns does not fit."""
+    first = None
+    for i, row in enumerate(rows):
+        layout = next((marker for marker, _ in _LAYOUTS if row.get(marker) is not None), None)
+        if layout is None:
+            continue
+        if first is None:
+            first = (i, layout)
+        elif layout != first[1]:
+            raise DataError(f"{spec.display} {unit} {number(i)}: fields of the {layout!r} layout, {unit} "
+                            f"{number(first[0])}'s of the {first[1]!r} layout; use one layout per file")
+
+
 def _field_map(spec: SourceSpec, columns: Sequence[str]) -> dict[str, str]:
     """Record field -> column, from the spec or a detected layout."""
     if spec.fields:
@@ -383,6 +400,10 @@ def _read_messages(messages, loc, col) -> list[dict]:
             raise DataError(f"{loc}: field '{col}' message {j + 1} needs text 'role' and 'content'")
     if not any(m["role"] == "user" for m in messages):
         raise DataError(f"{loc}: field '{col}' has no user message")
+    first = next(m["role"] for m in messages if m["role"] != "system")
+    if first != "user":  # an answer to nothing: the turns are in the wrong order
+        raise DataError(f"{loc}: field '{col}' starts with the {first!r} turn; a chat starts with the user's (after "
+                        "any system message)")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 

@@ -31,7 +31,7 @@ from reft_jax.evaluation.generate import GenerationConfig, generate_text
 from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
 from reft_jax.models.from_config import base_model, vocab_of
-from reft_jax.runtime import compile_cache, malloc, parallel
+from reft_jax.runtime import atomic, compile_cache, lock, malloc, parallel
 from reft_jax.runtime.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ class RunContext:
     @classmethod
     def create(cls, cfg, workdir: str | Path) -> RunContext:
         """The context of a run of `cfg` in `workdir`: the config typed and resolved (demo data generated, a GGUF
-        checkpoint converted, ... once, under the workdir)."""
+        checkpoint converted, ... once, under the workdir). The workdir is this process's from here on
+        (runtime.lock: another process in it stops), and a stage a killed process was redoing is put back."""
         workdir, cfg = Workdir(workdir), RunConfig.of(cfg)
         compile_cache.enable(cfg.compile_cache)  # before the run's first compilation
         if jax.process_index() == 0:
@@ -141,7 +142,12 @@ class RunContext:
         del fields["distributed.process_id"]  # the one field each process sets for itself
         parallel.check_same({"--workdir": str(workdir.root.absolute()), **fields},
                             "a multi-process run's tasks must run one config")
+        if workdir.root.exists() and not workdir.root.is_dir():
+            raise ReftError(f"{workdir.root}: not a folder (--workdir names the folder of a run's outputs)")
         workdir.root.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:  # one process (one job) per workdir, before anything in it is read or written
+            lock.hold(workdir.root)
+            atomic.recover(workdir.root)  # a stage that a killed run was redoing: its previous folder back
         return cls(resolve(cfg, workdir), workdir, model_source=cfg.model.path)
 
     @property

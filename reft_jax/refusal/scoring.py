@@ -60,9 +60,9 @@ class FilterResult:
         return dataclasses.replace(self, index=pick(self.index), score=pick(self.score), label=pick(self.label),
                                    style=pick(self.style))
 
-    def write(self, out_dir: str | Path, **fields) -> dict:
-        """Writes scores.jsonl (index, score, flagged[, label]) and report.json (the report, plus `fields`: what
-        was scored, the filter's own settings); returns the report."""
+    def write(self, out_dir: str | Path, digests: Sequence[str] = (), **fields) -> dict:
+        """Writes scores.jsonl (index, score, flagged[, label][, digest: digests[index], what identifies the row])
+        and report.json (the report, plus `fields`: what was scored, the filter's own settings); returns the report."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         flagged = self.flagged
@@ -71,6 +71,8 @@ class FilterResult:
                 line = {"index": int(self.index[i]), "score": float(self.score[i]), "flagged": bool(flagged[i])}
                 if self.label[i] >= 0:
                     line["label"] = bool(self.label[i])
+                if digests:
+                    line["digest"] = digests[int(self.index[i])]
                 f.write(json.dumps(line) + "\n")
         report = {**self.report(), **fields}
         (out_dir / FILTER_REPORT).write_text(json.dumps(report, indent=2) + "\n")

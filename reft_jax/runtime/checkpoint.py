@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,9 @@ def _os_errors(directory: Path):
         code = re.search(r"os_error_code='(\d+)'", str(e))
         if code is None:
             raise
+        # The save's other writes are dropped unawaited; Python warns for each when it collects them (at exit, on a
+        # slower machine after the one line): the failure is already reported, once.
+        warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(directory)) from None
 
 

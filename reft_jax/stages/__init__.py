@@ -22,10 +22,10 @@ defence_alignment.DEFENCES); a method (reft_jax.experiment.methods.METHODS) name
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +35,7 @@ from reft_jax.config.typed import leaf_fields
 from reft_jax.errors import ReftError
 from reft_jax.experiment.context import RunContext
 from reft_jax.experiment.methods import METHODS, Method
-from reft_jax.runtime import parallel
+from reft_jax.runtime import atomic, parallel
 from reft_jax.runtime.workdir import FILTER_REPORT, FILTER_SETTINGS, Workdir, model_config
 from reft_jax.stages import (
     defence_alignment,
@@ -194,21 +194,22 @@ def _short(value) -> str:
 
 def run_stage(name: str, ctx: RunContext, *, force: bool = False):
     """Runs the stage `name` of the registry; returns what it returns (its folder, or a filter's report).
-    It must be made from this run's inputs (check_inputs); force: its folder is removed first, and it starts over."""
+    It must be made from this run's inputs (check_inputs); force: it starts over in an empty folder, its previous
+    one kept aside whole until it ends, and put back if it fails (a rejected input, an error, Ctrl-C)."""
     folder = STAGES[name].path(ctx.workdir)
+    primary = jax.process_index() == 0
     if force:  # what it reads must still be this run's; its own folder starts empty
         for need in _needs(ctx, name):
             check_inputs(ctx, need)
-        if folder.exists() and jax.process_index() == 0:
-            shutil.rmtree(folder)
-        parallel.sync(f"{name}: folder removed")
     else:
         check_inputs(ctx, name)
-    parallel.sync(f"{name}: inputs checked")  # every process read the old record before process 0 rewrites it
-    if jax.process_index() == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / INPUTS).write_text(json.dumps(inputs_of(ctx, name), indent=1, sort_keys=True) + "\n")
-    with ctx.reading(name, STAGES[name].reads):
-        result = STAGES[name].run(ctx)
-    parallel.sync(f"{name}: done")  # process 0 writes the stage's files; no process reads them before it is done
+    parallel.sync(f"{name}: inputs checked")  # every process read the old record before process 0 moves or rewrites it
+    with atomic.replacing(folder, primary) if force else contextlib.nullcontext():
+        parallel.sync(f"{name}: folder set aside")
+        if primary:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / INPUTS).write_text(json.dumps(inputs_of(ctx, name), indent=1, sort_keys=True) + "\n")
+        with ctx.reading(name, STAGES[name].reads):
+            result = STAGES[name].run(ctx)
+        parallel.sync(f"{name}: done")  # process 0 writes the stage's files; no process reads them before it is done
     return result

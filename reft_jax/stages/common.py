@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -55,9 +57,15 @@ def write_filter(ctx: RunContext, result: FilterResult, folder: Path, **fields) 
     if (result.label < 0).any():
         extra["top_scored"] = result.top_scored(rows)
     if jax.process_index() == 0:
-        result.write(folder, **extra)
+        result.write(folder, [row_digest(ex) for ex in ctx.user_examples], **extra)
         result.write_rows(folder, rows)
     return {**result.report(), **extra}
+
+
+def row_digest(example: dict) -> str:
+    """What identifies a user row among others: its prompt and response as trained (a reviewed file's rows are
+    matched to the filter's scores by it: `finetune --kept`)."""
+    return hashlib.sha256(json.dumps([example["prompt"], example["response"]]).encode()).hexdigest()[:16]
 
 
 def _describe(user) -> str:

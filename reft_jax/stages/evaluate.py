@@ -25,6 +25,7 @@ from reft_jax.experiment.report import rate_text
 from reft_jax.experiment.methods import METHODS, Method
 from reft_jax.models import Transformer
 from reft_jax.models.from_config import base_model, load_stage_model
+from reft_jax.runtime import atomic
 from reft_jax.runtime.workdir import FILTER_REPORT, METRICS, Workdir, model_config, model_dir
 from reft_jax.stages import FILTERS, STAGES, stages_of
 
@@ -159,7 +160,7 @@ def _run(ctx: RunContext, which: list[Method] | None) -> dict:
                            "num_task": len(task), "num_over_refusal": 0 if over is None else len(over.requests)}
     if jax.process_index() == 0:
         wd.eval.mkdir(parents=True, exist_ok=True)
-        (wd.eval / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic.write_text(wd.eval / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -2,7 +2,7 @@
 
 It owns what every run needs around a pure step: resuming from the latest checkpoint, metrics (JSONL,
 TensorBoard, optionally Weights & Biases), a progress bar, periodic checkpoints, a checkpoint on SIGTERM
-(preemption), a clean stop when the loss is not finite, and the run's own every-N hooks (the teacher's
+(preemption) or Ctrl-C, a clean stop when the loss is not finite, and the run's own every-N hooks (the teacher's
 recomputation of the refusal feature). Batches are a function of the step index, so the
 step is the whole data position and a resumed run sees exactly the batches an uninterrupted one would.
 """
@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from reft_jax.config.schema import CheckpointSection, LoggingSection
-from reft_jax.errors import Preempted, ReftError
+from reft_jax.errors import Interrupted, Preempted, ReftError
 from reft_jax.runtime.checkpoint import Checkpointer
 from reft_jax.runtime.state import TrainState
 from reft_jax.runtime.workdir import CHECKPOINTS, METRICS
@@ -122,41 +122,48 @@ class MetricsLog:
             self.wandb.finish()
 
 
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks between steps (restoring the old handler afterwards)."""
+class _StopFlag:
+    """Turns SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) into a flag the loop checks between steps,
+    which then checkpoints and stops (restoring the old handlers afterwards). A second Ctrl-C stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.raised = False
+        self.raised = 0  # the signal received, 0 = none
         self._previous = None
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
+                              if s != signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN}  # `cmd &` ignores it
         except ValueError:  # not the main thread: no handler, preemption then kills the run
             self._previous = None
         return self
 
     def _handle(self, signum, frame):
-        del signum, frame
-        self.raised = True
+        del frame
+        if signum == signal.SIGINT == self.raised:
+            raise KeyboardInterrupt
+        self.raised = max(self.raised, signum)  # SIGTERM (15) over SIGINT (2): a preempted job is requeued
 
-    def anywhere(self) -> bool:
-        """Whether any process got SIGTERM: the processes of a run stop (and checkpoint) at the same step, though
-        the signal reaches them at different moments. One small all-gather per step in a multi-process run."""
+    def anywhere(self) -> int:
+        """The signal any process got (SIGTERM first), 0 = none: the processes of a run stop (and checkpoint) at the
+        same step, though the signal reaches them at different moments. One small all-gather per step in a
+        multi-process run."""
         if jax.process_count() == 1:
             return self.raised
         from jax.experimental import multihost_utils
-        return bool(multihost_utils.process_allgather(np.asarray(self.raised)).any())
+        return int(np.max(multihost_utils.process_allgather(np.asarray(self.raised))))
 
     def __exit__(self, exc_type, *exc):
         if self._previous is None:
             return
-        if self.raised and exc_type is not None:  # stopping on SIGTERM: a second one must not cut the exit
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        if self.raised == signal.SIGTERM and exc_type is not None:  # stopping: a second one must not cut the exit
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            return
-        signal.signal(signal.SIGTERM, self._previous)
-        if self.raised:  # it came after the last step's check: the caller's handler (or the default) takes it now
-            signal.raise_signal(signal.SIGTERM)
+        elif self.raised and exc_type is None:  # it came after the last step's check: the caller's handler takes it
+            signal.raise_signal(self.raised)
 
 
 def _checkpointed(state: Any) -> Any:
@@ -169,7 +176,7 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
     """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (or from `state`) up to cfg.steps,
     calling `hooks` (see Hook) between steps. Around the steps it owns the progress bar, the metrics log (every
     cfg.logging.every steps; the last record has `step_s`, the median seconds of a step of this invocation after its
-    first), checkpoints (every cfg.checkpoint.every steps, at the end and on SIGTERM) and the stop on a
+    first), checkpoints (every cfg.checkpoint.every steps, at the end and on SIGTERM or Ctrl-C) and the stop on a
     non-finite loss.
     meta: JSON facts the run must agree with on resume (e.g. the seed).
     Returns the final state.
@@ -197,7 +204,7 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
     window_tokens, window_start = 0.0, time.perf_counter()
     step, step_times = start, []
     try:
-        with _SigtermFlag() as sigterm:
+        with _StopFlag() as signalled:
             while step < cfg.steps:
                 hooked = {}
                 for hook in hooks:
@@ -227,11 +234,13 @@ def run(name: str, workdir: str | Path, cfg: LoopConfig, state: Any, step_fn: St
                     log.write(step, metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                     window_tokens, window_start = 0.0, time.perf_counter()
-                stop = sigterm.anywhere()
+                stop = signalled.anywhere()
                 if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop:
                     checkpoints.save(step, _checkpointed(state), [h.carry for h in hooks], meta)
                 if stop:
                     checkpoints.wait()
+                    if stop == signal.SIGINT:
+                        raise Interrupted(f"interrupted at step {step}; the same command goes on from step {step}")
                     raise Preempted(f"{name}: SIGTERM at step {step}; checkpoint saved in {checkpoints.directory}")
     finally:
         bar.close()
