@@ -186,6 +186,59 @@ def test_evaluation_gives_intervals_and_times_and_logs_each_figure(run_dir, caps
     assert report["eval_data"]["fingerprint"] == ctx.fingerprint("eval")
 
 
+@pytest.mark.parametrize("seeds,message", [("", "seeds: empty"), ("()", "seeds: empty"),
+                                           ("0,1,0", "seeds: 0 is named twice"), ("1,-2", "seeds: -2 is negative")])
+def test_bad_seeds_are_a_one_line_error_before_any_work(tmp_path, capsys, seeds, message):
+    assert main(["run", "--workdir", str(tmp_path / "run"), *TINY, f"--config.seeds={seeds}"]) == 2
+    one_line_error(capsys, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_seeds_train_each_seed_on_one_teacher_and_report_mean_and_spread(demo_run, tmp_path):
+    """`--config.seeds=0,1`: seed 0's runs are the workdir's own (the demo run's, reused), seed 1 finetunes every
+    method again in seeds/1/ on the same teacher, filter and data; report.json holds one entry per seed per method
+    and their mean, sample standard deviation and range, each seed's figures those of its own evaluation report."""
+    workdir = copy_run(demo_run, tmp_path / "run", ("eval", "report.*", "*.png"))
+    kept = {p: p.read_bytes() for p in (workdir / "teacher" / "model" / "model.safetensors",
+                                        workdir / "filter" / "scores.jsonl",
+                                        workdir / "student" / "model" / "model.safetensors",
+                                        workdir / "no_defense" / "model" / "model.safetensors")}
+    assert main(["run", "--workdir", str(workdir), *TINY, "--config.seeds=0,1"]) == 0
+    assert {p: p.read_bytes() for p in kept} == kept  # one teacher and filter; seed 0's runs reused
+    seed1 = workdir / "seeds" / "1"
+    assert sorted(p.name for p in seed1.iterdir()) == ["eval", "no_defense", "student"]
+    assert json.loads((seed1 / "student" / "inputs.json").read_text())["training_seed"] == 1
+    assert json.loads((workdir / "student" / "inputs.json").read_text())["training_seed"] == 0
+
+    def losses(folder):
+        return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(seed1 / "student") != losses(workdir / "student")  # other adapters' init and batch order
+
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["seeds"] == {"seeds": [0, 1], "reports": {"0": "eval/report.json", "1": "seeds/1/eval/report.json"}}
+    own = {seed: json.loads((workdir / path).read_text()) for seed, path in report["seeds"]["reports"].items()}
+    assert {k: v for k, v in report.items() if k != "seeds"}["filter"] == own["0"]["filter"]
+    for name, m in report["methods"].items():
+        assert m["harmful_score"] == own["0"]["methods"][name]["harmful_score"]  # the first seed's figures
+        over = m["over_seeds"]
+        assert set(over["per_seed"]) == {"0", "1"}  # one entry per seed
+        for figure in ("harmful_score", "finetune_accuracy"):
+            values = [own[seed]["methods"][name][figure] for seed in ("0", "1")]
+            assert [over["per_seed"][seed][figure] for seed in ("0", "1")] == values
+            assert over[figure] == pytest.approx({"mean": np.mean(values), "std": np.std(values, ddof=1),
+                                                  "min": min(values), "max": max(values)})
+    assert "references" not in own["1"] or own["1"]["references"] == own["0"]["references"]
+    markdown = (workdir / "report.md").read_text()
+    assert "## Over training seeds" in markdown and "`seeds/1/eval/report.json`" in markdown
+
+    student = (seed1 / "student" / "model" / "model.safetensors").read_bytes()
+    assert main(["run", "--workdir", str(workdir), *TINY, "--config.seeds=0,1"]) == 0  # every stage done
+    assert (seed1 / "student" / "model" / "model.safetensors").read_bytes() == student
+    again = json.loads((workdir / "report.json").read_text())["methods"]
+    assert {n: m["over_seeds"] for n, m in again.items()} == {n: m["over_seeds"] for n, m in report["methods"].items()}
+
+
 GOLDEN = Path(__file__).parent / "golden" / "demo_tiny.json"
 
 
