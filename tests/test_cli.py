@@ -194,7 +194,7 @@ def test_bad_seeds_are_a_one_line_error_before_any_work(tmp_path, capsys, seeds,
     assert not (tmp_path / "run").exists()
 
 
-def test_seeds_train_each_seed_on_one_teacher_and_report_mean_and_spread(demo_run, tmp_path):
+def test_seeds_train_each_seed_on_one_teacher_and_report_mean_and_spread(demo_run, tmp_path, capsys):
     """`--config.seeds=0,1`: seed 0's runs are the workdir's own (the demo run's, reused), seed 1 finetunes every
     method again in seeds/1/ on the same teacher, filter and data; report.json holds one entry per seed per method
     and their mean, sample standard deviation and range, each seed's figures those of its own evaluation report."""
@@ -237,6 +237,9 @@ def test_seeds_train_each_seed_on_one_teacher_and_report_mean_and_spread(demo_ru
     assert (seed1 / "student" / "model" / "model.safetensors").read_bytes() == student
     again = json.loads((workdir / "report.json").read_text())["methods"]
     assert {n: m["over_seeds"] for n, m in again.items()} == {n: m["over_seeds"] for n, m in report["methods"].items()}
+    # The first seed's runs are the workdir's own: another first seed is other inputs, named before any work.
+    assert main(["run", "--workdir", str(workdir), *TINY, "--config.seeds=2,1"]) == 2
+    one_line_error(capsys, "student: made from other inputs than this run's (training_seed: 0 -> 2)")
 
 
 GOLDEN = Path(__file__).parent / "golden" / "demo_tiny.json"

@@ -406,7 +406,8 @@ class BenchSection:
 @config
 class RunConfig:
     """A run: the model, the data, the method's settings, the methods compared and the machinery."""
-    seed: int = option(0, "seed of the initialisations, the data's shuffles and the generations")
+    seed: int = option(0, "seed of the initialisations, the data's shuffles and the generations (of the training "
+                       "draws too, reft_jax.config.streams.TRAINING, unless `seeds` is set)")
     seeds: tuple[int, ...] | None = option(
         None, "training seeds (e.g. 0,1,2): `run` trains and evaluates every method's finetuning (and the baselines' "
         "alignment stages) once per seed, on the one teacher, filter, user data and evaluation prompts that `seed` "

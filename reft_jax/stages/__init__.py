@@ -6,7 +6,9 @@ its folder, its marker, what it needs before it and what it is made from: the co
 datasets it reads (`reads`, groups of RunContext's DATASETS), by content fingerprint. A stage can read no dataset
 it does not declare (RunContext.reading), so its record cannot miss one. A method's stages and a run's plan are
 derived from the registry. A stage records what it was made from in its folder (inputs.json) and is not reused
-for other inputs (`check_inputs`). The teacher reads no customer data: one teacher serves every user file.
+for other inputs (`check_inputs`). The teacher reads no customer data: one teacher serves every user file. A
+`seeded` stage (the finetunings and the alignment stages) is trained once per training seed of config `seeds`
+(reft_jax.pipeline), in its seed's folder (Workdir.seed_root); the teacher and the filters serve every seed.
 Filters and alignment-stage defences register themselves in their modules (a `Filter` named FILTER, an entry of
 defence_alignment.DEFENCES); a method (reft_jax.experiment.methods.METHODS) names them.
 
