@@ -238,8 +238,37 @@ def test_seeds_train_each_seed_on_one_teacher_and_report_mean_and_spread(demo_ru
     again = json.loads((workdir / "report.json").read_text())["methods"]
     assert {n: m["over_seeds"] for n, m in again.items()} == {n: m["over_seeds"] for n, m in report["methods"].items()}
     # The first seed's runs are the workdir's own: another first seed is other inputs, named before any work.
+    capsys.readouterr()
     assert main(["run", "--workdir", str(workdir), *TINY, "--config.seeds=2,1"]) == 2
     one_line_error(capsys, "student: made from other inputs than this run's (training_seed: 0 -> 2)")
+
+
+def test_the_summary_over_seeds_takes_each_measured_figure_and_leaves_a_skipped_method_out(tmp_path):
+    from reft_jax.experiment import report as rreport
+
+    def entry(harmful, over):
+        return {"harmful_score": harmful, "finetune_accuracy": None, "judge": "keyword",
+                "over_refusal": {"refusal_rate": over, "judge": "keyword", "num_safe": 10, "num_unsafe": 0},
+                "harmful_score_templates": {"role_play": harmful / 2}}
+
+    runs = {seed: (tmp_path / path / "eval" / "report.json",
+                   {"methods": {"ref_teacher": entry(harmful, over), "llamaguard_filter": {"skipped": "skipped: no"}}})
+            for seed, path, harmful, over in ((3, ".", 0.2, 0.5), (1, "seeds/1", 0.4, 0.1), (2, "seeds/2", 0.3, 0.3))}
+    report = rreport.over_seeds(runs, tmp_path)
+    assert report["seeds"] == {"seeds": [3, 1, 2], "reports": {"3": "eval/report.json", "1": "seeds/1/eval/report.json",
+                                                               "2": "seeds/2/eval/report.json"}}
+    over = report["methods"]["ref_teacher"]["over_seeds"]
+    assert over["per_seed"]["1"] == {"harmful_score": 0.4, "finetune_accuracy": None, "over_refusal": 0.1,
+                                     "harmful_score_templates.role_play": 0.2}
+    assert over["harmful_score"] == pytest.approx({"mean": 0.3, "std": 0.1, "min": 0.2, "max": 0.4})
+    assert over["over_refusal"] == pytest.approx({"mean": 0.3, "std": 0.2, "min": 0.1, "max": 0.5})
+    assert over["finetune_accuracy"] == {"mean": None, "std": None, "min": None, "max": None}
+    assert report["methods"]["ref_teacher"]["harmful_score"] == 0.2  # the first seed's
+    assert "over_seeds" not in report["methods"]["llamaguard_filter"]
+    assert rreport.spread([0.5]) == {"mean": 0.5, "std": None, "min": 0.5, "max": 0.5}
+    rreport.write_markdown(report, tmp_path / "report.md")
+    assert "| Ref-Teacher (filter + distillation) | 0.300 ± 0.100 (0.200, 0.400, 0.300) | n/a | 0.300 ± 0.200 " \
+           "(0.500, 0.100, 0.300) | 0.150 ± 0.050 (0.100, 0.200, 0.150) |" in (tmp_path / "report.md").read_text()
 
 
 GOLDEN = Path(__file__).parent / "golden" / "demo_tiny.json"
