@@ -33,19 +33,33 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
     skipped = {name: f"skipped: {why}" for name, why in unavailable.items() if why}
     chosen = [m for m in requested if m.name not in skipped]
     plan = stages.plan(chosen)
-    todo = [s for s in plan if force or not stages.STAGES[s].marker(wd).exists()]
-    if not force:  # a stage done (or begun) from other inputs is never reused: one line, before any work
-        for stage in plan:
-            stages.check_inputs(ctx, stage)
-    preflight.check(ctx, todo)
-    for stage in todo:
-        stages.run_stage(stage, ctx, force=force)
-    report = evaluate.run(ctx, chosen)
-    if cfg.eval.gcg.prompts > 0:  # GCG against every method's model
-        for m in chosen:
-            report["methods"][m.name]["gcg"] = attack.summary(attack.run(ctx, m.name))
-    report["methods"] = {m.name: {"skipped": skipped[m.name]} if m.name in skipped else report["methods"][m.name]
-                         for m in requested}
+    # With `seeds`, the first seed's runs are this context's; each other seed trains the seeded stages (every
+    # finetuning, the alignment stages) again in WORKDIR/seeds/SEED/, on the same teacher, filters and data.
+    runs = [ctx, *(ctx.for_seed(seed) for seed in (cfg.seeds or ())[1:])]
+    todo = []
+    for i, r in enumerate(runs):
+        names = plan if i == 0 else [s for s in plan if stages.STAGES[s].seeded]
+        todo.append([s for s in names if force or not stages.STAGES[s].marker(r.workdir).exists()])
+        if not force:  # a stage done (or begun) from other inputs is never reused: one line, before any work
+            for stage in names:
+                stages.check_inputs(r, stage)
+    preflight.check(ctx, list(dict.fromkeys(s for names in todo for s in names)))
+    for r, names in zip(runs, todo):
+        for stage in names:
+            stages.run_stage(stage, r, force=force)
+    reports = []
+    for i, r in enumerate(runs):
+        one = evaluate.run(r, chosen, references=i == 0)
+        if cfg.eval.gcg.prompts > 0:  # GCG against every method's model
+            for m in chosen:
+                one["methods"][m.name]["gcg"] = attack.summary(attack.run(r, m.name))
+        one["methods"] = {m.name: {"skipped": skipped[m.name]} if m.name in skipped else one["methods"][m.name]
+                          for m in requested}
+        reports.append(one)
+    report = reports[0]
+    if cfg.seeds:  # each seed's figures, their mean and spread
+        report = rreport.over_seeds({seed: (r.workdir.eval / "report.json", one)
+                                     for seed, r, one in zip(cfg.seeds, runs, reports)}, wd.root)
     if jax.process_index() == 0:
         atomic.write_text(wd.report, json.dumps(report, indent=2) + "\n")
         tau = json.loads(wd.filter_settings.read_text())["tau"]

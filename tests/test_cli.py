@@ -186,6 +186,91 @@ def test_evaluation_gives_intervals_and_times_and_logs_each_figure(run_dir, caps
     assert report["eval_data"]["fingerprint"] == ctx.fingerprint("eval")
 
 
+@pytest.mark.parametrize("seeds,message", [("", "seeds: empty"), ("()", "seeds: empty"),
+                                           ("0,1,0", "seeds: 0 is named twice"), ("1,-2", "seeds: -2 is negative")])
+def test_bad_seeds_are_a_one_line_error_before_any_work(tmp_path, capsys, seeds, message):
+    assert main(["run", "--workdir", str(tmp_path / "run"), *TINY, f"--config.seeds={seeds}"]) == 2
+    one_line_error(capsys, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_seeds_train_each_seed_on_one_teacher_and_report_mean_and_spread(demo_run, tmp_path, capsys):
+    """`--config.seeds=0,1`: seed 0's runs are the workdir's own (the demo run's, reused), seed 1 finetunes every
+    method again in seeds/1/ on the same teacher, filter and data; report.json holds one entry per seed per method
+    and their mean, sample standard deviation and range, each seed's figures those of its own evaluation report."""
+    workdir = copy_run(demo_run, tmp_path / "run", ("eval", "report.*", "*.png"))
+    kept = {p: p.read_bytes() for p in (workdir / "teacher" / "model" / "model.safetensors",
+                                        workdir / "filter" / "scores.jsonl",
+                                        workdir / "student" / "model" / "model.safetensors",
+                                        workdir / "no_defense" / "model" / "model.safetensors")}
+    assert main(["run", "--workdir", str(workdir), *TINY, "--config.seeds=0,1"]) == 0
+    assert {p: p.read_bytes() for p in kept} == kept  # one teacher and filter; seed 0's runs reused
+    seed1 = workdir / "seeds" / "1"
+    assert sorted(p.name for p in seed1.iterdir()) == ["eval", "no_defense", "student"]
+    assert json.loads((seed1 / "student" / "inputs.json").read_text())["training_seed"] == 1
+    assert json.loads((workdir / "student" / "inputs.json").read_text())["training_seed"] == 0
+
+    def losses(folder):
+        return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(seed1 / "student") != losses(workdir / "student")  # other adapters' init and batch order
+
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["seeds"] == {"seeds": [0, 1], "reports": {"0": "eval/report.json", "1": "seeds/1/eval/report.json"}}
+    own = {seed: json.loads((workdir / path).read_text()) for seed, path in report["seeds"]["reports"].items()}
+    assert {k: v for k, v in report.items() if k != "seeds"}["filter"] == own["0"]["filter"]
+    for name, m in report["methods"].items():
+        assert m["harmful_score"] == own["0"]["methods"][name]["harmful_score"]  # the first seed's figures
+        over = m["over_seeds"]
+        assert set(over["per_seed"]) == {"0", "1"}  # one entry per seed
+        for figure in ("harmful_score", "finetune_accuracy"):
+            values = [own[seed]["methods"][name][figure] for seed in ("0", "1")]
+            assert [over["per_seed"][seed][figure] for seed in ("0", "1")] == values
+            assert over[figure] == pytest.approx({"mean": np.mean(values), "std": np.std(values, ddof=1),
+                                                  "min": min(values), "max": max(values)})
+    assert "references" not in own["1"] or own["1"]["references"] == own["0"]["references"]
+    markdown = (workdir / "report.md").read_text()
+    assert "## Over training seeds" in markdown and "`seeds/1/eval/report.json`" in markdown
+
+    student = (seed1 / "student" / "model" / "model.safetensors").read_bytes()
+    assert main(["run", "--workdir", str(workdir), *TINY, "--config.seeds=0,1"]) == 0  # every stage done
+    assert (seed1 / "student" / "model" / "model.safetensors").read_bytes() == student
+    again = json.loads((workdir / "report.json").read_text())["methods"]
+    assert {n: m["over_seeds"] for n, m in again.items()} == {n: m["over_seeds"] for n, m in report["methods"].items()}
+    # The first seed's runs are the workdir's own: another first seed is other inputs, named before any work.
+    capsys.readouterr()
+    assert main(["run", "--workdir", str(workdir), *TINY, "--config.seeds=2,1"]) == 2
+    one_line_error(capsys, "student: made from other inputs than this run's (training_seed: 0 -> 2)")
+
+
+def test_the_summary_over_seeds_takes_each_measured_figure_and_leaves_a_skipped_method_out(tmp_path):
+    from reft_jax.experiment import report as rreport
+
+    def entry(harmful, over):
+        return {"harmful_score": harmful, "finetune_accuracy": None, "judge": "keyword",
+                "over_refusal": {"refusal_rate": over, "judge": "keyword", "num_safe": 10, "num_unsafe": 0},
+                "harmful_score_templates": {"role_play": harmful / 2}}
+
+    runs = {seed: (tmp_path / path / "eval" / "report.json",
+                   {"methods": {"ref_teacher": entry(harmful, over), "llamaguard_filter": {"skipped": "skipped: no"}}})
+            for seed, path, harmful, over in ((3, ".", 0.2, 0.5), (1, "seeds/1", 0.4, 0.1), (2, "seeds/2", 0.3, 0.3))}
+    report = rreport.over_seeds(runs, tmp_path)
+    assert report["seeds"] == {"seeds": [3, 1, 2], "reports": {"3": "eval/report.json", "1": "seeds/1/eval/report.json",
+                                                               "2": "seeds/2/eval/report.json"}}
+    over = report["methods"]["ref_teacher"]["over_seeds"]
+    assert over["per_seed"]["1"] == {"harmful_score": 0.4, "finetune_accuracy": None, "over_refusal": 0.1,
+                                     "harmful_score_templates.role_play": 0.2}
+    assert over["harmful_score"] == pytest.approx({"mean": 0.3, "std": 0.1, "min": 0.2, "max": 0.4})
+    assert over["over_refusal"] == pytest.approx({"mean": 0.3, "std": 0.2, "min": 0.1, "max": 0.5})
+    assert over["finetune_accuracy"] == {"mean": None, "std": None, "min": None, "max": None}
+    assert report["methods"]["ref_teacher"]["harmful_score"] == 0.2  # the first seed's
+    assert "over_seeds" not in report["methods"]["llamaguard_filter"]
+    assert rreport.spread([0.5]) == {"mean": 0.5, "std": None, "min": 0.5, "max": 0.5}
+    rreport.write_markdown(report, tmp_path / "report.md")
+    assert "| Ref-Teacher (filter + distillation) | 0.300 ± 0.100 (0.200, 0.400, 0.300) | n/a | 0.300 ± 0.200 " \
+           "(0.500, 0.100, 0.300) | 0.150 ± 0.050 (0.100, 0.200, 0.150) |" in (tmp_path / "report.md").read_text()
+
+
 GOLDEN = Path(__file__).parent / "golden" / "demo_tiny.json"
 
 

@@ -37,3 +37,20 @@ def test_no_module_adds_its_own_offset_to_the_seed():
     found = [f"{p.relative_to(package)}:{i}" for p in sorted(package.rglob("*.py")) if p.name != "streams.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not found, found
+
+
+def test_the_training_streams_follow_the_training_seed_and_every_other_stream_the_seed():
+    """config `seeds`: a run of training seed 5 draws its training (adapters, batch order, noise) from 5 and
+    everything else (data, teacher, filters, evaluation) from `seed`; unset, every stream follows `seed` as before."""
+    from reft_jax.config import default_config
+    from reft_jax.config.schema import RunConfig
+    from reft_jax.config.typed import replace
+
+    assert set(streams.TRAINING) <= set(STREAMS) and "teacher_adapters" not in streams.TRAINING
+    cfg = replace(RunConfig.of(default_config()), "seed", 2)
+    assert cfg.seeds is None and cfg.training_seed == 2
+    assert all(streams.stream_seed(cfg, s) == seed_of(2, s) for s in STREAMS)
+    seeded = replace(cfg, "seeds", (5, 6))
+    assert seeded.training_seed == 5
+    for s in STREAMS:
+        assert streams.stream_seed(seeded, s) == seed_of(5 if s in streams.TRAINING else 2, s), s

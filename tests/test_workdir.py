@@ -41,6 +41,23 @@ def test_every_methods_stage_has_a_folder_and_a_done_marker():
     assert len(set(folders)) == len(folders)  # no two stages write one folder
 
 
+def test_a_seeded_stage_and_only_one_has_a_folder_per_training_seed():
+    """With config `seeds`, a seed after the first writes the seeded stages (finetunings, alignment stages), its
+    evaluation and attacks under seeds/SEED/; the teacher and the filters are the root's for every seed."""
+    wd, seed = Workdir("/w"), Workdir("/w").of_seed(3)
+    assert wd.of_seed(None) == wd and seed.seed_root == Path("/w/seeds/3") and seed.root == wd.root
+    for name, stage in STAGES.items():
+        if stage.seeded:
+            assert stage.path(seed) == Path("/w/seeds/3") / stage.path(wd).relative_to("/w"), name
+            assert "training_seed" in stage.inputs, name
+        else:
+            assert stage.path(seed) == stage.path(wd) and "training_seed" not in stage.inputs, name
+    assert {name for name, stage in STAGES.items() if stage.seeded} == {
+        *(m.stage for m in METHODS.values()), "safety_alignment", *(d.stage for d in DEFENCES.values())}
+    assert seed.eval == Path("/w/seeds/3/eval") and seed.attack("lisa") == Path("/w/seeds/3/attack/lisa")
+    assert seed.report == wd.report and seed.lookalikes == wd.lookalikes and seed.filter_settings == wd.filter_settings
+
+
 def test_every_method_names_registered_stages():
     for method in METHODS.values():
         assert method.stage in STAGES

@@ -17,6 +17,7 @@ from typing import Union
 import ml_collections
 
 from reft_jax.config.typed import build, config, config_dict, option, section
+from reft_jax.errors import ConfigError
 
 # A data source: a local path or hub name, or a mapping of reft_jax.data.SourceSpec's fields.
 Source = Union[str, dict]
@@ -413,7 +414,13 @@ class BenchSection:
 @config
 class RunConfig:
     """A run: the model, the data, the method's settings, the methods compared and the machinery."""
-    seed: int = option(0, "seed of the initialisations, the data's shuffles and the generations")
+    seed: int = option(0, "seed of the initialisations, the data's shuffles and the generations (of the training "
+                       "draws too, reft_jax.config.streams.TRAINING, unless `seeds` is set)")
+    seeds: tuple[int, ...] | None = option(
+        None, "training seeds (e.g. 0,1,2): `run` trains and evaluates every method's finetuning (and the baselines' "
+        "alignment stages) once per seed, on the one teacher, filter, user data and evaluation prompts that `seed` "
+        "draws, and reports each seed's figures with their mean and spread; the first seed's runs are the workdir's "
+        "own folders, the others' WORKDIR/seeds/SEED/. None = one run whose training draws follow `seed`")
     model: ModelSection = section(ModelSection)
     data: DataSection = section(DataSection)
     eval: EvalSection = section(EvalSection)
@@ -438,6 +445,26 @@ class RunConfig:
     distributed: DistributedSection = section(DistributedSection)
     logging: LoggingSection = section(LoggingSection)
     bench: BenchSection = section(BenchSection)
+
+    def __post_init__(self):
+        if self.seeds is None:
+            return
+        if not self.seeds:
+            raise ConfigError("seeds: empty; name one training seed or more (e.g. --config.seeds=0,1,2), or leave it "
+                              "unset (one run at `seed`)")
+        negative = [s for s in self.seeds if s < 0]
+        if negative:
+            raise ConfigError(f"seeds: {negative[0]} is negative (a seed is 0 or more)")
+        repeated = [s for i, s in enumerate(self.seeds) if s in self.seeds[:i]]
+        if repeated:
+            raise ConfigError(f"seeds: {repeated[0]} is named twice (each seed runs once)")
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of this run's training draws (reft_jax.config.streams.TRAINING: the finetunings' and the
+        alignment stages' adapters, batches and noise): the first of `seeds`, else `seed`. A run of several seeds
+        gives each its own run config with `seeds` = (that seed,)."""
+        return self.seeds[0] if self.seeds else self.seed
 
     @classmethod
     def of(cls, cfg) -> RunConfig:

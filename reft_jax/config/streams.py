@@ -46,6 +46,21 @@ STREAMS = (
 )
 
 
+# The training draws: a finetuning's (every method's) and an alignment stage's (safety alignment, the defences')
+# adapters, batch order and noise. They take their seed from the run's training seed (RunConfig.training_seed: the
+# config's `seeds`, one run each, else `seed`), so that the runs of several seeds differ in training alone; every
+# other draw (the demo data, the base model's init, the user, alignment and pool data, the teacher, the filters,
+# the evaluation) follows `seed` and is the same for every seed.
+TRAINING = ("student_adapters", "user_batches", "distillation_batches", "alignment_adapters", "alignment_batches",
+            "harmful_pair_batches", "repnoise_noise")
+
+
+def stream_seed(cfg, stream: str) -> int:
+    """The seed of `stream` in the run of `cfg` (a RunConfig): seed_of its training seed for a TRAINING stream,
+    seed_of its `seed` for any other."""
+    return seed_of(cfg.training_seed if stream in TRAINING else cfg.seed, stream)
+
+
 def seed_of(seed: int, stream: str) -> int:
     """The seed of `stream` (a name of STREAMS) in a run of `seed`."""
     if stream not in STREAMS:

@@ -44,6 +44,8 @@ def config_dict(cls) -> ml_collections.ConfigDict:
             tree[field.name] = config_dict(tp)
         elif tp == int | None:  # typed, so that `--config.x=5` on a None default is parsed as an int
             tree[field.name] = ml_collections.FieldReference(default, field_type=int)
+        elif tp == tuple[int, ...] | None:  # `--config.x=0,1,2` on a None default: a tuple
+            tree[field.name] = ml_collections.FieldReference(default, field_type=tuple)
         elif isinstance(default, dict):
             tree[field.name] = ml_collections.ConfigDict(default)
         else:
@@ -113,6 +115,8 @@ def _convert(tp, value, where: str):
         item = typing.get_args(tp)[0]
         if item is str:  # a selection given on the command line as "a,b" (a string, or one in a tuple)
             value = [part for entry in ([value] if isinstance(value, str) else value) for part in str(entry).split(",")]
+        elif isinstance(value, (list, tuple)) and list(value) == [""]:  # `--config.x=` on a tuple field: empty
+            value = ()
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: {value!r} is not a list")
         return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))

@@ -11,6 +11,7 @@ batching every stage uses. Reading the alignment data's tokens answers its looka
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -23,8 +24,8 @@ import numpy as np
 
 from reft_jax import data as rdata
 from reft_jax.config.schema import RunConfig
-from reft_jax.config.streams import seed_of
-from reft_jax.config.typed import leaf_fields
+from reft_jax.config.streams import seed_of, stream_seed
+from reft_jax.config.typed import leaf_fields, replace
 from reft_jax.errors import ConfigError, DataError, ReftError
 from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
@@ -149,6 +150,17 @@ class RunContext:
             lock.hold(workdir.root)
             atomic.recover(workdir.root)  # a stage that a killed run was redoing: its previous folder back
         return cls(resolve(cfg, workdir), workdir, model_source=cfg.model.path)
+
+    def for_seed(self, seed: int) -> RunContext:
+        """This run's context for the training seed `seed` of its config's `seeds` (not the first: that one is this
+        context itself): its run config's `seeds` is (seed,), so its training draws follow it, and its seeded stages
+        (reft_jax.stages.Stage.seeded) and evaluation write under WORKDIR/seeds/SEED/. Everything else is this
+        context's: the tokenizer, the datasets already built (one copy; none depends on a training seed), the
+        teacher's and the filters' folders."""
+        other = copy.copy(self)  # the cached tokenizer and vocabulary, and the one dict of datasets, shared
+        other.cfg = replace(self.cfg, "seeds", (seed,))
+        other.workdir = self.workdir.of_seed(seed)
+        return other
 
     @property
     def base_model_id(self) -> str:
@@ -382,7 +394,7 @@ class RunContext:
         """Shuffled training batches of `ds` (of data.batch_size rows unless batch_size > 0), this process's rows
         of each, in the order of the random stream `stream` (reft_jax.config.streams)."""
         d = self.cfg.data
-        return rdata.Batches(ds, batch_size or d.batch_size, list(d.buckets), seed=seed_of(self.cfg.seed, stream),
+        return rdata.Batches(ds, batch_size or d.batch_size, list(d.buckets), seed=stream_seed(self.cfg, stream),
                              process_index=jax.process_index(), process_count=jax.process_count())
 
     def prompt_batches(self, ds: rdata.TokenizedDataset, batch_size: int | None = None) -> rdata.Batches:

@@ -51,8 +51,8 @@ class Method:
         return f"finetune:{self.name}"
 
     def path(self, wd: Workdir) -> Path:
-        """Where its finetuned model and logs live."""
-        return wd.root / (self.folder or self.name)
+        """Where its finetuned model and logs live (a training seed's own: Workdir.seed_root)."""
+        return wd.seed_root / (self.folder or self.name)
 
     def check(self, cfg: RunConfig) -> None:
         """Raises ConfigError when the run's settings leave this method nothing to do (before any training)."""

@@ -34,6 +34,81 @@ def _cost(c: dict | None) -> tuple[str, str, str]:
     return f"{c['wall_s']:.1f}", f"{c['device_s']:.1f}", f"{c['flops'] / 1e12:.3g}"
 
 
+def seed_figures(m: dict) -> dict[str, float | None]:
+    """A method's figures that a run of several training seeds summarises (config `seeds`): harmful score, finetune
+    accuracy, and when measured the over-refusal rate, the harmful score under each jailbreak template
+    (`harmful_score_templates.NAME`) and GCG's attack success rate."""
+    out = {"harmful_score": m.get("harmful_score"), "finetune_accuracy": m.get("finetune_accuracy")}
+    if m.get("over_refusal"):
+        out["over_refusal"] = m["over_refusal"].get("refusal_rate")
+    out.update({f"harmful_score_templates.{t}": v for t, v in (m.get("harmful_score_templates") or {}).items()})
+    if m.get("gcg"):
+        out["gcg_attack_success_rate"] = m["gcg"].get("attack_success_rate")
+    return out
+
+
+def spread(values: list[float | None]) -> dict:
+    """The mean, the sample standard deviation (n - 1; None for one value) and the range of one figure over the
+    seeds; all None where a seed has none."""
+    if not values or any(v is None for v in values):
+        return {"mean": None, "std": None, "min": None, "max": None}
+    a = np.asarray(values, np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else None,
+            "min": float(a.min()), "max": float(a.max())}
+
+
+def over_seeds(runs: dict[int, tuple[Path, dict]], root: Path) -> dict:
+    """The report of a run of several training seeds (config `seeds`): the first seed's report (its figures, with
+    their intervals, under `methods`), with `seeds` (the seeds in order and where each one's own report is,
+    relative to `root`) and, for every method each seed measured, `over_seeds`: `per_seed` (one entry per seed:
+    its `seed_figures`) and, for each figure, its `spread` over the seeds. runs: seed -> (its eval report.json, its
+    report), in the order of `seeds`."""
+    seeds = list(runs)
+    reports = [report for _, report in runs.values()]
+    first = reports[0]
+    out = {**first, "methods": {name: dict(m) for name, m in first["methods"].items()},
+           "seeds": {"seeds": seeds, "reports": {str(seed): str(Path(path).relative_to(root))
+                                                 for seed, (path, _) in runs.items()}}}
+    for name, m in out["methods"].items():
+        entries = [r["methods"].get(name) or {} for r in reports]
+        if any("skipped" in e or "harmful_score" not in e for e in entries):
+            continue
+        per_seed = {str(seed): seed_figures(e) for seed, e in zip(seeds, entries)}
+        figures = list(dict.fromkeys(k for f in per_seed.values() for k in f))
+        m["over_seeds"] = {"per_seed": per_seed,
+                           **{k: spread([f.get(k) for f in per_seed.values()]) for k in figures}}
+    return out
+
+
+def _over_seeds_section(report: dict) -> list[str]:
+    """report.md's table of the figures over the training seeds (config `seeds`)."""
+    seeds = (report.get("seeds") or {}).get("seeds")
+    rows = [(methods.title(name), m["over_seeds"]) for name, m in report["methods"].items() if m.get("over_seeds")]
+    if not seeds or not rows:
+        return []
+    figures = list(dict.fromkeys(k for _, o in rows for k in o if k != "per_seed"))
+    labels = {"harmful_score": "harmful score", "finetune_accuracy": "finetune accuracy",
+              "over_refusal": "over-refusal", "gcg_attack_success_rate": "GCG attack success"}
+
+    def cell(o: dict, key: str) -> str:
+        s = o.get(key) or {}
+        if s.get("mean") is None:
+            return "n/a"
+        values = ", ".join(_fmt(f.get(key)) for f in o["per_seed"].values())
+        return f"{s['mean']:.3f} ± {_fmt(s['std'])} ({values})"
+
+    lines = ["", "## Over training seeds", "",
+             f"Seeds {', '.join(map(str, seeds))}: each trains every finetuning (and alignment stage) anew on the one "
+             f"teacher and filter, the same user data and evaluation prompts; the tables above are seed {seeds[0]}'s. "
+             "Mean ± sample standard deviation over the seeds, then each seed's figure in their order. Each seed's "
+             "report: " + ", ".join(f"`{p}`" for p in report["seeds"]["reports"].values()) + ".", "",
+             "| method | " + " | ".join(labels.get(k, k.replace("harmful_score_templates.", "harmful score, "))
+                                      for k in figures) + " |",
+             "| --- |" + " ---: |" * len(figures)]
+    lines += [f"| {title} | " + " | ".join(cell(o, k) for k in figures) + " |" for title, o in rows]
+    return lines
+
+
 def write_markdown(report: dict, path: Path, plots: set[str] = frozenset()) -> None:
     """report.md; `plots`: the PNGs written beside it (WORKDIR/NAME.png), the only ones it links."""
     # With over-refusal measured, its rate sits beside the harmful score and the accuracy: the trade-off in one row.
@@ -62,6 +137,7 @@ def write_markdown(report: dict, path: Path, plots: set[str] = frozenset()) -> N
         lines.append(f"| {REFERENCE_TITLES[name]} | {scores(m)} |" + " |" * 7 + f" {_seconds(m)} |")
     judges = sorted({m["judge"] for m in report["methods"].values() if "judge" in m})
     lines += ["", f"Judge: {', '.join(judges)}.", *([""] + notes if notes else [])]
+    lines += _over_seeds_section(report)
     stages = {s["stage"]: s for m in report["methods"].values() for s in (m.get("cost") or {}).get("stages", [])
               if "wall_s" in s}
     if stages:

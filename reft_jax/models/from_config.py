@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from reft_jax.config.schema import RunConfig
-from reft_jax.config.streams import seed_of
+from reft_jax.config.streams import seed_of, stream_seed
 from reft_jax.errors import ConfigError, ReftError
 from reft_jax.models import sharding
 from reft_jax.models.config import from_hf_dict, load_hf_config
@@ -54,7 +54,7 @@ def base_model(cfg: RunConfig, vocab_size: int | None = None) -> Transformer:
 def trainable(cfg: RunConfig, model: Transformer, stream: str) -> Transformer:
     """The model to train: with model.lora.rank > 0, the base plus fresh adapters."""
     lora = lora_config(cfg)
-    return add_lora(model, lora, nnx.Rngs(seed_of(cfg.seed, stream))) if lora else model
+    return add_lora(model, lora, nnx.Rngs(stream_seed(cfg, stream))) if lora else model
 
 
 def vocab_of(cfg: RunConfig, tokenizer) -> int:

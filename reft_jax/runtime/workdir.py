@@ -17,6 +17,9 @@
   student/adapter/             its LoRA adapter as a PEFT folder (model.lora.rank > 0); METHOD/adapter/ likewise
   eval/report.json, report.json, report.md and the plots
   attack/NAME/report.json      the GCG attack on a method's (or reference's) model
+  seeds/SEED/                  with config `seeds`, each seed's after the first: its finetunings (student/, METHOD/),
+                               alignment stages (safety_aligned/, DEFENCE_aligned/), eval/ and attack/ (the first
+                               seed's are the folders above; the teacher and the filters serve every seed)
 
 Every trained stage folder also holds metrics.jsonl and checkpoints/ (the loop), and every stage folder
 cost.json (reft_jax.experiment.cost).
@@ -44,20 +47,35 @@ def _under_root(*parts: str) -> property:
     return property(lambda self: self.root.joinpath(*parts))
 
 
+def _under_seed_root(*parts: str) -> property:
+    return property(lambda self: self.seed_root.joinpath(*parts))
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir:
     root: Path
+    seed: int | None = None  # a training seed's view (config `seeds`): its trained runs under seeds/SEED/
 
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def seed_root(self) -> Path:
+        """Where this view's finetunings, alignment stages, evaluation and attacks go: the root, or for a training
+        seed of a run of several (config `seeds`, after the first) seeds/SEED/."""
+        return self.root if self.seed is None else self.root / "seeds" / str(self.seed)
+
+    def of_seed(self, seed: int | None) -> Workdir:
+        """The workdir as the run of training seed `seed` sees it (None: the root's own, the first seed's)."""
+        return dataclasses.replace(self, seed=seed)
 
     demo = _under_root("demo")
     base_model = _under_root("base_model")
     tokenizer = _under_root("tokenizer")
     lookalikes = _under_root("lookalikes.json")
     teacher = _under_root("teacher")
-    safety_aligned = _under_root("safety_aligned")
-    eval = _under_root("eval")
+    safety_aligned = _under_seed_root("safety_aligned")
+    eval = _under_seed_root("eval")
     report = _under_root("report.json")
     refusal_feature = _under_root("teacher", "refusal_feature.npy")
     filter_settings = _under_root("teacher", FILTER_SETTINGS)
@@ -66,7 +84,7 @@ class Workdir:
 
     def attack(self, name: str) -> Path:
         """Where the GCG attack on method (or reference) `name` writes its report."""
-        return self.root / "attack" / name
+        return self.seed_root / "attack" / name
 
     def plot(self, name: str) -> Path:
         return self.root / f"{name}.png"

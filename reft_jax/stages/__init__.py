@@ -6,7 +6,9 @@ its folder, its marker, what it needs before it and what it is made from: the co
 datasets it reads (`reads`, groups of RunContext's DATASETS), by content fingerprint. A stage can read no dataset
 it does not declare (RunContext.reading), so its record cannot miss one. A method's stages and a run's plan are
 derived from the registry. A stage records what it was made from in its folder (inputs.json) and is not reused
-for other inputs (`check_inputs`). The teacher reads no customer data: one teacher serves every user file.
+for other inputs (`check_inputs`). The teacher reads no customer data: one teacher serves every user file. A
+`seeded` stage (the finetunings and the alignment stages) is trained once per training seed of config `seeds`
+(reft_jax.pipeline), in its seed's folder (Workdir.seed_root); the teacher and the filters serve every seed.
 Filters and alignment-stage defences register themselves in their modules (a `Filter` named FILTER, an entry of
 defence_alignment.DEFENCES); a method (reft_jax.experiment.methods.METHODS) names them.
 
@@ -59,6 +61,8 @@ INPUTS = "inputs.json"  # in a stage's folder: what it was made from
 MODEL_AND_DATA = ("seed", "model.path", "model.gguf_file", "model.init", "model.dtype", "model.param_dtype",
                   "model.lora", "data.demo", "data.tokenizer", "data.tokenizer_vocab_size", "data.template",
                   "data.buckets", "data.min_response", "data.batch_size", "optim")
+# What a stage trained per training seed (Stage.seeded) depends on besides: the seed of its draws.
+SEEDED = ("training_seed",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,9 @@ class Stage:
     done: Callable[[Path], Path] = model_config  # its folder -> the marker: its last output
     inputs: tuple[str, ...] = MODEL_AND_DATA  # config fields its result depends on (besides its needs')
     reads: tuple[str, ...] = ()  # the dataset groups it reads (RunContext DATASETS): their fingerprints are inputs
+    # trained once per training seed (config `seeds`): its folder is under Workdir.seed_root, and its draws are
+    # TRAINING streams (reft_jax.config.streams); the others (the teacher, the filters) serve every seed
+    seeded: bool = False
 
     def path(self, wd: Workdir) -> Path:
         return self.folder(wd)
@@ -89,13 +96,13 @@ def _finetune(method: Method, shared: dict[str, Stage]) -> Stage:
     needs += ["teacher"] if method.distill else []
     needs += [start.name] if start else []
     run = functools.partial(finetune.run, method=method, screen=screen, start=start.folder if start else None)
-    inputs = [*MODEL_AND_DATA, "student.steps", "data.user.filtered"]
+    inputs = [*MODEL_AND_DATA, *SEEDED, "student.steps", "data.user.filtered"]
     inputs += ["data.alignment"] if method.uses_alignment else []
     inputs += ["distill"] if method.distill else []
     inputs += ["baselines.joint_weight"] if method.joint else []
     inputs += ["defences.lisa"] if method.lisa else []
     reads = ("user", "alignment") if method.uses_alignment else ("user",)
-    return Stage(method.stage, run, method.path, tuple(needs), inputs=tuple(inputs), reads=reads)
+    return Stage(method.stage, run, method.path, tuple(needs), inputs=tuple(inputs), reads=reads, seeded=True)
 
 
 def _registry() -> dict[str, Stage]:
@@ -106,10 +113,12 @@ def _registry() -> dict[str, Stage]:
                       "filter.calibrate_recall", "filter.calibrate_max_fpr", "filter.layer_span", "filter.scorer"),
               reads=("alignment", "pool")),
         Stage("safety_alignment", safety_alignment.run, lambda wd: wd.safety_aligned,
-              inputs=(*MODEL_AND_DATA, "data.alignment", "baselines.sa_steps", "teacher.steps"), reads=("alignment",)),
+              inputs=(*MODEL_AND_DATA, *SEEDED, "data.alignment", "baselines.sa_steps", "teacher.steps"),
+              reads=("alignment",), seeded=True),
         *(Stage(d.stage, functools.partial(defence_alignment.run, defence=d), d.path,
-                inputs=(*MODEL_AND_DATA, "data.alignment", "baselines.sa_steps", "teacher.steps", f"defences.{d.name}"),
-                reads=("alignment", "harmful_pairs") if d.harmful_pairs else ("alignment",))
+                inputs=(*MODEL_AND_DATA, *SEEDED, "data.alignment", "baselines.sa_steps", "teacher.steps",
+                        f"defences.{d.name}"),
+                reads=("alignment", "harmful_pairs") if d.harmful_pairs else ("alignment",), seeded=True)
           for d in DEFENCES.values()),
         *(Stage(f.stage, f.run, f.path, f.needs, done=_marker(FILTER_REPORT), inputs=(*MODEL_AND_DATA, *f.inputs),
                 reads=("user", *f.reads)) for f in FILTERS.values()),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from reft_jax.config.schema import RunConfig
-from reft_jax.config.streams import seed_of
+from reft_jax.config.streams import stream_seed
 from reft_jax.experiment import cost
 from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model, trainable
@@ -33,7 +33,7 @@ class Defence:
         return f"alignment:{self.name}"
 
     def path(self, wd: Workdir) -> Path:
-        return wd.root / f"{self.name}_aligned"
+        return wd.seed_root / f"{self.name}_aligned"
 
 
 def run(ctx: RunContext, defence: Defence) -> Path:
@@ -53,7 +53,7 @@ def run(ctx: RunContext, defence: Defence) -> Path:
 DEFENCES = {d.name: d for d in (
     Defence("vaccine", lambda cfg: defences.Vaccine(rho=cfg.defences.vaccine.rho, block=cfg.model.loss_block)),
     Defence("repnoise", lambda cfg: defences.RepNoise(alpha=cfg.defences.repnoise.alpha, beta=cfg.defences.repnoise.beta,
-                                                      block=cfg.model.loss_block, seed=seed_of(cfg.seed, "repnoise_noise")), harmful_pairs=True),
+                                                      block=cfg.model.loss_block, seed=stream_seed(cfg, "repnoise_noise")), harmful_pairs=True),
     Defence("booster", lambda cfg: defences.Booster(lam=cfg.defences.booster.lam, alpha=cfg.defences.booster.alpha,
                                                     block=cfg.model.loss_block), harmful_pairs=True),
 )}

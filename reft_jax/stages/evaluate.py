@@ -59,14 +59,15 @@ def teacher_refusal_log(wd: Workdir) -> list[dict] | None:
             for r in map(json.loads, log.read_text().splitlines()) if "refusal_step" in r]
 
 
-def run(ctx: RunContext, which: list[Method] | None = None) -> dict:
-    """Evaluates the methods `which` (default: every trained one); with eval.references, also the base model
+def run(ctx: RunContext, which: list[Method] | None = None, *, references: bool = True) -> dict:
+    """Evaluates the methods `which` (default: every trained one); with eval.references (and `references`: a
+    training seed's run after the first measures the same references again, so it does not), also the base model
     before finetuning and the teacher."""
     with ctx.reading("evaluate", READS):
-        return _run(ctx, which)
+        return _run(ctx, which, references)
 
 
-def _run(ctx: RunContext, which: list[Method] | None) -> dict:
+def _run(ctx: RunContext, which: list[Method] | None, references: bool = True) -> dict:
     cfg, wd, tokenizer = ctx.cfg, ctx.workdir, ctx.tokenizer
     d = cfg.data
     # Safety is measured on prompts the teacher never trained, calibrated or chose its filter on.
@@ -143,7 +144,7 @@ def _run(ctx: RunContext, which: list[Method] | None) -> dict:
     if not methods:
         raise ReftError(f"{wd.root}: no trained student to evaluate; run `reft-jax finetune` first")
     report = {"methods": methods}
-    if cfg.eval.references:  # what finetuning starts from and what the student distils from
+    if cfg.eval.references and references:  # what finetuning starts from and what the student distils from
         report["references"] = {"base_model": measure(base_model(cfg, ctx.vocab), "base model")}
         if model_config(wd.teacher).exists():
             report["references"]["teacher"] = measure(load_stage_model(model_dir(wd.teacher), cfg, "teacher"), "teacher")
