@@ -30,6 +30,8 @@ SUBCOMMANDS = {
               "(--adapter), to --out DIR",
     "attack": "GCG adversarial suffixes against a method's model (eval.gcg; writes WORKDIR/attack/METHOD/)",
     "bench": "time the student and teacher steps in JAX and PyTorch (writes WORKDIR/bench.json)",
+    "serve": "serve the teacher's filter over HTTP: OpenAI's /v1/moderations, /v1/filter for files, /healthz, "
+             "/metrics (pip install 'reft-jax[serve]')",
 }
 
 
@@ -66,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--force", action="store_true", help="replace a folder that is not such an export, whole")
             p.add_argument("--adapter", action="store_true",
                            help="write the LoRA adapter as a PEFT folder instead of the merged model")
+        if name == "serve":
+            from reft_jax.serve.server import add_arguments
+
+            add_arguments(p)
         if name in ("export", "attack"):
             p.add_argument("--method", default="ref_teacher",
                            help="which method's model (default: ref_teacher)"
@@ -160,6 +166,10 @@ def _run(args, overrides) -> int:
         print(markdown(report), file=sys.stderr)
         print(json.dumps(report, indent=2))
         return 0
+    if args.command == "serve":  # one process; its own SIGTERM handling (a graceful stop)
+        from reft_jax.serve.server import serve
+
+        return serve(cfg, args.workdir, args)
     from reft_jax.runtime import parallel
 
     parallel.initialize_distributed(cfg.distributed)
