@@ -41,13 +41,14 @@ def free_port() -> int:
 class Server:
     """`reft-jax serve` in a subprocess: its address, the statuses /healthz gave while starting, its log."""
 
-    def __init__(self, workdir, tmp, *extra, key=KEY):
+    def __init__(self, source, tmp, *extra, key=KEY):
+        """source: ["--workdir", DIR] or ["--filter", BUNDLE]."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "serve.log"
         env = without_preload(**({"REFT_JAX_API_KEY": key} if key else {}))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reft_jax.cli", "serve", "--workdir", str(workdir), "--port", str(self.port),
+            [sys.executable, "-m", "reft_jax.cli", "serve", *map(str, source), "--port", str(self.port),
              *extra, *TINY], stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env)
         self.health, self.moderation_while_loading = [], None
         deadline = time.monotonic() + 240
@@ -88,15 +89,22 @@ def request(url, body=None, *, key=KEY, raw: bytes | None = None, headers=None):
         return None, ""
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, demo_run):
-    """The demo run's teacher (a copy: `reft-jax filter` rewrites filter/)."""
+def teacher_copy(demo_run, tmp_path_factory):
     return copy_run(demo_run, tmp_path_factory.mktemp("serve") / "run", ("student", "no_defense", "eval"))
 
 
 @pytest.fixture(scope="module")
-def server(workdir, tmp_path_factory):
-    srv = Server(workdir, tmp_path_factory.mktemp("server"), "--max-wait-ms", "50", *LIMITS)
+def workdir(tmp_path_factory, demo_run):
+    """The demo run's teacher for the commands this process runs (a copy: `reft-jax filter` rewrites filter/, and
+    the process holds the workdir from then on)."""
+    return teacher_copy(demo_run, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_run):
+    """The server of another copy of the same teacher (a server holds its workdir as every command does)."""
+    srv = Server(["--workdir", teacher_copy(demo_run, tmp_path_factory)], tmp_path_factory.mktemp("server"),
+                 "--max-wait-ms", "50", *LIMITS)
     yield srv
     srv.stop()
 
@@ -215,10 +223,29 @@ def test_a_public_address_without_a_key_warns():
     assert exposure_warning("::1", "") is None
 
 
-def test_sigterm_answers_the_requests_in_flight_and_exits_0(workdir, tmp_path):
-    """A server of its own, whose batches wait 2 s: SIGTERM comes while 8 requests wait in its batching window. Its
-    log never held a prompt (no --log-prompts)."""
-    server = Server(workdir, tmp_path, "--max-wait-ms", "2000")
+@pytest.fixture(scope="module")
+def bundle(workdir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "filter"
+    assert main(["export", "--filter", "--workdir", str(workdir), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_the_filter_bundle_scores_as_the_filter_command(bundle, filtered):
+    import reft_jax
+
+    _, expected = filtered
+    assert sorted(p.name for p in bundle.iterdir()) == ["filter.json", "model", "refusal_feature.npy"]
+    filt = reft_jax.Filter.load(bundle)  # no config, no workdir
+    scores = filt.score(PROMPTS)
+    np.testing.assert_allclose(scores, [x["score"] for x in expected], atol=1e-5)
+    assert ((scores > filt.tau) == [x["flagged"] for x in expected]).all()
+
+
+def test_sigterm_answers_the_requests_in_flight_and_exits_0(bundle, filtered, tmp_path):
+    """A server of the filter bundle, whose batches wait 2 s: SIGTERM comes while 8 requests wait in its batching
+    window. Its log never held a prompt (no --log-prompts)."""
+    expected = {p: x["score"] for p, x in zip(PROMPTS, filtered[1])}
+    server = Server(["--filter", bundle], tmp_path, "--max-wait-ms", "2000")
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(request, server.url + "/v1/moderations", {"input": [PROMPTS[k - 1]]})
@@ -229,6 +256,8 @@ def test_sigterm_answers_the_requests_in_flight_and_exits_0(workdir, tmp_path):
             server.proc.send_signal(signal.SIGTERM)
             answers = [f.result() for f in futures]
         assert [status for status, _ in answers] == [200] * 8
+        for k, (_, text) in enumerate(answers):
+            assert abs(json.loads(text)["results"][0]["category_scores"]["harmful"] - expected[PROMPTS[k - 1]]) <= 1e-5
         assert server.proc.wait(timeout=60) == 0
     finally:
         server.stop()

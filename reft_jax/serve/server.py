@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reft_jax.serve.settings import API_KEY_ENV, Settings
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = Settings()
+    p.add_argument("--filter", metavar="DIR", help="a filter bundle (`reft-jax export --filter`) instead of --workdir")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--api-key", default=None,
@@ -54,18 +54,25 @@ def exposure_warning(host: str, api_key: str) -> str | None:
             f"(--api-key KEY or {API_KEY_ENV})")
 
 
-def serve(cfg: RunConfig, workdir: str | Path, args: argparse.Namespace) -> int:
-    """Runs the server until SIGTERM or Ctrl-C; 0 after a graceful stop, 2 when the filter cannot be loaded."""
+def serve(cfg: RunConfig, args: argparse.Namespace) -> int:
+    """Runs the server of args.filter's bundle, or of the teacher in args.workdir trained by `cfg`, until SIGTERM or
+    Ctrl-C; 0 after a graceful stop, 2 when the filter cannot be loaded."""
+    from reft_jax.errors import ConfigError, ReftError
+
     try:
         import uvicorn
 
         from reft_jax.serve.app import Service, create_app
     except ImportError as e:
-        from reft_jax.errors import ConfigError
-
         raise ConfigError(f"serve: {e.name} is not installed; pip install 'reft-jax[serve]'") from None
     from reft_jax.experiment.context import RunContext
+    from reft_jax.serve import bundle
     from reft_jax.serve.teacher_filter import TeacherFilter
+
+    if bool(args.filter) == bool(args.workdir):
+        raise ConfigError("serve: name the filter with --workdir DIR (a trained teacher) or --filter DIR (a bundle)")
+    if args.filter and not bundle.is_bundle(args.filter):
+        raise ConfigError(f"{args.filter}: not a filter bundle; write one with `reft-jax export --filter --out DIR`")
 
     _log_to_stderr(logging.getLogger("reft_jax.serve"))
     logging.getLogger("reft_jax.data.tokenization").setLevel(logging.WARNING)  # a line per request says nothing
@@ -82,7 +89,11 @@ def serve(cfg: RunConfig, workdir: str | Path, args: argparse.Namespace) -> int:
         failure.append(message)
         server.should_exit = True
 
-    service = Service(lambda: TeacherFilter(RunContext.create(cfg, workdir)), settings, cfg.filter.batch_size, fail)
+    if args.filter:
+        load, batch_size = lambda: TeacherFilter(*bundle.read_bundle(args.filter)), bundle.batch_size(args.filter)
+    else:
+        load, batch_size = lambda: TeacherFilter.of_run(RunContext.create(cfg, args.workdir)), cfg.filter.batch_size
+    service = Service(load, settings, batch_size, fail)
     server = uvicorn.Server(uvicorn.Config(create_app(service), host=args.host, port=args.port, lifespan="on",
                                            log_level="info", timeout_graceful_shutdown=None))
     # uvicorn takes SIGTERM and SIGINT while it serves (a graceful stop) and raises them again once stopped, for the
@@ -94,8 +105,6 @@ def serve(cfg: RunConfig, workdir: str | Path, args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failure:
-        from reft_jax.errors import ReftError
-
         raise ReftError(failure[0])
     return 0
 

@@ -1,7 +1,7 @@
 """The teacher's filter loaded once to score any number of prompts: what `reft-jax serve` answers with, and the
 Python API `reft_jax.Filter`.
 
-    filt = reft_jax.Filter.load("runs/mine")              # the workdir of a trained teacher (configs/demo.py)
+    filt = reft_jax.Filter.load("runs/mine")              # a trained teacher's workdir (configs/demo.py), or a bundle
     scores = filt.score(["How do I bake bread?"])         # float32 [N], the same as `reft-jax filter`
     flagged = scores > filt.tau
 
@@ -12,6 +12,7 @@ length of data.buckets, one compiled program per bucket (`warm` compiles them al
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,55 +23,86 @@ from reft_jax import stages
 from reft_jax.config.files import DEMO_CONFIG, load_config
 from reft_jax.config.schema import RunConfig
 from reft_jax.experiment.context import RunContext
+from reft_jax.models import Transformer
 from reft_jax.refusal.probe import Probe
 from reft_jax.refusal.readout import make_score_fn
 from reft_jax.runtime.state import FrozenModel
+from reft_jax.serve import bundle
 from reft_jax.stages.ref_teacher_filter import filter_model, teacher_settings
 
 PAD_ROW = -1  # make_batch's padding row
 
 
-class TeacherFilter:
-    """The frozen teacher (or base model, filter.json's "direction") with its scorer, tau and layers, the run's
-    tokenizer and prompt template, and one compiled scoring program per bucket."""
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """The run config's fields that scoring reads besides the filter's own settings: how prompts are templated and
+    tokenized, the static shapes, the model's dtypes (a filter bundle's filter.json holds them as `serving`)."""
 
-    def __init__(self, ctx: RunContext):
-        stages.check_inputs(ctx, "teacher")  # the teacher this config trained, as `reft-jax filter` requires
-        settings = teacher_settings(ctx.workdir)
-        self.ctx = ctx
+    template: str
+    buckets: tuple[int, ...]
+    batch_size: int
+    min_response: int | None
+    dtype: str
+    param_dtype: str
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> Serving:
+        d, m = cfg.data, cfg.model
+        return cls(d.template, tuple(sorted(d.buckets)), cfg.filter.batch_size, d.min_response_tokens, m.dtype,
+                   m.param_dtype)
+
+
+class TeacherFilter:
+    """The frozen teacher (or base model, filter.json's "direction") with its scorer, tau and layers, the tokenizer
+    and prompt template, and one compiled scoring program per bucket."""
+
+    def __init__(self, model: Transformer, tokenizer, settings: dict, serving: Serving):
+        """settings: `teacher_settings`' (tau, layers, scorer, direction, score_by)."""
+        self.tokenizer, self.serving = tokenizer, serving
         self.tau, self.layers = float(settings["tau"]), tuple(settings["layers"])
         self.scorer, self.direction = settings["scorer"], settings["direction"]
         by = settings["score_by"]  # the same choice as refusal.scoring.score: a Probe's weights, or R
         self._kind, self._params = (("probe", by.params) if isinstance(by, Probe) else
                                     ("cosine", (np.asarray(by, np.float32).reshape(len(self.layers), -1),)))
-        self._model = FrozenModel.of(filter_model(ctx, settings))
+        self._model = FrozenModel.of(model)
         self._fn = make_score_fn(self.layers, self._kind)
-        self.batch_size = ctx.cfg.filter.batch_size
-        self.buckets = tuple(sorted(ctx.cfg.data.buckets))
+        self.batch_size, self.buckets = serving.batch_size, tuple(serving.buckets)
         self.pad_id = self.tokenize(self.examples(["-"])).pad_id  # the tokenizer's, as tokenize chooses it
 
     @classmethod
-    def load(cls, workdir: str | Path, config=None, overrides: Sequence[str] = ()) -> TeacherFilter:
-        """The filter of the teacher trained in `workdir` by `config` (a config file, a ConfigDict or a RunConfig;
-        default configs/demo.py) with `--config.a.b=value` overrides: the same config the teacher was trained with."""
-        if not isinstance(config, RunConfig):
-            config = load_config(str(config or DEMO_CONFIG), list(overrides)) if not hasattr(config, "items") else config
-        return cls(RunContext.create(config, workdir))
+    def load(cls, path: str | Path, config=None, overrides: Sequence[str] = ()) -> TeacherFilter:
+        """The filter of a bundle (`reft-jax export --filter`), or of the teacher trained in the workdir `path` by
+        `config` (a config file, a ConfigDict or a RunConfig; default configs/demo.py) with `--config.a.b=value`
+        overrides: the config the teacher was trained with."""
+        if bundle.is_bundle(path):
+            return cls(*bundle.read_bundle(path))
+        if not isinstance(config, RunConfig) and not hasattr(config, "items"):
+            config = load_config(str(config or DEMO_CONFIG), list(overrides))
+        return cls.of_run(RunContext.create(config, path))
+
+    @classmethod
+    def of_run(cls, ctx: RunContext) -> TeacherFilter:
+        """The filter of the run's teacher; it must be the one this config trained, as `reft-jax filter` requires."""
+        stages.check_inputs(ctx, "teacher")
+        settings = teacher_settings(ctx.workdir)
+        return cls(filter_model(ctx, settings), ctx.tokenizer, settings, Serving.of(ctx.cfg))
 
     # -- text to tokens: what `reft-jax filter --data` does to a file's rows -------------------------------------------
 
     def examples(self, texts: Sequence[str]) -> list[dict]:
         """Prompt-only examples of user messages, templated as a file's `prompt` column is."""
-        d, tok = self.ctx.cfg.data, self.ctx.tokenizer
-        return [{"prompt": rdata.format_prompt(t, template=d.template, tokenizer=tok), "request": t, "response": "",
-                 "harmful": None} for t in texts]
+        return [{"prompt": rdata.format_prompt(t, template=self.serving.template, tokenizer=self.tokenizer),
+                 "request": t, "response": "", "harmful": None} for t in texts]
 
     def read_file(self, path: str | Path) -> list[dict]:
         """A customer file's rows as examples, in any layout `--data` reads (reft_jax.data.load_examples)."""
-        return self.ctx.load_examples(str(path), with_response=None)
+        return rdata.load_examples(str(path), with_response=None, template=self.serving.template,
+                                   tokenizer=self.tokenizer)
 
     def tokenize(self, examples: list[dict]) -> rdata.TokenizedDataset:
-        return self.ctx.tokenize(examples, "tokenizing prompts").prompts_only()
+        """As RunContext.tokenize: truncated to the largest bucket (data.max_length)."""
+        return rdata.tokenize(examples, self.tokenizer, max(self.buckets), min_response=self.serving.min_response,
+                              desc="tokenizing prompts").prompts_only()
 
     # -- scoring --------------------------------------------------------------------------------------------------------
 
