@@ -241,6 +241,16 @@ def test_the_filter_bundle_scores_as_the_filter_command(bundle, filtered):
     assert ((scores > filt.tau) == [x["flagged"] for x in expected]).all()
 
 
+def test_a_bundle_replaces_only_a_bundle(workdir, bundle, tmp_path, capsys):
+    assert main(["export", "--filter", "--workdir", str(workdir), "--out", str(bundle), *TINY]) == 0  # a bundle: whole
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["export", "--filter", "--workdir", str(workdir), "--out", str(other), *TINY]) == 2
+    assert "holds other files, not a filter bundle" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "mine"
+
+
 def test_sigterm_answers_the_requests_in_flight_and_exits_0(bundle, filtered, tmp_path):
     """A server of the filter bundle, whose batches wait 2 s: SIGTERM comes while 8 requests wait in its batching
     window. Its log never held a prompt (no --log-prompts)."""
