@@ -30,6 +30,8 @@ SUBCOMMANDS = {
               "(--adapter), to --out DIR",
     "attack": "GCG adversarial suffixes against a method's model (eval.gcg; writes WORKDIR/attack/METHOD/)",
     "bench": "time the student and teacher steps in JAX and PyTorch (writes WORKDIR/bench.json)",
+    "serve": "serve the teacher's filter over HTTP: OpenAI's /v1/moderations, /v1/filter for files, /healthz, "
+             "/metrics (pip install 'reft-jax[serve]')",
 }
 
 
@@ -42,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", default=str(DEMO_CONFIG),
                        help="ml_collections config file (default: configs/demo.py)")
-        p.add_argument("--workdir", required=True, help="directory of the run's outputs and checkpoints (one command "
+        p.add_argument("--workdir", required=name != "serve", help="directory of the run's outputs and checkpoints (one command "
                                                         "at a time: a second one on it stops and names the first)")
         p.add_argument("--debug", action="store_true", help="print an error's traceback before its one line")
         if name in ("run", "filter", "finetune"):
@@ -66,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--force", action="store_true", help="replace a folder that is not such an export, whole")
             p.add_argument("--adapter", action="store_true",
                            help="write the LoRA adapter as a PEFT folder instead of the merged model")
+            p.add_argument("--filter", action="store_true",
+                           help="write the teacher's filter as a bundle that `serve --filter` and reft_jax.Filter read")
+        if name == "serve":
+            from reft_jax.serve.server import add_arguments
+
+            add_arguments(p)
         if name in ("export", "attack"):
             p.add_argument("--method", default="ref_teacher",
                            help="which method's model (default: ref_teacher)"
@@ -160,6 +168,10 @@ def _run(args, overrides) -> int:
         print(markdown(report), file=sys.stderr)
         print(json.dumps(report, indent=2))
         return 0
+    if args.command == "serve":  # one process; its own SIGTERM handling (a graceful stop)
+        from reft_jax.serve.server import serve
+
+        return serve(cfg, args)
     from reft_jax.runtime import parallel
 
     parallel.initialize_distributed(cfg.distributed)
@@ -200,6 +212,10 @@ def _run(args, overrides) -> int:
         report = attack.run(ctx, args.method)
         print(json.dumps({k: v for k, v in report.items() if k != "prompts"}, indent=2))
         print(f"attack report written to {ctx.workdir.attack(args.method) / 'report.json'}")
+    elif args.command == "export" and args.filter:
+        from reft_jax.serve import bundle
+
+        print(f"filter bundle written to {bundle.write_bundle(ctx, Path(args.out), force=args.force)}")
     elif args.command == "export":
         print(f"exported to {export(ctx, Path(args.out), args.method, adapter=args.adapter, force=args.force)}")
     return 0

@@ -66,7 +66,7 @@ malloc.report("cpu", log=False)  # neither line in the tests' output; the demo r
 # model 332 s, ...): the workers take whole files in this order (pyproject's --no-loadscope-reorder: xdist's
 # own order, the files with the most tests first, had started the one-test Slurm and real-model files last).
 LONGEST_FIRST = ("test_slurm.py", "test_smollm2.py", "test_train.py", "test_bench.py", "test_method_real_data.py",
-                 "test_blockwise_losses.py", "test_demo_quality.py", "test_defences.py", "test_cli.py",
+                 "test_blockwise_losses.py", "test_demo_quality.py", "test_defences.py", "test_cli.py", "test_serve.py",
                  "test_multihost.py", "test_gguf.py", "test_faults.py", "test_parallel.py", "test_models.py",
                  "test_methods.py", "test_generate.py")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "reft_jax"
 # Bottom first; a module may import from its own layer's packages and the layers below.
 LAYERS = [{"errors"}, {"config"}, {"models", "data"}, {"runtime"}, {"refusal"}, {"train", "evaluation"},
-          {"experiment"}, {"stages"}, {"pipeline", "bench"}, {"cli", "__init__"}]
+          {"experiment"}, {"stages"}, {"pipeline", "bench", "serve"}, {"cli", "__init__"}]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 # One name in several modules on purpose: each stage module's `run`, each filter stage's `flags`, the benchmark's
 # two sides (JAX and PyTorch) and the PyTorch peers of the JAX losses it times.

@@ -1,0 +1,140 @@
+"""The teacher's filter loaded once to score any number of prompts: what `reft-jax serve` answers with, and the
+Python API `reft_jax.Filter`.
+
+    filt = reft_jax.Filter.load("runs/mine")              # a trained teacher's workdir (configs/demo.py), or a bundle
+    scores = filt.score(["How do I bake bread?"])         # float32 [N], the same as `reft-jax filter`
+    flagged = scores > filt.tau
+
+It reads the teacher stage's filter (`stages.ref_teacher_filter.teacher_settings`) and scores with the filter's own
+jitted pass (`refusal.readout.make_score_fn`) on its static shapes: batches of filter.batch_size rows padded to a
+length of data.buckets, one compiled program per bucket (`warm` compiles them all), whatever rows share a batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from reft_jax import data as rdata
+from reft_jax import stages
+from reft_jax.config.files import DEMO_CONFIG, load_config
+from reft_jax.config.schema import RunConfig
+from reft_jax.experiment.context import RunContext
+from reft_jax.models import Transformer
+from reft_jax.refusal.probe import Probe
+from reft_jax.refusal.readout import make_score_fn
+from reft_jax.runtime.state import FrozenModel
+from reft_jax.serve import bundle
+from reft_jax.stages.ref_teacher_filter import filter_model, teacher_settings
+
+PAD_ROW = -1  # make_batch's padding row
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """The run config's fields that scoring reads besides the filter's own settings: how prompts are templated and
+    tokenized, the static shapes, the model's dtypes (a filter bundle's filter.json holds them as `serving`)."""
+
+    template: str
+    buckets: tuple[int, ...]
+    batch_size: int
+    min_response: int | None
+    dtype: str
+    param_dtype: str
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> Serving:
+        d, m = cfg.data, cfg.model
+        return cls(d.template, tuple(sorted(d.buckets)), cfg.filter.batch_size, d.min_response_tokens, m.dtype,
+                   m.param_dtype)
+
+
+class TeacherFilter:
+    """The frozen teacher (or base model, filter.json's "direction") with its scorer, tau and layers, the tokenizer
+    and prompt template, and one compiled scoring program per bucket."""
+
+    def __init__(self, model: Transformer, tokenizer, settings: dict, serving: Serving):
+        """settings: `teacher_settings`' (tau, layers, scorer, direction, score_by)."""
+        self.tokenizer, self.serving = tokenizer, serving
+        self.tau, self.layers = float(settings["tau"]), tuple(settings["layers"])
+        self.scorer, self.direction = settings["scorer"], settings["direction"]
+        by = settings["score_by"]  # the same choice as refusal.scoring.score: a Probe's weights, or R
+        self._kind, self._params = (("probe", by.params) if isinstance(by, Probe) else
+                                    ("cosine", (np.asarray(by, np.float32).reshape(len(self.layers), -1),)))
+        self._model = FrozenModel.of(model)
+        self._fn = make_score_fn(self.layers, self._kind)
+        self.batch_size, self.buckets = serving.batch_size, tuple(serving.buckets)
+        self.pad_id = self.tokenize(self.examples(["-"])).pad_id  # the tokenizer's, as tokenize chooses it
+
+    @classmethod
+    def load(cls, path: str | Path, config=None, overrides: Sequence[str] = ()) -> TeacherFilter:
+        """The filter of a bundle (`reft-jax export --filter`), or of the teacher trained in the workdir `path` by
+        `config` (a config file, a ConfigDict or a RunConfig; default configs/demo.py) with `--config.a.b=value`
+        overrides: the config the teacher was trained with."""
+        if bundle.is_bundle(path):
+            return cls(*bundle.read_bundle(path))
+        if not isinstance(config, RunConfig) and not hasattr(config, "items"):
+            config = load_config(str(config or DEMO_CONFIG), list(overrides))
+        return cls.of_run(RunContext.create(config, path))
+
+    @classmethod
+    def of_run(cls, ctx: RunContext) -> TeacherFilter:
+        """The filter of the run's teacher; it must be the one this config trained, as `reft-jax filter` requires."""
+        stages.check_inputs(ctx, "teacher")
+        settings = teacher_settings(ctx.workdir)
+        return cls(filter_model(ctx, settings), ctx.tokenizer, settings, Serving.of(ctx.cfg))
+
+    # -- text to tokens: what `reft-jax filter --data` does to a file's rows -------------------------------------------
+
+    def examples(self, texts: Sequence[str]) -> list[dict]:
+        """Prompt-only examples of user messages, templated as a file's `prompt` column is."""
+        return [{"prompt": rdata.format_prompt(t, template=self.serving.template, tokenizer=self.tokenizer),
+                 "request": t, "response": "", "harmful": None} for t in texts]
+
+    def read_file(self, path: str | Path) -> list[dict]:
+        """A customer file's rows as examples, in any layout `--data` reads (reft_jax.data.load_examples)."""
+        return rdata.load_examples(str(path), with_response=None, template=self.serving.template,
+                                   tokenizer=self.tokenizer)
+
+    def tokenize(self, examples: list[dict]) -> rdata.TokenizedDataset:
+        """As RunContext.tokenize: truncated to the largest bucket (data.max_length)."""
+        return rdata.tokenize(examples, self.tokenizer, max(self.buckets), min_response=self.serving.min_response,
+                              desc="tokenizing prompts").prompts_only()
+
+    # -- scoring --------------------------------------------------------------------------------------------------------
+
+    def score_rows(self, prompt_ids: Sequence[np.ndarray]) -> np.ndarray:
+        """The scores of at most batch_size tokenized prompts, from one batch of the filter's static shape."""
+        n = len(prompt_ids)
+        if not 0 < n <= self.batch_size:
+            raise ValueError(f"{n} rows for a batch of {self.batch_size}")
+        ds = rdata.TokenizedDataset(list(prompt_ids), [np.zeros((0,), np.int32)] * n, np.full(n, -1, np.int32),
+                                    np.arange(n, dtype=np.int32), self.pad_id, report=None)
+        length = rdata.pick_length(max(len(p) for p in prompt_ids), self.buckets)
+        batch = rdata.make_batch(ds, [*range(n), *[PAD_ROW] * (self.batch_size - n)], length)
+        return np.asarray(self._fn(self._model, batch, *self._params), np.float32)[:n]
+
+    def score_dataset(self, ds: rdata.TokenizedDataset) -> np.ndarray:
+        """Scores of every prompt of `ds`, in order, batch_size at a time."""
+        ids = ds.prompt_ids
+        return np.concatenate([self.score_rows(ids[i: i + self.batch_size]) for i in range(0, len(ids),
+                                                                                          self.batch_size)])
+
+    def score(self, prompts: Sequence[str]) -> np.ndarray:
+        """The filter's score of each user message (float32 [N]); a prompt is flagged when its score > tau."""
+        if not prompts:
+            return np.zeros((0,), np.float32)
+        return self.score_dataset(self.tokenize(self.examples(list(prompts))))
+
+    def warm(self) -> None:
+        """Compiles the scoring program of every bucket (a batch of the bucket's length each): none is compiled
+        while serving."""
+        for length in self.buckets:
+            self.score_rows([np.ones(length, np.int32)])
+
+    def compiled(self) -> int:
+        """How many programs the scoring pass has compiled (one per bucket after `warm`)."""
+        return self._fn._cache_size()
