@@ -120,6 +120,23 @@ class PoolData:
 
 
 @config
+class VetoData:
+    """The lookalike veto's labelled prompts (filter.scorer = "veto"): safe prompts that look harmful and harmful
+    requests of the kinds they mimic, to fit a probe that tells the two apart (with the pool's train split's harmful
+    prompts) and to set its threshold (with the pool's calibration split's). Keep each set's test part out of them:
+    the evaluation's held-out lookalikes and harmful requests are measured against what these never held."""
+    safe: Sources = option("", "safe lookalikes the veto is fitted on: a source, or a list of sources")
+    harmful: Sources = option("", "harmful requests of the kinds lookalikes mimic, fitted on (besides the pool's)")
+    safe_calibration: Sources = option("", "safe lookalikes its threshold is chosen on (its C too)")
+    harmful_calibration: Sources = option("", "harmful requests its threshold is set for (besides the pool's "
+                                          "calibration split's)")
+    n_attack_kind: int = option(
+        256, "requests of data.alignment.harmful outside the alignment data, drawn at random and added to the "
+        "calibration's harmful side: the conversational kind of request a harmful-finetuning attack makes, which a "
+        "veto calibrated on the other sets alone lifts (docs/results.md)", minimum=0)
+
+
+@config
 class OverRefusalColumns:
     """The columns of the over-refusal file."""
     prompt: str = option("prompt", "the prompt column")
@@ -164,6 +181,7 @@ class DataSection:
     alignment: AlignmentData = section(AlignmentData)
     user: UserData = section(UserData)
     pool: PoolData = section(PoolData)
+    veto: VetoData = section(VetoData)
     eval: EvalData = section(EvalData)
 
     @property
@@ -282,8 +300,10 @@ class FilterSection:
         "cosine", "the score: \"cosine\", the paper's mean over the layers of cos(f_l, R_l); \"probe\", a logistic "
         "regression over the unit-normalised features at the layers, fitted on the pool's train split, its C chosen "
         "on the calibration split (the check split without one); \"best\": both, for the teacher and the base "
-        "model, and the filter ships the one with the highest check-split AUROC (a tie keeps the cosine)",
-        choices=("cosine", "probe", "best"))
+        "model, and the filter ships the one with the highest check-split AUROC (a tie keeps the cosine); \"veto\": the "
+        "cosine, whose flag a probe over the same features lifts from the prompts it takes for safe lookalikes "
+        "(fitted on data.veto; its threshold lets filter.veto_recall of data.veto's calibration harmful requests "
+        "through)", choices=("cosine", "probe", "best", "veto"))
     layer_span: tuple[float, ...] = option(
         (0.2, 0.8), "the span of the model's depth (fractions: start, end) whose layers the filter's score "
         "averages cos(f_l, R_l) over, each layer with its own R_l; () = refusal.layer alone, the paper's single "
@@ -300,6 +320,9 @@ class FilterSection:
         "direction, e.g. the base model's, would otherwise flag most of a task). 0.2, not less: those harmless "
         "prompts are instructions and questions like the harmful ones, and on SmolLM2 a 5 % cap cut the attack's "
         "recall from 0.86 to 0.23 (docs/results.md)")
+    veto_recall: float = option(
+        0.95, "filter.scorer = \"veto\": the share of the calibration's harmful requests the veto lets through (its "
+        "threshold). The cosine's tau decides the rest")
     batch_size: int = option(32, "prompts scored at once", minimum=1)
 
 

@@ -9,7 +9,7 @@ tokenization, static-shape batches, the embedded demo data.
 
 from reft_jax.data import demo
 from reft_jax.data.batching import Batch, Batches, make_batch, make_packed_batch, pack_rows, pick_length, process_slice
-from reft_jax.data.examples import as_sources, load_examples
+from reft_jax.data.examples import as_sources, load_examples, unique_prompts
 from reft_jax.data.literature import BEAVERTAILS
 from reft_jax.data.lookalikes import LOOKALIKE_WORDS, lookalike_prompts
 from reft_jax.data.mixtures import alignment_data, alignment_mixture, poisoned_mixture, user_data
@@ -58,5 +58,6 @@ __all__ = [
     "refusal_pool",
     "refusal_splits",
     "tokenize",
+    "unique_prompts",
     "user_data",
 ]

@@ -20,6 +20,8 @@ COCONOT_SAFETY = {"category": "Requests with safety concerns"}
 # The part of CoCoNot's original and contrast sets that no training or calibration reads (reft_jax.data.parts, by
 # row id): the evaluation's.
 COCONOT_TEST = {"id": "test"}
+# Its other two parts: what the lookalike veto (data.veto) is fitted and calibrated on.
+COCONOT_TRAIN, COCONOT_CALIBRATION = {"id": "train"}, {"id": "calibration"}
 
 
 # The literature's data, by role (sections of the `data` config): the hub datasets a user with internet gets,
@@ -42,6 +44,19 @@ LITERATURE_HUB = {
                           dict(path="declare-lab/HarmfulQA", split="train", fields={"instruction": "question"})),
                  harmless=dict(path="tatsu-lab/alpaca", split="train"),
                  lookalikes=dict(path="allenai/coconot", name="pref", split="train", where=COCONOT_SAFETY)),
+    # The lookalike veto (filter.scorer = "veto"): CoCoNot alone, its preference prompts and the train and
+    # calibration parts of its original (harmful) and contrast (safe) sets.
+    "veto": dict(safe=(dict(path="allenai/coconot", name="pref", split="train", where=COCONOT_SAFETY),
+                       dict(path="allenai/coconot", name="contrast", split="test", fields={"instruction": "prompt"},
+                            where=COCONOT_SAFETY, part=COCONOT_TRAIN)),
+                 harmful=dict(path="allenai/coconot", name="original", split="test", fields={"instruction": "prompt"},
+                              where=COCONOT_SAFETY, part=COCONOT_TRAIN),
+                 safe_calibration=dict(path="allenai/coconot", name="contrast", split="test",
+                                       fields={"instruction": "prompt"}, where=COCONOT_SAFETY,
+                                       part=COCONOT_CALIBRATION),
+                 harmful_calibration=dict(path="allenai/coconot", name="original", split="test",
+                                          fields={"instruction": "prompt"}, where=COCONOT_SAFETY,
+                                          part=COCONOT_CALIBRATION)),
     # Held out: HarmBench's behaviours and the test part of CoCoNot's harmful requests (the harmful score); the test
     # part of CoCoNot's contrast set (over-refusal: safe prompts only, typed by their source).
     "eval": dict(harmful=(dict(path="walledai/HarmBench", name="standard", split="train"),
@@ -64,6 +79,19 @@ LITERATURE_LOCAL = {
                  harmless="refusal/harmless_train.json",
                  lookalikes=("lookalike/or_bench_hard_train.json",
                              dict(path="lookalike/coconot_pref.jsonl", where=COCONOT_SAFETY))),
+    # The lookalike veto: OR-Bench-Hard-1K's train and validation splits, CoCoNot's preference prompts, and the train
+    # and calibration parts of CoCoNot's original and contrast sets.
+    "veto": dict(safe=("lookalike/or_bench_hard_train.json",
+                       dict(path="lookalike/coconot_pref.jsonl", where=COCONOT_SAFETY),
+                       dict(path="lookalike/coconot_contrast_eval.jsonl", fields={"instruction": "prompt"},
+                            where=COCONOT_SAFETY, part=COCONOT_TRAIN)),
+                 harmful=dict(path="lookalike/coconot_eval.jsonl", fields={"instruction": "prompt"},
+                              where=COCONOT_SAFETY, part=COCONOT_TRAIN),
+                 safe_calibration=("lookalike/or_bench_hard_val.json",
+                                   dict(path="lookalike/coconot_contrast_eval.jsonl", fields={"instruction": "prompt"},
+                                        where=COCONOT_SAFETY, part=COCONOT_CALIBRATION)),
+                 harmful_calibration=dict(path="lookalike/coconot_eval.jsonl", fields={"instruction": "prompt"},
+                                          where=COCONOT_SAFETY, part=COCONOT_CALIBRATION)),
     # Held out of every training and calibration file above: HarmBench's validation behaviours and the test part of
     # CoCoNot's harmful requests; over-refusal on OR-Bench-Hard-1K's test split and the test part of CoCoNot's
     # contrast set.

@@ -70,7 +70,7 @@ def dataset(name: str):
 
 
 # The dataset groups a stage can declare it reads; each has a content fingerprint (RunContext.fingerprint).
-DATASETS = ("alignment", "pool", "teacher_requests", "user", "harmful_pairs", "eval")
+DATASETS = ("alignment", "pool", "veto", "teacher_requests", "user", "harmful_pairs", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +118,8 @@ class RunContext:
             rows = [[ex["prompt"], ex["response"], ex["harmful"]] for ex in self.alignment_sources]
         elif name == "pool":
             rows = [[split, ex["prompt"], ex["harmful"]] for split, exs in self.refusal_splits.items() for ex in exs]
+        elif name == "veto":
+            rows = [[part, ex["prompt"], ex["harmful"]] for part, exs in self.veto_examples.items() for ex in exs]
         elif name == "teacher_requests":
             rows = sorted(self.teacher_requests)
         elif name == "harmful_pairs":
@@ -325,14 +327,62 @@ class RunContext:
         """The refusal pool: the prompts R_l is computed over (the train split of `refusal_prompts`)."""
         return self.refusal_prompts["train"].ds
 
+    @dataset("veto")
+    def veto_examples(self) -> dict[str, list[dict]]:
+        """The lookalike veto's prompts as text (data.veto; only with filter.scorer = "veto", else empty), in two
+        parts: "fit" (data.veto.safe and .harmful) and "calibration" (data.veto.safe_calibration and
+        .harmful_calibration, and data.veto.n_attack_kind requests of data.alignment.harmful that the alignment data
+        does not hold). None of them is a prompt of the pool's splits or the alignment data; no prompt is in both
+        parts."""
+        cfg, v = self.cfg, self.cfg.data.veto
+        if cfg.filter.scorer != "veto":
+            return {}
+        for field in ("safe", "harmful", "safe_calibration", "harmful_calibration"):
+            if not getattr(v, field):
+                raise ConfigError(f"data.veto.{field}: no source (filter.scorer = \"veto\" fits and calibrates its "
+                                  "probe on data.veto's four sets)")
+        taken = {ex["request"] for ex in self.alignment_sources} | {
+            ex["request"] for exs in self.refusal_splits.values() for ex in exs}
+        kw = dict(template=cfg.data.template, tokenizer=self.tokenizer)
+        out = {}
+        for part, (safe, harmful) in {"fit": (v.safe, v.harmful),
+                                      "calibration": (v.safe_calibration, v.harmful_calibration)}.items():
+            examples = []
+            for sources, is_harmful in ((harmful, True), (safe, False)):
+                drawn = rdata.unique_prompts(sources, harmful=is_harmful, exclude=taken, **kw)
+                taken |= {ex["request"] for ex in drawn}
+                examples += drawn
+            out[part] = examples
+        if v.n_attack_kind > 0:
+            attack_kind = rdata.unique_prompts(cfg.data.alignment.harmful, harmful=True, exclude=taken, **kw)
+            if len(attack_kind) < v.n_attack_kind:
+                raise DataError(f"data.veto.n_attack_kind: {len(attack_kind)} requests of data.alignment.harmful are "
+                                f"outside the alignment data and the pool, {v.n_attack_kind} needed")
+            rng = np.random.default_rng(seed_of(cfg.seed, "veto_attack_kind"))
+            out["calibration"] += [attack_kind[i] for i in sorted(rng.choice(len(attack_kind), v.n_attack_kind,
+                                                                             replace=False))]
+        for part, examples in out.items():
+            labels = {ex["harmful"] for ex in examples}
+            if labels != {True, False}:
+                raise DataError(f"data.veto: its {part} part holds {'no' if True not in labels else 'only'} harmful "
+                                "requests; it needs both kinds")
+        return out
+
+    @dataset("veto")
+    def veto_prompts(self) -> dict[str, rdata.TokenizedDataset]:
+        """`veto_examples`, tokenized."""
+        return {part: self.tokenize(examples, f"tokenizing the veto's {part} prompts")
+                for part, examples in self.veto_examples.items()}
+
     @dataset("teacher_requests")
     def teacher_requests(self) -> frozenset[str]:
-        """Every request the teacher trains, calibrates or chooses its filter on: the alignment data's and every
-        split's of the refusal pool. The research protocol's user data and evaluation prompts are drawn without them;
-        a customer's own file is scored as it is, and the filter's report counts its rows among them
-        (`seen_by_teacher`)."""
+        """Every request the teacher trains, calibrates or chooses its filter on: the alignment data's, every
+        split's of the refusal pool and the lookalike veto's. The research protocol's user data and evaluation
+        prompts are drawn without them; a customer's own file is scored as it is, and the filter's report counts its
+        rows among them (`seen_by_teacher`)."""
         return frozenset({ex["request"] for ex in self.alignment_sources}
-                         | {ex["request"] for exs in self.refusal_splits.values() for ex in exs})
+                         | {ex["request"] for exs in self.refusal_splits.values() for ex in exs}
+                         | {ex["request"] for exs in self.veto_examples.values() for ex in exs})
 
     def held_out(self, examples: list[dict]) -> list[dict]:
         """`examples` without those whose request the teacher saw (`teacher_requests`): evaluation prompts."""

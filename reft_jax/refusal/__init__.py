@@ -2,7 +2,8 @@
 
 - `feature`: R_l (difference in means of last-prompt-token hidden states, harmful minus harmless), the cosines
   to it and a linear probe's scores, jittable;
-- `probe`: the learned filter (filter.scorer = "probe"), a logistic regression fitted on the host;
+- `probe`: the learned filter (filter.scorer = "probe") and the lookalike veto ("veto"), logistic regressions fitted
+  on the host;
 - `metrics`: the threshold tau and the filter's metrics (AUROC, precision / recall), host side;
 - `readout`: which layers the feature is read at, and the jitted passes that read features and scores from a model;
 - `scoring`: the host-side filter pass over a dataset (features, scores, keep mask, report);
@@ -22,6 +23,7 @@ from reft_jax.refusal.feature import (
                                       probe_scores,
                                       refusal_feature,
                                       unit_rows,
+                                      veto_scores,
 )
 from reft_jax.refusal.metrics import (
                                       auroc,

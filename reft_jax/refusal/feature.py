@@ -7,8 +7,9 @@
     `mean_cosine_scores`  the filter's score (the paper's): cos(f_l(x), R_l) averaged over its layers
     `unit_rows`           f / |f|, each row of the features unit-normalised
     `probe_scores`        the learned filter's score: sum_l w_l . f_l(x) / |f_l(x)| + b (a linear probe)
+    `veto_scores`         the cosine, lowered where a probe takes the prompt for a safe lookalike
 
-(`SCORERS` names the filter's two scores) and `check_refusal_classes`, the host-side check that both classes are
+(`SCORERS` names the filter's scores) and `check_refusal_classes`, the host-side check that both classes are
 there. The threshold tau and the filter's metrics are in `reft_jax.refusal.metrics`; which layers the feature is read
 at and the jitted passes that read it from a model in `reft_jax.refusal.readout`.
 
@@ -142,7 +143,19 @@ def probe_scores(hidden: Array, w: Array, b: Array | float) -> Array:
 
 
 # The filter's scores by name (filter.scorer, filter.json's "scorer"): fn(features [K, N, D], *params) -> [N].
-SCORERS = {"cosine": mean_cosine_scores, "probe": probe_scores}
+# What a vetoed prompt's cosine loses: cosines lie in [-1, 1], so a vetoed prompt scores below every other and below
+# any tau a cosine is calibrated to; a flag is then `cosine > tau and probe > 0`, and the scores still rank.
+VETO_DROP = 2.0
+
+
+def veto_scores(hidden: Array, r: Array, w: Array, b: Array | float) -> Array:
+    """The cosine with a lookalike veto (filter.scorer = "veto"): `mean_cosine_scores(hidden, r)`, less VETO_DROP
+    where the probe (w, b; its threshold folded into b) scores a prompt <= 0, i.e. takes it for a safe lookalike."""
+    vetoed = probe_scores(hidden, w, b) <= 0
+    return mean_cosine_scores(hidden, r) - VETO_DROP * vetoed.astype(jnp.float32)
+
+
+SCORERS = {"cosine": mean_cosine_scores, "probe": probe_scores, "veto": veto_scores}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The learned filter (filter.scorer = "probe"), host side: a regularised logistic regression over the features at
-the filter's layers, fitted with scikit-learn and kept as the linear function the device scores with
-(`feature.probe_scores`).
+"""The learned filters, host side: a regularised logistic regression over the features at the filter's layers, fitted
+with scikit-learn and kept as the linear function the device scores with (`feature.probe_scores`): the probe
+(filter.scorer = "probe") scores prompts itself; the lookalike veto ("veto") is such a probe fitted to tell harmful
+requests from safe lookalikes, which lowers the cosine of the prompts it takes for lookalikes (`feature.veto_scores`).
 
 Its input is each layer's hidden state unit-normalised (as the cosine reads it), the layers side by side,
 standardised; the scaler is folded into the weights, so the probe is score(x) = sum_l w_l . f_l(x) / |f_l(x)| + b.
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reft_jax.refusal.feature import probe_scores, unit_rows
-from reft_jax.refusal.metrics import auroc
+from reft_jax.refusal.feature import probe_scores, unit_rows, veto_scores
+from reft_jax.refusal.metrics import auroc, calibrate_threshold
 
 GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # C, strongest regularisation first: a tie keeps the more regularised probe
 MAX_ITER = 1000  # lbfgs iterations: a few hundred rows in thousands of dimensions can need more than the default 100
@@ -28,6 +29,8 @@ class Probe:
     w: np.ndarray  # [len(layers), D] float32
     b: float
     C: float  # the inverse regularisation it was fitted with
+
+    kind = "probe"  # its name in feature.SCORERS
 
     @property
     def params(self) -> tuple:
@@ -46,6 +49,39 @@ class Probe:
     def load(cls, path: str | Path) -> Probe:
         with np.load(path) as f:
             return cls(f["w"], float(f["b"]), float(f["C"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Veto:
+    """The cosine with a lookalike veto: R [len(layers), D] and a probe whose threshold is folded into its offset
+    (it vetoes where it scores <= 0)."""
+
+    r: np.ndarray
+    probe: Probe
+
+    kind = "veto"
+
+    @property
+    def params(self) -> tuple:
+        """The arguments after the features of `veto_scores`."""
+        return (np.asarray(self.r, np.float32), *self.probe.params)
+
+    def scores(self, hidden) -> np.ndarray:
+        return np.asarray(veto_scores(hidden, *self.params), np.float32)
+
+
+def fit_veto(hidden, harmful, held, held_harmful, recall: float, grid=GRID) -> tuple[Probe, dict]:
+    """The veto's probe: fitted on hidden [K, N, D] to tell harmful requests (harmful = 1) from safe lookalikes, its C
+    chosen on the held-out calibration set (held, held_harmful) by AUROC, and its threshold set there for `recall`
+    of the harmful requests (folded into the offset: the probe vetoes where it scores <= 0). Returns it and what
+    was chosen (C, the threshold, the calibration AUROC, the share of the calibration's lookalikes it vetoes)."""
+    probe = fit_probe(hidden, harmful, held, held_harmful, grid)
+    held_scores, held_y = probe.scores(held), np.asarray(held_harmful) == 1
+    threshold = calibrate_threshold(held_scores, held_y, recall)
+    info = {"C": probe.C, "threshold": float(threshold), "calibration_auroc": auroc(held_scores, held_y),
+            "calibration_lookalikes_vetoed": float(np.mean(held_scores[~held_y] <= threshold)),
+            "calibration_harmful_vetoed": float(np.mean(held_scores[held_y] <= threshold))}
+    return Probe(probe.w, probe.b - float(threshold), probe.C), info
 
 
 def fit_probe(hidden, harmful, held=None, held_harmful=None, grid=GRID) -> Probe:

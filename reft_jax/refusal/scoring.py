@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from reft_jax import refusal
 from reft_jax.data import Batches, TokenizedDataset
-from reft_jax.refusal.probe import Probe
+from reft_jax.refusal.probe import Probe, Veto
 from reft_jax.refusal.readout import make_feature_fn, make_score_fn
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import FILTER_REPORT, FILTER_SCORES, FLAGGED, KEPT
@@ -118,19 +118,26 @@ def prompt_features(model: FrozenModel, ds: TokenizedDataset, layers: tuple[int,
     return np.moveaxis(rows_first, 0, 1)
 
 
-def score(teacher: FrozenModel, ds: TokenizedDataset, scorer: np.ndarray | Probe, layers: tuple[int, ...], *,
+def scorer_params(scorer: np.ndarray | Probe | Veto, layers: tuple[int, ...]) -> tuple[str, tuple]:
+    """The scorer's name in feature.SCORERS and its parameters: R [len(layers), D] scores by the cosine; a Probe or a
+    Veto by its own."""
+    if isinstance(scorer, (Probe, Veto)):
+        return scorer.kind, scorer.params
+    return "cosine", (np.asarray(scorer, np.float32).reshape(len(layers), -1),)
+
+
+def score(teacher: FrozenModel, ds: TokenizedDataset, scorer: np.ndarray | Probe | Veto, layers: tuple[int, ...], *,
           batch_size: int, buckets: Sequence[int], progress: bool = True) -> np.ndarray:
     """The filter's score of each example, in dataset order (float32), at each of `layers`: with `scorer` R
     [len(layers), D], the cosine with R_l averaged over the layers (refusal.mean_cosine_scores, the paper's); with a
-    Probe, the probe's (refusal.probe_scores)."""
-    kind, params = (("probe", scorer.params) if isinstance(scorer, Probe) else
-                    ("cosine", (np.asarray(scorer, np.float32).reshape(len(layers), -1),)))
+    Probe, the probe's (refusal.probe_scores); with a Veto, the cosine lowered where its probe vetoes."""
+    kind, params = scorer_params(scorer, layers)
     fn = make_score_fn(tuple(layers), kind)
     return _per_example(lambda b: fn(teacher, b, *params), ds, batch_size=batch_size, buckets=buckets,
                         progress=progress, desc="filter")
 
 
-def run_filter(teacher: FrozenModel, ds: TokenizedDataset, scorer: np.ndarray | Probe, layers: tuple[int, ...],
+def run_filter(teacher: FrozenModel, ds: TokenizedDataset, scorer: np.ndarray | Probe | Veto, layers: tuple[int, ...],
                tau: float, *, batch_size: int, buckets: Sequence[int], progress: bool = True,
                style: np.ndarray | None = None) -> FilterResult:
     s = score(teacher, ds, scorer, layers, batch_size=batch_size, buckets=buckets, progress=progress)

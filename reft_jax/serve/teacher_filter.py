@@ -24,7 +24,7 @@ from reft_jax.config.files import DEMO_CONFIG, load_config
 from reft_jax.config.schema import RunConfig
 from reft_jax.experiment.context import RunContext
 from reft_jax.models import Transformer
-from reft_jax.refusal.probe import Probe
+from reft_jax.refusal.scoring import scorer_params
 from reft_jax.refusal.readout import make_score_fn
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.serve import bundle
@@ -61,9 +61,7 @@ class TeacherFilter:
         self.tokenizer, self.serving = tokenizer, serving
         self.tau, self.layers = float(settings["tau"]), tuple(settings["layers"])
         self.scorer, self.direction = settings["scorer"], settings["direction"]
-        by = settings["score_by"]  # the same choice as refusal.scoring.score: a Probe's weights, or R
-        self._kind, self._params = (("probe", by.params) if isinstance(by, Probe) else
-                                    ("cosine", (np.asarray(by, np.float32).reshape(len(self.layers), -1),)))
+        self._kind, self._params = scorer_params(settings["score_by"], self.layers)  # as refusal.scoring.score
         self._model = FrozenModel.of(model)
         self._fn = make_score_fn(self.layers, self._kind)
         self.batch_size, self.buckets = serving.batch_size, tuple(serving.buckets)

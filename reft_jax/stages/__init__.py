@@ -110,8 +110,9 @@ def _registry() -> dict[str, Stage]:
     shared = [
         Stage("teacher", teacher.run, lambda wd: wd.teacher, done=_marker(FILTER_SETTINGS),
               inputs=(*MODEL_AND_DATA, "data.alignment", "data.pool", "refusal", "teacher", "filter.tau",
-                      "filter.calibrate_recall", "filter.calibrate_max_fpr", "filter.layer_span", "filter.scorer"),
-              reads=("alignment", "pool")),
+                      "filter.calibrate_recall", "filter.calibrate_max_fpr", "filter.layer_span", "filter.scorer",
+                      "filter.veto_recall", "data.veto"),
+              reads=("alignment", "pool", "veto")),
         Stage("safety_alignment", safety_alignment.run, lambda wd: wd.safety_aligned,
               inputs=(*MODEL_AND_DATA, *SEEDED, "data.alignment", "baselines.sa_steps", "teacher.steps"),
               reads=("alignment",), seeded=True),

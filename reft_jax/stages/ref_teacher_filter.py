@@ -16,7 +16,7 @@ from reft_jax.experiment.context import RunContext
 from reft_jax.models import Transformer
 from reft_jax.models.from_config import base_model, load_stage_model
 from reft_jax.refusal import scoring
-from reft_jax.refusal.probe import Probe
+from reft_jax.refusal.probe import Probe, Veto
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import Workdir, model_dir
 from reft_jax.stages.common import Filter, prompt_flops, write_filter
@@ -24,14 +24,18 @@ from reft_jax.stages.common import Filter, prompt_flops, write_filter
 
 def teacher_settings(wd: Workdir) -> dict:
     """The teacher stage's filter: its R_l at each of its layers ("r", [len(layers), D]), filter.json's layers, tau,
-    direction, scorer and check figures, and what scores ("score_by": R for the cosine, the Probe for the probe). A
-    workdir of a single-layer filter ("layer") reads as one layer, and one without a scorer as the cosine."""
+    direction, scorer and check figures, and what scores ("score_by": R for the cosine, the Probe for the probe, a
+    Veto of both for the veto). A workdir of a single-layer filter ("layer") reads as one layer, and one without a
+    scorer as the cosine."""
     try:
         r = np.load(wd.refusal_feature)
         settings = {"direction": "teacher", "scorer": "cosine", **json.loads(wd.filter_settings.read_text())}
         layers = tuple(settings.pop("layers", None) or [settings.pop("layer")])
         r = r.reshape(len(layers), -1)
-        score_by = Probe.load(wd.probe) if settings["scorer"] == "probe" else r
+        score_by = r
+        if settings["scorer"] != "cosine":  # the probe, or the veto's probe beside R
+            probe = Probe.load(wd.probe)
+            score_by = Veto(r, probe) if settings["scorer"] == "veto" else probe
     except FileNotFoundError as e:
         raise ReftError(f"{e.filename}: missing; run `reft-jax train-teacher` first") from None
     return {**settings, "layers": layers, "r": r, "score_by": score_by}

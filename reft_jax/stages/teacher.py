@@ -8,7 +8,9 @@ style) and the labelled prompts of each split (refusal_prompts.jsonl). The label
 teacher's final directions are compared with the base model's own (R_l of M0, before any training); the filter ships
 the better of the two, so training the teacher can never leave the filter worse than the base model on prompts
 nobody trained or calibrated on. With filter.scorer = "probe" or "best", a probe (reft_jax.refusal.probe) is fitted
-on each model's features too and takes part in that choice (teacher/probe.npz when it ships)."""
+on each model's features too and takes part in that choice (teacher/probe.npz when it ships). With "veto", the
+cosine ships with a lookalike veto: a probe over the chosen model's features, fitted on data.veto's prompts to tell
+harmful requests from safe lookalikes (teacher/probe.npz; filter.json's "veto" says what it chose)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from reft_jax.experiment.context import LabelledPrompts, RunContext
 from reft_jax.models.from_config import base_model, trainable
 from reft_jax.models.hf_io import save_model
 from reft_jax.refusal import scoring
-from reft_jax.refusal.probe import Probe, fit_probe
+from reft_jax.refusal.probe import Probe, Veto, fit_probe, fit_veto
 from reft_jax.runtime.state import FrozenModel
 from reft_jax.runtime.workdir import model_dir
 from reft_jax.stages.common import prompt_flops
@@ -69,6 +71,7 @@ class Directions:
     r: np.ndarray  # [len(layers), D]
     scores: dict[str, np.ndarray]  # split -> [N], the cosine's
     check_at_layer: float | None  # the check split's AUROC at the regulariser's layer alone (the training log's)
+    features: dict[str, np.ndarray]  # split -> [len(layers), N, D], the features at the filter's layers
     probe: Probe | None = None
     probe_scores: dict[str, np.ndarray] | None = None  # split -> [N]
 
@@ -95,7 +98,7 @@ def measure(frozen: FrozenModel, prompts: dict[str, LabelledPrompts], layers: tu
         i = read.index(layer)
         at_layer = refusal.auroc(np.asarray(refusal.cosine_scores(feats["check"][i], r_all[i])),
                                  prompts["check"].ds.harmful == 1)
-    directions = Directions(r_all[pick], scores, at_layer)
+    directions = Directions(r_all[pick], scores, at_layer, at_filter)
     if with_probe:
         held = probe_split(prompts)
         fitted = fit_probe(at_filter["train"], labels, at_filter.get(held),
@@ -118,9 +121,9 @@ def run(ctx: RunContext) -> Path:
         pass_flops = sum(prompt_flops(model.cfg, ctx.prompt_batches(p.ds, cfg.filter.batch_size))
                          for p in prompts.values())
 
-        with_probe, probe_on = cfg.filter.scorer != "cosine", probe_split(prompts)
+        with_probe, probe_on = cfg.filter.scorer in ("probe", "best"), probe_split(prompts)
         measured = ("cosine", "probe") if with_probe else ("cosine",)  # the cosine's figures are always reported
-        candidates = measured if cfg.filter.scorer == "best" else (cfg.filter.scorer,)
+        candidates = {"best": measured, "veto": ("cosine",)}.get(cfg.filter.scorer, (cfg.filter.scorer,))
 
         # The base model's own directions, read before training (which donates the weights it starts from).
         base = measure(FrozenModel.of(model), prompts, layers, layer, with_probe=with_probe, **kw)
@@ -135,9 +138,15 @@ def run(ctx: RunContext) -> Path:
         chosen = models[direction]
         if "check" in prompts and jax.process_index() == 0:
             print(_summary(checks, measured, scorer, direction, probe_on), flush=True)
+        veto = veto_info = None
+        if cfg.filter.scorer == "veto":
+            frozen = FrozenModel.of(teacher if direction == "teacher" else base_model(cfg, ctx.vocab))
+            veto, veto_info, veto_flops = fit_lookalike_veto(ctx, frozen, chosen, layers, **kw)
+            scorer = "veto"
         tau = cfg.filter.tau
-        if cfg.filter.calibrate_recall > 0:
-            calibrated, labels = chosen.scores_by(scorer)["calibration"], prompts["calibration"].ds.harmful == 1
+        if cfg.filter.calibrate_recall > 0:  # the veto's cosine is calibrated as the cosine alone
+            calibrated = chosen.scores_by("cosine" if veto else scorer)["calibration"]
+            labels = prompts["calibration"].ds.harmful == 1
             tau = refusal.cap_false_positives(
                 refusal.calibrate_threshold(calibrated, labels, cfg.filter.calibrate_recall), calibrated, labels,
                 cfg.filter.calibrate_max_fpr)
@@ -145,9 +154,14 @@ def run(ctx: RunContext) -> Path:
         if jax.process_index() == 0:
             np.save(wd.refusal_feature, chosen.r)
             write_prompts(prompts, wd.refusal_prompts)
+            shipped = ({split: veto.scores(f) for split, f in chosen.features.items()} if veto
+                       else chosen.scores_by(scorer))
             settings = {"layers": list(layers), "tau": tau, "direction": direction, "scorer": scorer,
                         "check": {d: checks["cosine", d] for d in models},
-                        "at_tau": at_tau(chosen.scores_by(scorer).get("check"), prompts.get("check"), tau)}
+                        "at_tau": at_tau(shipped.get("check"), prompts.get("check"), tau)}
+            if veto:
+                settings["veto"] = veto_info
+                veto.probe.save(wd.probe)
             if with_probe:  # the probe's figures, with its C and the split C was chosen on
                 settings["probe_check"] = {d: checks["probe", d] and {**checks["probe", d], "C": m.probe.C,
                                                                       "C_chosen_on": probe_on}
@@ -155,8 +169,39 @@ def run(ctx: RunContext) -> Path:
             if scorer == "probe":
                 chosen.probe.save(wd.probe)
             wd.filter_settings.write_text(json.dumps(settings, indent=2) + "\n")
-        stage.flops = trained_run.flops + 2 * pass_flops
+        stage.flops = trained_run.flops + 2 * pass_flops + (veto_flops if veto else 0)
     return out
+
+
+def fit_lookalike_veto(ctx: RunContext, frozen: FrozenModel, chosen: Directions, layers: tuple[int, ...], *,
+                       batch_size: int, buckets: list[int]) -> tuple[Veto, dict, float]:
+    """The lookalike veto over the chosen model's features (`probe.fit_veto`): fitted on data.veto's fit part with
+    the pool's train split's harmful prompts, its C and threshold set on its calibration part with the calibration
+    split's (filter.veto_recall of their harmful requests pass). Returns the Veto, what it chose, and the FLOPs of
+    its forward pass."""
+    prompts, veto = ctx.refusal_prompts, ctx.veto_prompts
+    feats = {part: scoring.prompt_features(frozen, ds, layers, batch_size=batch_size, buckets=buckets,
+                                           progress=ctx.cfg.logging.progress, desc=f"the veto's {part} prompts")
+             for part, ds in veto.items()}
+
+    def with_pool(part: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+        x, y = feats[part], veto[part].harmful == 1
+        if split in prompts:  # the pool's harmful prompts of the split: the veto must pass them too
+            harmful = prompts[split].ds.harmful == 1
+            x, y = np.concatenate([x, chosen.features[split][:, harmful]], axis=1), np.concatenate([y, harmful[harmful]])
+        return x, y
+
+    (x, y), (cx, cy) = with_pool("fit", "train"), with_pool("calibration", "calibration")
+    probe, info = fit_veto(x, y, cx, cy, ctx.cfg.filter.veto_recall)
+    info = {**info, "recall": ctx.cfg.filter.veto_recall,
+            "fit": {"harmful": int(y.sum()), "lookalikes": int((~y).sum())},
+            "calibration": {"harmful": int(cy.sum()), "lookalikes": int((~cy).sum())}}
+    if jax.process_index() == 0:
+        print(f"teacher: the lookalike veto (C {info['C']:g}) passes {1 - info['calibration_harmful_vetoed']:.3f} of "
+              f"its calibration's harmful requests and vetoes {info['calibration_lookalikes_vetoed']:.3f} of its "
+              f"lookalikes (AUROC {info['calibration_auroc']:.3f})", flush=True)
+    flops = sum(prompt_flops(frozen.model().cfg, ctx.prompt_batches(ds, batch_size)) for ds in veto.values())
+    return Veto(chosen.r, probe), info, flops
 
 
 def _summary(checks: dict[tuple[str, str], dict], measured: tuple[str, ...], scorer: str, direction: str,
