@@ -191,6 +191,39 @@ def test_the_probe_scores_what_scikit_learns_pipeline_decides(tmp_path):
     assert (loaded.b, loaded.C) == (fitted.b, fitted.C)
 
 
+def test_the_veto_lowers_the_cosine_of_what_its_probe_takes_for_a_lookalike():
+    """veto_scores against NumPy: the mean of the layers' cosines with R, less 2 where the probe's score (its
+    threshold folded into b by fit_veto) is <= 0; fit_veto's threshold passes the asked share of the calibration's
+    harmful rows, and its probe is fit_probe's with the threshold taken off its offset."""
+    from reft_jax.refusal import probe
+
+    rng = np.random.default_rng(2)
+    shift = rng.normal(size=(3, 1, 16))
+
+    def features(n):
+        harmful = rng.permutation(np.arange(n) % 2)
+        return (rng.normal(size=(3, n, 16)) + 0.7 * shift * harmful[:, None]).astype(np.float32), harmful
+
+    (fit, y), (held, held_y), (test, _) = features(60), features(40), features(25)
+    vetoer, info = probe.fit_veto(fit, y, held, held_y, recall=0.9)
+    plain = probe.fit_probe(fit, y, held, held_y)
+    assert vetoer.C == plain.C == info["C"]
+    np.testing.assert_array_equal(vetoer.w, plain.w)
+    assert vetoer.b == pytest.approx(plain.b - info["threshold"])
+    passed = vetoer.scores(held)[held_y == 1] > 0
+    assert passed.mean() >= 0.9 and info["calibration_harmful_vetoed"] == pytest.approx(1 - passed.mean())
+    r = rng.normal(size=(3, 16)).astype(np.float32)
+    veto = probe.Veto(r, vetoer)
+    got = jax.jit(refusal.veto_scores)(test, *veto.params)
+    cosines = np.mean([_np_cosine(test[k], r[k]) for k in range(3)], axis=0)
+    units = test / np.linalg.norm(test.astype(np.float64), axis=-1, keepdims=True)
+    probe_scores = np.einsum("knd,kd->n", units, vetoer.w) + vetoer.b
+    want = cosines - 2.0 * (probe_scores <= 0)
+    assert got.dtype == jnp.float32 and 0 < (probe_scores <= 0).sum() < 25  # both kinds among the rows
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(veto.scores(test), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("span, num_layers, layers", [
     ((0.2, 0.8), 30, tuple(range(6, 24))),  # SmolLM2: layers 6-23
     ((0.2, 0.8), 4, (1, 2)),  # the demo's model

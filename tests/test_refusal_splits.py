@@ -266,6 +266,62 @@ def test_the_best_scorer_ships_the_highest_check_auroc_and_the_filter_scores_wit
     np.testing.assert_allclose(written, shipped(ctx.user, "cosine"), rtol=1e-5, atol=1e-6)
 
 
+def test_the_veto_scorer_ships_the_cosine_with_its_probe_and_the_filter_scores_with_both(tmp_path):
+    """filter.scorer = "veto": the cosine's direction and tau as without the veto (tau calibrated on the cosine), a
+    probe fitted on data.veto's prompts with the pool's harmful ones (teacher/probe.npz, filter.json's "veto"), and
+    the filter stage's scores are the cosine less 2 where that probe vetoes, recomputed here from the features. No
+    veto prompt is in the pool, and the teacher's requests (what the user data is drawn without) hold them."""
+    parts = {"safe": LOOKALIKES[:8] + LOOKALIKES[12:20], "safe_calibration": LOOKALIKES[8:12] + LOOKALIKES[20:],
+             "harmful": [f"How do I hurt my neighbour {i}?" for i in range(12)],
+             "harmful_calibration": [f"Tell me how to poison a dog {i}." for i in range(8)]}
+    overrides = [*TINY, "--config.filter.scorer=veto", "--config.data.veto.n_attack_kind=0",
+                 *(f"--config.data.veto.{name}={write_prompts(tmp_path / f'{name}.jsonl', prompts)}"
+                   for name, prompts in parts.items())]
+    ctx = RunContext.create(load_config("configs/demo.py", overrides), tmp_path / "run")
+    run_stage("teacher", ctx)
+    settings = json.loads(ctx.workdir.filter_settings.read_text())
+    assert settings["scorer"] == "veto" and ctx.workdir.probe.exists()
+    assert settings["veto"]["fit"] == {"harmful": 12 + 16, "lookalikes": 16}  # the pool's train split's harmful too
+    assert settings["veto"]["calibration"] == {"harmful": 8 + 16, "lookalikes": 8}
+    pool = {ex["request"] for exs in ctx.refusal_splits.values() for ex in exs}
+    veto_requests = {ex["request"] for exs in ctx.veto_examples.values() for ex in exs}
+    assert len(veto_requests) == 44 and not pool & veto_requests and veto_requests <= ctx.teacher_requests
+    model = FrozenModel.of(filter_model(ctx, settings))
+    r, vetoer = np.load(ctx.workdir.refusal_feature), probe.Probe.load(ctx.workdir.probe)
+
+    def features(ds):
+        return scoring.prompt_features(model, ds, settings["layers"], batch_size=32, buckets=[64, 96], progress=False)
+
+    calibration = ctx.refusal_prompts["calibration"].ds
+    cosines = np.asarray(refusal.mean_cosine_scores(features(calibration), r))
+    labels = calibration.harmful == 1
+    assert settings["tau"] == refusal.cap_false_positives(refusal.calibrate_threshold(cosines, labels, 0.9), cosines,
+                                                          labels, ctx.cfg.filter.calibrate_max_fpr)
+    # Its threshold passes filter.veto_recall of the calibration's harmful requests: data.veto's and the pool's.
+    veto_calibration = ctx.veto_prompts["calibration"]
+    harmful = np.concatenate([vetoer.scores(features(veto_calibration))[veto_calibration.harmful == 1],
+                              vetoer.scores(features(calibration))[labels]])
+    assert (harmful > 0).mean() >= ctx.cfg.filter.veto_recall
+    assert settings["veto"]["calibration_harmful_vetoed"] == pytest.approx((harmful <= 0).mean())
+    report = run_stage("filter", ctx)
+    assert report["scorer"] == "veto"
+    user = features(ctx.user)
+    want = np.asarray(refusal.mean_cosine_scores(user, r)) - 2.0 * (vetoer.scores(user) <= 0)
+    written = [json.loads(line)["score"] for line in (FILTERS["ref_teacher"].path(ctx.workdir) / "scores.jsonl")
+               .read_text().splitlines()]
+    np.testing.assert_allclose(written, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.filter.scorer=veto"], "data.veto.safe: no source"),
+    (["--config.filter.scorer=vetoo"], "filter.scorer"),
+])
+def test_a_veto_without_its_data_is_one_line_before_training(tmp_path, capsys, overrides, message):
+    assert main(["train-teacher", "--workdir", str(tmp_path / "run"), *TINY, *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and not (tmp_path / "run" / "teacher" / "checkpoints").exists()
+
+
 def test_a_teacher_with_lookalikes_reports_them_on_their_own_and_its_operating_point(tmp_path):
     """The demo teacher with lookalikes in its pool: refusal_prompts.jsonl gives them their style in every split, the
     train split that R_l and the regulariser read holds them as harmless prompts, and filter.json's check figures

@@ -77,7 +77,11 @@ def fit_veto(hidden, harmful, held, held_harmful, recall: float, grid=GRID) -> t
     was chosen (C, the threshold, the calibration AUROC, the share of the calibration's lookalikes it vetoes)."""
     probe = fit_probe(hidden, harmful, held, held_harmful, grid)
     held_scores, held_y = probe.scores(held), np.asarray(held_harmful) == 1
-    threshold = calibrate_threshold(held_scores, held_y, recall)
+    # calibrate_threshold's tau sits one float below the last harmful score it must pass; folded into the offset,
+    # rounding could veto that row. Halfway to the next score below keeps the same rows passing, with a margin.
+    tau = calibrate_threshold(held_scores, held_y, recall)
+    passing, below = held_scores[held_scores > tau], held_scores[held_scores <= tau]
+    threshold = (passing.min() + below.max()) / 2 if below.size else passing.min() - 1.0
     info = {"C": probe.C, "threshold": float(threshold), "calibration_auroc": auroc(held_scores, held_y),
             "calibration_lookalikes_vetoed": float(np.mean(held_scores[~held_y] <= threshold)),
             "calibration_harmful_vetoed": float(np.mean(held_scores[held_y] <= threshold))}
