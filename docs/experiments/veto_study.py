@@ -148,6 +148,11 @@ def main(workdir: str, study_out: str, out: str, *overrides: str) -> dict:
              (*map(take, LOOKALIKES_TRAIN), take("contrast_train")),
              (cal_harmful, take("coconot_harmful_calibration"), take("safety_extra")),
              (take("orbench_val"), take("contrast_calibration")))
+    veto_row("veto, all lookalike train parts, calibrated without the attack's kind",
+             (pool_harmful, take("coconot_harmful_train")),
+             (*map(take, LOOKALIKES_TRAIN), take("contrast_train")),
+             (cal_harmful, take("coconot_harmful_calibration")),
+             (take("orbench_val"), take("contrast_calibration")))
     coconot = cat(take("coconot_harmful_train"), take("coconot_harmful_calibration"))
     safe = cat(*map(take, LOOKALIKES_TRAIN))
     for n in (32, 64, 88):  # what pool-sized splits (n a side) would hold
