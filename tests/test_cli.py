@@ -354,18 +354,23 @@ def test_evaluate_adds_over_refusal_and_jailbreak_templates(run_dir, tmp_path, m
     hidden_states = nnx.jit(lambda model, ids: model(ids, output_hidden_states=True).hidden_states)
     r = np.load(run_dir / "teacher" / "refusal_feature.npy")
     settings = json.loads((run_dir / "teacher" / "filter.json").read_text())
-    flags = []
-    for prompt in ctx.load_examples(str(tmp_path / "xstest.csv"), with_response=False):
-        ids = np.asarray(encode_prompts(ctx.tokenizer, [prompt["prompt"]]))
-        hidden = hidden_states(teacher, ids)
+
+    def flag(prompt: str) -> bool:
+        hidden = hidden_states(teacher, np.asarray(encode_prompts(ctx.tokenizer, [prompt])))
         cosines = [np.asarray(hidden[layer][0, -1], np.float64) @ r_l / (
             np.linalg.norm(np.asarray(hidden[layer][0, -1], np.float64)) * np.linalg.norm(r_l))
             for layer, r_l in zip(settings["layers"], r)]
-        flags.append(np.mean(cosines) > settings["tau"])
+        return np.mean(cosines) > settings["tau"]
+
+    flags = [flag(prompt["prompt"]) for prompt in ctx.load_examples(str(tmp_path / "xstest.csv"), with_response=False)]
     safe = np.array([True, True, False, True, True, False])
     expected = {"flag_rate": np.mean(np.array(flags)[safe]), "unsafe_flag_rate": np.mean(np.array(flags)[~safe])}
+    # ... and its recall on the held-out harmful prompts (the harmful score's)
+    recall = np.mean([flag(ex["prompt"]) for ex in ctx.eval_harmful])
     for entry in (report["filter"], report["methods"]["ref_teacher"]["filter"]):
         assert {k: entry["over_refusal"][k] for k in expected} == pytest.approx(expected)
+        assert entry["held_out_harmful"]["recall"] == pytest.approx(recall)
+        assert entry["held_out_harmful"]["n"] == len(ctx.eval_harmful)
 
 
 GCG = ["--config.eval.gcg.prompts=2", "--config.eval.gcg.steps=3", "--config.eval.gcg.candidates=8",

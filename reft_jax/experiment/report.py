@@ -236,10 +236,12 @@ def _robustness_sections(report: dict, plots: set[str]) -> list[str]:
         filters = {m["filter"]["name"]: m["filter"]["over_refusal"] for _, m in rows
                    if (m.get("filter") or {}).get("over_refusal")}
         if filters:
-            lines += ["", "The filters on the same prompts (share flagged as harmful):", "",
-                      "| filter | safe (flagged) | unsafe |", "| --- | ---: | ---: |"]
-            lines += [f"| {name} | {rate_text(f, 'flag_rate')} | {rate_text(f, 'unsafe_flag_rate')} |"
-                      for name, f in filters.items()]
+            held_out = {m["filter"]["name"]: m["filter"].get("held_out_harmful") for _, m in rows if m.get("filter")}
+            lines += ["", "The filters on the same prompts (share flagged as harmful), and their recall on the held-out "
+                      "harmful prompts:", "",
+                      "| filter | safe (flagged) | unsafe | held-out harmful (recall) |", "| --- | ---: | ---: | ---: |"]
+            lines += [f"| {name} | {rate_text(f, 'flag_rate')} | {rate_text(f, 'unsafe_flag_rate')} | "
+                      f"{rate_text(held_out.get(name), 'recall')} |" for name, f in filters.items()]
     attacked = [(title, m["gcg"]) for title, m in rows if m.get("gcg")]
     if attacked:
         lines += ["", "## GCG attack", "",

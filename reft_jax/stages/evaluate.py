@@ -13,6 +13,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 from reft_jax.data.templates import format_prompt
@@ -127,8 +128,19 @@ def _run(ctx: RunContext, which: list[Method] | None, references: bool = True) -
         say(f"{name} filter: flags {rate_text(rates, 'flag_rate')} of {rates['num_safe']} safe over-refusal prompts")
         return rates
 
+    @functools.cache
+    def filter_held_out_harmful(name: str) -> dict:
+        """The filter's recall on the held-out harmful prompts: what it would catch of requests no part of the
+        teacher saw (the user data's recall is the attack's)."""
+        flagged = FILTERS[name].flags(ctx, harmful, ctx.tokenize(harmful, "tokenizing the harmful test prompts"))
+        figure = intervals.rate("recall", int(np.sum(flagged)), len(harmful))
+        say(f"{name} filter: flags {rate_text(figure, 'recall')} of {len(harmful)} held-out harmful prompts")
+        return {**figure, "n": len(harmful)}
+
     def filter_entry(method: Method) -> dict | None:
         entry = filter_summary(wd, method)
+        if entry is not None:
+            entry["held_out_harmful"] = filter_held_out_harmful(method.filter)
         if entry is not None and over is not None:
             entry["over_refusal"] = filter_over_refusal(method.filter)
         return entry
@@ -152,6 +164,7 @@ def _run(ctx: RunContext, which: list[Method] | None, references: bool = True) -
     filter_report = FILTERS[main_filter].path(wd) / FILTER_REPORT
     if filter_report.exists():
         report["filter"] = json.loads(filter_report.read_text())
+        report["filter"]["held_out_harmful"] = filter_held_out_harmful(main_filter)
         if over is not None:
             report["filter"]["over_refusal"] = filter_over_refusal(main_filter)
     refusal_log = teacher_refusal_log(wd)
