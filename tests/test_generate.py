@@ -26,7 +26,7 @@ P, N = 9, 8  # prompt bucket and new tokens: P + N passes every sliding window o
 def checkpoints(tmp_path_factory):
     """family -> (folder, transformers model); built once for the module."""
     out = {}
-    for family in ("llama", "qwen2", "gemma2"):
+    for family in ("llama", "qwen2", "gemma2", "gemma3"):
         folder = tmp_path_factory.mktemp(family)
         out[family] = folder, make_hf_model(family, folder)
     return out
@@ -80,7 +80,7 @@ def greedy_reference(model, ids, mask, n, eos=(), pad=0):
 
 
 @pytest.mark.parametrize("family,scan_layers", [("llama", False), ("qwen2", True), ("gemma2", False),
-                                                ("gemma2", True)])
+                                                ("gemma2", True), ("gemma3", False), ("gemma3", True)])
 def test_greedy_cached_equals_uncached_and_transformers(checkpoints, family, scan_layers):
     folder, hf_model = checkpoints[family]
     model = from_pretrained(folder, scan_layers=scan_layers)
