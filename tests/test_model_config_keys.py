@@ -1,7 +1,8 @@
 """Which config.json keys `from_hf_dict` accepts: the rule decided from transformers' own config classes.
 
 Published configs are the `config.json` files of the hub repositories, key for key (found in public sources;
-SmolLM2-135M-Instruct is written from the published file as remembered).
+SmolLM2-135M-Instruct and gemma-3-270m are written from the published files as remembered; gemma-3-270m's
+maps as the converted GGUF of the same model does, tests/test_gemma3.py).
 """
 
 import pytest
