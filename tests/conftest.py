@@ -67,8 +67,8 @@ malloc.report("cpu", log=False)  # neither line in the tests' output; the demo r
 # own order, the files with the most tests first, had started the one-test Slurm and real-model files last).
 LONGEST_FIRST = ("test_slurm.py", "test_smollm2.py", "test_train.py", "test_bench.py", "test_method_real_data.py",
                  "test_blockwise_losses.py", "test_demo_quality.py", "test_defences.py", "test_cli.py", "test_serve.py",
-                 "test_multihost.py", "test_gguf.py", "test_faults.py", "test_parallel.py", "test_models.py",
-                 "test_methods.py", "test_generate.py")
+                 "test_multihost.py", "test_gguf.py", "test_gemma3.py", "test_faults.py", "test_parallel.py",
+                 "test_models.py", "test_methods.py", "test_generate.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -124,6 +124,22 @@ def smollm2_converted(tmp_path_factory, worker_id):
     shared = _shared(tmp_path_factory, worker_id)
     with filelock.FileLock(str(shared / "smollm2.lock")):
         return gguf.convert(real, shared / "smollm2" / "hf")  # reused when already converted
+
+
+@pytest.fixture(scope="session")
+def gemma3_converted(tmp_path_factory, worker_id):
+    """The real Gemma 3 270M GGUF, assembled from its chunk packages into the cache and converted once per suite
+    (half a minute), shared by the workers as smollm2_converted is."""
+    import filelock
+
+    from reft_jax.models import gguf
+
+    name = "gemma-3-270m-q4_k_m.gguf"
+    real = gguf.packaged_file(name)
+    assert real is not None, f"{name} is not installed{gguf.install_hint(name)}"
+    shared = _shared(tmp_path_factory, worker_id)
+    with filelock.FileLock(str(shared / "gemma3.lock")):
+        return gguf.convert(real, shared / "gemma3" / "hf")  # reused when already converted
 
 
 def copy_run(run: Path, to: Path, without: tuple[str, ...] = ()) -> Path:

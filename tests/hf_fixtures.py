@@ -22,6 +22,10 @@ FAMILIES = {
     "qwen3": (transformers.Qwen3Config, dict(head_dim=16)),
     "gemma": (transformers.GemmaConfig, dict(head_dim=16)),
     "gemma2": (transformers.Gemma2Config, dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=24)),
+    # Local and global layers with their own RoPE bases, every second layer global; final soft-capping on.
+    "gemma3": (transformers.Gemma3TextConfig, dict(
+        head_dim=16, sliding_window=4, query_pre_attn_scalar=24, rope_theta=1e6, rope_local_base_freq=100.0,
+        sliding_window_pattern=2, final_logit_softcapping=30.0)),
 }
 
 

@@ -86,12 +86,13 @@ def assert_same(plain, blockwise):
 
 
 @pytest.mark.parametrize("family,lora", [(f, False) for f in sorted(FAMILIES)] + [("llama_tied", False),
-                                                                                 ("llama", True), ("gemma2", True)])
+                                                                                 ("llama", True), ("gemma2", True),
+                                                                                 ("gemma3", True)])
 def test_student_step_losses_and_gradients_equal_the_plain_ones(family, lora):
     overrides = dict(tie_word_embeddings=True) if family == "llama_tied" else {}
     family = "llama" if family == "llama_tied" else family
     student, teacher = model_of(family, 0, lora, **overrides), model_of(family, 1, **overrides)
-    if family == "gemma2":
+    if family in ("gemma2", "gemma3"):
         assert student.cfg.final_softcap, "the soft-capped logits path must be exercised"
     vocab = student.cfg.vocab_size
     user, align = batch(0, vocab), batch(1, vocab)
@@ -102,7 +103,7 @@ def test_student_step_losses_and_gradients_equal_the_plain_ones(family, lora):
                                        user, align))
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3"])
 def test_teacher_step_losses_and_gradients_equal_the_plain_ones(family):
     model = model_of(family, 2)
     align = batch(2, model.cfg.vocab_size)

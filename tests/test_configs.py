@@ -7,7 +7,7 @@ from reft_jax.config import default_config
 from reft_jax.config.schema import RunConfig
 from reft_jax.errors import ConfigError
 
-CONFIGS = ["configs/demo.py", "configs/real_tiny.py"] + [
+CONFIGS = ["configs/demo.py", "configs/real_tiny.py", "configs/gemma3_270m.py", "configs/gemma3_270m.py:quick"] + [
     f"configs/literature.py:{m},{t}" for m in ("llama2-7b", "qwen2-7b", "gemma2-9b") for t in ("sst2", "agnews", "gsm8k")
 ] + ["configs/bench_tiny.py", "configs/bench_llama3_1b.py", "configs/bench_llama3_8b.py:full,1024",
      "configs/bench_qwen2_7b.py"]
@@ -31,7 +31,7 @@ def test_configs_are_found_in_the_package_away_from_the_checkout(tmp_path, monke
         load_config("configs/nothing.py", [])
 
 
-@pytest.mark.parametrize("config_file", ["configs/real_tiny.py", "configs/smollm2.py"])
+@pytest.mark.parametrize("config_file", ["configs/real_tiny.py", "configs/smollm2.py", "configs/gemma3_270m.py"])
 def test_real_data_defaults_to_hub_names_with_one_local_folder_field(config_file):
     d = RunConfig.of(load_config(config_file, [])).data
     assert d.alignment.harmful["path"] == "PKU-Alignment/BeaverTails" and not d.local_dir

@@ -64,3 +64,20 @@ def test_rope_keys_read_by_transformers_4_and_5(family, rope, tmp_path):
     assert loaded.rope_parameters["rope_type"] == cfg.rope_type
     assert loaded.rope_parameters.get("factor", 1.0) == cfg.rope_factor
     assert from_hf_dict(hf) == cfg
+
+
+@pytest.mark.parametrize("scaling", [{}, dict(rope_type="linear", rope_factor=8.0)])
+def test_gemma3_rope_keys_read_by_transformers_4_and_5(scaling, tmp_path):
+    """Gemma 3's two RoPE bases: 4.x reads rope_theta, rope_scaling and rope_local_base_freq, 5.x one set per layer
+    type; the global layers' may be scaled, the sliding-window layers' never is."""
+    cfg = dataclasses.replace(from_hf_dict(to_hf_dict(ModelConfig("gemma3_text", 61, 32, 48, 2, 4, 2, 8))),
+                              rope_theta=1e6, rope_local_theta=1e4, **scaling)
+    hf = to_hf_dict(cfg)
+    assert (hf["rope_theta"], hf["rope_local_base_freq"]) == (1e6, 1e4)
+    assert (hf["rope_scaling"] or {}).get("factor") == scaling.get("rope_factor")
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path)
+    full, local = loaded.rope_parameters["full_attention"], loaded.rope_parameters["sliding_attention"]
+    assert (full["rope_theta"], full["rope_type"], full.get("factor", 1.0)) == (1e6, cfg.rope_type, cfg.rope_factor)
+    assert (local["rope_theta"], local["rope_type"]) == (1e4, "default")
+    assert from_hf_dict(hf) == cfg

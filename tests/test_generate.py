@@ -26,7 +26,7 @@ P, N = 9, 8  # prompt bucket and new tokens: P + N passes every sliding window o
 def checkpoints(tmp_path_factory):
     """family -> (folder, transformers model); built once for the module."""
     out = {}
-    for family in ("llama", "qwen2", "gemma2"):
+    for family in ("llama", "qwen2", "gemma2", "gemma3"):
         folder = tmp_path_factory.mktemp(family)
         out[family] = folder, make_hf_model(family, folder)
     return out
@@ -80,7 +80,7 @@ def greedy_reference(model, ids, mask, n, eos=(), pad=0):
 
 
 @pytest.mark.parametrize("family,scan_layers", [("llama", False), ("qwen2", True), ("gemma2", False),
-                                                ("gemma2", True)])
+                                                ("gemma2", True), ("gemma3", False), ("gemma3", True)])
 def test_greedy_cached_equals_uncached_and_transformers(checkpoints, family, scan_layers):
     folder, hf_model = checkpoints[family]
     model = from_pretrained(folder, scan_layers=scan_layers)
@@ -167,3 +167,16 @@ def test_buckets():
     assert bucket_length(33, fixed) == 64
     with pytest.raises(ValueError, match="largest generation bucket 64"):
         bucket_length(65, fixed)
+
+
+def test_prefill_projects_only_the_last_position_to_the_vocabulary():
+    """Gemma 3's 262,144 tokens: 20 prompts of 128 tokens would hold 2.7 GB of float32 logits at once."""
+    from flax import nnx
+
+    from reft_jax.models import ModelConfig, Transformer
+
+    cfg = ModelConfig("gemma3_text", 262144, 16, 32, 1, 2, 1, 8, tie_word_embeddings=True)
+    ids = jnp.ones((20, 128), jnp.int32)
+    compiled = generate_tokens.lower(as_frozen(Transformer(cfg, rngs=nnx.Rngs(0))), ids, ids, jax.random.key(0),
+                                     max_new_tokens=2).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 20 * 128 * 262144 * 4 / 8

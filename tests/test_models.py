@@ -70,6 +70,26 @@ def test_sliding_window_is_exercised(tmp_path):
     assert diff[mask.astype(bool)].max() > 1e-3
 
 
+def test_gemma3_windows_and_rope_bases_are_exercised(tmp_path):
+    """The Gemma 3 case proves its sliding windows and its local RoPE base only if each changes the result."""
+    ids, mask = token_batch()
+    logits = lambda folder: np.asarray(from_pretrained(folder)(ids, mask).logits)  # noqa: E731
+    base = logits(_saved(tmp_path / "g", "gemma3"))
+    for name, overrides in (("window", dict(sliding_window_pattern=1)), ("local RoPE", dict(rope_local_base_freq=1e6))):
+        diff = np.abs(logits(_saved(tmp_path / name, "gemma3", **overrides)) - base)
+        assert diff[mask.astype(bool)].max() > 1e-3, name
+
+
+def test_gemma3_scaled_global_rope_matches_transformers(tmp_path):
+    """Gemma 3 from 1B up scales the global layers' RoPE (linear, factor 8) and not the local layers'."""
+    hf_model = make_hf_model("gemma3", tmp_path, rope_scaling=dict(rope_type="linear", factor=8.0))
+    ids, mask = token_batch()
+    ref, _ = torch_outputs(hf_model, ids, mask)
+    model = from_pretrained(tmp_path)
+    assert (model.cfg.rope_type, model.cfg.rope_factor, model.cfg.rope_local_theta) == ("linear", 8.0, 100.0)
+    assert max_err(model(ids, mask).logits, ref, mask.astype(bool)) <= TOL
+
+
 def _saved(folder, family, **overrides):
     make_hf_model(family, folder, **overrides)
     return folder
@@ -84,7 +104,7 @@ def test_selected_hidden_states_only():
     np.testing.assert_array_equal(out.hidden_states[2], full.hidden_states[2])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gemma3"])
 def test_sequence_classifier_matches_transformers(tmp_path, family):
     hf_model = make_hf_model(family, tmp_path, classifier=True, num_labels=3)
     ids, mask = token_batch()
@@ -97,7 +117,7 @@ def test_sequence_classifier_matches_transformers(tmp_path, family):
     np.testing.assert_allclose(logits, ref, atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3"])
 def test_bfloat16_close_to_transformers(tmp_path, family):
     """bf16 compute and storage against PyTorch float32: the relative error is reported and loosely bounded."""
     hf_model = make_hf_model(family, tmp_path)

