@@ -6,8 +6,9 @@ which is not safety-aligned, as the base model M0.
   reft-jax run --config configs/smollm2.py:quick --workdir runs/smol_quick  # 10 steps of each stage
   reft-jax run --config configs/smollm2.py --workdir runs/smol --config.data.local_dir=DATA   # offline
 
-Teacher = M0 + LoRA on the alignment data with the refusal regularizer; the filter scores the user data (SST-2
-train poisoned at p = 0.1 with harmful prompt -> harmful answer pairs); student = M0 + LoRA on the kept data,
+Teacher = M0 + LoRA on the alignment data with the refusal regularizer; the filter (the paper's cosine with a
+lookalike veto) scores the user data (SST-2 train poisoned at p = 0.1 with harmful prompt -> harmful answer pairs);
+student = M0 + LoRA on the kept data,
 distilling the teacher on the alignment data. Evaluation: the keyword judge on held-out harmful prompts (HarmBench's
 and the test part of CoCoNot's harmful requests), answers generated with the model's chat template; finetune accuracy
 on SST-2 validation; over-refusal on held-out safe prompts that look harmful (the test parts of OR-Bench-Hard-1K and
@@ -20,6 +21,9 @@ Data come from the hub by default. `data.local_dir` switches every source to loc
   lookalike/or_bench_hard_train.json            safe prompts that look harmful (OR-Bench-Hard-1K's train split and
   lookalike/coconot_pref.jsonl                  CoCoNot's safety-concern rows; the hub: CoCoNot's alone), drawn
                                                 into the refusal feature's splits with data.pool.n_lookalikes > 0
+  lookalike/or_bench_hard_val.json, coconot_eval.jsonl, coconot_contrast_eval.jsonl   the lookalike veto's
+                                                calibration, and the train parts of CoCoNot's sets its fitting
+                                                (filter.scorer = "veto"; their test parts are the evaluation's)
   refusal/harmful_val.json                      held-out harmful prompts for the harmful score (HarmBench val),
   lookalike/coconot_eval.jsonl                  with the test part of CoCoNot's harmful requests (by row id)
   lookalike/or_bench_hard_test.json             held-out safe lookalikes for over-refusal (OR-Bench-Hard-1K's test
@@ -72,6 +76,10 @@ def get_config(arg: str = ""):
     # and filter, beta 1 / 3 / 10 gave harmful scores 0.410 / 0.282 / 0.205 at finetune accuracy 0.835 / 0.820 /
     # 0.825 (no defence: 0.974 / 0.835).
     c.distill.beta = 10.0
+    # The paper's cosine with a lookalike veto (data.veto: the literature's sets below), from the filter study on this
+    # model (docs/results.md): the held-out safe lookalikes flagged 0.88 -> 0.33 at user recall 0.94 -> 0.91, no SST-2
+    # row flagged either way, the student's held-out harmful score 0.260 -> 0.266.
+    c.filter.scorer = "veto"
     c.refusal.update_every = 20
     c.optim.learning_rate = 1e-3  # LoRA, few steps: 40 teacher steps at this rate already refuse 11 of 12
     c.optim.warmup_steps = 5
@@ -88,6 +96,8 @@ def get_config(arg: str = ""):
         c.data.alignment.n_harmful = c.data.alignment.n_harmless = 64
         c.data.user.n = 200
         c.data.pool.n_each = 32
+        c.data.veto.n_each = 64  # of each of its four sets
+        c.data.veto.n_attack_kind = 32
         c.data.eval.n_harmful = 10
         c.data.eval.n_task = 20
         c.data.eval.n_over_refusal = 10

@@ -30,7 +30,8 @@ FEW = ["--config.teacher.steps=2", "--config.student.steps=2", "--config.refusal
        "--config.data.pool.n_calibration=4", "--config.data.pool.n_check=4",
        "--config.data.eval.n_harmful=2", "--config.data.eval.n_task=2", "--config.eval.max_new_tokens=3",
        "--config.checkpoint.every=2", "--config.logging.progress=False", "--config.logging.tensorboard=False",
-       f"--config.data.local_dir={SHARED_DATA}", "--config.eval.references=False"]  # references: test_methods
+       f"--config.data.local_dir={SHARED_DATA}", "--config.eval.references=False",  # references: test_methods
+       "--config.data.veto.n_each=8", "--config.data.veto.n_attack_kind=4", "--config.data.eval.n_over_refusal=2"]
 
 
 def test_local_dir_switches_every_hub_source_to_a_local_file():
@@ -72,6 +73,7 @@ def test_every_stage_runs_on_the_real_model(tmp_path, smollm2_converted):
         assert 0 <= method["harmful_score"] <= 1 and 0 <= method["finetune_accuracy"] <= 1, name
         assert method["num_harmful_prompts"] == 2 and method["num_task"] == 2
     assert report["filter"]["num_examples"] == 10 and report["filter"]["num_harmful"] == 1
+    assert report["filter"]["scorer"] == "veto"  # the config's, fitted on the literature's lookalike sets
     for stage, steps in (("teacher", 2), ("student", 2), ("sa_ft", 2)):
         records = [json.loads(x) for x in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
         assert records[-1]["step"] == steps

@@ -130,6 +130,8 @@ class VetoData:
     safe_calibration: Sources = option("", "safe lookalikes its threshold is chosen on (its C too)")
     harmful_calibration: Sources = option("", "harmful requests its threshold is set for (besides the pool's "
                                           "calibration split's)")
+    n_each: int | None = option(None, "at most this many prompts of each of the four sets, drawn at random (a quick "
+                                "run's); None = all", minimum=1)
     n_attack_kind: int = option(
         256, "requests of data.alignment.harmful outside the alignment data, drawn at random and added to the "
         "calibration's harmful side: the conversational kind of request a harmful-finetuning attack makes, which a "

@@ -344,12 +344,14 @@ class RunContext:
         taken = {ex["request"] for ex in self.alignment_sources} | {
             ex["request"] for exs in self.refusal_splits.values() for ex in exs}
         kw = dict(template=cfg.data.template, tokenizer=self.tokenizer)
-        out = {}
+        out, rng = {}, np.random.default_rng(seed_of(cfg.seed, "veto_sets"))
         for part, (safe, harmful) in {"fit": (v.safe, v.harmful),
                                       "calibration": (v.safe_calibration, v.harmful_calibration)}.items():
             examples = []
             for sources, is_harmful in ((harmful, True), (safe, False)):
                 drawn = rdata.unique_prompts(sources, harmful=is_harmful, exclude=taken, **kw)
+                if v.n_each is not None and len(drawn) > v.n_each:
+                    drawn = [drawn[i] for i in sorted(rng.choice(len(drawn), v.n_each, replace=False))]
                 taken |= {ex["request"] for ex in drawn}
                 examples += drawn
             out[part] = examples
