@@ -134,8 +134,9 @@ class VetoData:
                                 "run's); None = all", minimum=1)
     n_attack_kind: int = option(
         256, "requests of data.alignment.harmful outside the alignment data, drawn at random and added to the "
-        "calibration's harmful side: the conversational kind of request a harmful-finetuning attack makes, which a "
-        "veto calibrated on the other sets alone lifts (docs/results.md)", minimum=0)
+        "calibration's harmful side: the conversational kind of request a harmful-finetuning attack makes, so that "
+        "the threshold is set for letting that kind through too (the other sets hold other kinds of harm)",
+        minimum=0)
 
 
 @config
