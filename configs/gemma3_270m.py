@@ -59,6 +59,7 @@ def get_config(arg: str = ""):
     c.methods = "ref_teacher,no_defense,sa_ft"
 
     c.distill.beta = 10.0  # configs/smollm2.py's, from its student study on SmolLM2 (not tuned on this model)
+    c.filter.scorer = "veto"  # configs/smollm2.py's lookalike veto, from its filter study on SmolLM2
     c.refusal.update_every = 20
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 5
@@ -73,6 +74,8 @@ def get_config(arg: str = ""):
         c.data.alignment.n_harmful = c.data.alignment.n_harmless = 64
         c.data.user.n = 200
         c.data.pool.n_each = 32
+        c.data.veto.n_each = 64
+        c.data.veto.n_attack_kind = 32
         c.data.eval.n_harmful = 10
         c.data.eval.n_task = 20
         c.data.eval.n_over_refusal = 10

@@ -77,9 +77,11 @@ def all_methods(tmp_path_factory):
 
 
 def test_run_fills_the_whole_table(all_methods):
-    # Eleven stages, one run context: each dataset is read and tokenized once (no calibration split: TINY's tau = 0).
+    # Eleven stages, one run context: each dataset is read and tokenized once (no calibration split: TINY's tau = 0),
+    # and the evaluation's harmful prompts, which every filter scores (its held-out recall).
     assert sorted(TOKENIZED) == sorted(["tokenizing alignment data", "tokenizing user data", "tokenizing harmful pairs",
-                                        "tokenizing the train prompts", "tokenizing the check prompts"])
+                                        "tokenizing the train prompts", "tokenizing the check prompts",
+                                        "tokenizing the harmful test prompts"])
     report = json.loads((all_methods / "report.json").read_text())
     methods = report["methods"]
     assert list(methods) == list(METHODS)

@@ -183,7 +183,7 @@ def worse_teacher(tmp_path_factory):
         measured.append(d)
         if len(measured) == 1:  # the base model's, read before training
             return d
-        return teacher_stage.Directions(-d.r, {k: -v for k, v in d.scores.items()}, d.check_at_layer)
+        return teacher_stage.Directions(-d.r, {k: -v for k, v in d.scores.items()}, d.check_at_layer, d.features)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(teacher_stage, "measure", flipped)

@@ -128,11 +128,15 @@ def _run(ctx: RunContext, which: list[Method] | None, references: bool = True) -
         say(f"{name} filter: flags {rate_text(rates, 'flag_rate')} of {rates['num_safe']} safe over-refusal prompts")
         return rates
 
+    @functools.cache  # tokenized once, for whichever filters score them
+    def harmful_tokenized():
+        return ctx.tokenize(harmful, "tokenizing the harmful test prompts")
+
     @functools.cache
     def filter_held_out_harmful(name: str) -> dict:
         """The filter's recall on the held-out harmful prompts: what it would catch of requests no part of the
         teacher saw (the user data's recall is the attack's)."""
-        flagged = FILTERS[name].flags(ctx, harmful, ctx.tokenize(harmful, "tokenizing the harmful test prompts"))
+        flagged = FILTERS[name].flags(ctx, harmful, harmful_tokenized())
         figure = intervals.rate("recall", int(np.sum(flagged)), len(harmful))
         say(f"{name} filter: flags {rate_text(figure, 'recall')} of {len(harmful)} held-out harmful prompts")
         return {**figure, "n": len(harmful)}
