@@ -17,76 +17,31 @@ layout), tests/test_gemma3.py holds the two to that; what this model changes:
     is 268 MB of float32 logits.
 """
 
-import ml_collections
+import importlib.util
+from pathlib import Path
 
-from reft_jax.config import default_config
-from reft_jax.data.literature import LITERATURE_HUB, LITERATURE_LOCAL
 from reft_jax.models.gguf import packaged_file
 
 GGUF = "gemma-3-270m-q4_k_m.gguf"
 
 
+def _smollm2():
+    """configs/smollm2.py, the protocol this config shares (loaded by path: configs/ is not a package users import)."""
+    spec = importlib.util.spec_from_file_location("smollm2_config", Path(__file__).with_name("smollm2.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def get_config(arg: str = ""):
     if arg not in ("", "quick"):
         raise ValueError(f"configs/gemma3_270m.py:{arg}: the only variant is 'quick'")
-    c = default_config()
+    c = _smollm2().get_config(arg)
     c.model.path = packaged_file(GGUF) or GGUF  # a missing file fails with the install command
-    c.model.scan_layers = True  # 18 blocks: one compiled block, not eighteen
     c.model.loss_block = 32
-    c.model.lora.rank = 16
-    c.model.lora.alpha = 32.0
-    c.model.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
     c.data.template = "alpaca"
-    c.data.buckets = (96, 128)  # SST-2 prompts: median 65 tokens, 99th percentile 96, longest 116
-    c.data.batch_size = 8
-    for section, sources in LITERATURE_HUB.items():  # a section is replaced whole: str -> mapping sources
-        fields = c.data[section].to_dict(preserve_field_references=True)  # an `int | None` field stays typed
-        c.data[section] = ml_collections.ConfigDict({**fields, **sources})
-    c.data.alignment.n_harmful = 256
-    c.data.alignment.n_harmless = 256
-    c.data.user.task = "sst2"
-    c.data.user.n = 1000
-    c.data.user.p = 0.1
-    c.data.pool.n_each = 128
-    c.data.local_files = ml_collections.ConfigDict(LITERATURE_LOCAL)
-    c.data.eval.n_harmful = None  # every held-out harmful prompt
-    c.data.eval.n_task = 200
-
-    c.eval.max_new_tokens = 48
-    c.eval.batch_size = 20  # generation projects one position per prompt to the vocabulary: 21 MB a step
-    c.eval.references = True  # the base model's own harmful score, and the teacher's
-    c.methods = "ref_teacher,no_defense,sa_ft"
-
-    c.distill.beta = 10.0  # configs/smollm2.py's, from its student study on SmolLM2 (not tuned on this model)
-    c.filter.scorer = "veto"  # configs/smollm2.py's lookalike veto, from its filter study on SmolLM2
-    c.refusal.update_every = 20
-    c.optim.learning_rate = 1e-3
-    c.optim.warmup_steps = 5
-    c.teacher.steps = 60
-    c.student.steps = 60
-    c.defences.lisa.align_steps = 2
-    c.defences.lisa.user_steps = 18
-    c.checkpoint.every = 30
-    c.logging.every = 5
-    c.expected_time = "the run time on Gemma 3 270M is not measured yet (SmolLM2-135M's run: about an hour, 2 cores)"
     if arg == "quick":
-        c.data.alignment.n_harmful = c.data.alignment.n_harmless = 64
-        c.data.user.n = 200
-        c.data.pool.n_each = 32
-        c.data.veto.n_each = 64
-        c.data.veto.n_attack_kind = 32
-        c.data.eval.n_harmful = 10
-        c.data.eval.n_task = 20
-        c.data.eval.n_over_refusal = 10
-        c.eval.max_new_tokens = 32
-        c.refusal.update_every = 5
-        c.optim.warmup_steps = 2
-        c.teacher.steps = 10
-        c.student.steps = 10
-        c.defences.lisa.align_steps = 1
-        c.defences.lisa.user_steps = 9
-        c.checkpoint.every = 10
-        c.logging.every = 2
         c.expected_time = "the run time on Gemma 3 270M is not measured yet (SmolLM2-135M's: 15-20 minutes, 2 cores)"
+    else:
+        c.expected_time = "the run time on Gemma 3 270M is not measured yet (SmolLM2-135M's run: about an hour, 2 cores)"
     return c
