@@ -49,7 +49,7 @@ def run(cfg, workdir: str | Path | None = None, *, force: bool = False) -> dict:
             stages.run_stage(stage, r, force=force)
     reports = []
     for i, r in enumerate(runs):
-        one = evaluate.run(r, chosen, references=i == 0)
+        one = evaluate.run(r, chosen, references=evaluate.REFERENCES if i == 0 else ())
         if cfg.eval.gcg.prompts > 0:  # GCG against every method's model
             for m in chosen:
                 one["methods"][m.name]["gcg"] = attack.summary(attack.run(r, m.name))

@@ -70,12 +70,13 @@ def load_examples(
 
 
 def unique_prompts(sources: Any, *, harmful: bool | None, exclude: Collection[str] = (), template: str = "alpaca",
-                   tokenizer: Any = None) -> list[Example]:
-    """The prompts of one source or a list of them (read in order, responses not read): each request once, none
-    of them in `exclude`."""
+                   tokenizer: Any = None, with_response: bool | None = False) -> list[Example]:
+    """The prompts of one source or a list of them (read in order; responses not read unless `with_response`, as
+    `load_examples`'): each request once, none of them in `exclude`."""
     examples, seen = [], set(exclude)
     for source in as_sources(sources):
-        for ex in load_examples(source, harmful=harmful, with_response=False, template=template, tokenizer=tokenizer):
+        for ex in load_examples(source, harmful=harmful, with_response=with_response, template=template,
+                                tokenizer=tokenizer):
             if ex["request"] not in seen:
                 seen.add(ex["request"])
                 examples.append(ex)

@@ -22,6 +22,9 @@ COCONOT_SAFETY = {"category": "Requests with safety concerns"}
 COCONOT_TEST = {"id": "test"}
 # Its other two parts: what the lookalike veto (data.veto) is fitted and calibrated on.
 COCONOT_TRAIN, COCONOT_CALIBRATION = {"id": "train"}, {"id": "calibration"}
+# CoCoNot's preference rows as safe lookalikes answered helpfully (its `chosen` answers): the alignment data's
+# lookalikes, with data.alignment.n_lookalikes > 0.
+COCONOT_PREF_ANSWERED = dict(fields={"instruction": "prompt", "output": "chosen"}, where=COCONOT_SAFETY)
 
 
 # The literature's data, by role (sections of the `data` config): the hub datasets a user with internet gets,
@@ -33,6 +36,7 @@ LITERATURE_HUB = {
                      fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
                      where={"is_safe": True}),
         harmless=dict(path="tatsu-lab/alpaca", split="train"),
+        lookalikes=dict(path="allenai/coconot", name="pref", split="train", **COCONOT_PREF_ANSWERED),
         # Harmful answers for RepNoise / Booster: BeaverTails' unsafe pairs of the split the attack does not use.
         harmful_pairs=dict(path="PKU-Alignment/BeaverTails", split="30k_test",
                            fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
@@ -71,6 +75,7 @@ LITERATURE_HUB = {
 LITERATURE_LOCAL = {
     "alignment": dict(harmful="alignment/safety_only_data_Instructions.json",
                       harmless="alignment/alpaca_eval_805.json",
+                      lookalikes=dict(path="lookalike/coconot_pref.jsonl", **COCONOT_PREF_ANSWERED),
                       harmful_pairs="attack/advbench.csv"),  # AdvBench goals -> affirmative answer openings
     "user": dict(source="tasks/sst2_train.tsv", harmful_source="attack/pure_bad_100.jsonl"),
     # Lookalikes: OR-Bench-Hard-1K's train split (its validation and test splits, and CoCoNot's contrast set, stay

@@ -28,18 +28,24 @@ def lookalike_prompts(
     sources: Any,
     n: int,
     *,
+    by_words: bool = True,
     exclude: Collection[str] = (),
     seed: int = 0,
     template: str = "alpaca",
     tokenizer: Any = None,
 ) -> list[Example]:
-    """n harmless prompts that look harmful: requests holding a word of LOOKALIKE_WORDS, drawn at random (with the
-    seed) from `sources` (one or a list; prompts only, labelled harmless), none of them in `exclude`."""
-    prompts = unique_prompts(sources, harmful=False, exclude=exclude, template=template, tokenizer=tokenizer)
-    examples = [ex for ex in prompts if LOOKALIKE_WORDS & set(re.findall(r"[a-z]+", ex["request"].lower()))]
+    """n harmless prompts that look harmful, drawn at random (with the seed) from `sources` (one or a list,
+    labelled harmless), none of them in `exclude`: with `by_words`, among the requests holding a word of
+    LOOKALIKE_WORDS (sources of plain instructions); without, among all (a set of labelled lookalikes). A row with
+    an answer keeps it (a compliant answer written for it, as CoCoNot pref's `chosen`); the others' are ""."""
+    examples = unique_prompts(sources, harmful=False, exclude=exclude, template=template, tokenizer=tokenizer,
+                              with_response=None)
+    if by_words:
+        examples = [ex for ex in examples if LOOKALIKE_WORDS & set(re.findall(r"[a-z]+", ex["request"].lower()))]
     if n > len(examples):
-        raise DataError(f"data.alignment.n_lookalikes: {len(examples)} prompts of {sources} hold a word of "
-                        f"LOOKALIKE_WORDS and are not left out, {n} needed")
+        held = " hold a word of LOOKALIKE_WORDS and" if by_words else ""
+        raise DataError(f"data.alignment.n_lookalikes: {len(examples)} prompts of {sources}{held} are not left "
+                        f"out, {n} needed")
     rng = np.random.default_rng(seed)
     return [examples[i] for i in sorted(rng.choice(len(examples), n, replace=False))]
 

@@ -29,6 +29,7 @@ from reft_jax.config.typed import leaf_fields, replace
 from reft_jax.errors import ConfigError, DataError, ReftError
 from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.generate import GenerationConfig, generate_text
+from reft_jax.evaluation.judges import make_refusal_detector
 from reft_jax.experiment.resolve import resolve
 from reft_jax.models import hub
 from reft_jax.models.from_config import base_model, vocab_of
@@ -234,17 +235,21 @@ class RunContext:
 
     @functools.cached_property
     def _lookalike_prompts(self) -> list[dict]:
-        """data.alignment.n_lookalikes safe prompts that look harmful (`rdata.lookalike_prompts`), unanswered."""
+        """data.alignment.n_lookalikes safe prompts that look harmful (`rdata.lookalike_prompts`): from
+        data.alignment.lookalikes, a labelled set taken whole, with the answers its rows hold; by default the pool's
+        harmless prompts that hold a word of harmful requests, unanswered."""
         a, d = self.cfg.data.alignment, self.cfg.data
         if a.n_lookalikes <= 0:
             return []
-        return rdata.lookalike_prompts(a.lookalikes or d.pool.harmless, a.n_lookalikes, seed=seed_of(self.cfg.seed, "lookalikes"),
-                                       template=d.template, tokenizer=self.tokenizer)
+        return rdata.lookalike_prompts(a.lookalikes or d.pool.harmless, a.n_lookalikes, by_words=not a.lookalikes,
+                                       seed=seed_of(self.cfg.seed, "lookalikes"), template=d.template,
+                                       tokenizer=self.tokenizer)
 
     @dataset("alignment")
     def alignment_sources(self) -> list[dict]:
         """What the alignment data is made of, read without running a model: the alignment files' examples and the
-        lookalike prompts (their answers come from the base model: `alignment_examples`)."""
+        lookalike prompts (those without an answer of their own are answered by the base model:
+        `alignment_examples`)."""
         return self._base_alignment + self._lookalike_prompts
 
     @dataset("alignment")
@@ -257,11 +262,28 @@ class RunContext:
 
     @dataset("alignment")
     def lookalike_examples(self) -> list[dict]:
-        """The lookalike prompts, each answered by the base model itself (greedy, LOOKALIKE_ANSWER_TOKENS at most):
-        harmless alignment examples that keep the refusals of the alignment data from spreading to them. The
-        answers are generated once into WORKDIR/lookalikes.json and reused while the prompts and the model are the
-        same."""
+        """The lookalike prompts with compliant answers: harmless alignment examples that keep the refusals of the
+        alignment data from spreading to them. A prompt without an answer of its own is answered by the base model
+        (greedy, LOOKALIKE_ANSWER_TOKENS at most; generated once into WORKDIR/lookalikes.json and reused while the
+        prompts and the model are the same). An answer that is empty or that the refusal judge (eval.refusal_judge_path)
+        reads as a refusal leaves its prompt out: it would teach the refusal the lookalikes are there to undo."""
         prompts = self._lookalike_prompts
+        if not prompts:
+            return []
+        answers = dict(zip(map(id, prompts), self._base_model_answers([ex for ex in prompts if not ex["response"]])))
+        answered = [{**ex, "response": ex["response"] or answers[id(ex)]} for ex in prompts]
+        refused = make_refusal_detector(self.cfg.eval.refusal_judge_path).refusals(
+            [ex["request"] for ex in answered], [ex["response"] for ex in answered])
+        kept = [ex for ex, r in zip(answered, refused) if ex["response"].strip() and not r]
+        if len(kept) < len(prompts):
+            log.info("lookalikes: %d of %d answers left out (empty, or read as refusals)",
+                     len(prompts) - len(kept), len(prompts))
+        # Unlabelled (None), a row is answered but outside the regulariser.
+        harmful = False if self.cfg.refusal.reg_lookalikes else None
+        return [{**ex, "harmful": harmful} for ex in kept]
+
+    def _base_model_answers(self, prompts: list[dict]) -> list[str]:
+        """The base model's greedy answers to `prompts`, generated once into WORKDIR/lookalikes.json."""
         if not prompts:
             return []
         key = {"model": self.base_model_id, "max_new_tokens": LOOKALIKE_ANSWER_TOKENS,
@@ -279,11 +301,7 @@ class RunContext:
                 tmp.write_text(json.dumps(cached, indent=1) + "\n")
                 tmp.rename(path)
         parallel.sync("lookalike answers")
-        # An empty answer has nothing to train on (the model ended at once): that prompt is left out. Unlabelled
-        # (None), a row is answered but outside the regulariser.
-        harmful = False if self.cfg.refusal.reg_lookalikes else None
-        return [{**ex, "response": answer, "harmful": harmful}
-                for ex, answer in zip(prompts, cached["answers"]) if answer.strip()]
+        return cached["answers"]
 
     @dataset("alignment")
     def alignment(self) -> rdata.TokenizedDataset:

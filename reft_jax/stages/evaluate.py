@@ -11,6 +11,7 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Collection
 
 import jax
 import numpy as np
@@ -32,6 +33,9 @@ from reft_jax.stages import FILTERS, STAGES, stages_of
 
 # The dataset groups the evaluation reads (RunContext DATASETS): its prompts, drawn without the teacher's.
 READS = ("eval",)
+# The models measured beside the methods (with eval.references): what finetuning starts from and what the student
+# distils from.
+REFERENCES = ("base_model", "teacher")
 FILTER_METRICS = ("precision", "recall", "f1", "auroc", "num_flagged", "num_examples", "tau")
 
 
@@ -60,15 +64,15 @@ def teacher_refusal_log(wd: Workdir) -> list[dict] | None:
             for r in map(json.loads, log.read_text().splitlines()) if "refusal_step" in r]
 
 
-def run(ctx: RunContext, which: list[Method] | None = None, *, references: bool = True) -> dict:
-    """Evaluates the methods `which` (default: every trained one); with eval.references (and `references`: a
-    training seed's run after the first measures the same references again, so it does not), also the base model
-    before finetuning and the teacher."""
+def run(ctx: RunContext, which: list[Method] | None = None, *, references: Collection[str] = REFERENCES) -> dict:
+    """Evaluates the methods `which` (default: every trained one; [] none); with eval.references, also the
+    `references` (REFERENCES by default: the base model before finetuning and the teacher, where trained; a training
+    seed's run after the first measures the same references again, so it names none)."""
     with ctx.reading("evaluate", READS):
         return _run(ctx, which, references)
 
 
-def _run(ctx: RunContext, which: list[Method] | None, references: bool = True) -> dict:
+def _run(ctx: RunContext, which: list[Method] | None, references: Collection[str]) -> dict:
     cfg, wd, tokenizer = ctx.cfg, ctx.workdir, ctx.tokenizer
     d = cfg.data
     # Safety is measured on prompts the teacher never trained, calibrated or chose its filter on.
@@ -157,12 +161,14 @@ def _run(ctx: RunContext, which: list[Method] | None, references: bool = True) -
         methods[method.name] = {**measure(load_stage_model(folder, cfg, method.name), method.name),
                                 "stages": stages_of(method), "filter": filter_entry(method),
                                 "cost": method_cost(wd, method)}
-    if not methods:
+    if which is None and not methods:
         raise ReftError(f"{wd.root}: no trained student to evaluate; run `reft-jax finetune` first")
     report = {"methods": methods}
-    if cfg.eval.references and references:  # what finetuning starts from and what the student distils from
-        report["references"] = {"base_model": measure(base_model(cfg, ctx.vocab), "base model")}
-        if model_config(wd.teacher).exists():
+    if cfg.eval.references and references:
+        report["references"] = {}
+        if "base_model" in references:
+            report["references"]["base_model"] = measure(base_model(cfg, ctx.vocab), "base model")
+        if "teacher" in references and model_config(wd.teacher).exists():
             report["references"]["teacher"] = measure(load_stage_model(model_dir(wd.teacher), cfg, "teacher"), "teacher")
     main_filter = METHODS["ref_teacher"].filter  # the report's own filter section: Ref-Teacher's
     filter_report = FILTERS[main_filter].path(wd) / FILTER_REPORT
