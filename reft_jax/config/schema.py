@@ -70,14 +70,16 @@ class AlignmentData:
                                    "that need them (RepNoise, Booster); \"\" = data.user.harmful_source's. Pairs "
                                    "whose prompt is in the user data are left out")
     n_harmful_pairs: int | None = option(None, "harmful pairs used; None = all", minimum=0)
-    n_lookalikes: int = option(0, "safe prompts that look harmful (a word of harmful requests in a safe sense: "
-                               "\"the causes of World War I\", \"shoot a basketball\") added to the harmless side, "
-                               "answered by the base model itself, so that learning the refusals does not teach "
-                               "refusing them (reft_jax.data.lookalike_prompts); 0 = none. On SmolLM2, 128 cut the "
-                               "teacher's over-refusal 0.43 -> 0.27 and raised its harmful score 0.10 -> 0.36 "
-                               "(docs/results.md)")
-    lookalikes: Sources = option("", "where the lookalike prompts are drawn from (prompts only; those holding a "
-                                 "word of reft_jax.data.LOOKALIKE_WORDS); \"\" = data.pool.harmless")
+    n_lookalikes: int = option(0, "safe prompts that look harmful, answered helpfully, added to the harmless side "
+                               "so that learning the refusals does not teach refusing them (and the student's "
+                               "distillation hands that on); an answer the refusal judge reads as a refusal leaves "
+                               "its prompt out; 0 = none. On SmolLM2, 128 word-holding Alpaca prompts answered by the "
+                               "base model cut the teacher's over-refusal 0.43 -> 0.27 and raised its harmful score "
+                               "0.10 -> 0.36 (docs/results.md)")
+    lookalikes: Sources = option("", "a set of labelled lookalikes, every row a candidate, a row's own answer used "
+                                 "(e.g. CoCoNot pref's `chosen`) and the base model's otherwise; \"\" = the pool's "
+                                 "harmless prompts holding a word of reft_jax.data.LOOKALIKE_WORDS (\"the causes of "
+                                 "World War I\"), answered by the base model")
 
 
 @config
