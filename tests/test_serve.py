@@ -141,8 +141,8 @@ def test_the_file_endpoint_streams_the_filters_lines(server, filtered, tmp_path)
     status, text = request(server.url + "/v1/filter?format=jsonl", raw=data.read_bytes())
     assert status == 200
     lines = [json.loads(line) for line in text.splitlines()]
-    assert [(x["index"], x["flagged"], x["label"]) for x in lines] == [(x["index"], x["flagged"], x["label"])
-                                                                       for x in expected]
+    fields = ("index", "flagged", "label", "digest")  # the digest: what `finetune --kept` matches rows by
+    assert [tuple(x[k] for k in fields) for x in lines] == [tuple(x[k] for k in fields) for x in expected]
     np.testing.assert_allclose([x["score"] for x in lines], [x["score"] for x in expected], atol=1e-5)
     # Another layout `--data` reads, named by its Content-Type: the same rows, the same scores.
     csv = "prompt\n" + "".join(f'"{p}"\n' for p in PROMPTS)

@@ -3,7 +3,7 @@ and metrics.
 
     GET  /healthz          200 once the filter is loaded and every bucket compiled, 503 while loading (no key needed)
     POST /v1/moderations   {"input": "text" | ["text", ...]} -> OpenAI's moderation response
-    POST /v1/filter        a file in any layout `--data` reads -> one {"index", "score", "flagged"} line per row
+    POST /v1/filter        a file in any layout `--data` reads -> one {"index", "score", "flagged", "digest"} line per row
     GET  /metrics          Prometheus text
 
 Every error is JSON in OpenAI's shape, {"error": {"message": ONE LINE, "type", "code"}}. Prompts are never logged
@@ -36,6 +36,7 @@ from reft_jax.serve.batcher import Batcher
 from reft_jax.serve.metrics import Metrics
 from reft_jax.serve.settings import Settings
 from reft_jax.serve.teacher_filter import TeacherFilter
+from reft_jax.stages.common import row_digest
 
 log = logging.getLogger("reft_jax.serve")
 
@@ -214,7 +215,8 @@ class Service:
         for i, ex in enumerate(examples):
             self.check_length(ex["request"], f"row {i}")
         ds = await run_in_threadpool(self.filter.tokenize, examples)
-        return StreamingResponse(self._lines(ds, start), media_type="application/jsonl")
+        digests = [row_digest(ex) for ex in examples]
+        return StreamingResponse(self._lines(ds, digests, start), media_type="application/jsonl")
 
     def _read(self, body: bytes, kind: str) -> list[dict]:
         """The file's rows as `--data` reads them, from a temporary copy; errors name the upload, not the copy."""
@@ -226,8 +228,9 @@ class Service:
             except ReftError as e:
                 raise RequestError(400, str(e).replace(str(path), "upload")) from None
 
-    async def _lines(self, ds, start: float):
-        """Scores chunk by chunk: the first lines leave while the rest of a large file is scored."""
+    async def _lines(self, ds, digests: list[str], start: float):
+        """Scores chunk by chunk: the first lines leave while the rest of a large file is scored. Each line as
+        `reft-jax filter`'s scores.jsonl writes it, with the row's digest (what `finetune --kept` matches rows by)."""
         chunk = FILE_CHUNK_BATCHES * self.filter.batch_size
         tau, done = self.filter.tau, []
         for lo in range(0, len(ds), chunk):
@@ -236,6 +239,7 @@ class Service:
             lines = []
             for i, s in enumerate(scores, lo):
                 line = {"index": int(ds.index[i]), "score": float(s), "flagged": bool(s > tau)}
+                line["digest"] = digests[line["index"]]
                 if ds.harmful[i] >= 0:
                     line["label"] = bool(ds.harmful[i])
                 lines.append(json.dumps(line) + "\n")
