@@ -67,8 +67,8 @@ def write_bundle(ctx: RunContext, out: Path, *, force: bool = False) -> Path:
     return out
 
 
-def read_bundle(folder: str | Path):
-    """(model, tokenizer, settings, serving) of a bundle: TeacherFilter's arguments."""
+def read_settings(folder: str | Path):
+    """(settings, serving) of a bundle, without its model: the filter's `teacher_settings` and its Serving."""
     from reft_jax.serve.teacher_filter import Serving
 
     folder = Path(folder)
@@ -81,5 +81,11 @@ def read_bundle(folder: str | Path):
     # teacher_settings reads a workdir's three files; a bundle holds them under its own names
     settings = teacher_settings(types.SimpleNamespace(refusal_feature=folder / FEATURE,
                                                       filter_settings=folder / SETTINGS, probe=folder / PROBE))
-    model = from_pretrained(folder / MODEL, jnp.dtype(serving.dtype), jnp.dtype(serving.param_dtype))
-    return model, rdata.load_tokenizer(str(folder / MODEL)), settings, serving
+    return settings, serving
+
+
+def read_bundle(folder: str | Path):
+    """(model, tokenizer, settings, serving) of a bundle: TeacherFilter's arguments."""
+    settings, serving = read_settings(folder)
+    model = from_pretrained(Path(folder) / MODEL, jnp.dtype(serving.dtype), jnp.dtype(serving.param_dtype))
+    return model, rdata.load_tokenizer(str(Path(folder) / MODEL)), settings, serving

@@ -12,6 +12,7 @@ length of data.buckets, one compiled program per bucket (`warm` compiles them al
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,20 +53,85 @@ class Serving:
                    m.param_dtype)
 
 
-class TeacherFilter:
+class PromptBatches(abc.ABC):
+    """A filter's path from text to scores, whatever scores a batch: prompts templated and tokenized as `reft-jax
+    filter --data` does, in batches of filter.batch_size rows padded to a bucket's length. TeacherFilter scores them
+    with JAX; the PyTorch peer of the serving benchmark (reft_jax.bench.filter_peer) is fed the very same batches."""
+
+    def __init__(self, tokenizer, serving: Serving):
+        self.tokenizer, self.serving = tokenizer, serving
+        self.batch_size, self.buckets = serving.batch_size, tuple(serving.buckets)
+        self.pad_id = self.tokenize(self.examples(["-"])).pad_id  # the tokenizer's, as tokenize chooses it
+
+    @abc.abstractmethod
+    def score_batch(self, batch: rdata.Batch) -> np.ndarray:
+        """The score of every row of one batch of the filter's static shape ([batch_size], padding rows included)."""
+
+    # -- text to tokens: what `reft-jax filter --data` does to a file's rows -------------------------------------------
+
+    def examples(self, texts: Sequence[str]) -> list[dict]:
+        """Prompt-only examples of user messages, templated as a file's `prompt` column is."""
+        return [{"prompt": rdata.format_prompt(t, template=self.serving.template, tokenizer=self.tokenizer),
+                 "request": t, "response": "", "harmful": None} for t in texts]
+
+    def read_file(self, path: str | Path) -> list[dict]:
+        """A customer file's rows as examples, in any layout `--data` reads (reft_jax.data.load_examples)."""
+        return rdata.load_examples(str(path), with_response=None, template=self.serving.template,
+                                   tokenizer=self.tokenizer)
+
+    def tokenize(self, examples: list[dict]) -> rdata.TokenizedDataset:
+        """As RunContext.tokenize: truncated to the largest bucket (data.max_length)."""
+        return rdata.tokenize(examples, self.tokenizer, max(self.buckets), min_response=self.serving.min_response,
+                              desc="tokenizing prompts").prompts_only()
+
+    # -- tokens to scores -----------------------------------------------------------------------------------------------
+
+    def batch(self, prompt_ids: Sequence[np.ndarray]) -> rdata.Batch:
+        """One batch of the filter's static shape holding at most batch_size tokenized prompts: batch_size rows (the
+        rest padding rows), padded to the smallest bucket that holds the longest."""
+        n = len(prompt_ids)
+        if not 0 < n <= self.batch_size:
+            raise ValueError(f"{n} rows for a batch of {self.batch_size}")
+        ds = rdata.TokenizedDataset(list(prompt_ids), [np.zeros((0,), np.int32)] * n, np.full(n, -1, np.int32),
+                                    np.arange(n, dtype=np.int32), self.pad_id, report=None)
+        length = rdata.pick_length(max(len(p) for p in prompt_ids), self.buckets)
+        return rdata.make_batch(ds, [*range(n), *[PAD_ROW] * (self.batch_size - n)], length)
+
+    def score_rows(self, prompt_ids: Sequence[np.ndarray]) -> np.ndarray:
+        """The scores of at most batch_size tokenized prompts, from one batch of the filter's static shape."""
+        return self.score_batch(self.batch(prompt_ids))[:len(prompt_ids)]
+
+    def score_dataset(self, ds: rdata.TokenizedDataset) -> np.ndarray:
+        """Scores of every prompt of `ds`, in order, batch_size at a time."""
+        ids = ds.prompt_ids
+        return np.concatenate([self.score_rows(ids[i: i + self.batch_size]) for i in range(0, len(ids),
+                                                                                          self.batch_size)])
+
+    def score(self, prompts: Sequence[str]) -> np.ndarray:
+        """The filter's score of each user message (float32 [N]); a prompt is flagged when its score > tau."""
+        if not prompts:
+            return np.zeros((0,), np.float32)
+        return self.score_dataset(self.tokenize(self.examples(list(prompts))))
+
+    def warm(self) -> None:
+        """Scores a batch of every bucket's length: with JAX it compiles each bucket's program, so that none is
+        compiled while serving."""
+        for length in self.buckets:
+            self.score_rows([np.ones(length, np.int32)])
+
+
+class TeacherFilter(PromptBatches):
     """The frozen teacher (or base model, filter.json's "direction") with its scorer, tau and layers, the tokenizer
     and prompt template, and one compiled scoring program per bucket."""
 
     def __init__(self, model: Transformer, tokenizer, settings: dict, serving: Serving):
         """settings: `teacher_settings`' (tau, layers, scorer, direction, score_by)."""
-        self.tokenizer, self.serving = tokenizer, serving
         self.tau, self.layers = float(settings["tau"]), tuple(settings["layers"])
         self.scorer, self.direction = settings["scorer"], settings["direction"]
         self._kind, self._params = scorer_params(settings["score_by"], self.layers)  # as refusal.scoring.score
         self._model = FrozenModel.of(model)
         self._fn = make_score_fn(self.layers, self._kind)
-        self.batch_size, self.buckets = serving.batch_size, tuple(serving.buckets)
-        self.pad_id = self.tokenize(self.examples(["-"])).pad_id  # the tokenizer's, as tokenize chooses it
+        super().__init__(tokenizer, serving)
 
     @classmethod
     def load(cls, path: str | Path, config=None, overrides: Sequence[str] = ()) -> TeacherFilter:
@@ -85,53 +151,8 @@ class TeacherFilter:
         settings = teacher_settings(ctx.workdir)
         return cls(filter_model(ctx, settings), ctx.tokenizer, settings, Serving.of(ctx.cfg))
 
-    # -- text to tokens: what `reft-jax filter --data` does to a file's rows -------------------------------------------
-
-    def examples(self, texts: Sequence[str]) -> list[dict]:
-        """Prompt-only examples of user messages, templated as a file's `prompt` column is."""
-        return [{"prompt": rdata.format_prompt(t, template=self.serving.template, tokenizer=self.tokenizer),
-                 "request": t, "response": "", "harmful": None} for t in texts]
-
-    def read_file(self, path: str | Path) -> list[dict]:
-        """A customer file's rows as examples, in any layout `--data` reads (reft_jax.data.load_examples)."""
-        return rdata.load_examples(str(path), with_response=None, template=self.serving.template,
-                                   tokenizer=self.tokenizer)
-
-    def tokenize(self, examples: list[dict]) -> rdata.TokenizedDataset:
-        """As RunContext.tokenize: truncated to the largest bucket (data.max_length)."""
-        return rdata.tokenize(examples, self.tokenizer, max(self.buckets), min_response=self.serving.min_response,
-                              desc="tokenizing prompts").prompts_only()
-
-    # -- scoring --------------------------------------------------------------------------------------------------------
-
-    def score_rows(self, prompt_ids: Sequence[np.ndarray]) -> np.ndarray:
-        """The scores of at most batch_size tokenized prompts, from one batch of the filter's static shape."""
-        n = len(prompt_ids)
-        if not 0 < n <= self.batch_size:
-            raise ValueError(f"{n} rows for a batch of {self.batch_size}")
-        ds = rdata.TokenizedDataset(list(prompt_ids), [np.zeros((0,), np.int32)] * n, np.full(n, -1, np.int32),
-                                    np.arange(n, dtype=np.int32), self.pad_id, report=None)
-        length = rdata.pick_length(max(len(p) for p in prompt_ids), self.buckets)
-        batch = rdata.make_batch(ds, [*range(n), *[PAD_ROW] * (self.batch_size - n)], length)
-        return np.asarray(self._fn(self._model, batch, *self._params), np.float32)[:n]
-
-    def score_dataset(self, ds: rdata.TokenizedDataset) -> np.ndarray:
-        """Scores of every prompt of `ds`, in order, batch_size at a time."""
-        ids = ds.prompt_ids
-        return np.concatenate([self.score_rows(ids[i: i + self.batch_size]) for i in range(0, len(ids),
-                                                                                          self.batch_size)])
-
-    def score(self, prompts: Sequence[str]) -> np.ndarray:
-        """The filter's score of each user message (float32 [N]); a prompt is flagged when its score > tau."""
-        if not prompts:
-            return np.zeros((0,), np.float32)
-        return self.score_dataset(self.tokenize(self.examples(list(prompts))))
-
-    def warm(self) -> None:
-        """Compiles the scoring program of every bucket (a batch of the bucket's length each): none is compiled
-        while serving."""
-        for length in self.buckets:
-            self.score_rows([np.ones(length, np.int32)])
+    def score_batch(self, batch: rdata.Batch) -> np.ndarray:
+        return np.asarray(self._fn(self._model, batch, *self._params), np.float32)
 
     def compiled(self) -> int:
         """How many programs the scoring pass has compiled (one per bucket after `warm`)."""
