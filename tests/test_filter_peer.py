@@ -1,0 +1,57 @@
+"""The serving benchmark's PyTorch peer (reft_jax.bench.filter_peer) computes the filter's own scores: on the demo
+teacher's bundle (test_serve's fixtures) and on copies of it whose filter.json reads other layers and scorers."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_serve import PROMPTS, bundle, workdir  # noqa: F401 (the demo teacher's bundle and the workdir it needs)
+
+pytest.importorskip("torch", reason="the peer is PyTorch's: pip install torch")
+
+from reft_jax.bench.filter_peer import TorchFilter  # noqa: E402
+from reft_jax.refusal.probe import Probe  # noqa: E402
+
+# test_serve's prompts (one in the 96-token bucket) and one cut to the largest bucket
+LENGTHS = [*PROMPTS, "Tell me everything about the history of the Roman roads and bridges, please. " * 12]
+
+
+def variant(source: Path, out: Path, scorer: str, rng) -> Path:
+    """A copy of the bundle that scores with `scorer` at layers 1 and 2 of the demo's two blocks (the last one after
+    the final norm, as transformers' last hidden state) in batches of 3: R_l at layer 2 a random direction, and for
+    the probe-based scorers a random probe."""
+    shutil.copytree(source, out)
+    settings = json.loads((out / "filter.json").read_text())
+    r = np.load(out / "refusal_feature.npy").reshape(1, -1)
+    r = np.concatenate([r, rng.normal(size=r.shape)]).astype(np.float32)
+    np.save(out / "refusal_feature.npy", r)
+    if scorer != "cosine":  # b = 0: a random probe vetoes about half the prompts
+        Probe(rng.normal(size=r.shape).astype(np.float32), 0.0 if scorer == "veto" else 0.5, 1.0).save(
+            out / "probe.npz")
+    settings.update(layers=[1, 2], scorer=scorer, serving={**settings["serving"], "batch_size": 3})
+    (out / "filter.json").write_text(json.dumps(settings))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundles(bundle, tmp_path_factory):  # noqa: F811 (test_serve's fixture)
+    rng, tmp = np.random.default_rng(0), tmp_path_factory.mktemp("peer")
+    return {"as exported": bundle, **{f"{s} at layers 1, 2": variant(bundle, tmp / s, s, rng)
+                                      for s in ("cosine", "probe", "veto")}}
+
+
+@pytest.mark.parametrize("name", ["as exported", "cosine at layers 1, 2", "probe at layers 1, 2",
+                                  "veto at layers 1, 2"])
+def test_the_peer_scores_as_the_filter(bundles, name):
+    import reft_jax
+
+    filt, peer = reft_jax.Filter.load(bundles[name]), TorchFilter(bundles[name], device="cpu")
+    assert (peer.layers, peer.scorer, peer.tau, peer.batch_size) == (filt.layers, filt.scorer, filt.tau,
+                                                                     filt.batch_size)
+    want, got = filt.score(LENGTHS), peer.score(LENGTHS)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    if name.startswith("veto"):  # both sides of the veto
+        assert (want < -1).any() and (want > -1).any(), want
