@@ -3,11 +3,14 @@ teacher's bundle (test_serve's fixtures) and on copies of it whose filter.json r
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import without_preload
 from test_serve import PROMPTS, bundle, workdir  # noqa: F401 (the demo teacher's bundle and the workdir it needs)
 
 pytest.importorskip("torch", reason="the peer is PyTorch's: pip install torch")
@@ -15,6 +18,7 @@ pytest.importorskip("torch", reason="the peer is PyTorch's: pip install torch")
 from reft_jax.bench.filter_peer import TorchFilter  # noqa: E402
 from reft_jax.refusal.probe import Probe  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 # test_serve's prompts (one in the 96-token bucket) and one cut to the largest bucket
 LENGTHS = [*PROMPTS, "Tell me everything about the history of the Roman roads and bridges, please. " * 12]
 
@@ -55,3 +59,21 @@ def test_the_peer_scores_as_the_filter(bundles, name):
     np.testing.assert_allclose(got, want, atol=1e-4)
     if name.startswith("veto"):  # both sides of the veto
         assert (want < -1).any() and (want > -1).any(), want
+
+
+def test_the_serving_benchmark_writes_every_figure(bundle, tmp_path):  # noqa: F811 (test_serve's fixture)
+    """docs/experiments/serve_bench.py end to end on the demo bundle, each measurement and load test 1 s."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "docs/experiments/serve_bench.py"), str(bundle), str(out),
+                           "--seconds", "1", "--n", "40"], capture_output=True, text=True, timeout=600,
+                          env=without_preload())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for side in ("jax", "torch"):
+        assert report[side]["prompts_per_s"] > 0 and report[side]["scoring_prompts_per_s"] > 0
+        assert report[side]["batches_per_pass"] == 2 and report[side]["bucket_lengths"] == [64]
+    assert report["torch"]["threads"] >= 1 and report["torch"]["max_abs_diff_vs_jax"] <= 1e-4
+    tests = report["serve"]["load_tests"]
+    assert [t["clients"] for t in tests] == [1, 8, 32] and all(t["errors"] == 0 and t["requests"] for t in tests)
+    assert report["serve"]["max_abs_diff_vs_jax"] <= 1e-5 and report["serve"]["exit_code"] == 0
+    assert report["commit"] and report["machine"]["cpus"] and "serve_bench.py" in report["command"]
