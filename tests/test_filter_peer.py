@@ -76,4 +76,5 @@ def test_the_serving_benchmark_writes_every_figure(bundle, tmp_path):  # noqa: F
     tests = report["serve"]["load_tests"]
     assert [t["clients"] for t in tests] == [1, 8, 32] and all(t["errors"] == 0 and t["requests"] for t in tests)
     assert report["serve"]["max_abs_diff_vs_jax"] <= 1e-5 and report["serve"]["exit_code"] == 0
+    assert set(report["jax_over_torch"]) == {"prompts_per_s", "scoring_prompts_per_s"}
     assert report["commit"] and report["machine"]["cpus"] and "serve_bench.py" in report["command"]
