@@ -18,7 +18,8 @@ reft_jax.serve.loadtest.PROMPTS cycled, or of FILE's lines (one prompt a line). 
 
 Each measurement repeats whole passes over the prompts until T seconds have passed (at least one pass); each load
 test lasts T seconds. OUT.json holds every figure, the scores' largest gaps between the phases, the commit, the
-machine (its load average before each phase: a busy machine's figures are not the code's) and the command line.
+machine (and the share of its CPUs that other work took before each phase: a busy machine's figures are not the
+code's) and the command line.
 """
 
 from __future__ import annotations
@@ -134,8 +135,26 @@ def _measure(filt, prompts: list[str], seconds: float) -> tuple[dict, np.ndarray
     return figures, np.concatenate(scores)
 
 
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+def _busy(phase: str, seconds: float = 2.0) -> float | None:
+    """The share of the machine's CPU time that other work takes while this benchmark waits `seconds` before a phase
+    (Linux's /proc/stat; None elsewhere), with a warning from 10 %: on a busy machine torch's OpenMP threads wait on
+    each other and its figures swing many-fold from pass to pass. (The load average would count the previous phase.)"""
+    def ticks():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]  # user .. steal (guest time is inside user)
+        return sum(v) - v[3] - v[4], sum(v)  # busy (all but idle and iowait), total
+
+    try:
+        busy0, total0 = ticks()
+        time.sleep(seconds)
+        busy1, total1 = ticks()
+    except OSError:
+        return None
+    share = round((busy1 - busy0) / max(total1 - total0, 1), 3)
+    if share >= 0.1:
+        print(f"serve_bench: other work took {share:.0%} of the CPUs before the {phase} phase: its figures are the "
+              "machine's, not only the code's", file=sys.stderr, flush=True)
+    return share
 
 
 def jax_phase(path: Path, prompts: list[str], seconds: float) -> tuple[dict, np.ndarray]:
@@ -227,14 +246,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
         path = _bundle(args.source, args.config, overrides, Path(tmp))
         report["bundle"] = str(path)
-        report["load_avg_before"] = {"jax": _load()}
+        report["busy_before"] = {"jax": _busy("jax")}
         report["jax"], jax_scores = jax_phase(path, prompts, args.seconds)
         gc.collect()  # the JAX filter's model is freed before the peer loads its own
-        report["load_avg_before"]["torch"] = _load()
+        report["busy_before"]["torch"] = _busy("torch")
         report["torch"], torch_scores = torch_phase(path, prompts, args.seconds)
         report["torch"]["max_abs_diff_vs_jax"] = float(np.abs(torch_scores - jax_scores).max())
         gc.collect()
-        report["load_avg_before"]["serve"] = _load()
+        report["busy_before"]["serve"] = _busy("serve")
         want = {p: float(s) for p, s in zip(prompts, jax_scores)}
         report["serve"] = serve_phase(path, prompts, args.seconds, want, Path(tmp) / "serve.log")
     # the issue's target: >= 1, JAX's prompts/s at least the peer's
