@@ -3,6 +3,7 @@ data or the evaluation (drawn without them); what a stage may read; and the teac
 direction and the base model's."""
 
 import collections
+import functools
 import hashlib
 import json
 
@@ -18,7 +19,7 @@ from reft_jax.experiment.context import RunContext
 from reft_jax.models.from_config import base_model
 from reft_jax.refusal import probe, scoring
 from reft_jax.runtime.state import FrozenModel
-from reft_jax.stages import FILTERS, STAGES, check_inputs, run_stage
+from reft_jax.stages import FILTERS, STAGES, check_inputs, inputs_of, run_stage
 from reft_jax.stages import teacher as teacher_stage
 from reft_jax.stages.ref_teacher_filter import filter_model
 from reft_jax.train import runs
@@ -421,3 +422,18 @@ def test_an_input_the_record_predates_is_taken_as_it_was(worse_teacher, tmp_path
             check_inputs(ctx, "teacher")
     finally:
         path.write_text(json.dumps(record))
+
+
+def test_a_lookalike_source_is_an_input_only_while_lookalikes_are_drawn(worse_teacher, tmp_path):
+    """A config that names a source of lookalikes but draws none (n_lookalikes 0) reuses a teacher made before it
+    named one; with lookalikes drawn, the source is an input like any other."""
+    ctx = worse_teacher
+    source = tmp_path / "lookalikes.jsonl"
+    source.write_text("".join(json.dumps({"instruction": f"How do I kill a stuck process {i}?", "output": "Use kill."})
+                              + "\n" for i in range(3)))
+    named = {"data.alignment.lookalikes": str(source), "data.pool.lookalikes": str(source)}
+    other = RunContext(functools.reduce(lambda c, kv: replace(c, *kv), named.items(), ctx.cfg), ctx.workdir)
+    check_inputs(other, "teacher")
+    assert not set(named) & set(inputs_of(other, "teacher"))
+    drawn = RunContext(replace(other.cfg, "data.alignment.n_lookalikes", 2), ctx.workdir)
+    assert inputs_of(drawn, "teacher")["data.alignment.lookalikes"] == named["data.alignment.lookalikes"]

@@ -159,15 +159,25 @@ def inputs_of(ctx: RunContext, name: str) -> dict:
     out = {}
     for need in _needs(ctx, name):
         out.update(inputs_of(ctx, need))
+    dormant = _dormant(ctx.cfg)
     for field in stage.inputs:
         value = ctx.cfg
         for part in field.split("."):
             value = getattr(value, part)
-        out.update(leaf_fields(value, field))  # a change is named by its field (refusal.lam, ...)
+        out.update({k: v for k, v in leaf_fields(value, field).items()  # a change is named by its field
+                    if not any(k == d or k.startswith(d + ".") for d in dormant)})
     for group in stage.reads:
         out[f"{group.replace('_', ' ')} data"] = ctx.fingerprint(group)
     text = json.dumps(out, sort_keys=True, default=str).replace(str(ctx.workdir.root.absolute()), "WORKDIR")
     return json.loads(text)
+
+
+def _dormant(cfg) -> set[str]:
+    """Config fields that nothing reads under the run's other settings (a source of lookalikes while none are
+    drawn): not inputs, so naming one in a config leaves the stages made without it valid."""
+    a, p = cfg.data.alignment, cfg.data.pool
+    return ({"data.alignment.lookalikes"} if a.n_lookalikes <= 0 else set()) | (
+        {"data.pool.lookalikes"} if p.n_lookalikes <= 0 else set())
 
 
 def _needs(ctx: RunContext, name: str) -> list[str]:
