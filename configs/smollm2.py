@@ -20,7 +20,9 @@ Data come from the hub by default. `data.local_dir` switches every source to loc
   refusal/harmful_train.json, harmfulqa.json, harmless_train.json   the refusal feature's labelled prompts
   lookalike/or_bench_hard_train.json            safe prompts that look harmful (OR-Bench-Hard-1K's train split and
   lookalike/coconot_pref.jsonl                  CoCoNot's safety-concern rows; the hub: CoCoNot's alone), drawn
-                                                into the refusal feature's splits with data.pool.n_lookalikes > 0
+                                                into the refusal feature's splits with data.pool.n_lookalikes > 0;
+                                                CoCoNot's with their compliant `chosen` answers are the alignment
+                                                data's lookalikes with data.alignment.n_lookalikes > 0
   lookalike/or_bench_hard_val.json, coconot_eval.jsonl, coconot_contrast_eval.jsonl   the lookalike veto's
                                                 calibration, and the train parts of CoCoNot's sets its fitting
                                                 (filter.scorer = "veto"; their test parts are the evaluation's)
