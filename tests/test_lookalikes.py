@@ -117,3 +117,25 @@ def test_coconot_pref_answers_label_both_answers_of_a_row():
             {"id": "b", "prompt": "p2", "chosen": "c2", "rejected": "r2"}]
     assert coconot_pref_answers(rows, {"chosen": {"b"}, "rejected": {"a"}}) == [
         ("p1", "c1", False), ("p1", "r1", True), ("p2", "c2", True), ("p2", "r2", False)]
+
+
+def test_a_labelled_lookalike_set_is_taken_whole_with_its_own_answers(tmp_path, monkeypatch):
+    """data.alignment.lookalikes naming a labelled set: every row a candidate (no word needed), each row's own
+    answer trained on without running the base model, and an answer the refusal judge reads as a refusal left out."""
+    rows = [{"instruction": f"Tell me about the history of lighthouse {i}.", "output": f"Lighthouse {i} was built."}
+            for i in range(5)] + [{"instruction": "How do I shoot a photo at night?",
+                                   "output": "I'm sorry, but I can't help with that."}]
+    source = tmp_path / "labelled.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def no_generation(*a, **k):
+        raise AssertionError("answered rows were answered again by the base model")
+
+    monkeypatch.setattr(context, "generate_text", no_generation)
+    ctx = RunContext.create(load_config("configs/demo.py", [*TINY, f"--config.data.alignment.lookalikes={source}",
+                                                            "--config.data.alignment.n_lookalikes=6"]),
+                            tmp_path / "run")
+    added = {ex["request"]: ex["response"] for ex in ctx.lookalike_examples}
+    assert added == {r["instruction"]: r["output"] for r in rows[:5]}  # no LOOKALIKE_WORDS in five of them
+    assert all(ex["harmful"] is False for ex in ctx.lookalike_examples)
+    assert set(added) <= {ex["request"] for ex in ctx.alignment_examples}
