@@ -270,8 +270,8 @@ class RunContext:
         prompts = self._lookalike_prompts
         if not prompts:
             return []
-        answers = dict(zip(map(id, prompts), self._base_model_answers([ex for ex in prompts if not ex["response"]])))
-        answered = [{**ex, "response": ex["response"] or answers[id(ex)]} for ex in prompts]
+        generated = iter(self._base_model_answers([ex for ex in prompts if not ex["response"]]))  # in their order
+        answered = [{**ex, "response": ex["response"] or next(generated)} for ex in prompts]
         refused = make_refusal_detector(self.cfg.eval.refusal_judge_path).refusals(
             [ex["request"] for ex in answered], [ex["response"] for ex in answered])
         kept = [ex for ex, r in zip(answered, refused) if ex["response"].strip() and not r]
