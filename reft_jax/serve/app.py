@@ -88,8 +88,8 @@ class Service:
         self.batcher = Batcher(filt, self.settings.max_wait, on_batch=self.metrics.batch_rows.observe)
         self.filter = filt
         self.metrics.ready.set(1)
-        log.info("ready: %d buckets %s compiled, batches of %d rows, tau %.4g (%s, %s direction)", filt.compiled(),
-                 list(filt.buckets), filt.batch_size, filt.tau, filt.scorer, filt.direction)
+        log.info("ready: %d programs compiled (buckets %s, batches of %s rows), tau %.4g (%s, %s direction)",
+                 filt.compiled(), list(filt.buckets), list(filt.row_sizes), filt.tau, filt.scorer, filt.direction)
 
     def stop(self) -> None:
         if self.batcher is not None:
@@ -170,7 +170,7 @@ class Service:
         if self.filter is None:
             return JSONResponse({"status": "loading"}, 503)
         return JSONResponse({"status": "ready", "tau": self.filter.tau, "buckets": list(self.filter.buckets),
-                             "batch_size": self.filter.batch_size})
+                             "batch_size": self.filter.batch_size, "row_sizes": list(self.filter.row_sizes)})
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -6,8 +6,9 @@ Python API `reft_jax.Filter`.
     flagged = scores > filt.tau
 
 It reads the teacher stage's filter (`stages.ref_teacher_filter.teacher_settings`) and scores with the filter's own
-jitted pass (`refusal.readout.make_score_fn`) on its static shapes: batches of filter.batch_size rows padded to a
-length of data.buckets, one compiled program per bucket (`warm` compiles them all), whatever rows share a batch.
+jitted pass (`refusal.readout.make_score_fn`) on its static shapes: batches of 1, 8 or filter.batch_size rows
+(`row_sizes`, the fewest that hold the prompts) padded to a length of data.buckets, one compiled program per row size
+and bucket (`warm` compiles them all), whatever rows share a batch.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from reft_jax.serve import bundle
 from reft_jax.stages.ref_teacher_filter import filter_model, teacher_settings
 
 PAD_ROW = -1  # make_batch's padding row
+
+
+def row_sizes(batch_size: int) -> tuple[int, ...]:
+    """The batch sizes a filter compiles, up to filter.batch_size: a batch costs its rows whatever they hold, so a
+    served request alone (or a file's last few prompts) runs a batch of 1 or 8, not a full one."""
+    return tuple(sorted({1, min(8, batch_size), batch_size}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +68,12 @@ class PromptBatches(abc.ABC):
     def __init__(self, tokenizer, serving: Serving):
         self.tokenizer, self.serving = tokenizer, serving
         self.batch_size, self.buckets = serving.batch_size, tuple(serving.buckets)
+        self.row_sizes = row_sizes(self.batch_size)
         self.pad_id = self.tokenize(self.examples(["-"])).pad_id  # the tokenizer's, as tokenize chooses it
 
     @abc.abstractmethod
     def score_batch(self, batch: rdata.Batch) -> np.ndarray:
-        """The score of every row of one batch of the filter's static shape ([batch_size], padding rows included)."""
+        """The score of every row of one batch of a static shape ([rows], padding rows included)."""
 
     # -- text to tokens: what `reft-jax filter --data` does to a file's rows -------------------------------------------
 
@@ -87,18 +95,19 @@ class PromptBatches(abc.ABC):
     # -- tokens to scores -----------------------------------------------------------------------------------------------
 
     def batch(self, prompt_ids: Sequence[np.ndarray]) -> rdata.Batch:
-        """One batch of the filter's static shape holding at most batch_size tokenized prompts: batch_size rows (the
-        rest padding rows), padded to the smallest bucket that holds the longest."""
+        """One batch of a static shape holding at most batch_size tokenized prompts: the smallest of `row_sizes` that
+        holds them (the rest padding rows), padded to the smallest bucket that holds the longest."""
         n = len(prompt_ids)
         if not 0 < n <= self.batch_size:
             raise ValueError(f"{n} rows for a batch of {self.batch_size}")
         ds = rdata.TokenizedDataset(list(prompt_ids), [np.zeros((0,), np.int32)] * n, np.full(n, -1, np.int32),
                                     np.arange(n, dtype=np.int32), self.pad_id, report=None)
         length = rdata.pick_length(max(len(p) for p in prompt_ids), self.buckets)
-        return rdata.make_batch(ds, [*range(n), *[PAD_ROW] * (self.batch_size - n)], length)
+        rows = min(r for r in self.row_sizes if r >= n)
+        return rdata.make_batch(ds, [*range(n), *[PAD_ROW] * (rows - n)], length)
 
     def score_rows(self, prompt_ids: Sequence[np.ndarray]) -> np.ndarray:
-        """The scores of at most batch_size tokenized prompts, from one batch of the filter's static shape."""
+        """The scores of at most batch_size tokenized prompts, from one batch of a static shape."""
         return self.score_batch(self.batch(prompt_ids))[:len(prompt_ids)]
 
     def score_dataset(self, ds: rdata.TokenizedDataset) -> np.ndarray:
@@ -114,15 +123,16 @@ class PromptBatches(abc.ABC):
         return self.score_dataset(self.tokenize(self.examples(list(prompts))))
 
     def warm(self) -> None:
-        """Scores a batch of every bucket's length: with JAX it compiles each bucket's program, so that none is
-        compiled while serving."""
-        for length in self.buckets:
-            self.score_rows([np.ones(length, np.int32)])
+        """Scores a batch of every row size and bucket length: with JAX it compiles each one's program, so that none
+        is compiled while serving."""
+        for rows in self.row_sizes:
+            for length in self.buckets:
+                self.score_rows([np.ones(length, np.int32)] * rows)
 
 
 class TeacherFilter(PromptBatches):
     """The frozen teacher (or base model, filter.json's "direction") with its scorer, tau and layers, the tokenizer
-    and prompt template, and one compiled scoring program per bucket."""
+    and prompt template, and one compiled scoring program per row size and bucket."""
 
     def __init__(self, model: Transformer, tokenizer, settings: dict, serving: Serving):
         """settings: `teacher_settings`' (tau, layers, scorer, direction, score_by)."""
@@ -155,5 +165,5 @@ class TeacherFilter(PromptBatches):
         return np.asarray(self._fn(self._model, batch, *self._params), np.float32)
 
     def compiled(self) -> int:
-        """How many programs the scoring pass has compiled (one per bucket after `warm`)."""
+        """How many programs the scoring pass has compiled (one per row size and bucket after `warm`)."""
         return self._fn._cache_size()
