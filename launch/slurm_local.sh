@@ -98,6 +98,8 @@ stop() {
     if running "$dir/$name.pid"; then
       kill "$(cat "$dir/$name.pid")"
       for _ in $(seq 30); do running "$dir/$name.pid" || break; sleep 0.5; done
+      # Still there after 15 s (a loaded machine): stopped for good, so that no daemon outlives `stop`.
+      if running "$dir/$name.pid"; then kill -9 "$(cat "$dir/$name.pid")" 2>/dev/null || true; fi
     fi
     rm -f "$dir/$name.pid"
   done
