@@ -156,7 +156,7 @@ def test_concurrent_requests_share_batches_with_identical_scores_and_no_recompil
     _, expected = filtered
     want = {p: x["score"] for p, x in zip(PROMPTS, expected)}
     compiled, batches = server.metric("reft_jax_compiled_programs"), server.metric("reft_jax_batch_rows_count")
-    assert compiled == 6  # one program per bucket (64, 96) and row size (1, 8, 32), compiled before ready
+    assert compiled == 12  # one program per bucket (64, 96) and row size (1, 2, 4, ..., 32), compiled before ready
 
     def one(k):
         texts = [PROMPTS[(k + j) % len(PROMPTS)] for j in range(1 + k % 3)]
@@ -239,10 +239,11 @@ def test_the_filter_bundle_scores_as_the_filter_command(bundle, filtered):
     scores = filt.score(PROMPTS)
     np.testing.assert_allclose(scores, [x["score"] for x in expected], atol=1e-5)
     assert ((scores > filt.tau) == [x["flagged"] for x in expected]).all()
-    # A batch has the fewest rows of 1, 8 or filter.batch_size that hold its prompts, each scored as in any other.
-    ids = list(filt.tokenize(filt.examples(PROMPTS)).prompt_ids) * 2
-    assert filt.row_sizes == (1, 8, filt.batch_size)
-    assert [filt.batch(ids[:n])["input_ids"].shape[0] for n in (1, 2, 8, 9)] == [1, 8, 8, filt.batch_size]
+    # A batch has the fewest rows of 1, 2, 4, ... or filter.batch_size that hold its prompts, each scored as in any
+    # other.
+    ids = list(filt.tokenize(filt.examples(PROMPTS)).prompt_ids) * 3
+    assert filt.row_sizes == (1, 2, 4, 8, 16, 32)  # filter.batch_size 32
+    assert [filt.batch(ids[:n])["input_ids"].shape[0] for n in (1, 3, 8, 9, 17)] == [1, 4, 8, 16, 32]
     np.testing.assert_allclose([filt.score_rows(ids[i: i + 1])[0] for i in range(3)], scores[:3], atol=1e-5)
 
 
@@ -289,8 +290,3 @@ def test_the_python_api_scores_as_the_filter_command(workdir, filtered):
     scores = filt.score(PROMPTS)
     np.testing.assert_allclose(scores, [x["score"] for x in expected], atol=1e-5)
     assert ((scores > filt.tau) == [x["flagged"] for x in expected]).all()
-    # A batch has the fewest rows of 1, 8 or filter.batch_size that hold its prompts, each scored as in any other.
-    ids = list(filt.tokenize(filt.examples(PROMPTS)).prompt_ids) * 2
-    assert filt.row_sizes == (1, 8, filt.batch_size)
-    assert [filt.batch(ids[:n])["input_ids"].shape[0] for n in (1, 2, 8, 9)] == [1, 8, 8, filt.batch_size]
-    np.testing.assert_allclose([filt.score_rows(ids[i: i + 1])[0] for i in range(3)], scores[:3], atol=1e-5)

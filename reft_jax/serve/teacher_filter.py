@@ -6,8 +6,8 @@ Python API `reft_jax.Filter`.
     flagged = scores > filt.tau
 
 It reads the teacher stage's filter (`stages.ref_teacher_filter.teacher_settings`) and scores with the filter's own
-jitted pass (`refusal.readout.make_score_fn`) on its static shapes: batches of 1, 8 or filter.batch_size rows
-(`row_sizes`, the fewest that hold the prompts) padded to a length of data.buckets, one compiled program per row size
+jitted pass (`refusal.readout.make_score_fn`) on its static shapes: batches of 1, 2, 4, ... or filter.batch_size
+rows (`row_sizes`, the fewest that hold the prompts) padded to a length of data.buckets, one compiled program per row size
 and bucket (`warm` compiles them all), whatever rows share a batch.
 """
 
@@ -36,9 +36,10 @@ PAD_ROW = -1  # make_batch's padding row
 
 
 def row_sizes(batch_size: int) -> tuple[int, ...]:
-    """The batch sizes a filter compiles, up to filter.batch_size: a batch costs its rows whatever they hold, so a
-    served request alone (or a file's last few prompts) runs a batch of 1 or 8, not a full one."""
-    return tuple(sorted({1, min(8, batch_size), batch_size}))
+    """The batch sizes a filter compiles: the powers of two below filter.batch_size, and it. A batch costs its rows
+    whatever they hold, so a served request alone runs a batch of 1, not a full one; and clients that fall into two
+    cohorts taking turns (one's batch runs while the other's requests wait) run half batches at half the cost."""
+    return tuple(sorted({2 ** k for k in range(batch_size.bit_length()) if 2 ** k < batch_size} | {batch_size}))
 
 
 @dataclasses.dataclass(frozen=True)
