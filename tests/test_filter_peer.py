@@ -62,10 +62,12 @@ def test_the_peer_scores_as_the_filter(bundles, name):
 
 
 def test_the_serving_benchmark_writes_every_figure(bundle, tmp_path):  # noqa: F811 (test_serve's fixture)
-    """docs/experiments/serve_bench.py end to end on the demo bundle, each measurement and load test 1 s."""
+    """docs/experiments/serve_bench.py end to end on the demo bundle, each measurement and load test 1 s, and the
+    server's memory read over 20 more requests."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "docs/experiments/serve_bench.py"), str(bundle), str(out),
-                           "--seconds", "1", "--n", "40"], capture_output=True, text=True, timeout=600,
+                           "--seconds", "1", "--n", "40", "--memory-requests", "20"], capture_output=True, text=True,
+                          timeout=600,
                           env=without_preload())
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -76,5 +78,9 @@ def test_the_serving_benchmark_writes_every_figure(bundle, tmp_path):  # noqa: F
     tests = report["serve"]["load_tests"]
     assert [t["clients"] for t in tests] == [1, 8, 32] and all(t["errors"] == 0 and t["requests"] for t in tests)
     assert report["serve"]["max_abs_diff_vs_jax"] <= 1e-5 and report["serve"]["exit_code"] == 0
+    memory = report["serve"]["memory"]
+    assert memory["requests"] >= 20 and memory["errors"] == 0 and len(memory["rss_mb"]) >= 2
+    assert all(mb > 10 for _, mb in memory["rss_mb"])  # a loaded model's server, read from /proc
+    assert memory["growth_mb"] == round(memory["rss_mb"][-1][1] - memory["rss_mb"][0][1], 1)
     assert set(report["jax_over_torch"]) == {"prompts_per_s", "scoring_prompts_per_s"}
     assert report["commit"] and report["machine"]["cpus"] and "serve_bench.py" in report["command"]

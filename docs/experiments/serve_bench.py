@@ -14,7 +14,9 @@ reft_jax.serve.loadtest.PROMPTS cycled, or of FILE's lines (one prompt a line). 
   torch  the PyTorch peer (reft_jax.bench.filter_peer.TorchFilter: transformers, float32, SDPA) on the same prompts
          and batches, measured the same way after a batch of each bucket; torch's thread count left at its default;
   serve  `reft-jax serve --filter BUNDLE` in a subprocess on a free local port, once /healthz is 200:
-         reft_jax.serve.loadtest at 1, 8 and 32 clients (one prompt a request), then SIGTERM.
+         reft_jax.serve.loadtest at 1, 8 and 32 clients (one prompt a request); with --memory-requests M, then
+         rounds of 8 clients until M more requests were answered, the server's resident memory (VmRSS) read after
+         each round (does it stay flat over a long run?); then SIGTERM.
 
 Each measurement repeats whole passes over the prompts until T seconds have passed (at least one pass); each load
 test lasts T seconds. OUT.json holds every figure, the scores' largest gaps between the phases, the commit, the
@@ -59,6 +61,8 @@ def _args(argv):
     p.add_argument("--prompts", help="a text file, one prompt a line (default: reft_jax.serve.loadtest.PROMPTS)")
     p.add_argument("--n", type=int, default=256, help="prompts per pass, cycled from the prompts (default 256)")
     p.add_argument("--seconds", type=float, default=10.0, help="least time of each measurement and load test")
+    p.add_argument("--memory-requests", type=int, default=0,
+                   help="after the load tests, answer this many more requests and read the server's RSS as they go")
     args, overrides = p.parse_known_args(argv)
     bad = [o for o in overrides if not o.startswith("--config.")]
     if bad:
@@ -199,8 +203,35 @@ def _health(url: str) -> int | None:
         return None
 
 
-def serve_phase(path: Path, prompts: list[str], seconds: float, want: dict[str, float], log: Path) -> dict:
-    """The server's load tests, and the largest gap between its scores and the batch path's (`want`)."""
+def _rss_mb(pid: int) -> float | None:
+    """A process's resident memory in MB (Linux's /proc; None elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def memory_phase(url: str, pid: int, prompts: list[str], requests: int, seconds: float) -> dict:
+    """The server's RSS after the load tests, then after each round of 8 clients until `requests` more requests were
+    answered: (requests answered in this phase, RSS in MB) pairs, and the errors."""
+    rounds, done, errors = [(0, _rss_mb(pid))], 0, 0
+    while done < requests:
+        report = loadtest.run(url, prompts, clients=8, seconds=seconds)
+        done, errors = done + report["requests"], errors + report["errors"]
+        rounds.append((done, _rss_mb(pid)))
+        print(f"serve_bench: {done} requests, server RSS {rounds[-1][1]} MB", file=sys.stderr, flush=True)
+    rss = [mb for _, mb in rounds if mb is not None]
+    return {"requests": done, "errors": errors, "rss_mb": rounds,
+            "growth_mb": round(rss[-1] - rss[0], 1) if rss else None}
+
+
+def serve_phase(path: Path, prompts: list[str], seconds: float, want: dict[str, float], log: Path,
+                memory_requests: int = 0) -> dict:
+    """The server's load tests, and the largest gap between its scores and the batch path's (`want`); with
+    memory_requests, its memory over that many more requests (`memory_phase`)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "reft_jax.cli", "serve", "--filter", str(path), "--port", str(port)]
@@ -219,12 +250,13 @@ def serve_phase(path: Path, prompts: list[str], seconds: float, want: dict[str, 
             for text, scores in report.pop("scores").items():
                 gap = max(gap, *(abs(s - want[text]) for s in scores))
             tests.append(report)
+        memory = memory_phase(url, server.pid, prompts, memory_requests, seconds) if memory_requests else None
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=120)
     return {"command": shlex.join(command), "ready_s": round(ready_s, 3), "load_tests": tests,
-            "max_abs_diff_vs_jax": gap, "exit_code": code}
+            "max_abs_diff_vs_jax": gap, "exit_code": code, **({"memory": memory} if memory else {})}
 
 
 def _commit() -> dict:
@@ -255,7 +287,8 @@ def main(argv=None) -> int:
         gc.collect()
         report["busy_before"]["serve"] = _busy("serve")
         want = {p: float(s) for p, s in zip(prompts, jax_scores)}
-        report["serve"] = serve_phase(path, prompts, args.seconds, want, Path(tmp) / "serve.log")
+        report["serve"] = serve_phase(path, prompts, args.seconds, want, Path(tmp) / "serve.log",
+                                      args.memory_requests)
     # the issue's target: >= 1, JAX's prompts/s at least the peer's
     report["jax_over_torch"] = {k: round(report["jax"][k] / report["torch"][k], 3)
                                 for k in ("prompts_per_s", "scoring_prompts_per_s")}
@@ -265,7 +298,11 @@ def main(argv=None) -> int:
                **{f"serve, {t['clients']} clients, prompts/s": t["prompts_per_s"]
                   for t in report["serve"]["load_tests"]}}
     print(json.dumps(summary, indent=2))
-    return 1 if any(t["errors"] for t in report["serve"]["load_tests"]) else 0
+    memory = report["serve"].get("memory")
+    if memory:
+        print(f"serve RSS over {memory['requests']} requests: {memory['rss_mb'][0][1]} -> {memory['rss_mb'][-1][1]} MB")
+    failed = any(t["errors"] for t in report["serve"]["load_tests"]) or (memory or {}).get("errors")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
