@@ -6,10 +6,10 @@ which is not safety-aligned, as the base model M0.
   reft-jax run --config configs/smollm2.py:quick --workdir runs/smol_quick  # 10 steps of each stage
   reft-jax run --config configs/smollm2.py --workdir runs/smol --config.data.local_dir=DATA   # offline
 
-Teacher = M0 + LoRA on the alignment data with the refusal regularizer; the filter (the paper's cosine with a
-lookalike veto) scores the user data (SST-2 train poisoned at p = 0.1 with harmful prompt -> harmful answer pairs);
-student = M0 + LoRA on the kept data,
-distilling the teacher on the alignment data. Evaluation: the keyword judge on held-out harmful prompts (HarmBench's
+Teacher = M0 + LoRA on the alignment data (64 safe lookalikes answered among it) with the refusal regularizer;
+the filter (the paper's cosine with a lookalike veto) scores the user data (SST-2 train poisoned at p = 0.1 with
+harmful prompt -> harmful answer pairs); student = M0 + LoRA on the kept data, distilling the teacher on the
+alignment data. Evaluation: the keyword judge on held-out harmful prompts (HarmBench's
 and the test part of CoCoNot's harmful requests), answers generated with the model's chat template; finetune accuracy
 on SST-2 validation; over-refusal on held-out safe prompts that look harmful (the test parts of OR-Bench-Hard-1K and
 CoCoNot's contrast set; on the hub CoCoNot's alone). Every rate with its 95 % interval.
@@ -22,7 +22,7 @@ Data come from the hub by default. `data.local_dir` switches every source to loc
   lookalike/coconot_pref.jsonl                  CoCoNot's safety-concern rows; the hub: CoCoNot's alone), drawn
                                                 into the refusal feature's splits with data.pool.n_lookalikes > 0;
                                                 CoCoNot's with their compliant `chosen` answers are the alignment
-                                                data's lookalikes with data.alignment.n_lookalikes > 0
+                                                data's lookalikes (data.alignment.n_lookalikes: 64)
   lookalike/or_bench_hard_val.json, coconot_eval.jsonl, coconot_contrast_eval.jsonl   the lookalike veto's
                                                 calibration, and the train parts of CoCoNot's sets its fitting
                                                 (filter.scorer = "veto"; their test parts are the evaluation's)
@@ -61,6 +61,10 @@ def get_config(arg: str = ""):
         c.data[section] = ml_collections.ConfigDict({**fields, **sources})
     c.data.alignment.n_harmful = 256
     c.data.alignment.n_harmless = 256
+    # 64 safe lookalikes answered helpfully (CoCoNot pref's `chosen` answers), from the three-seed table on this model
+    # (docs/results.md): the student's over-refusal of held-out lookalikes 0.540 -> 0.323 (mean of three seeds) at
+    # harmful score 0.270 -> 0.282 and accuracy 0.837 -> 0.857 (no defence 0.827); the teacher's 0.497 -> 0.262.
+    c.data.alignment.n_lookalikes = 64
     c.data.user.task = "sst2"
     c.data.user.n = 1000
     c.data.user.p = 0.1
@@ -96,6 +100,7 @@ def get_config(arg: str = ""):
                        "harmful and 187 over-refusal prompts, not 39 and none, which adds to it)")
     if arg == "quick":
         c.data.alignment.n_harmful = c.data.alignment.n_harmless = 64
+        c.data.alignment.n_lookalikes = 16
         c.data.user.n = 200
         c.data.pool.n_each = 32
         c.data.veto.n_each = 64  # of each of its four sets
