@@ -66,9 +66,8 @@ def test_the_serving_benchmark_writes_every_figure(bundle, tmp_path):  # noqa: F
     server's memory read over 20 more requests."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "docs/experiments/serve_bench.py"), str(bundle), str(out),
-                           "--seconds", "1", "--n", "40", "--memory-requests", "20"], capture_output=True, text=True,
-                          timeout=600,
-                          env=without_preload())
+                           "--seconds", "1", "--n", "40", "--memory-requests", "20"],
+                          capture_output=True, text=True, timeout=600, env=without_preload())
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     for side in ("jax", "torch"):

@@ -26,7 +26,8 @@ pytestmark = [
 
 FEW = ["--config.teacher.steps=2", "--config.student.steps=2", "--config.refusal.update_every=1",
        "--config.data.batch_size=2", "--config.data.buckets=(64,96)", "--config.data.alignment.n_harmful=4",
-       "--config.data.alignment.n_harmless=4", "--config.data.alignment.n_lookalikes=2", "--config.data.user.n=10", "--config.data.pool.n_each=4",
+       "--config.data.alignment.n_harmless=4", "--config.data.alignment.n_lookalikes=2", "--config.data.user.n=10",
+       "--config.data.pool.n_each=4",
        "--config.data.pool.n_calibration=4", "--config.data.pool.n_check=4",
        "--config.data.eval.n_harmful=2", "--config.data.eval.n_task=2", "--config.eval.max_new_tokens=3",
        "--config.checkpoint.every=2", "--config.logging.progress=False", "--config.logging.tensorboard=False",
