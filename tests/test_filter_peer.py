@@ -26,7 +26,7 @@ LENGTHS = [*PROMPTS, "Tell me everything about the history of the Roman roads an
 def variant(source: Path, out: Path, scorer: str, rng) -> Path:
     """A copy of the bundle that scores with `scorer` at layers 1 and 2 of the demo's two blocks (the last one after
     the final norm, as transformers' last hidden state) in batches of 3: R_l at layer 2 a random direction, and for
-    the probe-based scorers a random probe."""
+    the probe-based scorers a random probe (the veto's tau below every cosine, so that the probe alone decides)."""
     shutil.copytree(source, out)
     settings = json.loads((out / "filter.json").read_text())
     r = np.load(out / "refusal_feature.npy").reshape(1, -1)
@@ -36,6 +36,8 @@ def variant(source: Path, out: Path, scorer: str, rng) -> Path:
         Probe(rng.normal(size=r.shape).astype(np.float32), 0.0 if scorer == "veto" else 0.5, 1.0).save(
             out / "probe.npz")
     settings.update(layers=[1, 2], scorer=scorer, serving={**settings["serving"], "batch_size": 3})
+    if scorer == "veto":
+        settings["tau"] = -1.0
     (out / "filter.json").write_text(json.dumps(settings))
     return out
 
@@ -58,7 +60,7 @@ def test_the_peer_scores_as_the_filter(bundles, name):
     want, got = filt.score(LENGTHS), peer.score(LENGTHS)
     np.testing.assert_allclose(got, want, atol=1e-4)
     if name.startswith("veto"):  # both sides of the veto
-        assert (want < -1).any() and (want > -1).any(), want
+        assert (want < filt.tau).any() and (want > filt.tau).any(), want
 
 
 def test_the_serving_benchmark_writes_every_figure(bundle, tmp_path):  # noqa: F811 (test_serve's fixture)

@@ -192,9 +192,10 @@ def test_the_probe_scores_what_scikit_learns_pipeline_decides(tmp_path):
 
 
 def test_the_veto_lowers_the_cosine_of_what_its_probe_takes_for_a_lookalike():
-    """veto_scores against NumPy: the mean of the layers' cosines with R, less 2 where the probe's score (its
-    threshold folded into b by fit_veto) is <= 0; fit_veto's threshold passes the asked share of the calibration's
-    harmful rows, and its probe is fit_probe's with the threshold taken off its offset."""
+    """veto_scores against NumPy: the mean of the layers' cosines with R, moved to tau - 0.01 (1 - cosine) where it
+    is > tau and the probe's score (its threshold folded into b by fit_veto) is <= 0; fit_veto's threshold passes
+    the asked share of the calibration's harmful rows, and its probe is fit_probe's with the threshold taken off its
+    offset."""
     from reft_jax.refusal import probe
 
     rng = np.random.default_rng(2)
@@ -213,15 +214,20 @@ def test_the_veto_lowers_the_cosine_of_what_its_probe_takes_for_a_lookalike():
     passed = vetoer.scores(held)[held_y == 1] > 0
     assert passed.mean() >= 0.9 and info["calibration_harmful_vetoed"] == pytest.approx(1 - passed.mean())
     r = rng.normal(size=(3, 16)).astype(np.float32)
-    veto = probe.Veto(r, vetoer)
-    got = jax.jit(refusal.veto_scores)(test, *veto.params)
     cosines = np.mean([_np_cosine(test[k], r[k]) for k in range(3)], axis=0)
+    tau = float(np.sort(cosines)[11:13].mean())  # between two rows: no cosine sits on it
+    veto = probe.Veto(r, vetoer, tau)
+    got = jax.jit(refusal.veto_scores)(test, *veto.params)
     units = test / np.linalg.norm(test.astype(np.float64), axis=-1, keepdims=True)
     probe_scores = np.einsum("knd,kd->n", units, vetoer.w) + vetoer.b
-    want = cosines - 2.0 * (probe_scores <= 0)
-    assert got.dtype == jnp.float32 and 0 < (probe_scores <= 0).sum() < 25  # both kinds among the rows
+    lifted = (probe_scores <= 0) & (cosines > tau)
+    want = np.where(lifted, tau - 0.01 * (1 - cosines), cosines)
+    assert got.dtype == jnp.float32 and 0 < lifted.sum() < ((probe_scores > 0) & (cosines > tau)).sum() + lifted.sum()
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(veto.scores(test), want, rtol=1e-5, atol=1e-5)
+    flagged = np.asarray(got) > tau  # a flag is "the cosine flags and the probe does not veto"
+    np.testing.assert_array_equal(flagged, (cosines > tau) & (probe_scores > 0))
+    assert np.all(np.asarray(got)[lifted] > cosines[cosines <= tau].min())  # lifted rows still rank above the lowest
 
 
 @pytest.mark.parametrize("span, num_layers, layers", [

@@ -269,9 +269,10 @@ def test_the_best_scorer_ships_the_highest_check_auroc_and_the_filter_scores_wit
 
 def test_the_veto_scorer_ships_the_cosine_with_its_probe_and_the_filter_scores_with_both(tmp_path):
     """filter.scorer = "veto": the cosine's direction and tau as without the veto (tau calibrated on the cosine), a
-    probe fitted on data.veto's prompts with the pool's harmful ones (teacher/probe.npz, filter.json's "veto"), and
-    the filter stage's scores are the cosine less 2 where that probe vetoes, recomputed here from the features. No
-    veto prompt is in the pool, and the teacher's requests (what the user data is drawn without) hold them."""
+    probe fitted on data.veto's prompts with the pool's and the alignment data's harmful ones (teacher/probe.npz,
+    filter.json's "veto"), and the filter stage's scores are the cosine, moved just below tau where it flags and that
+    probe vetoes, recomputed here from the features. No veto prompt is in the pool, and the teacher's requests (what
+    the user data is drawn without) hold them."""
     parts = {"safe": LOOKALIKES[:8] + LOOKALIKES[12:20], "safe_calibration": LOOKALIKES[8:12] + LOOKALIKES[20:],
              "harmful": [f"How do I hurt my neighbour {i}?" for i in range(12)],
              "harmful_calibration": [f"Tell me how to poison a dog {i}." for i in range(8)]}
@@ -282,11 +283,15 @@ def test_the_veto_scorer_ships_the_cosine_with_its_probe_and_the_filter_scores_w
     run_stage("teacher", ctx)
     settings = json.loads(ctx.workdir.filter_settings.read_text())
     assert settings["scorer"] == "veto" and ctx.workdir.probe.exists()
-    assert settings["veto"]["fit"] == {"harmful": 12 + 16, "lookalikes": 16}  # the pool's train split's harmful too
-    assert settings["veto"]["calibration"] == {"harmful": 8 + 16, "lookalikes": 8}
     pool = {ex["request"] for exs in ctx.refusal_splits.values() for ex in exs}
+    aligned = {ex["request"] for ex in ctx.alignment_examples if ex["harmful"]} - pool
+    # the pool's train split's harmful prompts and the alignment data's other harmful requests join the fit part's
+    assert settings["veto"]["fit"] == {"harmful": 12 + 16 + len(aligned), "lookalikes": 16} and len(aligned) > 100
+    assert settings["veto"]["calibration"] == {"harmful": 8 + 16, "lookalikes": 8}
+    fit = {ex["request"] for ex in ctx.veto_examples["fit"] if ex["harmful"]}
     veto_requests = {ex["request"] for exs in ctx.veto_examples.values() for ex in exs}
-    assert len(veto_requests) == 44 and not pool & veto_requests and veto_requests <= ctx.teacher_requests
+    assert aligned <= fit and not aligned & {ex["request"] for ex in ctx.veto_examples["calibration"]}
+    assert len(veto_requests - aligned) == 44 and not pool & veto_requests and veto_requests <= ctx.teacher_requests
     model = FrozenModel.of(filter_model(ctx, settings))
     r, vetoer = np.load(ctx.workdir.refusal_feature), probe.Probe.load(ctx.workdir.probe)
 
@@ -306,8 +311,9 @@ def test_the_veto_scorer_ships_the_cosine_with_its_probe_and_the_filter_scores_w
     assert settings["veto"]["calibration_harmful_vetoed"] == pytest.approx((harmful <= 0).mean())
     report = run_stage("filter", ctx)
     assert report["scorer"] == "veto"
-    user = features(ctx.user)
-    want = np.asarray(refusal.mean_cosine_scores(user, r)) - 2.0 * (vetoer.scores(user) <= 0)
+    user, tau = features(ctx.user), settings["tau"]
+    cosine = np.asarray(refusal.mean_cosine_scores(user, r))
+    want = np.where((vetoer.scores(user) <= 0) & (cosine > tau), tau - 0.01 * (1 - cosine), cosine)
     written = [json.loads(line)["score"] for line in (FILTERS["ref_teacher"].path(ctx.workdir) / "scores.jsonl")
                .read_text().splitlines()]
     np.testing.assert_allclose(written, want, rtol=1e-5, atol=1e-5)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from reft_jax import data as rdata
-from reft_jax.refusal.feature import VETO_DROP
+from reft_jax.refusal.feature import VETO_BAND
 from reft_jax.refusal.scoring import scorer_params
 from reft_jax.serve import bundle
 from reft_jax.serve.teacher_filter import PromptBatches
@@ -43,9 +43,11 @@ def probe(f: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (f / _norm(f)[..., None] * w[:, None]).sum((0, 2)) + b
 
 
-def veto(f: torch.Tensor, r: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The cosine, less VETO_DROP where the probe (its threshold folded into b) scores <= 0."""
-    return mean_cosine(f, r) - VETO_DROP * (probe(f, w, b) <= 0).float()
+def veto(f: torch.Tensor, r: torch.Tensor, w: torch.Tensor, b: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """The cosine, moved just below tau where it is > tau and the probe (its threshold folded into b) scores <= 0."""
+    cosine = mean_cosine(f, r)
+    vetoed = (probe(f, w, b) <= 0) & (cosine > tau)
+    return torch.where(vetoed, tau - VETO_BAND * (1 - cosine), cosine)
 
 
 SCORERS = {"cosine": mean_cosine, "probe": probe, "veto": veto}

@@ -139,6 +139,11 @@ class VetoData:
         "calibration's harmful side: the conversational kind of request a harmful-finetuning attack makes, so that "
         "the threshold is set for letting that kind through too (the other sets hold other kinds of harm)",
         minimum=0)
+    alignment_harmful: bool = option(
+        True, "the alignment data's harmful requests join the fit part's harmful side: the conversational kind of "
+        "request a harmful-finetuning attack makes, which the other sets hold little of. On SmolLM2 (with "
+        "filter.veto_recall 0.99) the held-out lookalikes flagged fell 0.33 -> 0.15 at the same recall of the "
+        "attack (docs/results.md)")
 
 
 @config
@@ -326,8 +331,10 @@ class FilterSection:
         "prompts are instructions and questions like the harmful ones, and on SmolLM2 a 5 % cap cut the attack's "
         "recall from 0.86 to 0.23 (docs/results.md)")
     veto_recall: float = option(
-        0.95, "filter.scorer = \"veto\": the share of the calibration's harmful requests the veto lets through (its "
-        "threshold). The cosine's tau decides the rest")
+        0.99, "filter.scorer = \"veto\": the share of the calibration's harmful requests the veto lets through (its "
+        "threshold). The cosine's tau decides the rest. 0.99, not 0.95: fitted with the alignment data's harmful "
+        "requests (data.veto.alignment_harmful), the veto at 0.95 let 0.66 of the attack through on SmolLM2, at 0.99 "
+        "0.90 (docs/results.md)")
     batch_size: int = option(32, "prompts scored at once", minimum=1)
 
 

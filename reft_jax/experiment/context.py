@@ -348,10 +348,10 @@ class RunContext:
     @dataset("veto")
     def veto_examples(self) -> dict[str, list[dict]]:
         """The lookalike veto's prompts as text (data.veto; only with filter.scorer = "veto", else empty), in two
-        parts: "fit" (data.veto.safe and .harmful) and "calibration" (data.veto.safe_calibration and
-        .harmful_calibration, and data.veto.n_attack_kind requests of data.alignment.harmful that the alignment data
-        does not hold). None of them is a prompt of the pool's splits or the alignment data; no prompt is in both
-        parts."""
+        parts: "fit" (data.veto.safe and .harmful, and with data.veto.alignment_harmful the alignment data's harmful
+        requests outside the pool's splits) and "calibration" (data.veto.safe_calibration and .harmful_calibration, and
+        data.veto.n_attack_kind requests of data.alignment.harmful that the alignment data does not hold). None is a
+        prompt of the pool's splits, none but those of the fit part is in the alignment data, none is in both parts."""
         cfg, v = self.cfg, self.cfg.data.veto
         if cfg.filter.scorer != "veto":
             return {}
@@ -373,6 +373,10 @@ class RunContext:
                 taken |= {ex["request"] for ex in drawn}
                 examples += drawn
             out[part] = examples
+        if v.alignment_harmful:  # prompts only (the veto reads the last prompt token); the train split's are in already
+            pooled = {ex["request"] for exs in self.refusal_splits.values() for ex in exs}
+            out["fit"] += [{**ex, "response": ""} for ex in self._base_alignment
+                           if ex["harmful"] and ex["request"] not in pooled]
         if v.n_attack_kind > 0:
             attack_kind = rdata.unique_prompts(cfg.data.alignment.harmful, harmful=True, exclude=taken, **kw)
             if len(attack_kind) < v.n_attack_kind:

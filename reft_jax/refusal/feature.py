@@ -143,16 +143,20 @@ def probe_scores(hidden: Array, w: Array, b: Array | float) -> Array:
 
 
 # The filter's scores by name (filter.scorer, filter.json's "scorer"): fn(features [K, N, D], *params) -> [N].
-# What a vetoed prompt's cosine loses: cosines lie in [-1, 1], so a vetoed prompt scores below every other and below
-# any tau a cosine is calibrated to; a flag is then `cosine > tau and probe > 0`, and the scores still rank.
-VETO_DROP = 2.0
+# Where a vetoed prompt the cosine flags scores: in [tau - VETO_BAND * (1 - tau), tau], by its cosine. Not flagged, it
+# still ranks above the prompts the cosine leaves well below tau (a task's): a prompt the cosine takes for harmful is
+# more suspect than one it does not, and the user data's AUROC counts the attack rows the veto lifts that way.
+VETO_BAND = 0.01
 
 
-def veto_scores(hidden: Array, r: Array, w: Array, b: Array | float) -> Array:
-    """The cosine with a lookalike veto (filter.scorer = "veto"): `mean_cosine_scores(hidden, r)`, less VETO_DROP
-    where the probe (w, b; its threshold folded into b) scores a prompt <= 0, i.e. takes it for a safe lookalike."""
-    vetoed = probe_scores(hidden, w, b) <= 0
-    return mean_cosine_scores(hidden, r) - VETO_DROP * vetoed.astype(jnp.float32)
+def veto_scores(hidden: Array, r: Array, w: Array, b: Array | float, tau: Array | float) -> Array:
+    """The cosine with a lookalike veto (filter.scorer = "veto"): `mean_cosine_scores(hidden, r)`, except where it
+    is > tau and the probe (w, b; its threshold folded into b) scores <= 0, i.e. takes the prompt for a safe
+    lookalike: there tau - VETO_BAND * (1 - cosine), <= tau. So `score > tau` is "the cosine flags and the probe
+    does not veto", and the scores still rank by the cosine within each side of tau."""
+    cosine, tau = mean_cosine_scores(hidden, r), _f32(tau)
+    vetoed = (probe_scores(hidden, w, b) <= 0) & (cosine > tau)
+    return jnp.where(vetoed, tau - VETO_BAND * (1.0 - cosine), cosine)
 
 
 SCORERS = {"cosine": mean_cosine_scores, "probe": probe_scores, "veto": veto_scores}

@@ -53,18 +53,19 @@ class Probe:
 
 @dataclasses.dataclass(frozen=True)
 class Veto:
-    """The cosine with a lookalike veto: R [len(layers), D] and a probe whose threshold is folded into its offset
-    (it vetoes where it scores <= 0)."""
+    """The cosine with a lookalike veto: R [len(layers), D], a probe whose threshold is folded into its offset
+    (it vetoes where it scores <= 0) and the cosine's tau (the vetoed prompts score just below it)."""
 
     r: np.ndarray
     probe: Probe
+    tau: float
 
     kind = "veto"
 
     @property
     def params(self) -> tuple:
         """The arguments after the features of `veto_scores`."""
-        return (np.asarray(self.r, np.float32), *self.probe.params)
+        return (np.asarray(self.r, np.float32), *self.probe.params, np.float32(self.tau))
 
     def scores(self, hidden) -> np.ndarray:
         return np.asarray(veto_scores(hidden, *self.params), np.float32)

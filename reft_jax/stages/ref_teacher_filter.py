@@ -35,7 +35,7 @@ def teacher_settings(wd: Workdir) -> dict:
         score_by = r
         if settings["scorer"] != "cosine":  # the probe, or the veto's probe beside R
             probe = Probe.load(wd.probe)
-            score_by = Veto(r, probe) if settings["scorer"] == "veto" else probe
+            score_by = Veto(r, probe, float(settings["tau"])) if settings["scorer"] == "veto" else probe
     except FileNotFoundError as e:
         raise ReftError(f"{e.filename}: missing; run `reft-jax train-teacher` first") from None
     return {**settings, "layers": layers, "r": r, "score_by": score_by}

@@ -138,18 +138,20 @@ def run(ctx: RunContext) -> Path:
         chosen = models[direction]
         if "check" in prompts and jax.process_index() == 0:
             print(_summary(checks, measured, scorer, direction, probe_on), flush=True)
-        veto = veto_info = None
+        veto_probe = veto_info = veto = None
         if cfg.filter.scorer == "veto":
             frozen = FrozenModel.of(teacher if direction == "teacher" else base_model(cfg, ctx.vocab))
-            veto, veto_info, veto_flops = fit_lookalike_veto(ctx, frozen, chosen, layers, **kw)
+            veto_probe, veto_info, veto_flops = fit_lookalike_veto(ctx, frozen, chosen, layers, **kw)
             scorer = "veto"
         tau = cfg.filter.tau
         if cfg.filter.calibrate_recall > 0:  # the veto's cosine is calibrated as the cosine alone
-            calibrated = chosen.scores_by("cosine" if veto else scorer)["calibration"]
+            calibrated = chosen.scores_by("cosine" if veto_probe is not None else scorer)["calibration"]
             labels = prompts["calibration"].ds.harmful == 1
             tau = refusal.cap_false_positives(
                 refusal.calibrate_threshold(calibrated, labels, cfg.filter.calibrate_recall), calibrated, labels,
                 cfg.filter.calibrate_max_fpr)
+        if veto_probe is not None:
+            veto = Veto(chosen.r, veto_probe, tau)
         save_model(teacher, ctx.tokenizer, model_dir(out))
         if jax.process_index() == 0:
             np.save(wd.refusal_feature, chosen.r)
@@ -174,11 +176,11 @@ def run(ctx: RunContext) -> Path:
 
 
 def fit_lookalike_veto(ctx: RunContext, frozen: FrozenModel, chosen: Directions, layers: tuple[int, ...], *,
-                       batch_size: int, buckets: list[int]) -> tuple[Veto, dict, float]:
+                       batch_size: int, buckets: list[int]) -> tuple[Probe, dict, float]:
     """The lookalike veto over the chosen model's features (`probe.fit_veto`): fitted on data.veto's fit part with
     the pool's train split's harmful prompts, its C and threshold set on its calibration part with the calibration
-    split's (filter.veto_recall of their harmful requests pass). Returns the Veto, what it chose, and the FLOPs of
-    its forward pass."""
+    split's (filter.veto_recall of their harmful requests pass). Returns its probe (the threshold folded in), what it
+    chose, and the FLOPs of its forward pass."""
     prompts, veto = ctx.refusal_prompts, ctx.veto_prompts
     feats = {part: scoring.prompt_features(frozen, ds, layers, batch_size=batch_size, buckets=buckets,
                                            progress=ctx.cfg.logging.progress, desc=f"the veto's {part} prompts")
@@ -201,7 +203,7 @@ def fit_lookalike_veto(ctx: RunContext, frozen: FrozenModel, chosen: Directions,
               f"its calibration's harmful requests and vetoes {info['calibration_lookalikes_vetoed']:.3f} of its "
               f"lookalikes (AUROC {info['calibration_auroc']:.3f})", flush=True)
     flops = sum(prompt_flops(frozen.model().cfg, ctx.prompt_batches(ds, batch_size)) for ds in veto.values())
-    return Veto(chosen.r, probe), info, flops
+    return probe, info, flops
 
 
 def _summary(checks: dict[tuple[str, str], dict], measured: tuple[str, ...], scorer: str, direction: str,
