@@ -141,9 +141,9 @@ class VetoData:
         minimum=0)
     alignment_harmful: bool = option(
         True, "the alignment data's harmful requests join the fit part's harmful side: the conversational kind of "
-        "request a harmful-finetuning attack makes, which the other sets hold little of. On SmolLM2 (with "
-        "filter.veto_recall 0.99) the held-out lookalikes flagged fell 0.33 -> 0.15 at the same recall of the "
-        "attack (docs/results.md)")
+        "request a harmful-finetuning attack makes, which the other sets hold little of. On SmolLM2's committed "
+        "teacher (with filter.veto_recall 0.99) the held-out lookalikes flagged fell 0.353 -> 0.262 at the same "
+        "recall of the attack, 0.92 (docs/results.md)")
 
 
 @config
@@ -333,8 +333,8 @@ class FilterSection:
     veto_recall: float = option(
         0.99, "filter.scorer = \"veto\": the share of the calibration's harmful requests the veto lets through (its "
         "threshold). The cosine's tau decides the rest. 0.99, not 0.95: fitted with the alignment data's harmful "
-        "requests (data.veto.alignment_harmful), the veto at 0.95 let 0.66 of the attack through on SmolLM2, at 0.99 "
-        "0.90 (docs/results.md)")
+        "requests (data.veto.alignment_harmful), the veto at 0.95 let 0.69 of the attack through on SmolLM2, at 0.99 "
+        "0.92, the cosine's own recall 0.93 (docs/results.md)")
     batch_size: int = option(32, "prompts scored at once", minimum=1)
 
 
