@@ -49,7 +49,7 @@ def main(workdir: str, out: str, *overrides: str) -> dict:
                                                buckets=list(cfg.data.buckets), progress=True, desc=name)
                  for name, ds in sets.items()}
         np.savez(cache, **feats)
-    aligned = {ex["request"] for ex in ctx._base_alignment if ex["harmful"]}
+    aligned = {ex["request"] for ex in ctx.alignment_examples if ex["harmful"]}
     from_alignment = np.array([ex["request"] in aligned for ex in ctx.veto_examples["fit"]])
     user_y = ctx.user.harmful == 1
     lookalike_types = np.array(over.types)
