@@ -28,27 +28,43 @@ from reft_jax.runtime.workdir import model_dir
 RECALLS = (0.95, 0.97, 0.98, 0.99)
 
 
-def main(workdir: str, out: str, *overrides: str) -> dict:
+def study_context(workdir: str, overrides=()) -> tuple:
+    """The run's context on WORKDIR with the teacher's filter settings: (cfg, ctx, layers, tau, R [len(layers), D])."""
     cfg = load_config("configs/smollm2.py", ["--config.filter.scorer=veto", *overrides])
     ctx = RunContext.create(cfg, workdir)
     settings = json.loads(ctx.workdir.filter_settings.read_text())
     layers, tau = tuple(settings["layers"]), float(settings["tau"])
-    r = np.load(ctx.workdir.refusal_feature).reshape(len(layers), -1)
-    veto, prompts = ctx.veto_prompts, ctx.refusal_prompts
+    return cfg, ctx, layers, tau, np.load(ctx.workdir.refusal_feature).reshape(len(layers), -1)
+
+
+def cached_features(cfg, ctx, layers, sets: dict, cache: Path) -> dict:
+    """The teacher's features of each tokenized set at the filter's layers, read once and kept in `cache`; a set
+    missing from the cache is read and added."""
+    feats = dict(np.load(cache)) if cache.exists() else {}
+    missing = {name: ds for name, ds in sets.items() if name not in feats}
+    if missing:
+        frozen = FrozenModel.of(load_stage_model(model_dir(ctx.workdir.teacher), cfg, "teacher"))
+        feats.update({name: scoring.prompt_features(frozen, ds, layers, batch_size=cfg.filter.batch_size,
+                                                    buckets=list(cfg.data.buckets), progress=True, desc=name)
+                      for name, ds in missing.items()})
+        np.savez(cache, **feats)
+    return feats
+
+
+def evaluation_sets(ctx) -> dict:
+    """The sets every study here reads: the veto's parts, the pool's splits, the user data, the held-out sets."""
     over = ctx.eval_over_refusal
-    sets = {**{f"veto_{part}": ds for part, ds in veto.items()},
-            **{f"split_{name}": p.ds for name, p in prompts.items()}, "user": ctx.user,
+    return {**{f"veto_{part}": ds for part, ds in ctx.veto_prompts.items()},
+            **{f"split_{name}": p.ds for name, p in ctx.refusal_prompts.items()}, "user": ctx.user,
             "heldout_harmful": ctx.tokenize(ctx.eval_harmful, "held-out harmful"),
             "heldout_lookalikes": ctx.tokenize(over.examples(), "held-out lookalikes")}
-    cache = Path(out).with_suffix(".features.npz")
-    if cache.exists():
-        feats = dict(np.load(cache))
-    else:
-        frozen = FrozenModel.of(load_stage_model(model_dir(ctx.workdir.teacher), cfg, "teacher"))
-        feats = {name: scoring.prompt_features(frozen, ds, layers, batch_size=cfg.filter.batch_size,
-                                               buckets=list(cfg.data.buckets), progress=True, desc=name)
-                 for name, ds in sets.items()}
-        np.savez(cache, **feats)
+
+
+def main(workdir: str, out: str, *overrides: str) -> dict:
+    cfg, ctx, layers, tau, r = study_context(workdir, overrides)
+    veto, prompts = ctx.veto_prompts, ctx.refusal_prompts
+    over = ctx.eval_over_refusal
+    feats = cached_features(cfg, ctx, layers, evaluation_sets(ctx), Path(out).with_suffix(".features.npz"))
     aligned = {ex["request"] for ex in ctx.alignment_examples if ex["harmful"]}
     from_alignment = np.array([ex["request"] in aligned for ex in ctx.veto_examples["fit"]])
     user_y = ctx.user.harmful == 1
