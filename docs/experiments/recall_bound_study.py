@@ -1,7 +1,8 @@
 """How much of the held-out harmful requests any scorer over the teacher's features can flag with no task row of the
-user data flagged: the cosine over subsets of the filter's layers, and a linear probe fitted on every labelled set
-the teacher stage has (the veto's parts and the pool's splits), with and without AG News rows as harmless prompts of
-a task other than the user's, alone and as the cosine's partner (flag where both flag).
+user data flagged: the cosine over subsets of the filter's layers and centred on the train split's midpoint, and a
+linear probe fitted on every labelled set the teacher stage has (the veto's parts and the pool's splits), with and
+without AG News rows as harmless prompts of a task other than the user's, alone and as the cosine's partner (flag
+where both flag).
 
     python docs/experiments/recall_bound_study.py WORKDIR OUT.json [--config.a.b=value ...]
 
@@ -59,6 +60,11 @@ def main(workdir: str, out: str, *overrides: str) -> dict:
         if name == "all 18":
             rows["cosine, all 18 layers, at tau"] = figures(score, tau, user_y)
         rows[f"cosine, layers {name}, at zero task rows"] = figures(score, score["user"][~user_y].max(), user_y)
+    # Centred: the midpoint of the train split's harmful and harmless means taken off each layer's feature first.
+    train, train_y = feats["split_train"], ctx.refusal_prompts["train"].ds.harmful == 1
+    mid = (train[:, train_y].mean(1) + train[:, ~train_y].mean(1)) / 2
+    score = {k: cosine(feats[k] - mid[:, None], r) for k in names}
+    rows["centred cosine, all 18 layers, at zero task rows"] = figures(score, score["user"][~user_y].max(), user_y)
 
     labels = {k: v.ds.harmful == 1 for k, v in ctx.refusal_prompts.items()}
     labels |= {f"veto_{k}": v.harmful == 1 for k, v in ctx.veto_prompts.items()}
