@@ -52,6 +52,10 @@ TINY = ["--config.teacher.steps=16", "--config.optim.warmup_steps=2", "--config.
 # its worker processes and the runs they start compile a program once between them (kept across local runs; CI
 # starts it empty).
 os.environ.setdefault("REFT_JAX_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache"))
+# No size bound on it (JAX's setting, which compile_cache leaves alone when set): the suite writes about 2,800
+# programs, and with a bound JAX reads every entry's size and access time at each write, under a lock the workers
+# share (0.08-0.16 s a write at the suite's end).
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", "-1")
 
 import jax  # noqa: E402  (after JAX_PLATFORMS)
 import pytest  # noqa: E402

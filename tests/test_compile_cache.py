@@ -33,9 +33,10 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-def _run(folder, patch: str = "", env: dict | None = None, prefix: str = ""):
+def _run(folder, patch: str = "", env: dict | None = None, prefix: str = "", unset: tuple[str, ...] = ()):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
-    env.pop(compile_cache.ENV, None)
+    for name in (compile_cache.ENV, *unset):
+        env.pop(name, None)
     code = PROGRAM.format(patch=patch)
     cmd = f"{prefix}{sys.executable} -c {_quote(code)} {folder}"
     out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=300)
@@ -71,6 +72,17 @@ def test_a_second_process_reads_what_the_first_compiled(tmp_path):
     second = _run(tmp_path)
     assert second["hits"] >= 1 and second["result"] == first["result"]
     assert len(_entries(tmp_path)) == 1
+
+
+def test_the_size_bound_is_on_unless_jaxs_own_setting_says_otherwise(tmp_path):
+    """JAX keeps an access-time file beside each entry only under a bound (it evicts by them): a default run has
+    one; JAX's own JAX_COMPILATION_CACHE_MAX_SIZE wins over the default (-1: none, what the suite runs with)."""
+    for name, env, unset in (("bounded", {}, (compile_cache.MAX_SIZE_ENV,)),
+                             ("unbounded", {compile_cache.MAX_SIZE_ENV: "-1"}, ())):
+        _run(tmp_path / name, env=env, unset=unset)
+        entries, atimes = (list((tmp_path / name).glob(f"*-{kind}")) for kind in ("cache", "atime"))
+        assert len(_entries(tmp_path / name)) == 1
+        assert len(atimes) == (len(entries) if name == "bounded" else 0), (name, entries, atimes)
 
 
 def test_what_the_key_covers_keeps_entries_apart(tmp_path):
