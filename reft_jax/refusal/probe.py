@@ -19,7 +19,11 @@ from reft_jax.refusal.feature import probe_scores, unit_rows, veto_scores
 from reft_jax.refusal.metrics import auroc, calibrate_threshold
 
 GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # C, strongest regularisation first: a tie keeps the more regularised probe
-MAX_ITER = 1000  # lbfgs iterations: a few hundred rows in thousands of dimensions can need more than the default 100
+MAX_ITER = 10_000  # lbfgs iterations: a few hundred rows in thousands of dimensions can need more than the default 100
+# lbfgs's stopping tolerance. At scikit-learn's 1e-4 the veto's probe on SmolLM2 (2,400 rows of 10,368 features)
+# stopped far from its optimum: refitted on the same prompts read in other batches, its weights moved by up to 6 %
+# and it flipped 4 held-out prompts; at 1e-6, 0.35 %, for 3x the fitting time.
+TOL = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +118,7 @@ def _fit(x: np.ndarray, y: np.ndarray, C: float, num_layers: int) -> Probe:
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(x)
-    model = LogisticRegression(C=C, max_iter=MAX_ITER).fit(scaler.transform(x), y)
+    model = LogisticRegression(C=C, max_iter=MAX_ITER, tol=TOL).fit(scaler.transform(x), y)
     # decision = coef . (x - mean) / scale + intercept: the scaler folded into the weights and the offset.
     w = model.coef_[0] / scaler.scale_
     return Probe(w.reshape(num_layers, -1).astype(np.float32), float(model.intercept_[0] - w @ scaler.mean_), float(C))
