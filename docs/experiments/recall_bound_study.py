@@ -4,9 +4,10 @@ linear probe fitted on every labelled set the teacher stage has (the veto's part
 without AG News rows as harmless prompts of a task other than the user's, alone and as the cosine's partner (flag
 where both flag).
 
-    python docs/experiments/recall_bound_study.py WORKDIR OUT.json [--config.a.b=value ...]
+    python docs/experiments/recall_bound_study.py WORKDIR OUT.json [--config-file configs/X.py] [--config.a.b=value ...]
 
-WORKDIR as for veto_fit_study.py (configs/smollm2.py's teacher done with filter.scorer = "veto"); the features are
+WORKDIR as for veto_fit_study.py (the config's teacher done with filter.scorer = "veto"; configs/smollm2.py unless
+--config-file names another, e.g. configs/gemma3_270m.py, whose filter reads 10 layers); the features are
 shared with it (OUT.features.npz, AG News's added). "At zero task rows" is a bound, not an operating point: the
 threshold is the highest score of the user data's task rows, read off their labels, so no threshold a service can
 calibrate does better there.
@@ -24,8 +25,8 @@ from reft_jax import refusal
 from reft_jax.refusal.probe import fit_probe
 
 N_AGNEWS = 512  # AG News rows, half to fit the probe and half to choose its C and thresholds
-SUBSETS = {"all 18": slice(None), "6": [0], "7": [1], "6-7": [0, 1], "6-11": slice(0, 6), "16-21": slice(10, 16),
-           "22-23": slice(16, 18)}
+SUBSETS = {"all": slice(None), "first": [0], "second": [1], "first two": [0, 1], "first six": slice(0, 6),
+           "last two": slice(-2, None)}  # of the filter's layers (SmolLM2's: 6-23)
 
 
 def cosine(h, r):
@@ -45,8 +46,8 @@ def figures(score: dict, threshold: float, user_y) -> dict:
             "heldout_lookalikes_flagged": float(np.mean(lk > threshold))}
 
 
-def main(workdir: str, out: str, *overrides: str) -> dict:
-    cfg, ctx, layers, tau, r = study_context(workdir, overrides)
+def main(workdir: str, out: str, *overrides: str, config: str = "configs/smollm2.py") -> dict:
+    cfg, ctx, layers, tau, r = study_context(workdir, overrides, config)
     agnews = rdata.user_data("agnews", dict(path=str(Path(cfg.data.local_dir) / "tasks/agnews_train.tsv"),
                                             columns=("text", "label")), ctx.cfg.data.user.harmful_source, n=N_AGNEWS,
                              p=0.0, seed=7, template=ctx.cfg.data.template, tokenizer=ctx.tokenizer)
@@ -55,16 +56,16 @@ def main(workdir: str, out: str, *overrides: str) -> dict:
     user_y = ctx.user.harmful == 1
     names = ("user", "heldout_harmful", "heldout_lookalikes")
     rows = {}
-    for name, idx in SUBSETS.items():  # the cosine: at the shipped tau (all 18 only) and at zero task rows
+    for name, idx in SUBSETS.items():  # the cosine: at the shipped tau (all layers only) and at zero task rows
         score = {k: cosine(feats[k][idx], r[idx]) for k in names}
-        if name == "all 18":
-            rows["cosine, all 18 layers, at tau"] = figures(score, tau, user_y)
+        if name == "all":
+            rows["cosine, all the filter's layers, at tau"] = figures(score, tau, user_y)
         rows[f"cosine, layers {name}, at zero task rows"] = figures(score, score["user"][~user_y].max(), user_y)
     # Centred: the midpoint of the train split's harmful and harmless means taken off each layer's feature first.
     train, train_y = feats["split_train"], ctx.refusal_prompts["train"].ds.harmful == 1
     mid = (train[:, train_y].mean(1) + train[:, ~train_y].mean(1)) / 2
     score = {k: cosine(feats[k] - mid[:, None], r) for k in names}
-    rows["centred cosine, all 18 layers, at zero task rows"] = figures(score, score["user"][~user_y].max(), user_y)
+    rows["centred cosine, all the filter's layers, at zero task rows"] = figures(score, score["user"][~user_y].max(), user_y)
 
     labels = {k: v.ds.harmful == 1 for k, v in ctx.refusal_prompts.items()}
     labels |= {f"veto_{k}": v.harmful == 1 for k, v in ctx.veto_prompts.items()}
@@ -99,4 +100,10 @@ def main(workdir: str, out: str, *overrides: str) -> dict:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    config = "configs/smollm2.py"
+    if "--config-file" in args:
+        at = args.index("--config-file")
+        config = args.pop(at + 1)
+        args.pop(at)
+    main(*args, config=config)

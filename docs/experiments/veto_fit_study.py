@@ -28,9 +28,9 @@ from reft_jax.runtime.workdir import model_dir
 RECALLS = (0.95, 0.97, 0.98, 0.99)
 
 
-def study_context(workdir: str, overrides=()) -> tuple:
+def study_context(workdir: str, overrides=(), config: str = "configs/smollm2.py") -> tuple:
     """The run's context on WORKDIR with the teacher's filter settings: (cfg, ctx, layers, tau, R [len(layers), D])."""
-    cfg = load_config("configs/smollm2.py", ["--config.filter.scorer=veto", *overrides])
+    cfg = load_config(config, ["--config.filter.scorer=veto", *overrides])
     ctx = RunContext.create(cfg, workdir)
     settings = json.loads(ctx.workdir.filter_settings.read_text())
     layers, tau = tuple(settings["layers"]), float(settings["tau"])
