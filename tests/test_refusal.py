@@ -149,6 +149,12 @@ def test_the_filter_score_is_the_mean_over_layers_of_each_layers_own_direction()
                                rtol=1e-5, atol=1e-6)
 
 
+def design(h):
+    """The probe's design matrix, in NumPy: [K, N, D] features -> [N, K * D], each layer's rows unit-normalised."""
+    units = h / np.linalg.norm(h.astype(np.float64), axis=-1, keepdims=True)
+    return units.transpose(1, 0, 2).reshape(h.shape[1], -1)
+
+
 def test_the_probe_scores_what_scikit_learns_pipeline_decides(tmp_path):
     """The probe (its scaler folded into its weights), scored by the jitted probe_scores, against the decision function
     of the same pipeline fitted by scikit-learn: each layer's rows unit-normalised, the layers side by side,
@@ -171,12 +177,8 @@ def test_the_probe_scores_what_scikit_learns_pipeline_decides(tmp_path):
 
     (train, y), (held, held_y), (test, _) = features(60), features(40), features(25)
 
-    def design(h):
-        units = h / np.linalg.norm(h.astype(np.float64), axis=-1, keepdims=True)
-        return units.transpose(1, 0, 2).reshape(h.shape[1], -1)
-
-    pipelines = [make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=probe.MAX_ITER, tol=probe.TOL)).fit(design(train), y)
-                 for C in probe.GRID]
+    pipelines = [make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=probe.MAX_ITER, tol=probe.TOL))
+                 .fit(design(train), y) for C in probe.GRID]
     aurocs = [roc_auc_score(held_y, p.decision_function(design(held))) for p in pipelines]
     fitted = probe.fit_probe(train, y, held, held_y)
     assert fitted.C == probe.GRID[int(np.argmax(aurocs))] == 0.1
@@ -205,10 +207,9 @@ def test_the_probe_is_its_objectives_optimum_not_where_a_loose_stopping_rule_lef
     z = rng.normal(size=(300, 40)) + 0.5 * y[:, None] * rng.normal(size=(1, 40))
     h = (z @ rng.normal(size=(40, 3 * 500)) / np.sqrt(40) + 0.1 * rng.normal(size=(300, 3 * 500)))
     h = h.reshape(300, 3, 500).transpose(1, 0, 2).astype(np.float32)  # [layers, rows, D]
-    units = (h / np.linalg.norm(h.astype(np.float64), axis=-1, keepdims=True)).transpose(1, 0, 2).reshape(300, -1)
-    scaler = StandardScaler().fit(units)
-    solved = LogisticRegression(C=1.0, max_iter=100_000, tol=1e-10).fit(scaler.transform(units), y)
-    want = solved.decision_function(scaler.transform(units))
+    scaler = StandardScaler().fit(design(h))
+    solved = LogisticRegression(C=1.0, max_iter=100_000, tol=1e-10).fit(scaler.transform(design(h)), y)
+    want = solved.decision_function(scaler.transform(design(h)))
     got = probe.fit_probe(h, y).scores(h)  # no held-out split: C = 1
     assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
 

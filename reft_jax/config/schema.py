@@ -333,7 +333,7 @@ class FilterSection:
     veto_recall: float = option(
         0.99, "filter.scorer = \"veto\": the share of the calibration's harmful requests the veto lets through (its "
         "threshold). The cosine's tau decides the rest. 0.99, not 0.95: fitted with the alignment data's harmful "
-        "requests (data.veto.alignment_harmful), the veto at 0.95 let 0.69 of the attack through on SmolLM2, at 0.99 "
+        "requests (data.veto.alignment_harmful), the veto at 0.95 let 0.64 of the attack through on SmolLM2, at 0.99 "
         "0.92, the cosine's own recall 0.93 (docs/results.md)")
     batch_size: int = option(32, "prompts scored at once", minimum=1)
 
