@@ -118,7 +118,7 @@ def _run(ctx: RunContext, which: list[Method] | None, references: Collection[str
                                    **over_refusal.rates(refusals.refusals(over.requests, replies), over, "refusal")}
             say(f"{name}: over-refusal {rate_text(out['over_refusal'], 'refusal_rate')} on "
                 f"{out['over_refusal']['num_safe']} safe prompts")
-        out["eval_s"] = round(time.perf_counter() - start, 1)
+        out["eval_s"] = round(time.perf_counter() - start, 3)  # ms: a tiny model evaluates in under 0.05 s
         say(f"{name}: evaluated in {out['eval_s']:.0f} s")
         return out
 
