@@ -76,6 +76,11 @@ class AlignmentData:
                                "its prompt out; 0 = none. On SmolLM2, 128 word-holding Alpaca prompts answered by the "
                                "base model cut the teacher's over-refusal 0.43 -> 0.27 and raised its harmful score "
                                "0.10 -> 0.36 (docs/results.md)")
+    n_concerns: int = option(0, "harmful requests of data.alignment.concerns added to the harmful side, refused "
+                             "(data.alignment.refusal where a row has no answer); 0 = none")
+    concerns: Sources = option("", "harmful requests of the kinds safe lookalikes mimic, whose harm is in the "
+                               "request's purpose rather than its words (privacy, misinformation, copyright: "
+                               "CoCoNot's safety concerns), for data.alignment.n_concerns")
     lookalikes: Sources = option("", "a set of labelled lookalikes, every row a candidate, a row's own answer used "
                                  "(e.g. CoCoNot pref's `chosen`) and the base model's otherwise; \"\" = the pool's "
                                  "harmless prompts holding a word of reft_jax.data.LOOKALIKE_WORDS (\"the causes of "

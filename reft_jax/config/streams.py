@@ -45,6 +45,8 @@ STREAMS = (
     "harmful_pairs",  # the defences' harmful pairs, data.alignment.n_harmful_pairs (was seed + 7, SAFT's sample's)
     "veto_attack_kind",  # the lookalike veto's calibration requests of the attack's kind, data.veto.n_attack_kind
     "veto_sets",  # data.veto.n_each of each of the veto's sets
+    "concerns",  # which harmful requests of data.alignment.concerns join the alignment data
+    "concern_mix",  # their place among the alignment data
 )
 
 

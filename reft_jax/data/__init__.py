@@ -12,7 +12,7 @@ from reft_jax.data.batching import Batch, Batches, make_batch, make_packed_batch
 from reft_jax.data.examples import as_sources, load_examples, unique_prompts
 from reft_jax.data.literature import BEAVERTAILS
 from reft_jax.data.lookalikes import LOOKALIKE_WORDS, lookalike_prompts
-from reft_jax.data.mixtures import alignment_data, alignment_mixture, poisoned_mixture, user_data
+from reft_jax.data.mixtures import alignment_data, alignment_mixture, poisoned_mixture, refused_requests, user_data
 from reft_jax.data.refusal_prompts import REFUSAL_SPLITS, STYLES, prompt_style, refusal_pool, refusal_splits
 from reft_jax.data.sources import SourceSpec, load_records
 from reft_jax.data.tasks import TASKS, Task, accuracy, extract_label, get_task
@@ -51,6 +51,7 @@ __all__ = [
     "pack_rows",
     "pick_length",
     "poisoned_mixture",
+    "refused_requests",
     "process_slice",
     "REFUSAL_SPLITS",
     "STYLES",

@@ -25,6 +25,11 @@ COCONOT_TRAIN, COCONOT_CALIBRATION = {"id": "train"}, {"id": "calibration"}
 # CoCoNot's preference rows as safe lookalikes answered helpfully (its `chosen` answers): the alignment data's
 # lookalikes, with data.alignment.n_lookalikes > 0.
 COCONOT_PREF_ANSWERED = dict(fields={"instruction": "prompt", "output": "chosen"}, where=COCONOT_SAFETY)
+# The train part of CoCoNot's harmful requests as alignment data, refused (with data.alignment.n_concerns > 0): the
+# kinds of harm its lookalikes mimic, which the alignment files hold little of. Its rows hold no answer: they get
+# CONCERN_REFUSAL.
+COCONOT_CONCERNS = dict(fields={"instruction": "prompt"}, where=COCONOT_SAFETY, part=COCONOT_TRAIN)
+CONCERN_REFUSAL = "I'm sorry, but I can't help with that request."
 
 
 # The literature's data, by role (sections of the `data` config): the hub datasets a user with internet gets,
@@ -37,6 +42,8 @@ LITERATURE_HUB = {
                      where={"is_safe": True}),
         harmless=dict(path="tatsu-lab/alpaca", split="train"),
         lookalikes=dict(path="allenai/coconot", name="pref", split="train", **COCONOT_PREF_ANSWERED),
+        concerns=dict(path="allenai/coconot", name="original", split="test", **COCONOT_CONCERNS),
+        refusal=CONCERN_REFUSAL,
         # Harmful answers for RepNoise / Booster: BeaverTails' unsafe pairs of the split the attack does not use.
         harmful_pairs=dict(path="PKU-Alignment/BeaverTails", split="30k_test",
                            fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
@@ -76,6 +83,7 @@ LITERATURE_LOCAL = {
     "alignment": dict(harmful="alignment/safety_only_data_Instructions.json",
                       harmless="alignment/alpaca_eval_805.json",
                       lookalikes=dict(path="lookalike/coconot_pref.jsonl", **COCONOT_PREF_ANSWERED),
+                      concerns=dict(path="lookalike/coconot_eval.jsonl", **COCONOT_CONCERNS),
                       harmful_pairs="attack/advbench.csv"),  # AdvBench goals -> affirmative answer openings
     "user": dict(source="tasks/sst2_train.tsv", harmful_source="attack/pure_bad_100.jsonl"),
     # Lookalikes: OR-Bench-Hard-1K's train split (its validation and test splits, and CoCoNot's contrast set, stay

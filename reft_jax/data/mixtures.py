@@ -1,7 +1,8 @@
 """The literature's data mixtures, seeded:
 
 - the poisoned user mixture: n task samples of which a fraction p are harmful prompt -> harmful answer pairs;
-- alignment data: harmful prompts with refusals plus harmless prompts with helpful answers.
+- alignment data: harmful prompts with refusals plus harmless prompts with helpful answers (and harmful requests
+  of other kinds, refused: `refused_requests`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from reft_jax.data.examples import Example, as_sources, load_examples
+from reft_jax.data.examples import Example, as_sources, load_examples, unique_prompts
 from reft_jax.data.literature import BEAVERTAILS
 from reft_jax.data.tasks import Task
 from reft_jax.errors import ConfigError, DataError
@@ -65,6 +66,32 @@ def alignment_mixture(
     harmless = _sample(harmless_examples, len(harmless_examples) if n_harmless is None else n_harmless, rng, "harmless")
     mixed = [{**ex, "harmful": True} for ex in harmful] + [{**ex, "harmful": False} for ex in harmless]
     return [mixed[i] for i in rng.permutation(len(mixed))]
+
+def refused_requests(
+    sources: Any,
+    n: int,
+    *,
+    refusal: str = "",
+    exclude: Collection[str] = (),
+    seed: int = 0,
+    template: str = "alpaca",
+    tokenizer: Any = None,
+) -> list[Example]:
+    """n harmful requests drawn at random (with the seed) from `sources` (one or a list), none of them in
+    `exclude`, each answered with its row's own answer or else `refusal`: harmful alignment examples of kinds the
+    alignment files lack (data.alignment.concerns)."""
+    examples = unique_prompts(sources, harmful=True, exclude=exclude, template=template, tokenizer=tokenizer,
+                              with_response=None)
+    if n > len(examples):
+        raise DataError(f"data.alignment.n_concerns: {len(examples)} requests of {sources} are outside the "
+                        f"alignment files' examples, {n} needed")
+    drawn = [examples[i] for i in sorted(np.random.default_rng(seed).choice(len(examples), n, replace=False))]
+    unanswered = [ex for ex in drawn if not ex["response"].strip()]
+    if unanswered and not refusal:
+        raise DataError(f"{unanswered[0]['source']}: no refusal to train on ({len(unanswered)} such row(s) of "
+                        "data.alignment.concerns); set data.alignment.refusal")
+    return [{**ex, "response": ex["response"] if ex["response"].strip() else refusal} for ex in drawn]
+
 
 def user_data(
     task: str | Task = "sst2",

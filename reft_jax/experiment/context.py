@@ -226,12 +226,22 @@ class RunContext:
 
     @functools.cached_property
     def _base_alignment(self) -> list[dict]:
-        """The alignment files' examples: harmful prompts -> refusals, harmless prompts -> helpful answers."""
-        a = self.cfg.data.alignment
-        return rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
-                                    seed=seed_of(self.cfg.seed, "alignment_data"), template=self.cfg.data.template,
-                                    tokenizer=self.tokenizer,
-                                    refusal=a.refusal)
+        """The alignment files' examples: harmful prompts -> refusals, harmless prompts -> helpful answers; with
+        data.alignment.n_concerns, harmful requests of the kinds lookalikes mimic, refused, among them."""
+        a, d = self.cfg.data.alignment, self.cfg.data
+        files = rdata.alignment_data(a.harmful, a.harmless, n_harmful=a.n_harmful, n_harmless=a.n_harmless,
+                                     seed=seed_of(self.cfg.seed, "alignment_data"), template=d.template,
+                                     tokenizer=self.tokenizer, refusal=a.refusal)
+        if a.n_concerns <= 0:
+            return files
+        if not a.concerns:
+            raise ConfigError(f"data.alignment.concerns: no source of harmful requests for data.alignment.n_concerns "
+                              f"= {a.n_concerns}")
+        mixed = files + rdata.refused_requests(a.concerns, a.n_concerns, refusal=a.refusal,
+                                               exclude={ex["request"] for ex in files},
+                                               seed=seed_of(self.cfg.seed, "concerns"), template=d.template,
+                                               tokenizer=self.tokenizer)
+        return [mixed[i] for i in np.random.default_rng(seed_of(self.cfg.seed, "concern_mix")).permutation(len(mixed))]
 
     @functools.cached_property
     def _lookalike_prompts(self) -> list[dict]:

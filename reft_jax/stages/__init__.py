@@ -177,6 +177,7 @@ def _dormant(cfg) -> set[str]:
     drawn): not inputs, so naming one in a config leaves the stages made without it valid."""
     a, p = cfg.data.alignment, cfg.data.pool
     return ({"data.alignment.lookalikes"} if a.n_lookalikes <= 0 else set()) | (
+        {"data.alignment.concerns"} if a.n_concerns <= 0 else set()) | (
         {"data.pool.lookalikes"} if p.n_lookalikes <= 0 else set())
 
 
