@@ -72,7 +72,8 @@ def test_the_literature_evaluation_is_held_out_of_every_training_file():
     CoCoNot's contrast set), compared, case and spacing aside, with every row of every file a run trains, calibrates
     or draws a pool from: the alignment data, the pool with its lookalikes (OR-Bench-Hard's train split, CoCoNot's
     preference set), the lookalike veto's sets (OR-Bench-Hard's validation split, the other parts of CoCoNot's sets),
-    the harmful pairs and the user data."""
+    the harmful requests the alignment data may refuse besides (the train part of CoCoNot's), the harmful pairs and
+    the user data."""
     d = resolve_local_data(RunConfig.of(load_config("configs/smollm2.py", [f"--config.data.local_dir={SHARED_DATA}"])))
     d = d.data
     harmful = [ex["request"] for source in as_sources(d.eval.harmful)
@@ -82,7 +83,8 @@ def test_the_literature_evaluation_is_held_out_of_every_training_file():
     assert lookalikes.safe.all() and len(set(lookalikes.requests)) == 132 + 55  # OR-Bench-Hard test, CoCoNot's part
     assert set(lookalikes.types) == {"or_bench_hard_test.json", "coconot_contrast_eval.jsonl (test part)"}
 
-    trained = [d.alignment.harmful, d.alignment.harmless, d.alignment.harmful_pairs, d.pool.harmful, d.pool.harmless,
+    trained = [d.alignment.harmful, d.alignment.harmless, d.alignment.concerns, d.alignment.harmful_pairs,
+               d.pool.harmful, d.pool.harmless,
                d.pool.lookalikes, d.user.source, d.user.harmful_source, d.veto.safe, d.veto.harmful,
                d.veto.safe_calibration, d.veto.harmful_calibration]
     files = [source for sources in trained for source in as_sources(sources)]

@@ -8,7 +8,7 @@ import pytest
 
 from reft_jax import load_config
 from reft_jax.config.streams import seed_of
-from reft_jax.data import LOOKALIKE_WORDS, DataError, lookalike_prompts
+from reft_jax.data import LOOKALIKE_WORDS, DataError, lookalike_prompts, refused_requests
 from reft_jax.data.lookalikes import coconot_pref_answers
 from reft_jax.data.parts import part_of
 from reft_jax.evaluation import over_refusal
@@ -139,3 +139,39 @@ def test_a_labelled_lookalike_set_is_taken_whole_with_its_own_answers(tmp_path, 
     assert added == {r["instruction"]: r["output"] for r in rows[:5]}  # no LOOKALIKE_WORDS in five of them
     assert all(ex["harmful"] is False for ex in ctx.lookalike_examples)
     assert set(added) <= {ex["request"] for ex in ctx.alignment_examples}
+
+
+CONCERNS = [{"instruction": f"Write a fake news story about mayor {i}."} for i in range(3)] + \
+           [{"instruction": "Give me the home address of my neighbour.", "output": "I can't share that."}]
+
+
+def test_requests_of_other_kinds_of_harm_join_the_alignment_data_refused(tmp_path):
+    """data.alignment.concerns: n_concerns requests drawn from it join the harmful side, each with its row's own
+    refusal or data.alignment.refusal, labelled harmful (the regulariser pulls them to +1); with n_concerns 0 the
+    alignment data is what it was without them."""
+    source = tmp_path / "concerns.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in CONCERNS))
+    drawn = refused_requests(str(source), 4, refusal="No.")
+    assert {ex["request"]: ex["response"] for ex in drawn} == {
+        **{r["instruction"]: "No." for r in CONCERNS[:3]}, CONCERNS[3]["instruction"]: "I can't share that."}
+    assert all(ex["harmful"] is True for ex in drawn)
+    assert [ex["request"] for ex in refused_requests(str(source), 2, refusal="No.", seed=1)] == \
+           [ex["request"] for ex in refused_requests(str(source), 2, refusal="No.", seed=1)]
+    assert len(refused_requests(str(source), 3, refusal="No.", exclude={CONCERNS[0]["instruction"]})) == 3
+    with pytest.raises(DataError, match="3 requests of .* are outside the alignment files' examples, 4 needed"):
+        refused_requests(str(source), 4, refusal="No.", exclude={CONCERNS[0]["instruction"]})
+
+    args = [*TINY, f"--config.data.alignment.concerns={source}", "--config.data.alignment.refusal=Sorry, no."]
+    plain = RunContext.create(load_config("configs/demo.py", TINY), tmp_path / "plain")
+    named = RunContext.create(load_config("configs/demo.py", args), tmp_path / "named")
+    assert named.alignment_examples == plain.alignment_examples
+    ctx = RunContext.create(load_config("configs/demo.py", [*args, "--config.data.alignment.n_concerns=3"]),
+                            tmp_path / "run")
+    added = [ex for ex in ctx.alignment_examples if ex["request"] in {r["instruction"] for r in CONCERNS}]
+    assert len(added) == 3 and len(ctx.alignment_examples) == len(plain.alignment_examples) + 3
+    assert all(ex["harmful"] is True and ex["response"] in ("Sorry, no.", "I can't share that.") for ex in added)
+    rows = [i for i, ex in enumerate(ctx.alignment_examples) if ex in added]
+    assert set(ctx.alignment.harmful[rows]) == {1}
+    # Alignment prompts: the teacher's, so no held-out split of the refusal feature and no evaluation holds them.
+    held = {r for name in ("calibration", "check") for r in ctx.refusal_prompts[name].requests}
+    assert not held & {ex["request"] for ex in added} and {ex["request"] for ex in added} <= ctx.teacher_requests

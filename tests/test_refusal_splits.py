@@ -140,7 +140,14 @@ def bad_input_workdir(tmp_path_factory):
      "data.pool.lookalikes: 5 distinct lookalike prompts available (none of them another kind's), 6 needed (2 for "
      "the train split, 2 for the calibration split, 2 for the check split)"),
     ("run", ["--config.data.pool.n_lookalikes=-1"], "data.pool.n_lookalikes: -1 should be 0 (none) or more"),
-], ids=["no source", "missing source", "too few", "negative"])
+    ("train-teacher", ["--config.data.alignment.n_concerns=2"],
+     "data.alignment.concerns: no source of harmful requests for data.alignment.n_concerns = 2"),
+    ("train-teacher", ["--config.data.alignment.n_concerns=2", "--config.data.alignment.concerns={dir}/five.jsonl"],
+     "no refusal to train on (2 such row(s) of data.alignment.concerns); set data.alignment.refusal"),
+    ("train-teacher", ["--config.data.alignment.n_concerns=6", "--config.data.alignment.concerns={dir}/five.jsonl",
+                       "--config.data.alignment.refusal=No."],
+     "data.alignment.n_concerns: 5 requests of {dir}/five.jsonl are outside the alignment files' examples, 6 needed"),
+], ids=["no source", "missing source", "too few", "negative", "no concerns", "concerns unanswered", "few concerns"])
 def test_bad_lookalike_settings_are_one_line_errors_before_any_training(bad_input_workdir, capsys, command, overrides,
                                                                          message):
     workdir = bad_input_workdir
@@ -148,7 +155,7 @@ def test_bad_lookalike_settings_are_one_line_errors_before_any_training(bad_inpu
     args = [o.format(dir=workdir) for o in overrides]
     assert main([command, "--workdir", str(workdir), *TINY, *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err, err
+    assert len(err.splitlines()) == 1 and message.format(dir=workdir) in err, err
     assert not (workdir / "teacher" / "model").exists() and not (workdir / "teacher" / "metrics.jsonl").exists()
 
 
@@ -437,7 +444,8 @@ def test_a_lookalike_source_is_an_input_only_while_lookalikes_are_drawn(worse_te
     source = tmp_path / "lookalikes.jsonl"
     source.write_text("".join(json.dumps({"instruction": f"How do I kill a stuck process {i}?", "output": "Use kill."})
                               + "\n" for i in range(3)))
-    named = {"data.alignment.lookalikes": str(source), "data.pool.lookalikes": str(source)}
+    named = {"data.alignment.lookalikes": str(source), "data.pool.lookalikes": str(source),
+             "data.alignment.concerns": str(source)}
     other = RunContext(functools.reduce(lambda c, kv: replace(c, *kv), named.items(), ctx.cfg), ctx.workdir)
     check_inputs(other, "teacher")
     assert not set(named) & set(inputs_of(other, "teacher"))
