@@ -22,6 +22,7 @@ from reft_jax.models import (
 )
 
 TOL = 1e-4
+PREFIX = 4  # shared opening tokens of the prefix path (hidden_states_at's `prefix`)
 
 
 def torch_outputs(model, ids, mask):
@@ -45,6 +46,7 @@ def family_checkpoint(request, tmp_path_factory):
 def test_logits_and_hidden_states_match_transformers(family_checkpoint, scan_layers, remat):
     family, folder, hf_model = family_checkpoint
     ids, mask = token_batch()
+    ids[:, :PREFIX] = ids[0, :PREFIX]  # every row opens with the same tokens (a prompt template's)
     ref_logits, ref_hidden = torch_outputs(hf_model, ids, mask)
     model = from_pretrained(folder, scan_layers=scan_layers, remat=remat)
     out = model(jnp.asarray(ids), jnp.asarray(mask), output_hidden_states=True)
@@ -59,6 +61,11 @@ def test_logits_and_hidden_states_match_transformers(family_checkpoint, scan_lay
     for layers in ((last // 2,), (1, last)):
         for i, ours in zip(layers, model.hidden_states_at(jnp.asarray(ids), jnp.asarray(mask), layers)):
             assert max_err(ours, ref_hidden[i], valid) <= TOL, f"hidden_states_at {i}"
+        # The shared opening's keys and values computed once, the rows' other tokens attending to them.
+        prefix = model.prefix_kv(jnp.asarray(ids[0, :PREFIX]), max(layers))
+        after = model.hidden_states_at(jnp.asarray(ids[:, PREFIX:]), jnp.asarray(mask[:, PREFIX:]), layers, prefix)
+        for i, ours in zip(layers, after):
+            assert max_err(ours, ref_hidden[i][:, PREFIX:], valid[:, PREFIX:]) <= TOL, f"after the prefix, {i}"
 
 
 def test_sliding_window_is_exercised(tmp_path):

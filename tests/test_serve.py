@@ -152,11 +152,16 @@ def test_the_file_endpoint_streams_the_filters_lines(server, filtered, tmp_path)
                                [x["score"] for x in expected], atol=1e-5)
 
 
-def test_concurrent_requests_share_batches_with_identical_scores_and_no_recompilation(server, filtered):
+def test_concurrent_requests_share_batches_with_identical_scores_and_no_recompilation(server, filtered, bundle):
+    import reft_jax
+
     _, expected = filtered
     want = {p: x["score"] for p, x in zip(PROMPTS, expected)}
     compiled, batches = server.metric("reft_jax_compiled_programs"), server.metric("reft_jax_batch_rows_count")
-    assert compiled == 12  # one program per bucket (64, 96) and row size (1, 2, 4, ..., 32), compiled before ready
+    # One program per row size (1, 2, 4, ..., 32) and bucket (64, 96), and per row size and suffix bucket (32,
+    # 64 - P, 96 - P: the tokens after the template's opening of P tokens), compiled before ready.
+    filt = reft_jax.Filter.load(bundle)
+    assert compiled == 6 * (2 + len(filt.suffix_buckets)) == 30, filt.suffix_buckets
 
     def one(k):
         texts = [PROMPTS[(k + j) % len(PROMPTS)] for j in range(1 + k % 3)]
@@ -245,6 +250,18 @@ def test_the_filter_bundle_scores_as_the_filter_command(bundle, filtered):
     assert filt.row_sizes == (1, 2, 4, 8, 16, 32)  # filter.batch_size 32
     assert [filt.batch(ids[:n])["input_ids"].shape[0] for n in (1, 3, 8, 9, 17)] == [1, 4, 8, 16, 32]
     np.testing.assert_allclose([filt.score_rows(ids[i: i + 1])[0] for i in range(3)], scores[:3], atol=1e-5)
+    # Every prompt opens with the template's tokens: computed once, and a batch runs the tokens after them only,
+    # padded to the shortest suffix bucket that holds them, with the scores of the whole prompts.
+    from reft_jax.serve.teacher_filter import PromptBatches
+
+    p = len(filt.prefix_ids)
+    # The long prompt is cut to 96 tokens from its start (truncation keeps the end): it no longer opens with them.
+    assert p > 10 and [np.array_equal(x[:p], filt.prefix_ids) for x in ids[:7]] == [True] * 5 + [False, True]
+    assert filt.suffix_buckets == (32, 64 - p, 96 - p)
+    short = ids[:5]
+    assert filt.batch([x[p:] for x in short], filt.suffix_buckets)["input_ids"].shape == (8, 32)
+    np.testing.assert_allclose(filt.score_rows(short), PromptBatches.score_rows(filt, short), atol=1e-5)
+    np.testing.assert_array_equal(filt.score_rows(ids[4:6]), PromptBatches.score_rows(filt, ids[4:6]))  # whole
 
 
 def test_a_bundle_replaces_only_a_bundle(workdir, bundle, tmp_path, capsys):

@@ -309,20 +309,40 @@ class Transformer(nnx.Module):
         return logits
 
     def hidden_states_at(self, input_ids: jax.Array, attention_mask: jax.Array | None,
-                         layers: Sequence[int]) -> tuple[jax.Array, ...]:
+                         layers: Sequence[int], prefix: tuple[jax.Array, jax.Array] | None = None
+                         ) -> tuple[jax.Array, ...]:
         """The hidden states at `layers` (HF indices, as __call__'s), running only the blocks up to the deepest
-        one and no vocabulary projection: all that the refusal feature and the filters read."""
+        one and no vocabulary projection: all that the refusal feature and the filters read.
+        `prefix`: the keys and values ([depth, 1, P, K, H] each, `prefix_kv`) of P tokens that every row
+        continues (a prompt template's opening): input_ids are the tokens after them, at positions P.., and attend
+        to them too, so the shared tokens are computed once instead of in every row."""
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
-        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & attention_mask.astype(bool)[:, None, None, :]
+        depth, cache, start = max(layers), None, 0
+        if prefix is None:
+            mask = jnp.tril(jnp.ones((t, t), bool))[None, None] & attention_mask.astype(bool)[:, None, None, :]
+        else:  # a cache holding the prefix, written after it as decoding writes: the suffix attends to both
+            start = prefix[0].shape[2]
+            slots = [(0, 0), (0, 0), (0, t), (0, 0), (0, 0)]
+            k, v = (jnp.pad(jnp.broadcast_to(a, (depth, b, *a.shape[2:])), slots) for a in prefix)
+            seen = jnp.pad(jnp.ones((b, start), bool), [(0, 0), (0, t)])
+            cache = KVCache(k, v, seen, jnp.asarray(start, jnp.int32))
+            mask, _ = _cache_mask(cache, attention_mask)
+        positions = jnp.broadcast_to(jnp.arange(start, start + t, dtype=jnp.int32), (b, t))
         x = self._embed(input_ids)
-        depth = max(layers)
-        x, outputs, _, _ = self._run_blocks(x, positions, mask, collect=True, depth=depth)
+        x, outputs, _, _ = self._run_blocks(x, positions, mask, collect=True, cache=cache, depth=depth)
         if depth == self.cfg.num_layers:  # the last hidden state is after the final norm, as transformers has it
             outputs[-1] = self.norm(x)
         return tuple(outputs[i] for i in layers)
+
+    def prefix_kv(self, prefix_ids: jax.Array, depth: int) -> tuple[jax.Array, jax.Array]:
+        """The keys and values [depth, 1, P, K, H] of the first `depth` blocks over the P tokens `prefix_ids`, for
+        `hidden_states_at(..., prefix=...)`."""
+        p = prefix_ids.shape[-1]
+        out = self(prefix_ids.reshape(1, p), cache=KVCache.empty(self.cfg, 1, p, self.opts.dtype), logits=False,
+                   positions=jnp.arange(p, dtype=jnp.int32)[None])
+        return out.cache.k[:depth], out.cache.v[:depth]
 
     def _run_blocks(self, x, positions, mask, collect: bool, cache: KVCache | None = None, depth: int | None = None,
                     offsets: jax.Array | None = None, collect_mlp: bool = False):

@@ -35,13 +35,13 @@ def filter_layers(span, layer: int, num_layers: int) -> tuple[int, ...]:
 
 
 def make_feature_fn(layer: int | tuple[int, ...]):
-    """features(frozen_model, batch) -> [B, D] float32: hidden state `layer` at each last prompt token;
+    """features(frozen_model, batch, prefix=None) -> [B, D] float32: hidden state `layer` at each last prompt token;
     for a tuple of layers, [len(layers), B, D] from one forward pass (only the blocks up to the deepest run)."""
     layers = (layer,) if isinstance(layer, int) else tuple(layer)
 
     @jax.jit
-    def features(frozen: FrozenModel, batch: Batch) -> jax.Array:
-        states = frozen.model().hidden_states_at(batch["input_ids"], batch["attention_mask"], layers)
+    def features(frozen: FrozenModel, batch: Batch, prefix=None) -> jax.Array:
+        states = frozen.model().hidden_states_at(batch["input_ids"], batch["attention_mask"], layers, prefix)
         stacked = jnp.stack([gather_last_prompt(h, batch["prompt_end"]) for h in states]).astype(jnp.float32)
         return stacked[0] if isinstance(layer, int) else stacked
 
@@ -49,14 +49,15 @@ def make_feature_fn(layer: int | tuple[int, ...]):
 
 
 def make_score_fn(layers: tuple[int, ...], scorer: str = "cosine"):
-    """score(frozen_model, batch, *params) -> [B] float32: the filter's score of each row, by `scorer` (a name of
-    `SCORERS`): "cosine" with params (R [len(layers), D],), the paper's `mean_cosine_scores`; "probe" with
+    """score(frozen_model, batch, *params, prefix=None) -> [B] float32: the filter's score of each row, by `scorer`
+    (a name of `SCORERS`): "cosine" with params (R [len(layers), D],), the paper's `mean_cosine_scores`; "probe" with
     (w [len(layers), D], b), `probe_scores`. The parameters are arguments, not constants: one compilation serves any
-    values of them. Only the scores leave the device."""
+    values of them. Only the scores leave the device. `prefix`: the batch's rows are the tokens after a prefix whose
+    keys and values these are (`Transformer.hidden_states_at`)."""
     features, fn = make_feature_fn(tuple(layers)), SCORERS[scorer]
 
     @jax.jit
-    def score(frozen: FrozenModel, batch: Batch, *params) -> jax.Array:
-        return fn(features(frozen, batch), *params)
+    def score(frozen: FrozenModel, batch: Batch, *params, prefix=None) -> jax.Array:
+        return fn(features(frozen, batch, prefix), *params)
 
     return score
