@@ -83,5 +83,8 @@ def test_the_serving_benchmark_writes_every_figure(bundle, tmp_path):  # noqa: F
     assert memory["requests"] >= 20 and memory["errors"] == 0 and len(memory["rss_mb"]) >= 2
     assert all(mb > 10 for _, mb in memory["rss_mb"])  # a loaded model's server, read from /proc
     assert memory["growth_mb"] == round(memory["rss_mb"][-1][1] - memory["rss_mb"][0][1], 1)
-    assert set(report["jax_over_torch"]) == {"prompts_per_s", "scoring_prompts_per_s"}
+    whole = report["jax"]["whole"]  # the same filter with every batch whole: the peer's work
+    assert whole["scoring_prompts_per_s"] > 0 and whole["max_abs_diff_vs_shared"] <= 1e-5
+    assert report["jax"]["prefix_tokens"] > 10 and report["jax"]["suffix_buckets"][0] == 32
+    assert set(report["jax_over_torch"]) == {"prompts_per_s", "scoring_prompts_per_s", "whole_scoring_prompts_per_s"}
     assert report["commit"] and report["machine"]["cpus"] and "serve_bench.py" in report["command"]

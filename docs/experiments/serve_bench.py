@@ -10,7 +10,8 @@ reft_jax.serve.loadtest.PROMPTS cycled, or of FILE's lines (one prompt a line). 
 
   jax    reft_jax.Filter.load(BUNDLE): its scoring programs compiled (`warm`, as the server does before ready), then
          `score` on the N prompts (prompts/s with tokenizing), the tokenizing alone, and the scoring of the tokenized
-         prompts alone, batch by batch (prompts/s and batch times);
+         prompts alone, batch by batch (prompts/s and batch times); then all of it again with every batch whole
+         (`share_prefix` False: the template's opening run in every row, the peer's work; "whole");
   torch  the PyTorch peer (reft_jax.bench.filter_peer.TorchFilter: transformers, float32, SDPA) on the same prompts
          and batches, measured the same way after a batch of each bucket; torch's thread count left at its default;
   serve  `reft-jax serve --filter BUNDLE` in a subprocess on a free local port, once /healthz is 200:
@@ -170,8 +171,12 @@ def jax_phase(path: Path, prompts: list[str], seconds: float) -> tuple[dict, np.
     filt = reft_jax.Filter.load(path)
     load_s = time.perf_counter() - began
     figures, scores = _measure(filt, prompts, seconds)
+    filt.share_prefix = False  # every batch whole, as the peer runs it: the same work
+    whole, whole_scores = _measure(filt, prompts, seconds)
+    whole["max_abs_diff_vs_shared"] = float(np.abs(whole_scores - scores).max())
     return {"load_s": round(load_s, 3), "devices": [str(d) for d in jax.devices()], "scorer": filt.scorer,
-            "layers": list(filt.layers), "dtype": filt.serving.dtype, **figures}, scores
+            "layers": list(filt.layers), "dtype": filt.serving.dtype, "prefix_tokens": len(filt.prefix_ids),
+            "suffix_buckets": list(filt.suffix_buckets), **figures, "whole": whole}, scores
 
 
 def torch_phase(path: Path, prompts: list[str], seconds: float) -> tuple[dict, np.ndarray]:
@@ -292,6 +297,8 @@ def main(argv=None) -> int:
     # the target: >= 1, JAX's prompts/s at least the peer's
     report["jax_over_torch"] = {k: round(report["jax"][k] / report["torch"][k], 3)
                                 for k in ("prompts_per_s", "scoring_prompts_per_s")}
+    report["jax_over_torch"]["whole_scoring_prompts_per_s"] = round(
+        report["jax"]["whole"]["scoring_prompts_per_s"] / report["torch"]["scoring_prompts_per_s"], 3)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     summary = {"jax_over_torch": report["jax_over_torch"],
                **{f"{side} prompts/s": report[side]["prompts_per_s"] for side in ("jax", "torch")},

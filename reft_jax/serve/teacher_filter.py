@@ -145,7 +145,10 @@ class TeacherFilter(PromptBatches):
     short message). Their keys and values are computed once (`prefix`), and a batch whose prompts all open with them
     runs only the tokens after them, padded to `suffix_buckets` (SHORT_SUFFIX, and each bucket less the prefix): the
     same scores (to float32 rounding) for a fraction of the work. A batch holding a prompt that does not open with
-    them (its text merged into the template's last token) runs whole, as `reft-jax filter` does."""
+    them (its text merged into the template's last token, or cut off by truncation) runs whole, as `reft-jax
+    filter` does; so does every batch with `share_prefix` False (the serving benchmark's equal-work figure)."""
+
+    share_prefix = True
 
     def __init__(self, model: Transformer, tokenizer, settings: dict, serving: Serving):
         """settings: `teacher_settings`' (tau, layers, scorer, direction, score_by)."""
@@ -171,7 +174,7 @@ class TeacherFilter(PromptBatches):
 
     def score_rows(self, prompt_ids: Sequence[np.ndarray]) -> np.ndarray:
         p = len(self.prefix_ids)
-        if p and all(len(x) > p and np.array_equal(x[:p], self.prefix_ids) for x in prompt_ids):
+        if self.share_prefix and p and all(len(x) > p and np.array_equal(x[:p], self.prefix_ids) for x in prompt_ids):
             batch = self.batch([x[p:] for x in prompt_ids], self.suffix_buckets)
             return np.asarray(self._fn(self._model, batch, *self._params, prefix=self._prefix),
                               np.float32)[:len(prompt_ids)]
@@ -180,7 +183,7 @@ class TeacherFilter(PromptBatches):
     def warm(self) -> None:
         """Also the prefix path's programs: a batch of every row size and suffix bucket."""
         super().warm()
-        for rows in self.row_sizes if len(self.prefix_ids) else ():
+        for rows in self.row_sizes if self.share_prefix and len(self.prefix_ids) else ():
             for length in self.suffix_buckets:
                 self.score_rows([np.concatenate([self.prefix_ids, np.ones(length, np.int32)])] * rows)
 
