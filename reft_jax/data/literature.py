@@ -26,8 +26,9 @@ COCONOT_TRAIN, COCONOT_CALIBRATION = {"id": "train"}, {"id": "calibration"}
 # lookalikes, with data.alignment.n_lookalikes > 0.
 COCONOT_PREF_ANSWERED = dict(fields={"instruction": "prompt", "output": "chosen"}, where=COCONOT_SAFETY)
 # The train part of CoCoNot's harmful requests as alignment data, refused (with data.alignment.n_concerns > 0): the
-# kinds of harm its lookalikes mimic, which the alignment files hold little of. Its rows hold no answer: they get
-# CONCERN_REFUSAL.
+# kinds of harm its lookalikes mimic, which the alignment files hold little of. Its rows hold no answer: a config
+# that draws them sets data.alignment.refusal (CONCERN_REFUSAL; not set here, where it would be a teacher input of
+# every config that draws none).
 COCONOT_CONCERNS = dict(fields={"instruction": "prompt"}, where=COCONOT_SAFETY, part=COCONOT_TRAIN)
 CONCERN_REFUSAL = "I'm sorry, but I can't help with that request."
 
@@ -43,7 +44,6 @@ LITERATURE_HUB = {
         harmless=dict(path="tatsu-lab/alpaca", split="train"),
         lookalikes=dict(path="allenai/coconot", name="pref", split="train", **COCONOT_PREF_ANSWERED),
         concerns=dict(path="allenai/coconot", name="original", split="test", **COCONOT_CONCERNS),
-        refusal=CONCERN_REFUSAL,
         # Harmful answers for RepNoise / Booster: BeaverTails' unsafe pairs of the split the attack does not use.
         harmful_pairs=dict(path="PKU-Alignment/BeaverTails", split="30k_test",
                            fields={"instruction": "prompt", "output": "response", "safe": "is_safe"},
