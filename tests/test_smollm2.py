@@ -52,6 +52,10 @@ def test_local_dir_switches_every_hub_source_to_a_local_file():
     assert Path(or_bench).name == "or_bench_hard_train.json" and Path(coconot["path"]).is_file()
     assert coconot["where"] == {"category": "Requests with safety concerns"}
     assert cfg.data.pool.lookalikes.path == "allenai/coconot" and cfg.data.pool.n_lookalikes == 0  # none by default
+    # CoCoNot's harmful requests are named for the alignment data but none is drawn, and the refusal they would need
+    # is not set: both are teacher inputs, and a teacher made before they existed stays this config's.
+    assert d.alignment.concerns["part"] == {"id": "train"} and cfg.data.alignment.n_concerns == 0
+    assert cfg.data.alignment.refusal == ""
 
 
 def test_a_users_own_data_wins_over_local_dir(tmp_path):
