@@ -262,6 +262,11 @@ def test_the_filter_bundle_scores_as_the_filter_command(bundle, filtered):
     assert filt.batch([x[p:] for x in short], filt.suffix_buckets)["input_ids"].shape == (8, 32)
     np.testing.assert_allclose(filt.score_rows(short), PromptBatches.score_rows(filt, short), atol=1e-5)
     np.testing.assert_array_equal(filt.score_rows(ids[4:6]), PromptBatches.score_rows(filt, ids[4:6]))  # whole
+    # A list of prompts is scored shortest first (like lengths share a batch), its scores in the list's order.
+    lengths, score_rows = [], filt.score_rows
+    filt.score_rows = lambda rows: lengths.append([len(x) for x in rows]) or score_rows(rows)
+    np.testing.assert_allclose(filt.score(PROMPTS[::-1] * 5), np.tile(scores[::-1], 5), atol=1e-5)
+    assert [len(x) for x in lengths] == [32, 3] and max(lengths[0]) <= min(lengths[1]) == 96
 
 
 def test_a_bundle_replaces_only_a_bundle(workdir, bundle, tmp_path, capsys):

@@ -35,7 +35,7 @@ from reft_jax.errors import ReftError
 from reft_jax.serve.batcher import Batcher
 from reft_jax.serve.metrics import Metrics
 from reft_jax.serve.settings import Settings
-from reft_jax.serve.teacher_filter import TeacherFilter
+from reft_jax.serve.teacher_filter import TeacherFilter, shortest_first
 from reft_jax.stages.common import row_digest
 
 log = logging.getLogger("reft_jax.serve")
@@ -234,7 +234,9 @@ class Service:
         chunk = FILE_CHUNK_BATCHES * self.filter.batch_size
         tau, done = self.filter.tau, []
         for lo in range(0, len(ds), chunk):
-            scores = await self.batcher.score(ds.prompt_ids[lo: lo + chunk])
+            part = ds.prompt_ids[lo: lo + chunk]
+            order, scores = shortest_first(part), np.zeros(len(part), np.float32)
+            scores[order] = await self.batcher.score([part[i] for i in order])
             done.append(scores)
             lines = []
             for i, s in enumerate(scores, lo):

@@ -47,6 +47,12 @@ def row_sizes(batch_size: int) -> tuple[int, ...]:
     return tuple(sorted({2 ** k for k in range(batch_size.bit_length()) if 2 ** k < batch_size} | {batch_size}))
 
 
+def shortest_first(prompt_ids: Sequence[np.ndarray]) -> np.ndarray:
+    """The prompts' positions by length, shortest first (ties in order): scored in this order, a file's prompts of
+    like lengths share batches, and each batch is padded to its longest prompt's bucket."""
+    return np.argsort([len(x) for x in prompt_ids], kind="stable")
+
+
 @dataclasses.dataclass(frozen=True)
 class Serving:
     """The run config's fields that scoring reads besides the filter's own settings: how prompts are templated and
@@ -118,10 +124,15 @@ class PromptBatches(abc.ABC):
         return self.score_batch(self.batch(prompt_ids))[:len(prompt_ids)]
 
     def score_dataset(self, ds: rdata.TokenizedDataset) -> np.ndarray:
-        """Scores of every prompt of `ds`, in order, batch_size at a time."""
-        ids = ds.prompt_ids
-        return np.concatenate([self.score_rows(ids[i: i + self.batch_size]) for i in range(0, len(ids),
-                                                                                          self.batch_size)])
+        """Scores of every prompt of `ds`, in order, batch_size at a time, shortest first: a batch is padded to
+        its longest prompt's bucket, so prompts of like lengths share batches (a score does not depend on its
+        batch's other rows)."""
+        ids, scores = ds.prompt_ids, np.zeros(len(ds.prompt_ids), np.float32)
+        order = shortest_first(ids)
+        for i in range(0, len(ids), self.batch_size):
+            rows = order[i: i + self.batch_size]
+            scores[rows] = self.score_rows([ids[j] for j in rows])
+        return scores
 
     def score(self, prompts: Sequence[str]) -> np.ndarray:
         """The filter's score of each user message (float32 [N]); a prompt is flagged when its score > tau."""
