@@ -10,7 +10,7 @@ reft_jax.serve.loadtest.PROMPTS cycled, or of FILE's lines (one prompt a line). 
 
   jax    reft_jax.Filter.load(BUNDLE): its scoring programs compiled (`warm`, as the server does before ready), then
          `score` on the N prompts (prompts/s with tokenizing), the tokenizing alone, and the scoring of the tokenized
-         prompts alone, batch by batch (prompts/s and batch times); then all of it again with every batch whole
+         prompts alone, batch by batch, in `score`'s batches (shortest first; prompts/s and batch times); then all of it again with every batch whole
          (`share_prefix` False: the template's opening run in every row, the peer's work; "whole");
   torch  the PyTorch peer (reft_jax.bench.filter_peer.TorchFilter: transformers, float32, SDPA) on the same prompts
          and batches, measured the same way after a batch of each bucket; torch's thread count left at its default;
@@ -47,6 +47,7 @@ import numpy as np
 
 from reft_jax.runtime import malloc
 from reft_jax.serve import bundle, loadtest
+from reft_jax.serve.teacher_filter import shortest_first
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS = (1, 8, 32)
@@ -113,14 +114,14 @@ def _measure(filt, prompts: list[str], seconds: float) -> tuple[dict, np.ndarray
     end_to_end = _passes(lambda: filt.score(prompts), seconds)
     tokenizing = _passes(lambda: filt.tokenize(filt.examples(prompts)), seconds)
     ids = filt.tokenize(filt.examples(prompts)).prompt_ids
-    chunks = [ids[i: i + size] for i in range(0, n, size)]
-    batch_times, scores = [], []
+    order = shortest_first(ids)  # the batches `score` makes
+    chunks = [[ids[j] for j in order[i: i + size]] for i in range(0, n, size)]
+    batch_times, scores = [], np.zeros(n, np.float32)
 
     def one_pass():
-        scores.clear()
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
             began = time.perf_counter()
-            scores.append(filt.score_rows(chunk))
+            scores[order[i * size: (i + 1) * size]] = filt.score_rows(chunk)
             batch_times.append(time.perf_counter() - began)
 
     scoring = _passes(one_pass, seconds)
@@ -137,7 +138,7 @@ def _measure(filt, prompts: list[str], seconds: float) -> tuple[dict, np.ndarray
         "batch_ms": {"p50": round(float(np.percentile(ms, 50)), 2), "mean": round(float(ms.mean()), 2),
                      "min": round(float(ms.min()), 2), "max": round(float(ms.max()), 2)},
     }
-    return figures, np.concatenate(scores)
+    return figures, scores
 
 
 def _busy(phase: str, seconds: float = 2.0) -> float | None:
