@@ -262,6 +262,22 @@ def test_the_filter_bundle_scores_as_the_filter_command(bundle, filtered):
     assert filt.batch([x[p:] for x in short], filt.suffix_buckets)["input_ids"].shape == (8, 32)
     np.testing.assert_allclose(filt.score_rows(short), PromptBatches.score_rows(filt, short), atol=1e-5)
     np.testing.assert_array_equal(filt.score_rows(ids[4:6]), PromptBatches.score_rows(filt, ids[4:6]))  # whole
+    # The server's batcher splits what it gathered when two batches hold fewer tokens than one: 31 short prompts
+    # (the tokens after the template's opening, in 32 rows of 32) and the long one (whole, 96 tokens) run as two.
+    import asyncio
+
+    from reft_jax.serve.batcher import Batcher
+
+    gathered, runs = [ids[i % 5] for i in range(31)] + [ids[5]], []
+    assert filt.batch_tokens(gathered) == 32 * 96 and filt.batch_tokens(gathered[:31]) == 32 * 32
+    batcher = Batcher(filt, max_wait=2.0, on_batch=runs.append)
+    try:
+        together = asyncio.run(batcher.score(gathered))
+    finally:
+        batcher.stop()
+    assert runs == [31, 1]
+    np.testing.assert_allclose(together, np.concatenate([filt.score_rows(gathered[:31]), filt.score_rows(ids[5:6])]),
+                               atol=1e-5)
     # A list of prompts is scored shortest first (like lengths share a batch), its scores in the list's order.
     lengths, score_rows = [], filt.score_rows
     filt.score_rows = lambda rows: lengths.append([len(x) for x in rows]) or score_rows(rows)

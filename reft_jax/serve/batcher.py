@@ -1,8 +1,8 @@
 """Batching across requests: the prompts of concurrent requests share the filter's static-shape batches.
 
 One worker thread owns the device: it takes the first waiting prompt, waits at most `max_wait` seconds for more
-until a batch of filter.batch_size rows is full, scores them with one call (`TeacherFilter.score_rows`) and hands
-each request its own rows' scores. A request's prompts are checked before they are queued, so a bad request never
+until a batch of filter.batch_size rows is full, scores them with one call (`TeacherFilter.score_rows`; two, shorter
+prompts first, when that runs fewer padded tokens) and hands each request its own rows' scores. A request's prompts are checked before they are queued, so a bad request never
 reaches a batch; a batch that fails fails only the requests in it.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from reft_jax.serve.teacher_filter import TeacherFilter
+from reft_jax.serve.teacher_filter import TeacherFilter, shortest_first
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,16 @@ class Batcher:
             self._run(rows)
 
     def _run(self, rows: list) -> None:
+        """Scores the gathered rows as one batch, or as two (the shorter prompts, then the longer) when two hold fewer
+        tokens: a prompt too long for the short bucket would pad every row of a shared batch to its length."""
+        rows = [rows[i] for i in shortest_first([ids for ids, _, _ in rows])]
+        cost = lambda part: self.filt.batch_tokens([ids for ids, _, _ in part]) if part else 0  # noqa: E731
+        cut = min(range(1, len(rows) + 1), key=lambda k: (cost(rows[:k]) + cost(rows[k:]), -k))
+        for part in (rows[:cut], rows[cut:]):
+            if part:
+                self._score(part)
+
+    def _score(self, rows: list) -> None:
         try:
             scores = self.filt.score_rows([ids for ids, _, _ in rows])
         except Exception as e:  # noqa: BLE001 (the requests in this batch get the error; the worker goes on)

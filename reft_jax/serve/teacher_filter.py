@@ -183,13 +183,24 @@ class TeacherFilter(PromptBatches):
         same = np.all([x[:n] == ids[0][:n] for x in ids], axis=0)
         return np.asarray(ids[0][:int(np.argmin(same)) if not same.all() else n - 1], np.int32)
 
-    def score_rows(self, prompt_ids: Sequence[np.ndarray]) -> np.ndarray:
+    def _shares_prefix(self, prompt_ids: Sequence[np.ndarray]) -> bool:
         p = len(self.prefix_ids)
-        if self.share_prefix and p and all(len(x) > p and np.array_equal(x[:p], self.prefix_ids) for x in prompt_ids):
+        return self.share_prefix and p > 0 and all(len(x) > p and np.array_equal(x[:p], self.prefix_ids)
+                                                   for x in prompt_ids)
+
+    def score_rows(self, prompt_ids: Sequence[np.ndarray]) -> np.ndarray:
+        if self._shares_prefix(prompt_ids):
+            p = len(self.prefix_ids)
             batch = self.batch([x[p:] for x in prompt_ids], self.suffix_buckets)
             return np.asarray(self._fn(self._model, batch, *self._params, prefix=self._prefix),
                               np.float32)[:len(prompt_ids)]
         return super().score_rows(prompt_ids)
+
+    def batch_tokens(self, prompt_ids: Sequence[np.ndarray]) -> int:
+        """The tokens the batch `score_rows` runs for these prompts holds (rows times padded length): its cost."""
+        p = len(self.prefix_ids) if self._shares_prefix(prompt_ids) else 0
+        rows = min(r for r in self.row_sizes if r >= len(prompt_ids))
+        return rows * rdata.pick_length(max(len(x) for x in prompt_ids) - p, self.suffix_buckets if p else self.buckets)
 
     def warm(self) -> None:
         """Also the prefix path's programs: a batch of every row size and suffix bucket."""
