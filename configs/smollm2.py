@@ -65,6 +65,9 @@ def get_config(arg: str = ""):
     # (docs/results.md): the student's over-refusal of held-out lookalikes 0.540 -> 0.323 (mean of three seeds) at
     # harmful score 0.270 -> 0.282 and accuracy 0.837 -> 0.857 (no defence 0.827); the teacher's 0.497 -> 0.262.
     c.data.alignment.n_lookalikes = 64
+    # Not drawn: 128 of CoCoNot's harmful requests refused (data.alignment.n_concerns=128 with data.alignment.refusal
+    # set to reft_jax.data.literature.CONCERN_REFUSAL) cut the student's harmful score 0.308 -> 0.124 (0.065 with 128
+    # lookalikes) but raised its over-refusal 0.310 -> 0.551 (0.572): a safety-first setting (docs/results.md).
     c.data.user.task = "sst2"
     c.data.user.n = 1000
     c.data.user.p = 0.1
