@@ -7,8 +7,9 @@ Python API `reft_jax.Filter`.
 
 It reads the teacher stage's filter (`stages.ref_teacher_filter.teacher_settings`) and scores with the filter's own
 jitted pass (`refusal.readout.make_score_fn`) on its static shapes: batches of 1, 2, 4, ... or filter.batch_size
-rows (`row_sizes`, the fewest that hold the prompts) padded to a length of data.buckets, one compiled program per row size
-and bucket (`warm` compiles them all), whatever rows share a batch.
+rows (`row_sizes`, the fewest that hold the prompts) padded to a length of data.buckets, or, after the template's
+opening run once, the tokens after it padded to a suffix bucket (TeacherFilter); one compiled program per row size
+and bucket or suffix bucket (`warm` compiles them all), whatever rows share a batch.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class TeacherFilter(PromptBatches):
     """The frozen teacher (or base model, filter.json's "direction") with its scorer, tau and layers, the tokenizer
     and prompt template, and one compiled scoring program per row size and bucket.
 
-    Every templated prompt opens with the same tokens (a chat template's system prompt: 30 of SmolLM2's 36-43 for a
+    Every templated prompt opens with the same tokens (a chat template's system prompt: 24 of SmolLM2's 36-43 for a
     short message). Their keys and values are computed once (`prefix`), and a batch whose prompts all open with them
     runs only the tokens after them, padded to `suffix_buckets` (SHORT_SUFFIX, and each bucket less the prefix): the
     same scores (to float32 rounding) for a fraction of the work. A batch holding a prompt that does not open with
