@@ -10,8 +10,9 @@ reft_jax.serve.loadtest.PROMPTS cycled, or of FILE's lines (one prompt a line). 
 
   jax    reft_jax.Filter.load(BUNDLE): its scoring programs compiled (`warm`, as the server does before ready), then
          `score` on the N prompts (prompts/s with tokenizing), the tokenizing alone, and the scoring of the tokenized
-         prompts alone, batch by batch, in `score`'s batches (shortest first; prompts/s and batch times); then all of it again with every batch whole
-         (`share_prefix` False: the template's opening run in every row, the peer's work; "whole");
+         prompts alone, batch by batch, in `score`'s batches (shortest first; prompts/s and batch times); then all of
+         it again with every batch whole (`share_prefix` False: the template's opening run in every row, the peer's
+         work; "whole");
   torch  the PyTorch peer (reft_jax.bench.filter_peer.TorchFilter: transformers, float32, SDPA) on the same prompts
          and batches, measured the same way after a batch of each bucket; torch's thread count left at its default;
   serve  `reft-jax serve --filter BUNDLE` in a subprocess on a free local port, once /healthz is 200:

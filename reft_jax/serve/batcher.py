@@ -2,8 +2,9 @@
 
 One worker thread owns the device: it takes the first waiting prompt, waits at most `max_wait` seconds for more
 until a batch of filter.batch_size rows is full, scores them with one call (`TeacherFilter.score_rows`; two, shorter
-prompts first, when that runs fewer padded tokens) and hands each request its own rows' scores. A request's prompts are checked before they are queued, so a bad request never
-reaches a batch; a batch that fails fails only the requests in it.
+prompts first, when that runs fewer padded tokens) and hands each request its own rows' scores. A request's
+prompts are checked before they are queued, so a bad request never reaches a batch; a batch that fails fails only
+the requests in it.
 """
 
 from __future__ import annotations
