@@ -67,7 +67,10 @@ class Batcher:
         """Scores the gathered rows as one batch, or as two (the shorter prompts, then the longer) when two hold fewer
         tokens: a prompt too long for the short bucket would pad every row of a shared batch to its length."""
         rows = [rows[i] for i in shortest_first([ids for ids, _, _ in rows])]
-        cost = lambda part: self.filt.batch_tokens([ids for ids, _, _ in part]) if part else 0  # noqa: E731
+
+        def cost(part: list) -> int:
+            return self.filt.batch_tokens([ids for ids, _, _ in part]) if part else 0
+
         cut = min(range(1, len(rows) + 1), key=lambda k: (cost(rows[:k]) + cost(rows[k:]), -k))
         for part in (rows[:cut], rows[cut:]):
             if part:
