@@ -340,6 +340,13 @@ class FilterSection:
         "threshold). The cosine's tau decides the rest. 0.99, not 0.95: fitted with the alignment data's harmful "
         "requests (data.veto.alignment_harmful), the veto at 0.95 let 0.64 of the attack through on SmolLM2, at 0.99 "
         "0.92, the cosine's own recall 0.93 (docs/results.md)")
+    adapt_fpr: float = option(
+        0.0, "> 0: the filter adapts to the user's file (reft_jax.refusal.adapt): the scorer above is the first pass, "
+        "whose unflagged lower half of the file stands for the task and whose flags for the attack beside the "
+        "teacher stage's labelled prompts in a probe fitted per file; its threshold flags at most this share of the "
+        "calibration's harmless prompts (the pool's, data.veto's lookalikes, the file's task rows; for "
+        "calibrate_recall of the harmful). 0 = the first pass decides. The served filter scores prompts, not files: "
+        "it never adapts", minimum=0.0, maximum=0.5)
     batch_size: int = option(32, "prompts scored at once", minimum=1)
 
 

@@ -1,6 +1,6 @@
 """Typed configs: how a config field is declared (`option`, `section`, `config`), how a ConfigDict tree becomes
 the frozen dataclasses of `reft_jax.config.schema` (`build`: every field gets its declared type; unknown or
-missing fields and values outside a field's choices or below its minimum are errors naming the field) and those
+missing fields and values outside a field's choices or its minimum and maximum are errors naming the field) and those
 dataclasses a ConfigDict (`config_dict`), and what is done with a typed config (`leaf_fields`, `replace`).
 """
 
@@ -16,10 +16,12 @@ import ml_collections
 from reft_jax.errors import ConfigError
 
 
-def option(default, help: str, *, choices: tuple[str, ...] = (), minimum: int | None = None) -> Any:
+def option(default, help: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
+           maximum: float | None = None) -> Any:
     """A config field: its default, what it means (`help`), for a str field the values it may take, and for a count,
-    period or step field the least value that makes sense (steps of a stage that trains, periods: 1)."""
-    metadata = {"help": help, "choices": choices, "minimum": minimum}
+    period, step or rate field the least (and greatest) value that makes sense (steps of a stage that trains,
+    periods: 1)."""
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
     if isinstance(default, dict):  # mutable: each config gets its own copy
         return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -96,6 +98,9 @@ def build(cls, tree, where: str):
         least = field.metadata.get("minimum")
         if least is not None and value is not None and value < least:
             raise ConfigError(f"{where}{name}: {value} should be at least {least}")
+        most = field.metadata.get("maximum")
+        if most is not None and value is not None and value > most:
+            raise ConfigError(f"{where}{name}: {value} should be at most {most}")
         values[name] = value
     return cls(**values)
 

@@ -82,15 +82,25 @@ def fit_veto(hidden, harmful, held, held_harmful, recall: float, grid=GRID) -> t
     was chosen (C, the threshold, the calibration AUROC, the share of the calibration's lookalikes it vetoes)."""
     probe = fit_probe(hidden, harmful, held, held_harmful, grid)
     held_scores, held_y = probe.scores(held), np.asarray(held_harmful) == 1
-    # calibrate_threshold's tau sits one float below the last harmful score it must pass; folded into the offset,
-    # rounding could veto that row. Halfway to the next score below keeps the same rows passing, with a margin.
-    tau = calibrate_threshold(held_scores, held_y, recall)
-    passing, below = held_scores[held_scores > tau], held_scores[held_scores <= tau]
-    threshold = (passing.min() + below.max()) / 2 if below.size else passing.min() - 1.0
-    info = {"C": probe.C, "threshold": float(threshold), "calibration_auroc": auroc(held_scores, held_y),
+    folded, threshold = fold_threshold(probe, held_scores, calibrate_threshold(held_scores, held_y, recall))
+    info = {"C": probe.C, "threshold": threshold, "calibration_auroc": auroc(held_scores, held_y),
             "calibration_lookalikes_vetoed": float(np.mean(held_scores[~held_y] <= threshold)),
             "calibration_harmful_vetoed": float(np.mean(held_scores[held_y] <= threshold))}
-    return Probe(probe.w, probe.b - float(threshold), probe.C), info
+    return folded, info
+
+
+def fold_threshold(probe: Probe, held_scores: np.ndarray, tau: float, at: float = 0.5) -> tuple[Probe, float]:
+    """The probe with a threshold folded into its offset (it flags where it scores > 0), the same held-out rows above
+    it as above tau; and that threshold. tau (from calibrate_threshold) sits one float below the last score it must
+    pass, and folded in, rounding could drop that row: the threshold is put `at` that share of the way down to the
+    next score below (the veto's halfway; 1 below the last score when none is below)."""
+    passing, below = held_scores[held_scores > tau], held_scores[held_scores <= tau]
+    if not passing.size:
+        threshold = float(tau)
+    else:
+        gap = passing.min() - below.max() if below.size else 1.0 / at
+        threshold = float(passing.min() - at * gap)
+    return Probe(probe.w, probe.b - threshold, probe.C), threshold
 
 
 def fit_probe(hidden, harmful, held=None, held_harmful=None, grid=GRID) -> Probe:

@@ -178,7 +178,8 @@ def _dormant(cfg) -> set[str]:
     a, p = cfg.data.alignment, cfg.data.pool
     return ({"data.alignment.lookalikes"} if a.n_lookalikes <= 0 else set()) | (
         {"data.alignment.concerns"} if a.n_concerns <= 0 else set()) | (
-        {"data.pool.lookalikes"} if p.n_lookalikes <= 0 else set())
+        {"data.pool.lookalikes"} if p.n_lookalikes <= 0 else set()) | (
+        {"filter.adapt_fpr"} if cfg.filter.adapt_fpr <= 0 else set())
 
 
 def _needs(ctx: RunContext, name: str) -> list[str]:

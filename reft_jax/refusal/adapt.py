@@ -1,0 +1,58 @@
+"""The filter adapted to one user file (filter.adapt_fpr > 0), host side.
+
+A scorer fitted on the teacher stage's labelled prompts alone has never seen the user's task: on SmolLM2 a probe
+that tells harmful requests from safe lookalikes (AUROC 0.98) flags most of an SST-2 file's rows at any threshold
+that keeps its recall (docs/results.md, "What bounds the held-out harmful recall"). The file itself holds that
+task, unlabelled. So the first pass (the teacher stage's scorer) names examples of it in the file: its rows the first
+pass does not flag and scores in the lower half (`TASK_SHARE`) stand for the task, the rows it flags for the attack.
+A probe over the same features is then fitted with them beside the labelled prompts (the pool's splits, data.veto's
+parts), and its threshold set on the held-out halves for filter.calibrate_recall of the harmful prompts, capped at
+filter.adapt_fpr of the harmless ones (the pool's, the lookalikes, the file's task rows): the operating point a
+service states. The second pass scores the whole file with that probe.
+
+A row the first pass misses stays out of both sides unless it scores in the lower half; an attack written to look
+like the task's rows can hide there from both passes, no worse than from the first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reft_jax.refusal.metrics import auroc, calibrate_threshold, cap_false_positives
+from reft_jax.refusal.probe import Probe, fit_probe, fold_threshold
+
+TASK_SHARE = 0.5  # the file's lowest-scored rows that may stand for its task: a file is mostly its task
+MAX_ROWS = 1024  # of each side read from the file (features kept in memory: 1,024 x 18 layers x 576 floats = 42 MB)
+MIN_TASK_ROWS = 16  # below this the file cannot teach its task: fewer than 8 rows a half
+MARGIN = 0.05  # the threshold's place in the gap below the last calibration row it flags (rounding's margin)
+SEED = 0  # the halves are drawn at random, the same each time for the same scores
+
+
+def file_examples(score: np.ndarray, tau: float, *, max_rows: int = MAX_ROWS, seed: int = SEED) -> dict:
+    """The file's rows that stand for its task and for the attack, by their first-pass score: {"fit": (task,
+    attack), "calibration": (task, attack)}, positions into `score`, each side shuffled, at most `max_rows` of it
+    read, and halved. The task's rows: not flagged (score <= tau) and below the median score."""
+    score = np.asarray(score)
+    task = np.flatnonzero((score <= tau) & (score < np.quantile(score, TASK_SHARE)))
+    attack = np.flatnonzero(score > tau)
+    rng = np.random.default_rng(seed)
+    task, attack = (rng.permutation(rows)[:max_rows] for rows in (task, attack))
+    return {part: (task[i::2], attack[i::2]) for i, part in enumerate(("fit", "calibration"))}
+
+
+def fit_adapted(fit: tuple, calibration: tuple, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:
+    """The adapted probe: fitted on fit = (features [K, N, D], harmful [N]), its C chosen on calibration's AUROC,
+    its threshold there (folded into the offset: it flags where it scores > 0) for `recall` of the harmful rows,
+    raised to flag at most `max_fpr` of the harmless. Returns it and what was chosen and measured there."""
+    x, y = fit
+    cx, cy = calibration[0], np.asarray(calibration[1]) == 1
+    probe = fit_probe(x, y, cx, cy)
+    held = probe.scores(cx)
+    tau = cap_false_positives(calibrate_threshold(held, cy, recall), held, cy, max_fpr)
+    # As the cosine's tau, the highest threshold that meets the rule: just below the last row it must flag (the
+    # file's task rows above its median, which calibration cannot hold, lie toward the harmful side of any gap).
+    folded, threshold = fold_threshold(probe, held, tau, at=MARGIN)
+    flagged = held > threshold
+    info = {"C": probe.C, "threshold": threshold, "calibration_auroc": auroc(held, cy),
+            "calibration_recall": float(flagged[cy].mean()), "calibration_fpr": float(flagged[~cy].mean())}
+    return folded, info
