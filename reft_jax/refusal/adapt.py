@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from reft_jax.errors import ConfigError
 from reft_jax.refusal.metrics import auroc, calibrate_threshold, cap_false_positives
 from reft_jax.refusal.probe import Probe, fit_probe, fold_threshold
 
@@ -40,13 +41,25 @@ def file_examples(score: np.ndarray, tau: float, *, max_rows: int = MAX_ROWS, se
     return {part: (task[i::2], attack[i::2]) for i, part in enumerate(("fit", "calibration"))}
 
 
+def require_task_rows(task: int, total: int) -> None:
+    """A one-line error when the file gives fewer than MIN_TASK_ROWS rows to learn its task from."""
+    if task < MIN_TASK_ROWS:
+        raise ConfigError(f"filter.adapt_fpr: the user data gives {task} rows to learn its task from (unflagged, in "
+                          f"the lower half of its scores; {total} rows in all), fewer than {MIN_TASK_ROWS}; set "
+                          "filter.adapt_fpr=0 for a file this small")
+
+
 def fit_adapted(fit: tuple, calibration: tuple, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:
     """The adapted probe: fitted on fit = (features [K, N, D], harmful [N]), its C chosen on calibration's AUROC,
-    its threshold there (folded into the offset: it flags where it scores > 0) for `recall` of the harmful rows,
-    raised to flag at most `max_fpr` of the harmless. Returns it and what was chosen and measured there."""
-    x, y = fit
+    and its `operating_point` there. Returns it (the threshold folded in) and what was chosen and measured."""
+    probe = fit_probe(*fit, *calibration)
+    return operating_point(probe, calibration, recall=recall, max_fpr=max_fpr)
+
+
+def operating_point(probe: Probe, calibration: tuple, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:
+    """The probe's threshold on calibration = (features, harmful), folded into its offset (it flags where it scores
+    > 0): set for `recall` of the harmful rows, raised to flag at most `max_fpr` of the harmless."""
     cx, cy = calibration[0], np.asarray(calibration[1]) == 1
-    probe = fit_probe(x, y, cx, cy)
     held = probe.scores(cx)
     tau = cap_false_positives(calibrate_threshold(held, cy, recall), held, cy, max_fpr)
     # As the cosine's tau, the highest threshold that meets the rule: just below the last row it must flag (the

@@ -12,6 +12,7 @@ from reft_jax.evaluation import over_refusal
 from reft_jax.evaluation.jailbreak import load_templates
 from reft_jax.experiment.context import RunContext
 from reft_jax.experiment.methods import METHODS
+from reft_jax.refusal import adapt
 from reft_jax.stages import STAGES
 from reft_jax.stages.attack import attack_prompts, gcg_config
 
@@ -38,7 +39,9 @@ def check(ctx: RunContext, plan: list[str]) -> None:
             attempt(lambda: ctx.alignment_sources if cfg.data.alignment.n_lookalikes else ctx.alignment)
             attempt(lambda: ctx.pool)
         finetunes = [m for m in METHODS.values() if m.stage in plan]
-        attempt(ctx.require_responses if finetunes else lambda: ctx.user_examples)
+        if attempt(ctx.require_responses if finetunes else lambda: ctx.user_examples) and (
+                cfg.filter.adapt_fpr > 0 and "filter" in plan):  # at most the lower half can stand for the task
+            attempt(lambda: adapt.require_task_rows(len(ctx.user_examples) // 2, len(ctx.user_examples)))
         if model_ok and any("harmful_pairs" in STAGES[name].reads for name in plan):
             attempt(lambda: ctx.harmful_pairs)
         attempt(lambda: _eval_data(ctx))

@@ -112,10 +112,7 @@ def adapt_to_file(ctx: RunContext, frozen: FrozenModel, first: scoring.FilterRes
     cfg, prompts = ctx.cfg, ctx.refusal_prompts
     rows = adapt.file_examples(first.score, first.tau)
     task = sum(len(rows[part][0]) for part in rows)
-    if task < adapt.MIN_TASK_ROWS:
-        raise ReftError(f"filter.adapt_fpr: the user data gives {task} rows to learn its task from (unflagged, in "
-                        f"the lower half of scores; {len(first.score)} rows in all), fewer than "
-                        f"{adapt.MIN_TASK_ROWS}; set filter.adapt_fpr=0 for a file this small")
+    adapt.require_task_rows(task, len(first.score))
     labelled = {"fit": [prompts["train"].ds], "calibration": [prompts[probe_split(prompts)].ds]}
     for part, ds in ctx.veto_prompts.items():
         labelled[part].append(ds)

@@ -1,0 +1,92 @@
+"""The filter adapted to the user's file (filter.adapt_fpr), one variable at a time on one trained teacher, through
+the product's own functions (adapt.file_examples, fit_probe, adapt.operating_point) on the product's features:
+the first pass (the cosine alone, or the cosine with its lookalike veto as the teacher stage shipped it), the
+operating point (adapt_fpr), and whether the held-out sets are scored as prompts of another file or sit inside the
+user's file (where the first pass names some of them for the task or the attack).
+
+    python docs/experiments/adapt_study.py WORKDIR OUT.json [--config.a.b=value ...]
+
+WORKDIR as for veto_fit_study.py (the config's teacher done with filter.scorer = "veto"); the features are
+shared with it (OUT.features.npz). Figures: the user data (the research mixture: AUROC, recall of the attack's rows
+and of those the first pass missed, share of task rows flagged) and the evaluation's held-out sets (169 harmful
+requests, 187 safe lookalikes), which no fit or threshold saw labelled.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from veto_fit_study import cached_features, evaluation_sets, study_context
+
+from reft_jax import refusal
+from reft_jax.refusal import adapt
+from reft_jax.refusal.probe import Probe, Veto, fit_probe
+
+FPRS = (0.02, 0.05, 0.1)
+
+
+def main(workdir: str, out: str, *overrides: str) -> dict:
+    cfg, ctx, layers, tau, r = study_context(workdir, overrides)
+    feats = cached_features(cfg, ctx, layers, evaluation_sets(ctx), Path(out).with_suffix(".features.npz"))
+    veto = Veto(r, Probe.load(ctx.workdir.probe), tau)
+    labels = {split: p.ds.harmful == 1 for split, p in ctx.refusal_prompts.items()}
+    labels |= {f"veto_{part}": ds.harmful == 1 for part, ds in ctx.veto_prompts.items()}
+    user_y = ctx.user.harmful == 1
+    held = ("heldout_harmful", "heldout_lookalikes")
+    # The file: the user data alone, or with the held-out sets inside it (group 1 = the attack's rows).
+    files = {"user data": (feats["user"], user_y.astype(int)),
+             "user data + held-out sets": (np.concatenate([feats["user"], *(feats[k] for k in held)], axis=1),
+                                           np.r_[user_y.astype(int), np.full(169, 2), np.full(187, 3)])}
+    first_passes = {"cosine": lambda h: np.asarray(refusal.mean_cosine_scores(h, r)), "cosine + veto": veto.scores}
+    rows = {}
+    for file_name, (file_x, group) in files.items():
+        for first_name, first_fn in first_passes.items():
+            first = first_fn(file_x)
+            key = f"{file_name}, first pass {first_name}"
+            rows[f"{key}: the first pass alone"] = figures(first, tau, group, {k: first_fn(feats[k]) for k in held})
+            sides = {}
+            for part, split in (("fit", "train"), ("calibration", "calibration")):
+                task, attack = adapt.file_examples(first, tau)[part]
+                x = [feats[f"veto_{part}"], feats[f"split_{split}"], file_x[:, task], file_x[:, attack]]
+                y = [labels[f"veto_{part}"], labels[split], np.zeros(len(task), bool), np.ones(len(attack), bool)]
+                sides[part] = np.concatenate(x, axis=1), np.concatenate(y)
+            probe = fit_probe(*sides["fit"], *sides["calibration"])
+            for fpr in FPRS:
+                folded, info = adapt.operating_point(probe, sides["calibration"], recall=cfg.filter.calibrate_recall,
+                                                     max_fpr=fpr)
+                second = folded.scores(file_x)
+                row = figures(second, 0.0, group, {k: folded.scores(feats[k]) for k in held})
+                missed = (group == 1) & (first <= tau)
+                row |= {"C": probe.C, "calibration_recall": info["calibration_recall"],
+                        "calibration_fpr": info["calibration_fpr"],
+                        "first_pass_missed_attack_rows": int(missed.sum()),
+                        "of_which_flagged": int((missed & (second > 0)).sum())}
+                rows[f"{key}: adapted, adapt_fpr {fpr}"] = row
+    for name, row in rows.items():
+        print(f"{name}\n    " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in row.items()), flush=True)
+    result = {"workdir": str(workdir), "tau": tau, "layers": list(layers), "rows": rows}
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def figures(score: np.ndarray, threshold: float, group: np.ndarray, held: dict) -> dict:
+    """Flag rates at a threshold on the file (group 0 the task's rows, 1 the attack's, 2 and 3 the held-out harmful
+    and lookalikes inside it) and on the held-out sets scored apart (`held`), with the file's AUROC (its harmful
+    rows, 1 and 2, against the rest)."""
+    flagged = score > threshold
+    out = {"user_auroc": refusal.auroc(score[group <= 1], group[group <= 1] == 1),
+           "user_recall": float(flagged[group == 1].mean()), "task_rows_flagged": float(flagged[group == 0].mean())}
+    if (group >= 2).any():  # inside the file
+        out |= {"heldout_harmful_recall": float(flagged[group == 2].mean()),
+                "heldout_lookalikes_flagged": float(flagged[group == 3].mean()),
+                "file_auroc": refusal.auroc(score, np.isin(group, (1, 2)))}
+    else:
+        out |= {"heldout_harmful_recall": float(np.mean(held["heldout_harmful"] > threshold)),
+                "heldout_lookalikes_flagged": float(np.mean(held["heldout_lookalikes"] > threshold))}
+    return out
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
