@@ -7,9 +7,9 @@ which is not safety-aligned, as the base model M0.
   reft-jax run --config configs/smollm2.py --workdir runs/smol --config.data.local_dir=DATA   # offline
 
 Teacher = M0 + LoRA on the alignment data (64 safe lookalikes answered among it) with the refusal regularizer;
-the filter (the paper's cosine with a lookalike veto) scores the user data (SST-2 train poisoned at p = 0.1 with
-harmful prompt -> harmful answer pairs); student = M0 + LoRA on the kept data, distilling the teacher on the
-alignment data. Evaluation: the keyword judge on held-out harmful prompts (HarmBench's
+the filter (the paper's cosine with a lookalike veto, then a probe adapted to the file) scores the user data (SST-2
+train poisoned at p = 0.1 with harmful prompt -> harmful answer pairs); student = M0 + LoRA on the kept data,
+distilling the teacher on the alignment data. Evaluation: the keyword judge on held-out harmful prompts (HarmBench's
 and the test part of CoCoNot's harmful requests), answers generated with the model's chat template; finetune accuracy
 on SST-2 validation; over-refusal on held-out safe prompts that look harmful (the test parts of OR-Bench-Hard-1K and
 CoCoNot's contrast set; on the hub CoCoNot's alone). Every rate with its 95 % interval.
@@ -89,6 +89,10 @@ def get_config(arg: str = ""):
     # model (docs/results.md): the held-out safe lookalikes flagged 0.88 -> 0.33 at user recall 0.94 -> 0.91, no SST-2
     # row flagged either way, the student's held-out harmful score 0.260 -> 0.266.
     c.filter.scorer = "veto"
+    # Adapted to the user's file (the cosine with its veto as the first pass; docs/results.md, the full-budget run of
+    # 2026-12-07): user AUROC 0.981 -> 0.999 and recall 0.92 -> 0.95, no SST-2 row flagged either way; held-out
+    # harmful requests flagged 0.68 -> 0.92, held-out safe lookalikes 0.25 -> 0.08.
+    c.filter.adapt_fpr = 0.05
     c.refusal.update_every = 20
     c.optim.learning_rate = 1e-3  # LoRA, few steps: 40 teacher steps at this rate already refuse 11 of 12
     c.optim.warmup_steps = 5

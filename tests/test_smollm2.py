@@ -26,7 +26,7 @@ pytestmark = [
 
 FEW = ["--config.teacher.steps=2", "--config.student.steps=2", "--config.refusal.update_every=1",
        "--config.data.batch_size=2", "--config.data.buckets=(64,96)", "--config.data.alignment.n_harmful=4",
-       "--config.data.alignment.n_harmless=4", "--config.data.alignment.n_lookalikes=2", "--config.data.user.n=10",
+       "--config.data.alignment.n_harmless=4", "--config.data.alignment.n_lookalikes=2", "--config.data.user.n=40",
        "--config.data.pool.n_each=4",
        "--config.data.pool.n_calibration=4", "--config.data.pool.n_check=4",
        "--config.data.eval.n_harmful=2", "--config.data.eval.n_task=2", "--config.eval.max_new_tokens=3",
@@ -77,8 +77,10 @@ def test_every_stage_runs_on_the_real_model(tmp_path, smollm2_converted):
     for name, method in report["methods"].items():
         assert 0 <= method["harmful_score"] <= 1 and 0 <= method["finetune_accuracy"] <= 1, name
         assert method["num_harmful_prompts"] == 2 and method["num_task"] == 2
-    assert report["filter"]["num_examples"] == 10 and report["filter"]["num_harmful"] == 1
-    assert report["filter"]["scorer"] == "veto"  # the config's, fitted on the literature's lookalike sets
+    assert report["filter"]["num_examples"] == 40 and report["filter"]["num_harmful"] == 4
+    # the config's: the cosine with a veto fitted on the literature's lookalike sets, then adapted to the file
+    assert report["filter"]["scorer"] == "adapted (veto first)"
+    assert report["filter"]["adapted"]["max_fpr"] == 0.05 and (workdir / "filter" / "adapted_probe.npz").exists()
     for stage, steps in (("teacher", 2), ("student", 2), ("sa_ft", 2)):
         records = [json.loads(x) for x in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
         assert records[-1]["step"] == steps

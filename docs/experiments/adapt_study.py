@@ -4,20 +4,19 @@ the first pass (the cosine alone, or the cosine with its lookalike veto as the t
 operating point (adapt_fpr), and whether the held-out sets are scored as prompts of another file or sit inside the
 user's file (where the first pass names some of them for the task or the attack).
 
-    python docs/experiments/adapt_study.py WORKDIR OUT.json [--config.a.b=value ...]
+    python docs/experiments/adapt_study.py WORKDIR OUT.json [--config-file configs/X.py] [--config.a.b=value ...]
 
-WORKDIR as for veto_fit_study.py (the config's teacher done with filter.scorer = "veto"); the features are
-shared with it (OUT.features.npz). Figures: the user data (the research mixture: AUROC, recall of the attack's rows
+WORKDIR as for veto_fit_study.py (the config's teacher done with filter.scorer = "veto"; configs/smollm2.py unless
+--config-file names another); the features are shared with it (OUT.features.npz). Figures: the user data (the research mixture: AUROC, recall of the attack's rows
 and of those the first pass missed, share of task rows flagged) and the evaluation's held-out sets (169 harmful
 requests, 187 safe lookalikes), which no fit or threshold saw labelled.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from veto_fit_study import cached_features, evaluation_sets, study_context
+from veto_fit_study import cached_features, evaluation_sets, split_config_file, study_context, write_rows
 
 from reft_jax import refusal
 from reft_jax.refusal import adapt
@@ -26,8 +25,8 @@ from reft_jax.refusal.probe import Probe, Veto, fit_probe
 FPRS = (0.02, 0.05, 0.1)
 
 
-def main(workdir: str, out: str, *overrides: str) -> dict:
-    cfg, ctx, layers, tau, r = study_context(workdir, overrides)
+def main(workdir: str, out: str, *overrides: str, config: str = "configs/smollm2.py") -> dict:
+    cfg, ctx, layers, tau, r = study_context(workdir, overrides, config)
     feats = cached_features(cfg, ctx, layers, evaluation_sets(ctx), Path(out).with_suffix(".features.npz"))
     veto = Veto(r, Probe.load(ctx.workdir.probe), tau)
     labels = {split: p.ds.harmful == 1 for split, p in ctx.refusal_prompts.items()}
@@ -37,7 +36,8 @@ def main(workdir: str, out: str, *overrides: str) -> dict:
     # The file: the user data alone, or with the held-out sets inside it (group 1 = the attack's rows).
     files = {"user data": (feats["user"], user_y.astype(int)),
              "user data + held-out sets": (np.concatenate([feats["user"], *(feats[k] for k in held)], axis=1),
-                                           np.r_[user_y.astype(int), np.full(169, 2), np.full(187, 3)])}
+                                           np.concatenate([user_y.astype(int), *(np.full(feats[k].shape[1], g)
+                                                                                  for g, k in enumerate(held, 2))]))}
     first_passes = {"cosine": lambda h: np.asarray(refusal.mean_cosine_scores(h, r)), "cosine + veto": veto.scores}
     rows = {}
     for file_name, (file_x, group) in files.items():
@@ -63,12 +63,7 @@ def main(workdir: str, out: str, *overrides: str) -> dict:
                         "first_pass_missed_attack_rows": int(missed.sum()),
                         "of_which_flagged": int((missed & (second > 0)).sum())}
                 rows[f"{key}: adapted, adapt_fpr {fpr}"] = row
-    for name, row in rows.items():
-        print(f"{name}\n    " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in row.items()), flush=True)
-    result = {"workdir": str(workdir), "tau": tau, "layers": list(layers), "rows": rows}
-    Path(out).write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return write_rows(rows, out, workdir=str(workdir), tau=tau, layers=list(layers))
 
 
 def figures(score: np.ndarray, threshold: float, group: np.ndarray, held: dict) -> dict:
@@ -89,4 +84,5 @@ def figures(score: np.ndarray, threshold: float, group: np.ndarray, held: dict) 
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args, config = split_config_file(sys.argv[1:])
+    main(*args, config=config)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from veto_fit_study import cached_features, evaluation_sets, study_context
+from veto_fit_study import cached_features, evaluation_sets, split_config_file, study_context
 
 from reft_jax import data as rdata
 from reft_jax import refusal
@@ -100,10 +100,5 @@ def main(workdir: str, out: str, *overrides: str, config: str = "configs/smollm2
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    config = "configs/smollm2.py"
-    if "--config-file" in args:
-        at = args.index("--config-file")
-        config = args.pop(at + 1)
-        args.pop(at)
+    args, config = split_config_file(sys.argv[1:])
     main(*args, config=config)

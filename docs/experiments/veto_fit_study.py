@@ -108,10 +108,26 @@ def main(workdir: str, out: str, *overrides: str) -> dict:
                                 "task_rows_flagged": float(cosine_flags["user"][~user_y].mean()),
                                 "heldout_lookalikes_flagged": float(cosine_flags["heldout_lookalikes"].mean()),
                                 "heldout_harmful_recall": float(cosine_flags["heldout_harmful"].mean())}
+    return write_rows(rows, out, workdir=str(workdir), tau=tau, layers=list(layers))
+
+
+def split_config_file(args: list[str], default: str = "configs/smollm2.py") -> tuple[list[str], str]:
+    """The command line without `--config-file FILE`, and FILE (the config the teacher was trained with)."""
+    args = list(args)
+    if "--config-file" not in args:
+        return args, default
+    at = args.index("--config-file")
+    config = args.pop(at + 1)
+    args.pop(at)
+    return args, config
+
+
+def write_rows(rows: dict, out: str, **about) -> dict:
+    """Prints each row's figures and writes them, with `about` (the workdir, tau, layers), to OUT.json."""
     for name, figures in rows.items():
         print(f"{name:62s} " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in figures.items()), flush=True)
-    result = {"workdir": str(workdir), "tau": tau, "layers": list(layers), "rows": rows}
+    result = {**about, "rows": rows}
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
