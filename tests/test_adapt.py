@@ -53,7 +53,7 @@ def test_the_adapted_probe_is_scikit_learns_and_its_threshold_meets_the_recall_u
     cy = np.r_[np.ones(40, bool), np.zeros(100, bool)]
     x, cx = features(rng, 180, 1.5 * y), features(rng, 140, 1.5 * cy)
     for recall, max_fpr in ((0.9, 0.5), (0.99, 0.05)):
-        probe, info = adapt.fit_adapted((x, y), (cx, cy), recall=recall, max_fpr=max_fpr)
+        probe, info = adapt.fit_adapted({"fit": (x, y), "calibration": (cx, cy)}, recall=recall, max_fpr=max_fpr)
         # The oracle: the same design (each layer's rows unit-normalised, side by side), scaler and solver.
         design = lambda h: (h / np.linalg.norm(h, axis=-1, keepdims=True)).transpose(1, 0, 2).reshape(h.shape[1], -1)  # noqa: E731
         oracle = make_pipeline(StandardScaler(), LogisticRegression(C=info["C"], max_iter=10_000, tol=1e-6))
@@ -67,6 +67,28 @@ def test_the_adapted_probe_is_scikit_learns_and_its_threshold_meets_the_recall_u
         if flagged[~cy].mean() < max_fpr - 1 / 100:  # the cap does not bind: the recall rule decides
             assert flagged[cy].mean() >= recall
     assert info["calibration_recall"] < 0.99  # the second pair: the cap binds
+
+
+def test_only_the_flagged_rows_a_probe_of_the_task_flags_too_stand_for_the_attack():
+    """fit_to_file's two rounds: the file's flagged rows that read as its task (the first pass's mistakes) are left
+    out of the second probe's harmful side, the others join it; the second probe is then the one fitted on exactly
+    those rows."""
+    rng = np.random.default_rng(2)
+    labelled = {part: (features(rng, 80, 2.0 * (np.arange(80) < 40)), np.arange(80) < 40)
+                for part in ("fit", "calibration")}
+    task = {part: features(rng, 30, -2.0) for part in labelled}
+    attack = {part: np.concatenate([features(rng, 10, 2.0), features(rng, 5, -2.0)], axis=1) for part in labelled}
+    probe, info = adapt.fit_to_file(labelled, task, attack, recall=0.99, max_fpr=0.05)
+    first, _ = adapt.fit_adapted({part: (np.concatenate([x, task[part]], axis=1), np.r_[y, np.zeros(30, bool)])
+                                  for part, (x, y) in labelled.items()}, recall=0.99, max_fpr=0.05)
+    kept = {part: first.scores(a) > 0 for part, a in attack.items()}
+    assert all(not k[10:].any() for k in kept.values()) and all(k[:10].sum() >= 8 for k in kept.values())
+    assert info["attack_kept"] == {part: int(k.sum()) for part, k in kept.items()}
+    second, want = adapt.fit_adapted({part: (np.concatenate([x, task[part], attack[part][:, kept[part]]], axis=1),
+                                             np.r_[y, np.zeros(30, bool), np.ones(kept[part].sum(), bool)])
+                                      for part, (x, y) in labelled.items()}, recall=0.99, max_fpr=0.05)
+    np.testing.assert_array_equal(probe.w, second.w)
+    assert info["C"] == want["C"] and info["first_round"]["C"] == first.C
 
 
 def test_the_filter_adapted_to_the_file_scores_it_again_with_its_probe_and_the_evaluation_reads_that(tmp_path):
@@ -92,7 +114,8 @@ def test_the_filter_adapted_to_the_file_scores_it_again_with_its_probe_and_the_e
     assert sum(side["task"] for side in file_rows.values()) >= adapt.MIN_TASK_ROWS
     # the labelled prompts: the pool's train split in the fit, its calibration split (none here: the check split)
     splits = ctx.refusal_prompts
-    assert info["fit"]["harmful"] == int((splits["train"].ds.harmful == 1).sum()) + file_rows["fit"]["attack"]
+    assert info["fit"]["harmful"] == int((splits["train"].ds.harmful == 1).sum()) + info["attack_kept"]["fit"]
+    assert info["attack_kept"]["fit"] <= file_rows["fit"]["attack"]
     folder = FILTERS["ref_teacher"].path(ctx.workdir)
     adapted = Probe.load(folder / ADAPTED)
     settings = teacher_settings(ctx.workdir)

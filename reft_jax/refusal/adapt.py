@@ -8,7 +8,8 @@ pass does not flag and scores in the lower half (`TASK_SHARE`) stand for the tas
 A probe over the same features is then fitted with them beside the labelled prompts (the pool's splits, data.veto's
 parts), and its threshold set on the held-out halves for filter.calibrate_recall of the harmful prompts, capped at
 filter.adapt_fpr of the harmless ones (the pool's, the lookalikes, the file's task rows): the operating point a
-service states. The second pass scores the whole file with that probe.
+service states. It is fitted twice (`fit_to_file`): first with the task's rows alone, then with the attack rows
+that first probe flags too. The second pass scores the whole file with it.
 
 A row the first pass misses stays out of both sides unless it scores in the lower half; an attack written to look
 like the task's rows can hide there from both passes, no worse than from the first.
@@ -49,11 +50,36 @@ def require_task_rows(task: int, total: int) -> None:
                           "filter.adapt_fpr=0 for a file this small")
 
 
-def fit_adapted(fit: tuple, calibration: tuple, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:
-    """The adapted probe: fitted on fit = (features [K, N, D], harmful [N]), its C chosen on calibration's AUROC,
-    and its `operating_point` there. Returns it (the threshold folded in) and what was chosen and measured."""
-    probe = fit_probe(*fit, *calibration)
-    return operating_point(probe, calibration, recall=recall, max_fpr=max_fpr)
+def fit_to_file(labelled: dict, task: dict, attack: dict, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:
+    """The adapted probe, in two rounds, from features [K, N, D] by part ("fit", "calibration"): `labelled` the
+    labelled prompts' (features, harmful), `task` and `attack` the file's rows that stand for each. The first
+    round learns the task alone (labelled prompts and task rows); only the attack rows it flags then join the
+    second round's harmful side: a row the first pass flagged but that reads as the task or a lookalike (on
+    SmolLM2, the safe lookalikes inside a file; on Gemma 3, the task rows its weak first pass flags) does not
+    teach the probe to flag its kind. Returns the second round's probe and its `operating_point`, with the first
+    round's and the attack rows kept."""
+    def sides(keep: dict) -> dict:
+        out = {}
+        for part, (x, y) in labelled.items():
+            a = attack[part][:, keep[part]]
+            out[part] = (np.concatenate([x, task[part], a], axis=1),
+                         np.concatenate([np.asarray(y) == 1, np.zeros(task[part].shape[1], bool),
+                                         np.ones(a.shape[1], bool)]))
+        return out
+
+    first, first_info = fit_adapted(sides({part: np.zeros(a.shape[1], bool) for part, a in attack.items()}), recall=recall,
+                                    max_fpr=max_fpr)
+    keep = {part: first.scores(a) > 0 if a.shape[1] else np.zeros(0, bool) for part, a in attack.items()}
+    probe, info = fit_adapted(sides(keep), recall=recall, max_fpr=max_fpr)
+    info |= {"first_round": first_info, "attack_kept": {part: int(k.sum()) for part, k in keep.items()}}
+    return probe, info
+
+
+def fit_adapted(sides: dict, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:
+    """A probe fitted on sides["fit"] = (features [K, N, D], harmful [N]), its C chosen on sides["calibration"]'s
+    AUROC, and its `operating_point` there. Returns it (the threshold folded in) and what was chosen and measured."""
+    probe = fit_probe(*sides["fit"], *sides["calibration"])
+    return operating_point(probe, sides["calibration"], recall=recall, max_fpr=max_fpr)
 
 
 def operating_point(probe: Probe, calibration: tuple, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:

@@ -109,10 +109,10 @@ def run(ctx: RunContext) -> dict:
 
 def adapt_to_file(ctx: RunContext, frozen: FrozenModel, first: scoring.FilterResult, layers: tuple[int, ...],
                   **kw) -> tuple[Probe, dict, list]:
-    """The probe adapted to the user's file (reft_jax.refusal.adapt): fitted on the pool's train split, data.veto's
-    fit part and half the file's rows that the first pass names for the task and the attack; C and the threshold on
-    the pool's calibration split (the check split without one), data.veto's calibration part and the other half.
-    Returns it, what it chose and measured, and the datasets whose features were read."""
+    """The probe adapted to the user's file (reft_jax.refusal.adapt.fit_to_file): fitted on the pool's train split,
+    data.veto's fit part and half the file's rows that the first pass names for the task and the attack; C and the
+    threshold on the pool's calibration split (the check split without one), data.veto's calibration part and the
+    other half. Returns it, what it chose and measured, and the datasets whose features were read."""
     cfg, prompts = ctx.cfg, ctx.refusal_prompts
     rows = adapt.file_examples(first.score, first.tau)
     task = sum(len(rows[part][0]) for part in rows)
@@ -120,25 +120,27 @@ def adapt_to_file(ctx: RunContext, frozen: FrozenModel, first: scoring.FilterRes
     labelled = {"fit": [prompts["train"].ds], "calibration": [prompts[probe_split(prompts)].ds]}
     for part, ds in ctx.veto_prompts.items():
         labelled[part].append(ds)
-    sides, read = {}, []
+    labelled_x, task_x, attack_x, read = {}, {}, {}, []
     for part, (task_rows, attack_rows) in rows.items():
         file_ds = ctx.user.select(np.r_[task_rows, attack_rows])
         sets = [*labelled[part], file_ds]
         feats = [scoring.prompt_features(frozen, ds, layers, desc=f"adapting the filter: {part} prompts", **kw)
                  for ds in sets]
-        labels = [ds.harmful == 1 for ds in labelled[part]] + [np.r_[np.zeros(len(task_rows), bool),
-                                                                    np.ones(len(attack_rows), bool)]]
-        sides[part] = np.concatenate(feats, axis=1), np.concatenate(labels)
+        labelled_x[part] = (np.concatenate(feats[:-1], axis=1),
+                            np.concatenate([ds.harmful == 1 for ds in labelled[part]]))
+        task_x[part], attack_x[part] = feats[-1][:, :len(task_rows)], feats[-1][:, len(task_rows):]
         read += sets
-    probe, info = adapt.fit_adapted(sides["fit"], sides["calibration"], recall=cfg.filter.calibrate_recall or 1.0,
+    probe, info = adapt.fit_to_file(labelled_x, task_x, attack_x, recall=cfg.filter.calibrate_recall or 1.0,
                                     max_fpr=cfg.filter.adapt_fpr)
     info = {**info, "max_fpr": cfg.filter.adapt_fpr,
             **{f"file_{part}": {"task": len(t), "attack": len(a)} for part, (t, a) in rows.items()},
-            **{part: {"harmful": int(y.sum()), "harmless": int((~y).sum())} for part, (_, y) in sides.items()}}
+            **{part: {"harmful": int(y.sum()) + info["attack_kept"][part],
+                      "harmless": len(y) - int(y.sum()) + len(rows[part][0])} for part, (_, y) in labelled_x.items()}}
     if jax.process_index() == 0:
         print(f"filter: adapted to the file (C {info['C']:g}, from {task} of its rows for its task and "
-              f"{int(first.flagged.sum())} the first pass flagged): on its calibration recall "
-              f"{info['calibration_recall']:.3f}, {info['calibration_fpr']:.3f} of the harmless flagged", flush=True)
+              f"{sum(info['attack_kept'].values())} of the {int(first.flagged.sum())} the first pass flagged, those "
+              f"a probe of the task flags too): on its calibration recall {info['calibration_recall']:.3f}, "
+              f"{info['calibration_fpr']:.3f} of the harmless flagged", flush=True)
     return probe, info, read
 
 
