@@ -41,8 +41,9 @@ def get_config(arg: str = ""):
     c.model.path = packaged_file(GGUF) or GGUF  # a missing file fails with the install command
     c.model.loss_block = 32
     c.data.template = "alpaca"
-    # Not adapted to the file: this model's first pass flags 5 % of an SST-2 file and 37 % of its attack, and a probe
-    # fitted on those rows flagged 21 % of the task at filter.adapt_fpr 0.05 (docs/results.md).
+    # Not adapted to the file: this model's first pass flags 5 % of an SST-2 file's task rows and 37 % of its attack,
+    # and the probe adapted to it at filter.adapt_fpr 0.05 flagged 4.3 % of the task rows (one round: 21 %) for a
+    # recall of 0.52 (docs/results.md).
     c.filter.adapt_fpr = 0.0
     if arg == "quick":
         c.expected_time = "the run time on Gemma 3 270M is not measured yet (SmolLM2-135M's: 15-20 minutes, 2 cores)"

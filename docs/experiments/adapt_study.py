@@ -1,8 +1,10 @@
 """The filter adapted to the user's file (filter.adapt_fpr), one variable at a time on one trained teacher, through
-the product's own functions (adapt.file_examples, fit_probe, adapt.operating_point) on the product's features:
-the first pass (the cosine alone, or the cosine with its lookalike veto as the teacher stage shipped it), the
-operating point (adapt_fpr), and whether the held-out sets are scored as prompts of another file or sit inside the
-user's file (where the first pass names some of them for the task or the attack).
+the product's own functions (adapt.file_examples, adapt.fit_to_file, adapt.operating_point) on the product's
+features, the first pass the cosine with its lookalike veto as the teacher stage shipped it: one round (every row
+the first pass flags on the attack side) or two (only those a probe of the task flags too), the operating point
+(adapt_fpr), and whether the held-out sets are scored as prompts of another file or sit inside the user's file
+(where the first pass names some of them for the task or the attack). Commit d52adaa's version also measured the
+cosine alone as the first pass.
 
     python docs/experiments/adapt_study.py WORKDIR OUT.json [--config-file configs/X.py] [--config.a.b=value ...]
 
@@ -38,31 +40,36 @@ def main(workdir: str, out: str, *overrides: str, config: str = "configs/smollm2
              "user data + held-out sets": (np.concatenate([feats["user"], *(feats[k] for k in held)], axis=1),
                                            np.concatenate([user_y.astype(int), *(np.full(feats[k].shape[1], g)
                                                                                   for g, k in enumerate(held, 2))]))}
-    first_passes = {"cosine": lambda h: np.asarray(refusal.mean_cosine_scores(h, r)), "cosine + veto": veto.scores}
     rows = {}
     for file_name, (file_x, group) in files.items():
-        for first_name, first_fn in first_passes.items():
-            first = first_fn(file_x)
-            key = f"{file_name}, first pass {first_name}"
-            rows[f"{key}: the first pass alone"] = figures(first, tau, group, {k: first_fn(feats[k]) for k in held})
-            sides = {}
-            for part, split in (("fit", "train"), ("calibration", "calibration")):
-                task, attack = adapt.file_examples(first, tau)[part]
-                x = [feats[f"veto_{part}"], feats[f"split_{split}"], file_x[:, task], file_x[:, attack]]
-                y = [labels[f"veto_{part}"], labels[split], np.zeros(len(task), bool), np.ones(len(attack), bool)]
-                sides[part] = np.concatenate(x, axis=1), np.concatenate(y)
-            probe = fit_probe(*sides["fit"], *sides["calibration"])
-            for fpr in FPRS:
-                folded, info = adapt.operating_point(probe, sides["calibration"], recall=cfg.filter.calibrate_recall,
-                                                     max_fpr=fpr)
-                second = folded.scores(file_x)
-                row = figures(second, 0.0, group, {k: folded.scores(feats[k]) for k in held})
-                missed = (group == 1) & (first <= tau)
-                row |= {"C": probe.C, "calibration_recall": info["calibration_recall"],
-                        "calibration_fpr": info["calibration_fpr"],
-                        "first_pass_missed_attack_rows": int(missed.sum()),
-                        "of_which_flagged": int((missed & (second > 0)).sum())}
-                rows[f"{key}: adapted, adapt_fpr {fpr}"] = row
+        first = veto.scores(file_x)
+        rows[f"{file_name}: the first pass alone"] = figures(first, tau, group, {k: veto.scores(feats[k]) for k in held})
+        parts = adapt.file_examples(first, tau)
+        labelled = {part: (np.concatenate([feats[f"veto_{part}"], feats[f"split_{split}"]], axis=1),
+                           np.concatenate([labels[f"veto_{part}"], labels[split]]))
+                    for part, split in (("fit", "train"), ("calibration", "calibration"))}
+        task = {part: file_x[:, rows_[0]] for part, rows_ in parts.items()}
+        attack = {part: file_x[:, rows_[1]] for part, rows_ in parts.items()}
+        missed = (group == 1) & (first <= tau)
+
+        def row(probe, info):
+            second = probe.scores(file_x)
+            return figures(second, 0.0, group, {k: probe.scores(feats[k]) for k in held}) | {
+                "C": info["C"], "calibration_recall": info["calibration_recall"],
+                "calibration_fpr": info["calibration_fpr"], "attack_rows_kept": info.get("attack_kept"),
+                "first_pass_missed_attack_rows": int(missed.sum()), "of_which_flagged": int((missed & (second > 0)).sum())}
+
+        # One round (commit d52adaa's product): every flagged row on the attack side, one fit for every threshold.
+        sides = {part: (np.concatenate([x, task[part], attack[part]], axis=1),
+                        np.r_[y, np.zeros(task[part].shape[1], bool), np.ones(attack[part].shape[1], bool)])
+                 for part, (x, y) in labelled.items()}
+        probe = fit_probe(*sides["fit"], *sides["calibration"])
+        for fpr in FPRS:
+            rows[f"{file_name}: one round, adapt_fpr {fpr}"] = row(*adapt.operating_point(
+                probe, sides["calibration"], recall=cfg.filter.calibrate_recall, max_fpr=fpr))
+        for fpr in FPRS[:2]:  # two rounds (the product's fit_to_file): two fits for each threshold
+            rows[f"{file_name}: two rounds, adapt_fpr {fpr}"] = row(*adapt.fit_to_file(
+                labelled, task, attack, recall=cfg.filter.calibrate_recall, max_fpr=fpr))
     return write_rows(rows, out, workdir=str(workdir), tau=tau, layers=list(layers))
 
 

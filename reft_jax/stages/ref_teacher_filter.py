@@ -92,7 +92,7 @@ def run(ctx: RunContext) -> dict:
             scorer, passes = f"adapted ({scorer} first)", 2
             if jax.process_index() == 0:
                 probe.save(folder / ADAPTED)
-                # Far more flags than the first pass's says the task was not learned (Gemma 3: 8 % -> 24 % of a file).
+                # Far more flags than the first pass's would say the task was not learned.
                 print(f"filter: the adapted probe flags {int(result.flagged.sum())} of the {len(result.score)} rows "
                       f"(the first pass {flagged_first})", flush=True)
         # Rows whose request the teacher trained, calibrated or chose its filter on: not held-out figures.
