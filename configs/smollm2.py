@@ -89,9 +89,9 @@ def get_config(arg: str = ""):
     # model (docs/results.md): the held-out safe lookalikes flagged 0.88 -> 0.33 at user recall 0.94 -> 0.91, no SST-2
     # row flagged either way, the student's held-out harmful score 0.260 -> 0.266.
     c.filter.scorer = "veto"
-    # Adapted to the user's file (the cosine with its veto as the first pass; docs/results.md, the full-budget run of
-    # 2026-12-07): user AUROC 0.981 -> 0.999 and recall 0.92 -> 0.95, no SST-2 row flagged either way; held-out
-    # harmful requests flagged 0.68 -> 0.92, held-out safe lookalikes 0.25 -> 0.08.
+    # Adapted to the user's file (the cosine with its veto as the first pass, two rounds; docs/results.md, the
+    # full-budget run of 2026-12-07): user AUROC 0.981 -> 0.997 at recall 0.92, no SST-2 row flagged either way;
+    # held-out harmful requests flagged 0.68 -> 0.91, held-out safe lookalikes 0.25 -> 0.075.
     c.filter.adapt_fpr = 0.05
     c.refusal.update_every = 20
     c.optim.learning_rate = 1e-3  # LoRA, few steps: 40 teacher steps at this rate already refuse 11 of 12
