@@ -1,5 +1,5 @@
 """The filter adapted to the user's file (filter.adapt_fpr), one variable at a time on one trained teacher, through
-the product's own functions (adapt.file_examples, adapt.fit_to_file, adapt.operating_point) on the product's
+the product's own functions (adapt.file_examples, adapt.fit_to_file, adapt.calibrate) on the product's
 features, the first pass the cosine with its lookalike veto as the teacher stage shipped it: one round (every row
 the first pass flags on the attack side) or two (only those a probe of the task flags too), the operating point
 (adapt_fpr), and whether the held-out sets are scored as prompts of another file or sit inside the user's file
@@ -65,7 +65,7 @@ def main(workdir: str, out: str, *overrides: str, config: str = "configs/smollm2
                  for part, (x, y) in labelled.items()}
         probe = fit_probe(*sides["fit"], *sides["calibration"])
         for fpr in FPRS:
-            rows[f"{file_name}: one round, adapt_fpr {fpr}"] = row(*adapt.operating_point(
+            rows[f"{file_name}: one round, adapt_fpr {fpr}"] = row(*adapt.calibrate(
                 probe, sides["calibration"], recall=cfg.filter.calibrate_recall, max_fpr=fpr))
         for fpr in FPRS[:2]:  # two rounds (the product's fit_to_file): two fits for each threshold
             rows[f"{file_name}: two rounds, adapt_fpr {fpr}"] = row(*adapt.fit_to_file(

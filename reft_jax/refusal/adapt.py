@@ -56,7 +56,7 @@ def fit_to_file(labelled: dict, task: dict, attack: dict, *, recall: float, max_
     round learns the task alone (labelled prompts and task rows); only the attack rows it flags then join the
     second round's harmful side: a row the first pass flagged but that reads as the task or a lookalike (on
     SmolLM2, the safe lookalikes inside a file; on Gemma 3, the task rows its weak first pass flags) does not
-    teach the probe to flag its kind. Returns the second round's probe and its `operating_point`, with the first
+    teach the probe to flag its kind. Returns the second round's probe, `calibrate`d, with the first
     round's and the attack rows kept."""
     def sides(keep: dict) -> dict:
         out = {}
@@ -77,12 +77,12 @@ def fit_to_file(labelled: dict, task: dict, attack: dict, *, recall: float, max_
 
 def fit_adapted(sides: dict, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:
     """A probe fitted on sides["fit"] = (features [K, N, D], harmful [N]), its C chosen on sides["calibration"]'s
-    AUROC, and its `operating_point` there. Returns it (the threshold folded in) and what was chosen and measured."""
+    AUROC, and `calibrate`d there. Returns it (the threshold folded in) and what was chosen and measured."""
     probe = fit_probe(*sides["fit"], *sides["calibration"])
-    return operating_point(probe, sides["calibration"], recall=recall, max_fpr=max_fpr)
+    return calibrate(probe, sides["calibration"], recall=recall, max_fpr=max_fpr)
 
 
-def operating_point(probe: Probe, calibration: tuple, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:
+def calibrate(probe: Probe, calibration: tuple, *, recall: float, max_fpr: float) -> tuple[Probe, dict]:
     """The probe's threshold on calibration = (features, harmful), folded into its offset (it flags where it scores
     > 0): set for `recall` of the harmful rows, raised to flag at most `max_fpr` of the harmless."""
     cx, cy = calibration[0], np.asarray(calibration[1]) == 1
