@@ -82,28 +82,24 @@ def run(ctx: RunContext) -> dict:
                                                  progress=cfg.logging.progress)
         result = scoring.run_filter(frozen, ctx.user, settings["score_by"], settings["layers"], settings["tau"],
                                     style=styles, **kw)
-        adapted, scorer = {}, settings["scorer"]
-        passes = 1
+        adapted, scorer, read = {}, settings["scorer"], [ctx.user]  # read: the datasets whose features were read
         if cfg.filter.adapt_fpr > 0:
-            probe, info, read = adapt_to_file(ctx, frozen, result, settings["layers"], **kw)
+            probe, info, labelled = adapt_to_file(ctx, frozen, result, settings["layers"], **kw)
             adapted = {"adapted": info, "first_pass": result.report()}
-            flagged_first = int(result.flagged.sum())
             result = scoring.run_filter(frozen, ctx.user, probe, settings["layers"], 0.0, style=styles, **kw)
-            scorer, passes = f"adapted ({scorer} first)", 2
+            scorer, read = f"adapted ({scorer} first)", [*read, *labelled, ctx.user]
             if jax.process_index() == 0:
                 probe.save(folder / ADAPTED)
                 # Far more flags than the first pass's would say the task was not learned.
                 print(f"filter: the adapted probe flags {int(result.flagged.sum())} of the {len(result.score)} rows "
-                      f"(the first pass {flagged_first})", flush=True)
+                      f"(the first pass {adapted['first_pass']['num_flagged']})", flush=True)
         # Rows whose request the teacher trained, calibrated or chose its filter on: not held-out figures.
         seen = np.array([ctx.user_examples[int(i)]["request"] in ctx.teacher_requests for i in result.index], bool)
         probe_check = {"probe_check": settings["probe_check"]} if "probe_check" in settings else {}
         report = write_filter(ctx, result, folder, direction=settings["direction"], scorer=scorer,
                               check=settings.get("check"), **probe_check, **adapted, seen_by_teacher=int(seen.sum()),
                               held_out=result.select(~seen).report())
-        stage.flops = passes * prompt_flops(model.cfg, ctx.prompt_batches(ctx.user, cfg.filter.batch_size)) + (
-            sum(prompt_flops(model.cfg, ctx.prompt_batches(ds, cfg.filter.batch_size)) for ds in read)
-            if adapted else 0)
+        stage.flops = sum(prompt_flops(model.cfg, ctx.prompt_batches(ds, cfg.filter.batch_size)) for ds in read)
     return report
 
 
